@@ -1,0 +1,85 @@
+//! `wasmhooks:plugin/log`: plugin messages go to the host's `tracing` log,
+//! tagged with the plugin's name; errors are kept to explain a failed call.
+
+use wasmtime::component::{HasSelf, Linker};
+
+use crate::bindings::{log, types};
+
+/// Longest message kept, in bytes; longer ones are cut.
+const MAX_MESSAGE: usize = 4096;
+/// Messages kept per call; more are counted but dropped.
+const MAX_PER_CALL: usize = 1000;
+
+/// Per-instance log state.
+pub(crate) struct PluginLog {
+    plugin: String,
+    this_call: usize,
+    dropped: usize,
+}
+
+impl PluginLog {
+    pub(crate) fn new(plugin: &str) -> Self {
+        PluginLog {
+            plugin: plugin.to_owned(),
+            this_call: 0,
+            dropped: 0,
+        }
+    }
+
+    /// Resets the per-call budget; reports what the last call dropped.
+    pub(crate) fn begin_call(&mut self) {
+        if self.dropped > 0 {
+            tracing::warn!(plugin = %self.plugin, dropped = self.dropped, "plugin logged too much; messages dropped");
+        }
+        self.this_call = 0;
+        self.dropped = 0;
+    }
+}
+
+impl types::Host for PluginLog {}
+
+impl log::Host for PluginLog {
+    fn log(&mut self, level: types::Level, message: String) {
+        if self.this_call >= MAX_PER_CALL {
+            self.dropped += 1;
+            return;
+        }
+        self.this_call += 1;
+        let message = truncate(&message, MAX_MESSAGE);
+        let plugin = self.plugin.as_str();
+        match level {
+            types::Level::Trace => {
+                tracing::trace!(target: "wasmhooks::plugin", plugin, "{message}")
+            }
+            types::Level::Debug => {
+                tracing::debug!(target: "wasmhooks::plugin", plugin, "{message}")
+            }
+            types::Level::Info => tracing::info!(target: "wasmhooks::plugin", plugin, "{message}"),
+            types::Level::Warn => tracing::warn!(target: "wasmhooks::plugin", plugin, "{message}"),
+            types::Level::Error => {
+                tracing::error!(target: "wasmhooks::plugin", plugin, "{message}")
+            }
+        }
+    }
+}
+
+/// Cuts `s` to at most `max` bytes on a character boundary.
+pub(crate) fn truncate(s: &str, max: usize) -> &str {
+    if s.len() <= max {
+        return s;
+    }
+    let mut end = max;
+    while !s.is_char_boundary(end) {
+        end -= 1;
+    }
+    &s[..end]
+}
+
+/// Adds the `log` import, reaching the state through `get`.
+pub(crate) fn add_to_linker<T: 'static>(
+    linker: &mut Linker<T>,
+    get: fn(&mut T) -> &mut PluginLog,
+) -> wasmtime::Result<()> {
+    log::add_to_linker::<T, HasSelf<PluginLog>>(linker, get)?;
+    types::add_to_linker::<T, HasSelf<PluginLog>>(linker, get)
+}

@@ -1,0 +1,135 @@
+//! Checking a call's updates before any is applied: keys, grants, JSON and
+//! size. All or nothing, so a bad update cannot leave half a change behind.
+
+use serde_json::Value;
+
+use crate::bindings::types::Update;
+use crate::error::Cause;
+use crate::policy::PluginPolicy;
+
+/// Longest key, in bytes.
+const MAX_KEY: usize = 256;
+
+/// A checked change to the data map.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Change {
+    /// Set a key to a value.
+    Set(String, Value),
+    /// Remove a key.
+    Remove(String),
+}
+
+/// Checks every update; the first problem fails the whole call.
+pub(crate) fn check(updates: Vec<Update>, policy: &PluginPolicy) -> Result<Vec<Change>, Cause> {
+    let size: usize = updates
+        .iter()
+        .map(|u| match u {
+            Update::Set(e) => e.key.len() + e.value.len(),
+            Update::Remove(k) => k.len(),
+        })
+        .sum();
+    if size > policy.limits.max_update_bytes {
+        return Err(Cause::TooLarge {
+            size,
+            limit: policy.limits.max_update_bytes,
+        });
+    }
+    updates
+        .into_iter()
+        .map(|update| {
+            let key = match &update {
+                Update::Set(e) => &e.key,
+                Update::Remove(k) => k,
+            };
+            check_key(key)?;
+            if !policy.grants.may_write(key) {
+                return Err(Cause::ForbiddenKey {
+                    key: key.clone(),
+                    allowed: policy.grants.describe_write(),
+                });
+            }
+            Ok(match update {
+                Update::Set(e) => {
+                    let value =
+                        serde_json::from_str(&e.value).map_err(|err| Cause::InvalidJson {
+                            key: e.key.clone(),
+                            reason: err.to_string(),
+                        })?;
+                    Change::Set(e.key, value)
+                }
+                Update::Remove(k) => Change::Remove(k),
+            })
+        })
+        .collect()
+}
+
+fn check_key(key: &str) -> Result<(), Cause> {
+    let reason = if key.is_empty() {
+        "keys may not be empty"
+    } else if key.len() > MAX_KEY {
+        "keys may be at most 256 bytes"
+    } else if key.chars().any(char::is_control) {
+        "keys may not hold control characters"
+    } else {
+        return Ok(());
+    };
+    Err(Cause::InvalidKey {
+        key: key.chars().take(64).collect(),
+        reason: reason.into(),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::bindings::types::Entry;
+
+    fn set(key: &str, value: &str) -> Update {
+        Update::Set(Entry {
+            key: key.into(),
+            value: value.into(),
+        })
+    }
+
+    fn policy() -> PluginPolicy {
+        PluginPolicy::new("p", "00".repeat(32)).allow_write(["a", "m.*"])
+    }
+
+    #[test]
+    fn accepts_granted_keys() {
+        let changes = check(
+            vec![
+                set("a", "{\"x\": 1}"),
+                set("m.loss", "0.5"),
+                Update::Remove("m.old".into()),
+            ],
+            &policy(),
+        )
+        .unwrap();
+        assert_eq!(changes.len(), 3);
+        assert_eq!(
+            changes[0],
+            Change::Set("a".into(), serde_json::json!({"x": 1}))
+        );
+    }
+
+    #[test]
+    fn one_bad_update_fails_all() {
+        let err = check(vec![set("a", "1"), set("b", "2")], &policy()).unwrap_err();
+        assert!(
+            matches!(err, Cause::ForbiddenKey { ref key, .. } if key == "b"),
+            "{err}"
+        );
+        let err = check(vec![Update::Remove("skip_default".into())], &policy()).unwrap_err();
+        assert!(matches!(err, Cause::ForbiddenKey { .. }));
+        let err = check(vec![set("a", "{nope")], &policy()).unwrap_err();
+        assert!(matches!(err, Cause::InvalidJson { .. }), "{err}");
+        let err = check(vec![set("", "1")], &policy()).unwrap_err();
+        assert!(matches!(err, Cause::InvalidKey { .. }));
+        let err = check(vec![set("m.\n", "1")], &policy()).unwrap_err();
+        assert!(matches!(err, Cause::InvalidKey { .. }));
+        let big = "1".repeat(2 << 20);
+        let err = check(vec![set("a", &big)], &policy()).unwrap_err();
+        assert!(matches!(err, Cause::TooLarge { .. }));
+    }
+}

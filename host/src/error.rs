@@ -1,0 +1,214 @@
+//! Errors of the host library. Every message names the plugin (or the file,
+//! before a plugin has a name) and says what went wrong in words.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+/// What can go wrong while loading, checking or calling plugins.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum Error {
+    /// The operator config could not be read or is not valid.
+    #[error("operator config {source_name}: {message}")]
+    Policy {
+        /// The file, or `<inline>`.
+        source_name: String,
+        /// What is wrong, with the line where the parser knows it.
+        message: String,
+    },
+    /// A plugin file could not be read.
+    #[error("cannot read plugin file {}: {source}", path.display())]
+    Read {
+        /// The file.
+        path: PathBuf,
+        /// Why.
+        #[source]
+        source: std::io::Error,
+    },
+    /// No plugin with this digest is on the operator's allowlist.
+    #[error(
+        "plugin file {file} (sha256 {digest}) is not on the operator's allowlist; \
+         an operator can allow it with `wasmhooks digest {file}`"
+    )]
+    Unlisted {
+        /// The file (or label) the bytes came from.
+        file: String,
+        /// Its sha256, hex.
+        digest: String,
+    },
+    /// The file carries an allowed plugin's name but not its pinned bytes.
+    #[error(
+        "plugin '{name}': {file} has sha256 {actual}, but the operator pinned {expected}; \
+         the file was changed or rebuilt, so it is refused"
+    )]
+    DigestMismatch {
+        /// The allowed plugin the file claims to be.
+        name: String,
+        /// The file.
+        file: String,
+        /// The digest the operator pinned.
+        expected: String,
+        /// The digest of the file's bytes.
+        actual: String,
+    },
+    /// The bytes are not a WebAssembly component this host can compile.
+    #[error("plugin '{name}': {file} is not a valid WebAssembly component: {reason}")]
+    Invalid {
+        /// The plugin's allowed name.
+        name: String,
+        /// The file.
+        file: String,
+        /// The decoder's or compiler's words.
+        reason: String,
+    },
+    /// The component does not fit the `wasmhooks:plugin` world.
+    #[error("plugin '{name}': {file} does not implement {world}: {reason}")]
+    WrongInterface {
+        /// The plugin's allowed name.
+        name: String,
+        /// The file.
+        file: String,
+        /// The world expected, with its version.
+        world: &'static str,
+        /// What is missing or mistyped.
+        reason: String,
+    },
+    /// The plugin's manifest is unusable or contradicts the operator config.
+    #[error("plugin '{name}': bad manifest: {reason}")]
+    Manifest {
+        /// The plugin's allowed name.
+        name: String,
+        /// What is wrong with it.
+        reason: String,
+    },
+    /// A grant in the operator config cannot be given (a missing folder, say).
+    #[error("plugin '{name}': cannot grant {what}: {reason}")]
+    Grant {
+        /// The plugin.
+        name: String,
+        /// The grant.
+        what: String,
+        /// Why not.
+        reason: String,
+    },
+    /// A call into a plugin failed and the operator's policy for it is `fail`.
+    #[error(transparent)]
+    Call(#[from] CallError),
+    /// The job lists the same plugin twice.
+    #[error("plugin '{0}' is listed twice in the job")]
+    Duplicate(String),
+    /// The WebAssembly engine could not be set up.
+    #[error("cannot set up the WebAssembly engine: {0}")]
+    Engine(String),
+}
+
+/// A failed call into one plugin: who, where, and why. The data map is left as
+/// it was before the call.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+#[error("plugin '{plugin}' failed in {call}: {cause}")]
+pub struct CallError {
+    /// The plugin's name.
+    pub plugin: String,
+    /// `init`, `describe`, `save-state`, `load-state` or `phase 'NAME'`.
+    pub call: String,
+    /// What went wrong.
+    pub cause: Cause,
+}
+
+/// Why a plugin call failed.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+#[non_exhaustive]
+pub enum Cause {
+    /// The call used all the fuel the operator allows per call.
+    #[error("ran out of fuel ({limit} units per call): it computes too long or loops forever")]
+    OutOfFuel {
+        /// Fuel allowed per call.
+        limit: u64,
+    },
+    /// The plugin tried to grow its memory past the operator's cap.
+    #[error("exceeded its memory limit of {limit} bytes (asked for {requested} bytes)")]
+    MemoryLimit {
+        /// Bytes allowed.
+        limit: usize,
+        /// Bytes the failed growth asked for in all.
+        requested: usize,
+    },
+    /// The call ran past its wall-clock deadline.
+    #[error("ran past its wall-clock deadline of {}", humanize(*timeout))]
+    Timeout {
+        /// The deadline per call.
+        timeout: Duration,
+    },
+    /// The plugin's call stack overflowed.
+    #[error("overflowed its call stack (unbounded or too deep recursion)")]
+    StackOverflow,
+    /// The plugin aborted (a Rust panic, a Python exception that escaped, an
+    /// `abort()` in C...). `message` is what it printed to stderr last.
+    #[error("crashed{}", message.as_deref().map(|m| format!(": {m}")).unwrap_or_default())]
+    Crashed {
+        /// The tail of the plugin's stderr, if it printed anything.
+        message: Option<String>,
+    },
+    /// Any other trap.
+    #[error("trapped: {0}")]
+    Trap(String),
+    /// The plugin returned an error of its own.
+    #[error("returned an error: {0}")]
+    Returned(String),
+    /// The plugin tried to write a key it has no grant for.
+    #[error("tried to write key '{key}' without a grant (it may write: {allowed})")]
+    ForbiddenKey {
+        /// The key.
+        key: String,
+        /// The patterns the operator granted, comma-separated, or `nothing`.
+        allowed: String,
+    },
+    /// A value was not valid JSON.
+    #[error("returned invalid JSON for key '{key}': {reason}")]
+    InvalidJson {
+        /// The key.
+        key: String,
+        /// The parser's words.
+        reason: String,
+    },
+    /// A key was empty, too long or had control characters.
+    #[error("returned an invalid key {key:?}: {reason}")]
+    InvalidKey {
+        /// The key, as returned.
+        key: String,
+        /// What is wrong.
+        reason: String,
+    },
+    /// The updates were larger than the operator allows.
+    #[error("returned {size} bytes of updates, over the limit of {limit} bytes")]
+    TooLarge {
+        /// Bytes returned.
+        size: usize,
+        /// Bytes allowed.
+        limit: usize,
+    },
+}
+
+impl Cause {
+    /// Whether the instance must be thrown away: after a trap the component
+    /// may not be entered again, and its memory may be half-updated.
+    pub fn poisons_instance(&self) -> bool {
+        matches!(
+            self,
+            Cause::OutOfFuel { .. }
+                | Cause::MemoryLimit { .. }
+                | Cause::Timeout { .. }
+                | Cause::StackOverflow
+                | Cause::Crashed { .. }
+                | Cause::Trap(_)
+        )
+    }
+}
+
+fn humanize(d: Duration) -> String {
+    if d.as_millis() < 10_000 {
+        format!("{} ms", d.as_millis())
+    } else {
+        format!("{:.1} s", d.as_secs_f64())
+    }
+}

@@ -1,0 +1,178 @@
+//! One live plugin instance: its store, its bindings, and guarded calls
+//! that arm fuel and the deadline, and turn traps into causes.
+
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+use wasmtime::Store;
+
+use crate::bindings;
+use crate::error::{CallError, Cause};
+use crate::loading::Plugin;
+use crate::manifest::Manifest;
+use crate::sandbox::{self, EpochTicker, PluginState};
+use crate::{Error, policy::PluginPolicy};
+
+/// What one call cost.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub(crate) struct Usage {
+    pub(crate) fuel: u64,
+    pub(crate) elapsed: Duration,
+}
+
+pub(crate) struct Instance {
+    pub(crate) plugin: Plugin,
+    store: Store<PluginState>,
+    hooks: bindings::Plugin,
+    pub(crate) manifest: Manifest,
+}
+
+impl Instance {
+    /// Instantiates the plugin, reads its manifest and runs `init`.
+    pub(crate) fn start(
+        plugin: &Plugin,
+        job_config: &str,
+        plugin_config: &str,
+    ) -> Result<Self, Error> {
+        let mut instance = Self::instantiate(plugin)?;
+        let allowed = &plugin.policy().name;
+        if &instance.manifest.name != allowed {
+            return Err(Error::Manifest {
+                name: allowed.clone(),
+                reason: format!(
+                    "it calls itself '{}', but the operator allowed this file as '{allowed}'",
+                    instance.manifest.name
+                ),
+            });
+        }
+        // The generated signature takes the WIT `json` alias as `&String`.
+        let (job_config, plugin_config) = (job_config.to_owned(), plugin_config.to_owned());
+        let (result, _) = instance.guarded(|h, s| {
+            h.wasmhooks_plugin_hooks()
+                .call_init(s, &job_config, &plugin_config)
+        });
+        result
+            .and_then(|r| r.map_err(|f| Cause::Returned(f.message)))
+            .map_err(|cause| instance.error("init", cause))?;
+        Ok(instance)
+    }
+
+    /// Instantiates the plugin and reads its manifest, without `init` and
+    /// without holding it to the operator's name for it.
+    pub(crate) fn instantiate(plugin: &Plugin) -> Result<Self, Error> {
+        let policy = plugin.policy();
+        let shared = &plugin.inner.shared;
+        let mut store = Store::new(&shared.engine, PluginState::new(policy)?);
+        store.limiter(|state| &mut state.memory);
+        store.epoch_deadline_trap();
+        arm(&mut store, policy);
+        let hooks = plugin.inner.pre.instantiate(&mut store).map_err(|e| {
+            let cause = sandbox::classify(&e, store.data(), policy);
+            Error::Call(CallError {
+                plugin: policy.name.clone(),
+                call: "instantiation".into(),
+                cause,
+            })
+        })?;
+        let mut instance = Instance {
+            plugin: plugin.clone(),
+            store,
+            hooks,
+            manifest: Manifest {
+                name: policy.name.clone(),
+                version: String::new(),
+                phases: Vec::new(),
+                order: 0,
+                reads: None,
+                observe: Vec::new(),
+                rank_zero_only: false,
+            },
+        };
+        let (result, _) = instance.guarded(|h, s| h.wasmhooks_plugin_hooks().call_describe(s));
+        let manifest: Manifest = result
+            .map_err(|cause| instance.error("describe", cause))?
+            .into();
+        let bad = |reason: String| Error::Manifest {
+            name: policy.name.clone(),
+            reason,
+        };
+        manifest.validate().map_err(bad)?;
+        instance.manifest = manifest;
+        Ok(instance)
+    }
+
+    pub(crate) fn name(&self) -> &str {
+        self.plugin.name()
+    }
+
+    /// Bytes of linear memory the instance holds.
+    pub(crate) fn memory_used(&self) -> usize {
+        self.store.data().memory.used()
+    }
+
+    pub(crate) fn error(&self, call: &str, cause: Cause) -> Error {
+        Error::Call(CallError {
+            plugin: self.name().to_owned(),
+            call: call.to_owned(),
+            cause,
+        })
+    }
+
+    /// Calls `on-phase` with the given entries; returns the raw updates.
+    pub(crate) fn on_phase(
+        &mut self,
+        phase: &str,
+        entries: &[bindings::types::Entry],
+    ) -> (Result<Vec<bindings::types::Update>, Cause>, Usage) {
+        let (result, usage) =
+            self.guarded(|h, s| h.wasmhooks_plugin_hooks().call_on_phase(s, phase, entries));
+        let result = result.and_then(|r| r.map_err(|f| Cause::Returned(f.message)));
+        (result, usage)
+    }
+
+    /// Calls `save-state`.
+    pub(crate) fn save_state(&mut self) -> Result<Option<Value>, Cause> {
+        let (result, _) = self.guarded(|h, s| h.wasmhooks_plugin_hooks().call_save_state(s));
+        match result? {
+            None => Ok(None),
+            Some(text) => serde_json::from_str(&text)
+                .map(Some)
+                .map_err(|e| Cause::InvalidJson {
+                    key: "<state>".into(),
+                    reason: e.to_string(),
+                }),
+        }
+    }
+
+    /// Calls `load-state`.
+    pub(crate) fn load_state(&mut self, state: &Value) -> Result<(), Cause> {
+        let text = state.to_string();
+        let (result, _) = self.guarded(|h, s| h.wasmhooks_plugin_hooks().call_load_state(s, &text));
+        result?.map_err(|f| Cause::Returned(f.message))
+    }
+
+    /// Runs one export with fresh fuel and a fresh deadline.
+    fn guarded<R>(
+        &mut self,
+        f: impl FnOnce(&bindings::Plugin, &mut Store<PluginState>) -> wasmtime::Result<R>,
+    ) -> (Result<R, Cause>, Usage) {
+        let policy = self.plugin.policy();
+        arm(&mut self.store, policy);
+        let start = Instant::now();
+        let result = f(&self.hooks, &mut self.store);
+        let usage = Usage {
+            fuel: policy.limits.fuel - self.store.get_fuel().unwrap_or(0),
+            elapsed: start.elapsed(),
+        };
+        let result = result.map_err(|e| sandbox::classify(&e, self.store.data(), policy));
+        (result, usage)
+    }
+}
+
+/// Gives the store a full tank and a new deadline before a call.
+fn arm(store: &mut Store<PluginState>, policy: &PluginPolicy) {
+    store.data_mut().begin_call();
+    // Fuel is on in every engine this crate builds, so this cannot fail.
+    let _ = store.set_fuel(policy.limits.fuel);
+    store.set_epoch_deadline(EpochTicker::ticks(policy.limits.timeout));
+}

@@ -1,0 +1,54 @@
+//! wasmhooks runs the callbacks of ML jobs as sandboxed WebAssembly
+//! components. A plugin implements the `wasmhooks:plugin` world (see `wit/`):
+//! at each phase of a job it gets the keys of the shared data map it reads
+//! and returns updates, the one primitive `(phase, config, data) -> updates`.
+//!
+//! The operator decides what runs: a [`Policy`] pins each allowed plugin by
+//! sha256 and sets its limits (fuel and wall-clock per call, memory), its
+//! error policy and its grants (keys it may write, folders it may read,
+//! environment variables it may see). The host enforces all of it: a plugin
+//! that loops, allocates without end, panics or writes a key it may not
+//! gets an error naming it and the cause, and the data map is left as it
+//! was.
+//!
+//! ```no_run
+//! use serde_json::json;
+//! use wasmhooks::{DataMap, Hooks, Host, Policy};
+//!
+//! # fn main() -> Result<(), wasmhooks::Error> {
+//! let host = Host::new(Policy::from_file("operator.toml")?)?;
+//! let plugin = host.load_file("plugins/force_download.wasm")?;
+//! let mut hooks = Hooks::builder(json!({"model_id": "llama-2-7b"}))
+//!     .plugin(plugin, json!(null))
+//!     .start()?;
+//! let mut data = DataMap::new();
+//! let report = hooks.fire("pre_download", &mut data)?;
+//! println!("{} plugin(s) ran; data is now {data:?}", report.calls.len());
+//! # Ok(())
+//! # }
+//! ```
+
+mod bindings;
+mod capabilities;
+mod dispatch;
+mod engine;
+mod error;
+mod inspect;
+mod instance;
+mod loading;
+mod manifest;
+pub mod policy;
+mod sandbox;
+
+pub use dispatch::{
+    CallReport, Change, DataMap, Hooks, HooksBuilder, Outcome, PhaseReport, PluginStats,
+};
+pub use engine::Host;
+pub use error::{CallError, Cause, Error};
+pub use inspect::Inspection;
+pub use loading::{Plugin, sha256_hex};
+pub use manifest::{ALL_PHASES, Manifest};
+pub use policy::{OnError, PluginPolicy, Policy};
+
+/// The version of the `wasmhooks:plugin` WIT package this host implements.
+pub const WIT_VERSION: &str = "0.1.0";

@@ -1,0 +1,2 @@
+//! The `wasmhooks` command line.
+fn main() {}

@@ -1,0 +1,111 @@
+//! The sandbox around one plugin instance: its store state, memory cap,
+//! captured output, WASI grants, the epoch ticker behind wall-clock
+//! deadlines, and the reading of traps into causes.
+
+mod limiter;
+mod output;
+mod ticker;
+
+use std::sync::Arc;
+
+use wasmtime::component::ResourceTable;
+use wasmtime_wasi::{FsPerms, WasiCtx, WasiCtxBuilder, WasiCtxView, WasiView};
+
+use crate::capabilities::log::PluginLog;
+use crate::policy::PluginPolicy;
+use crate::{Cause, Error};
+
+pub(crate) use limiter::MemoryCap;
+pub(crate) use output::Output;
+pub(crate) use ticker::EpochTicker;
+
+/// Everything a plugin's store holds.
+pub(crate) struct PluginState {
+    wasi: WasiCtx,
+    table: ResourceTable,
+    pub(crate) memory: MemoryCap,
+    pub(crate) log: PluginLog,
+    pub(crate) stderr: Output,
+}
+
+impl WasiView for PluginState {
+    fn ctx(&mut self) -> WasiCtxView<'_> {
+        WasiCtxView {
+            ctx: &mut self.wasi,
+            table: &mut self.table,
+        }
+    }
+}
+
+impl PluginState {
+    /// A state with exactly the operator's grants: no ambient files,
+    /// network, environment, arguments or stdin.
+    pub(crate) fn new(policy: &PluginPolicy) -> Result<Self, Error> {
+        let mut wasi = WasiCtxBuilder::new();
+        let stdout = Output::new(Arc::from(policy.name.as_str()), "stdout");
+        let stderr = Output::new(Arc::from(policy.name.as_str()), "stderr");
+        wasi.stdout(stdout).stderr(stderr.clone());
+        // Sockets are denied by WasiCtxBuilder's defaults; say so explicitly.
+        wasi.allow_tcp(false)
+            .allow_udp(false)
+            .allow_ip_name_lookup(false);
+        for dir in &policy.grants.read {
+            if !dir.host.is_dir() {
+                return Err(Error::Grant {
+                    name: policy.name.clone(),
+                    what: format!("read access to {}", dir.host.display()),
+                    reason: "no such folder".into(),
+                });
+            }
+            wasi.preopened_dir(&dir.host, &dir.guest, FsPerms::ReadOnly)
+                .map_err(|e| Error::Grant {
+                    name: policy.name.clone(),
+                    what: format!("read access to {}", dir.host.display()),
+                    reason: e.to_string(),
+                })?;
+        }
+        for name in &policy.grants.env {
+            if let Ok(value) = std::env::var(name) {
+                wasi.env(name, value);
+            }
+        }
+        Ok(PluginState {
+            wasi: wasi.build(),
+            table: ResourceTable::new(),
+            memory: MemoryCap::new(policy.limits.memory_bytes),
+            log: PluginLog::new(&policy.name),
+            stderr,
+        })
+    }
+
+    /// Resets the per-call trackers before a call.
+    pub(crate) fn begin_call(&mut self) {
+        self.memory.begin_call();
+        self.log.begin_call();
+        self.stderr.begin_call();
+    }
+}
+
+/// Reads a failed call's error as a cause a person understands.
+pub(crate) fn classify(err: &wasmtime::Error, state: &PluginState, policy: &PluginPolicy) -> Cause {
+    if let Some(requested) = state.memory.refused() {
+        return Cause::MemoryLimit {
+            limit: policy.limits.memory_bytes,
+            requested,
+        };
+    }
+    match err.downcast_ref::<wasmtime::Trap>() {
+        Some(wasmtime::Trap::OutOfFuel) => Cause::OutOfFuel {
+            limit: policy.limits.fuel,
+        },
+        Some(wasmtime::Trap::Interrupt) => Cause::Timeout {
+            timeout: policy.limits.timeout,
+        },
+        Some(wasmtime::Trap::StackOverflow) => Cause::StackOverflow,
+        Some(wasmtime::Trap::UnreachableCodeReached) => Cause::Crashed {
+            message: state.stderr.call_tail(),
+        },
+        Some(other) => Cause::Trap(other.to_string()),
+        None => Cause::Trap(format!("{err:#}")),
+    }
+}
