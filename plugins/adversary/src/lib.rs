@@ -1,0 +1,96 @@
+//! A plugin that misbehaves on purpose, in the way the phase names, so the
+//! host's tests can show it survives each: loops, allocation without end,
+//! runaway recursion, panics, huge or invalid output, forbidden keys and
+//! reads of files it was not granted. Phase `count` behaves: it counts its
+//! calls, which shows whether the instance kept or lost its state.
+
+use std::hint::black_box;
+
+use wasmhooks_sdk::{Data, Error, Manifest, Plugin, Updates, Value};
+
+#[derive(Default)]
+struct Adversary {
+    count: u64,
+    hoard: Vec<Vec<u8>>,
+}
+
+impl Plugin for Adversary {
+    fn manifest() -> Manifest {
+        Manifest::new("adversary", env!("CARGO_PKG_VERSION")).all_phases()
+    }
+
+    fn init(&mut self, _job: &Value, config: &Value) -> Result<(), Error> {
+        match config["init"].as_str() {
+            Some("fail") => Err("refusing to start, as configured".into()),
+            Some("panic") => panic!("panic in init, as configured"),
+            _ => Ok(()),
+        }
+    }
+
+    fn on_phase(&mut self, phase: &str, data: &Data) -> Result<Updates, Error> {
+        match phase {
+            "count" => {
+                self.count += 1;
+                Ok(Updates::new().set("count", self.count))
+            }
+            "loop" => {
+                let mut x = 0u64;
+                loop {
+                    x = black_box(x.wrapping_add(1));
+                }
+            }
+            "alloc" => loop {
+                // Touch every page so the allocation is real.
+                self.hoard.push(vec![1u8; 1 << 20]);
+            },
+            "recurse" => Ok(Updates::new().set("depth", recurse(black_box(1)))),
+            "panic" => panic!("adversary panics on purpose"),
+            "error" => Err("adversary returns an error on purpose".into()),
+            "huge" => Ok(Updates::new().set("huge", "x".repeat(8 << 20))),
+            "invalid_json" => Ok(Updates::new().set_raw("result", "{not json")),
+            "partly_forbidden" => Ok(Updates::new()
+                .set("result", "fine")
+                .set("skip_default", true)),
+            "bad_key" => Ok(Updates::new().set("", 1)),
+            "read_file" => {
+                let path = data.str("path").ok_or("data has no `path`")?;
+                let text = std::fs::read_to_string(path)?;
+                Ok(Updates::new().set("result", text))
+            }
+            "env" => {
+                let vars: Vec<String> = std::env::vars().map(|(k, _)| k).collect();
+                Ok(Updates::new().set("result", vars))
+            }
+            "sleep" => {
+                // Spin on the clock rather than sleep, so the deadline (not
+                // fuel) is what stops it.
+                let start = std::time::Instant::now();
+                while start.elapsed().as_secs() < 60 {
+                    black_box(());
+                }
+                Ok(Updates::new())
+            }
+            _ => Ok(Updates::new()),
+        }
+    }
+
+    fn save_state(&self) -> Option<Value> {
+        Some(Value::from(self.count))
+    }
+
+    fn load_state(&mut self, state: Value) -> Result<(), Error> {
+        self.count = state.as_u64().ok_or("state is not a count")?;
+        Ok(())
+    }
+}
+
+fn recurse(n: u64) -> u64 {
+    // A frame the optimizer cannot fold away.
+    let buf = black_box([n; 16]);
+    if black_box(n) == 0 {
+        return buf[0];
+    }
+    recurse(n + 1).wrapping_add(buf[(n % 16) as usize])
+}
+
+wasmhooks_sdk::export_plugin!(Adversary);
