@@ -1,1 +1,12 @@
-fn main() {}
+//! Integration tests: real plugins built from `plugins/`, run by the real
+//! host under real operator configs.
+
+#![allow(clippy::unwrap_used, missing_docs)]
+
+mod adversarial;
+mod cli;
+mod dispatch;
+mod examples;
+mod grants;
+mod loading;
+mod support;

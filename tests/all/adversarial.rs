@@ -1,0 +1,202 @@
+//! A plugin that misbehaves in every way we know: each time the host
+//! survives, the error names the plugin, the phase and the cause, and the
+//! data map is exactly as it was.
+
+use serde_json::json;
+use wasmhooks::{Cause, Error, Hooks, Outcome};
+use wasmhooks_tests as plugins;
+
+use crate::support::{allow, data, host, start};
+
+/// The adversary under `limits` (TOML lines), allowed to write a few keys.
+fn adversary(limits: &str) -> Hooks {
+    let toml = allow(
+        "adversary",
+        plugins::ADVERSARY,
+        &format!("write = [\"count\", \"result\", \"depth\", \"huge\"]\n{limits}"),
+    );
+    let host = host(&toml);
+    start(&[&host.load_file(plugins::ADVERSARY).unwrap()])
+}
+
+/// Fires `phase` under the `fail` policy and checks the error and the data;
+/// then shows the host still runs the plugin (restarted if it trapped).
+fn fails(hooks: &mut Hooks, phase: &str) -> Cause {
+    let mut data = data(json!({"count": 41, "model": {"id": "tiny"}, "path": "/etc/hostname"}));
+    let before = data.clone();
+    let err = hooks.fire(phase, &mut data).unwrap_err();
+    assert_eq!(data, before, "a failed call must leave the data as it was");
+    let msg = err.to_string();
+    assert!(
+        msg.starts_with(&format!("plugin 'adversary' failed in phase '{phase}': ")),
+        "{msg}"
+    );
+    let Error::Call(call) = err else {
+        panic!("not a call error: {msg}")
+    };
+    hooks.fire("count", &mut data).unwrap();
+    assert!(data["count"].is_u64(), "the host keeps running the plugin");
+    call.cause
+}
+
+#[test]
+fn an_infinite_loop_runs_out_of_fuel() {
+    let mut hooks = adversary("fuel = 50_000_000");
+    let cause = fails(&mut hooks, "loop");
+    assert_eq!(cause, Cause::OutOfFuel { limit: 50_000_000 });
+    assert!(cause.to_string().contains("loops forever"));
+}
+
+#[test]
+fn a_call_past_its_deadline_is_interrupted() {
+    // Fuel enough for minutes: only the wall clock can stop it.
+    let mut hooks = adversary("fuel = 1_000_000_000_000_000\ntimeout_ms = 150");
+    let cause = fails(&mut hooks, "sleep");
+    assert!(matches!(cause, Cause::Timeout { .. }), "{cause}");
+    assert!(cause.to_string().contains("150 ms"), "{cause}");
+}
+
+#[test]
+fn unbounded_allocation_hits_the_memory_cap() {
+    let mut hooks = adversary("memory_mib = 16");
+    let cause = fails(&mut hooks, "alloc");
+    match cause {
+        Cause::MemoryLimit { limit, requested } => {
+            assert_eq!(limit, 16 << 20);
+            assert!(requested > limit);
+        }
+        other => panic!("{other}"),
+    }
+}
+
+#[test]
+fn runaway_recursion_overflows_the_stack() {
+    let mut hooks = adversary("");
+    assert_eq!(fails(&mut hooks, "recurse"), Cause::StackOverflow);
+    // Big frames exhaust Rust's stack in linear memory first.
+    let cause = fails(&mut hooks, "recurse_big_frames");
+    assert!(cause.to_string().contains("usually a stack overflow"), "{cause}");
+}
+
+#[test]
+fn a_panic_is_reported_with_its_message() {
+    let mut hooks = adversary("");
+    let cause = fails(&mut hooks, "panic");
+    let Cause::Crashed { message: Some(message) } = &cause else {
+        panic!("{cause:?}")
+    };
+    assert!(message.contains("adversary panics on purpose"), "{message}");
+}
+
+#[test]
+fn an_error_the_plugin_returns_is_reported() {
+    let mut hooks = adversary("");
+    let cause = fails(&mut hooks, "error");
+    assert_eq!(cause, Cause::Returned("adversary returns an error on purpose".into()));
+}
+
+#[test]
+fn huge_output_is_refused() {
+    let mut hooks = adversary("");
+    let cause = fails(&mut hooks, "huge");
+    assert!(matches!(cause, Cause::TooLarge { limit: 1_048_576, .. }), "{cause}");
+}
+
+#[test]
+fn invalid_json_is_refused() {
+    let mut hooks = adversary("");
+    let cause = fails(&mut hooks, "invalid_json");
+    assert!(matches!(&cause, Cause::InvalidJson { key, .. } if key == "result"), "{cause}");
+}
+
+#[test]
+fn an_invalid_key_is_refused() {
+    let mut hooks = adversary("");
+    assert!(matches!(fails(&mut hooks, "bad_key"), Cause::InvalidKey { .. }));
+}
+
+#[test]
+fn writing_a_key_without_a_grant_refuses_the_whole_call() {
+    let mut hooks = adversary("");
+    // The call also sets `result`, which it may write: all or nothing.
+    let cause = fails(&mut hooks, "partly_forbidden");
+    let Cause::ForbiddenKey { key, allowed } = &cause else {
+        panic!("{cause}")
+    };
+    assert_eq!(key, "skip_default");
+    assert_eq!(allowed, "count, result, depth, huge");
+}
+
+#[test]
+fn under_skip_a_trap_restarts_the_plugin_and_the_job_goes_on() {
+    let mut hooks = adversary("on_error = \"skip\"\nfuel = 50_000_000");
+    let mut data = data(json!({}));
+    hooks.fire("count", &mut data).unwrap();
+    hooks.fire("count", &mut data).unwrap();
+    assert_eq!(data["count"], 2);
+
+    // An error it returns keeps the instance and its state...
+    let report = hooks.fire("error", &mut data).unwrap();
+    assert_eq!(report.failures().count(), 1);
+    hooks.fire("count", &mut data).unwrap();
+    assert_eq!(data["count"], 3);
+
+    // ...a trap throws the instance away; the next call gets a fresh one.
+    let before = data.clone();
+    let report = hooks.fire("loop", &mut data).unwrap();
+    assert_eq!(data, before);
+    let failure = report.failures().next().unwrap();
+    assert!(matches!(failure.cause, Cause::OutOfFuel { .. }));
+    hooks.fire("count", &mut data).unwrap();
+    assert_eq!(data["count"], 1, "a fresh instance starts counting again");
+    assert_eq!(hooks.stats()[0].failures, 2);
+}
+
+#[test]
+fn under_disable_a_failing_plugin_is_not_called_again() {
+    let mut hooks = adversary("on_error = \"disable\"");
+    let mut data = data(json!({}));
+    hooks.fire("panic", &mut data).unwrap();
+    let report = hooks.fire("count", &mut data).unwrap();
+    assert!(matches!(report.calls[0].outcome, Outcome::Disabled));
+    assert!(!data.contains_key("count"));
+    let stats = &hooks.stats()[0];
+    assert_eq!(stats.calls, 1);
+    assert!(stats.disabled.as_deref().unwrap().contains("crashed"), "{stats:?}");
+}
+
+#[test]
+fn a_failing_init_fails_the_job_or_disables_the_plugin() {
+    let toml = allow("adversary", plugins::ADVERSARY, "");
+    let host = host(&toml);
+    let plugin = host.load_file(plugins::ADVERSARY).unwrap();
+    let err = Hooks::builder(json!({}))
+        .plugin(plugin.clone(), json!({"init": "panic"}))
+        .start()
+        .err()
+        .unwrap();
+    let msg = err.to_string();
+    assert!(msg.contains("plugin 'adversary' failed in init: crashed"), "{msg}");
+    assert!(msg.contains("panic in init"), "{msg}");
+
+    let toml = allow("adversary", plugins::ADVERSARY, "on_error = \"disable\"");
+    let host = crate::support::host(&toml);
+    let plugin = host.load_file(plugins::ADVERSARY).unwrap();
+    let mut hooks = Hooks::builder(json!({}))
+        .plugin(plugin, json!({"init": "fail"}))
+        .start()
+        .unwrap();
+    assert!(hooks.subscribers("count").is_empty());
+    let stats = &hooks.stats()[0];
+    assert!(stats.disabled.as_deref().unwrap().contains("refusing to start"), "{stats:?}");
+}
+
+#[test]
+fn a_failure_under_fail_leaves_the_hooks_usable_for_a_final_phase() {
+    let mut hooks = adversary("fuel = 50_000_000");
+    let mut data = data(json!({}));
+    assert!(hooks.fire("loop", &mut data).is_err());
+    // Like `on_train_end` on an error path: the plugin is started afresh.
+    hooks.fire("count", &mut data).unwrap();
+    assert_eq!(data["count"], 1);
+}

@@ -1,0 +1,127 @@
+//! Loading: only allowlisted, untampered, well-formed components that fit
+//! the world get through, and each refusal says why.
+
+use std::path::Path;
+
+use wasmhooks::{Error, Host, Policy, PluginPolicy, sha256_hex};
+use wasmhooks_tests as plugins;
+
+use crate::support::{allow, digest, host};
+
+/// An empty component: valid, but exports nothing.
+const EMPTY_COMPONENT: &[u8] = b"\0asm\x0d\x00\x01\x00";
+/// An empty core module: valid wasm, but not a component.
+const CORE_MODULE: &[u8] = b"\0asm\x01\x00\x00\x00";
+
+fn pinned(name: &str, bytes: &[u8]) -> Host {
+    Host::new(Policy::from_plugins([PluginPolicy::new(name, sha256_hex(bytes))]).unwrap()).unwrap()
+}
+
+#[test]
+fn an_unlisted_plugin_is_refused_before_compilation() {
+    let host = host("");
+    let err = host.load_file(plugins::FORCE_DOWNLOAD).unwrap_err();
+    assert!(matches!(err, Error::Unlisted { .. }), "{err}");
+    let msg = err.to_string();
+    assert!(msg.contains("force_download.wasm"), "{msg}");
+    assert!(msg.contains(&digest(plugins::FORCE_DOWNLOAD)), "{msg}");
+    assert!(msg.contains("not on the operator's allowlist"), "{msg}");
+}
+
+#[test]
+fn a_tampered_plugin_is_refused_naming_the_plugin() {
+    let host = host(&allow("force-download", plugins::FORCE_DOWNLOAD, ""));
+    let dir = tempfile::tempdir().unwrap();
+    let copy = dir.path().join("force_download.wasm");
+    let mut bytes = std::fs::read(plugins::FORCE_DOWNLOAD).unwrap();
+    let middle = bytes.len() / 2;
+    bytes[middle] ^= 0x01;
+    std::fs::write(&copy, &bytes).unwrap();
+    let err = host.load_file(&copy).unwrap_err();
+    let Error::DigestMismatch { name, expected, actual, .. } = &err else {
+        panic!("{err}")
+    };
+    assert_eq!(name, "force-download");
+    assert_eq!(expected, &digest(plugins::FORCE_DOWNLOAD));
+    assert_eq!(actual, &sha256_hex(&bytes));
+    assert!(err.to_string().contains("changed or rebuilt"));
+}
+
+#[test]
+fn corrupt_bytes_are_a_clear_error_even_when_pinned() {
+    let mut bytes = std::fs::read(plugins::FORCE_DOWNLOAD).unwrap();
+    bytes.truncate(bytes.len() / 3);
+    let err = pinned("truncated", &bytes).load_bytes("truncated.wasm", &bytes).unwrap_err();
+    assert!(matches!(err, Error::Invalid { .. }), "{err}");
+    assert!(err.to_string().starts_with("plugin 'truncated': truncated.wasm is not a valid WebAssembly component"));
+
+    let text = b"#!/bin/sh\necho hello\n";
+    let err = pinned("script", text).load_bytes("script.wasm", text).unwrap_err();
+    assert!(err.to_string().contains("wasm magic number"), "{err}");
+}
+
+#[test]
+fn a_core_module_is_refused_with_a_hint() {
+    let err = pinned("core", CORE_MODULE).load_bytes("core.wasm", CORE_MODULE).unwrap_err();
+    assert!(err.to_string().contains("core wasm module, not a component"), "{err}");
+    assert!(err.to_string().contains("wasm32-wasip2"), "{err}");
+}
+
+#[test]
+fn a_component_of_another_world_is_refused() {
+    let err = pinned("empty", EMPTY_COMPONENT).load_bytes("empty.wasm", EMPTY_COMPONENT).unwrap_err();
+    assert!(matches!(err, Error::WrongInterface { .. }), "{err}");
+    assert!(err.to_string().contains("does not implement wasmhooks:plugin/hooks@0.1.0"), "{err}");
+}
+
+#[test]
+fn a_plugin_must_carry_the_name_the_operator_allowed() {
+    let host = host(&allow("downloader", plugins::FORCE_DOWNLOAD, ""));
+    let plugin = host.load_file(plugins::FORCE_DOWNLOAD).unwrap();
+    assert_eq!(plugin.name(), "downloader");
+    let err = wasmhooks::Hooks::builder(serde_json::json!({}))
+        .plugin(plugin, serde_json::Value::Null)
+        .start()
+        .err()
+        .unwrap();
+    let msg = err.to_string();
+    assert!(msg.contains("calls itself 'force-download'"), "{msg}");
+    assert!(msg.contains("allowed this file as 'downloader'"), "{msg}");
+}
+
+#[test]
+fn an_unreadable_file_names_the_path() {
+    let err = host("").load_file("/no/such/plugin.wasm").unwrap_err();
+    assert!(err.to_string().contains("cannot read plugin file /no/such/plugin.wasm"), "{err}");
+}
+
+#[test]
+fn operator_config_errors_name_the_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("operator.toml");
+    std::fs::write(&path, "[[plugin]]\nname = \"x\"\n").unwrap();
+    let err = Policy::from_file(&path).unwrap_err().to_string();
+    assert!(err.contains("operator.toml"), "{err}");
+    assert!(err.contains("missing field `sha256`"), "{err}");
+    assert!(Policy::from_file(Path::new("/no/such.toml")).is_err());
+}
+
+#[test]
+fn inspect_reads_the_manifest_of_a_plugin_not_yet_allowed() {
+    let info = host("").inspect(plugins::METRICS_COLLECTOR).unwrap();
+    assert_eq!(info.sha256, digest(plugins::METRICS_COLLECTOR));
+    assert_eq!(info.allowed_as, None);
+    assert!(info.exports.contains(&"wasmhooks:plugin/hooks@0.1.0".to_owned()), "{:?}", info.exports);
+    assert!(info.imports.contains(&"wasmhooks:plugin/types@0.1.0".to_owned()), "{:?}", info.imports);
+    assert!(info.imports.iter().any(|i| i.starts_with("wasi:clocks/monotonic-clock")));
+    let manifest = info.manifest.unwrap();
+    assert_eq!(manifest.name, "metrics-collector");
+    assert_eq!(manifest.order, 100);
+    assert_eq!(info.problem, None);
+
+    let dir = tempfile::tempdir().unwrap();
+    let empty = dir.path().join("empty.wasm");
+    std::fs::write(&empty, EMPTY_COMPONENT).unwrap();
+    let info = host("").inspect(&empty).unwrap();
+    assert!(info.problem.unwrap().contains("does not implement"));
+}
