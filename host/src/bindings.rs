@@ -7,7 +7,7 @@ wasmtime::component::bindgen!({
     world: "plugin",
 });
 
-pub(crate) use wasmhooks::plugin::{log, types};
+pub(crate) use self::wasmhooks::plugin::{log, types};
 
 /// The world's name and version, for messages.
 pub(crate) const WORLD: &str = "wasmhooks:plugin/hooks@0.1.0";

@@ -56,21 +56,26 @@ impl HooksBuilder {
                 return Err(Error::Duplicate(plugin.name().to_owned()));
             }
             let config = config.to_string();
-            let (instance, disabled) = match Instance::start(&plugin, &job, &config) {
-                Ok(instance) => (Some(instance), None),
-                Err(Error::Call(err)) if plugin.policy().on_error != OnError::Fail => {
-                    tracing::warn!(plugin = plugin.name(), "{err}; plugin disabled");
-                    (None, Some(err))
-                }
-                Err(err) => return Err(err),
-            };
-            slots.push(Slot {
+            let mut slot = Slot {
                 stats: PluginStats::new(plugin.name()),
+                manifest: None,
                 plugin,
                 config,
-                instance,
-                disabled,
-            });
+                instance: None,
+                disabled: None,
+            };
+            match Instance::start(&slot.plugin, &job, &slot.config) {
+                Ok(instance) => {
+                    slot.manifest = Some(instance.manifest.clone());
+                    slot.instance = Some(instance);
+                }
+                Err(Error::Call(err)) if slot.plugin.policy().on_error != OnError::Fail => {
+                    tracing::warn!("{err}; plugin disabled");
+                    slot.disable(err);
+                }
+                Err(err) => return Err(err),
+            }
+            slots.push(slot);
         }
         Ok(Hooks {
             job,
@@ -93,6 +98,9 @@ pub struct Hooks {
 struct Slot {
     plugin: Plugin,
     config: String,
+    /// Read when the plugin started; routes are built from it, so a plugin
+    /// between instances (after a trap) or disabled keeps its place.
+    manifest: Option<Manifest>,
     /// `None` when disabled, or when a trap threw the instance away and it
     /// is to be started afresh at its next call.
     instance: Option<Instance>,
@@ -205,9 +213,7 @@ impl Hooks {
 
     /// The manifests of the plugins that are running.
     pub fn manifests(&self) -> impl Iterator<Item = &Manifest> {
-        self.slots
-            .iter()
-            .filter_map(|s| s.instance.as_ref().map(|i| &i.manifest))
+        self.slots.iter().filter_map(|s| s.manifest.as_ref())
     }
 
     /// The plugins that will be called at `phase`, in call order.
@@ -300,13 +306,13 @@ impl Hooks {
             let mut route: Vec<usize> = (0..self.slots.len())
                 .filter(|&i| {
                     let slot = &self.slots[i];
-                    slot.manifest().is_some_and(|m| {
+                    slot.manifest.as_ref().is_some_and(|m| {
                         m.subscribes(phase) && !(m.rank_zero_only && self.rank != 0)
                     })
                 })
                 .collect();
             // A stable sort keeps job order among equal `order`s.
-            route.sort_by_key(|&i| self.slots[i].manifest().map_or(0, |m| m.order));
+            route.sort_by_key(|&i| self.slots[i].manifest.as_ref().map_or(0, |m| m.order));
             self.routes.insert(phase.to_owned(), route);
         }
         &self.routes[phase]
@@ -314,10 +320,6 @@ impl Hooks {
 }
 
 impl Slot {
-    fn manifest(&self) -> Option<&Manifest> {
-        self.instance.as_ref().map(|i| &i.manifest)
-    }
-
     /// The instance, started afresh if a trap threw the last one away.
     fn live(&mut self, job: &str) -> Result<Option<&mut Instance>, Error> {
         if self.disabled.is_some() {

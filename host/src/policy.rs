@@ -12,6 +12,7 @@
 //! [[plugin]]
 //! name = "force-download"
 //! sha256 = "3f5a..."
+//! file = "plugins/force_download.wasm"  # optional, for `wasmhooks check`
 //! write = ["local_node_download_model", "worker_node_download_model"]
 //! read = ["models", { host = "/data/tokenizers", guest = "/tok" }]
 //! env = ["HF_HOME"]
@@ -147,6 +148,9 @@ pub struct PluginPolicy {
     pub name: String,
     /// The sha256 of the `.wasm` file, lowercase hex.
     pub sha256: String,
+    /// Where the operator keeps the file, if the config says; `check` loads
+    /// it from there. Jobs ship their own files, matched by digest.
+    pub file: Option<PathBuf>,
     /// Its limits.
     pub limits: Limits,
     /// What to do when a call fails.
@@ -162,6 +166,7 @@ impl PluginPolicy {
         PluginPolicy {
             name: name.into(),
             sha256: sha256.into().to_ascii_lowercase(),
+            file: None,
             limits: Limits::default(),
             on_error: OnError::default(),
             grants: Grants::default(),
@@ -332,6 +337,7 @@ struct RawLimits {
 struct RawPlugin {
     name: String,
     sha256: String,
+    file: Option<PathBuf>,
     fuel: Option<u64>,
     memory_mib: Option<u64>,
     timeout_ms: Option<u64>,
@@ -400,6 +406,7 @@ impl RawPlugin {
             .collect();
         Ok(PluginPolicy {
             sha256: self.sha256.to_ascii_lowercase(),
+            file: self.file.map(|f| base.join(f)),
             name: self.name,
             limits,
             on_error: self.on_error.or(d.on_error).unwrap_or_default(),
@@ -455,7 +462,7 @@ mod tests {
     fn rejects_bad_configs_with_reasons() {
         let cases = [
             (
-                format!("[[plugin]]\nname = \"a\"\nsha256 = \"abc\""),
+                "[[plugin]]\nname = \"a\"\nsha256 = \"abc\"".to_owned(),
                 "64 hex",
             ),
             (

@@ -105,6 +105,11 @@ pub(crate) fn classify(err: &wasmtime::Error, state: &PluginState, policy: &Plug
         Some(wasmtime::Trap::UnreachableCodeReached) => Cause::Crashed {
             message: state.stderr.call_tail(),
         },
+        Some(wasmtime::Trap::MemoryOutOfBounds) => Cause::Trap(format!(
+            "{} (in Rust, C and Zig plugins this is usually a stack overflow: \
+             deep recursion ran past the stack kept in linear memory)",
+            wasmtime::Trap::MemoryOutOfBounds
+        )),
         Some(other) => Cause::Trap(other.to_string()),
         None => Cause::Trap(format!("{err:#}")),
     }

@@ -2,7 +2,8 @@
 //! host's tests can show it survives each: loops, allocation without end,
 //! runaway recursion, panics, huge or invalid output, forbidden keys and
 //! reads of files it was not granted. Phase `count` behaves: it counts its
-//! calls, which shows whether the instance kept or lost its state.
+//! calls, which shows whether the instance kept or lost its state. Any phase
+//! it has no behaviour for sets `seen` to the keys it was given.
 
 use std::hint::black_box;
 
@@ -44,6 +45,7 @@ impl Plugin for Adversary {
                 self.hoard.push(vec![1u8; 1 << 20]);
             },
             "recurse" => Ok(Updates::new().set("depth", recurse(black_box(1)))),
+            "recurse_big_frames" => Ok(Updates::new().set("depth", recurse_big_frames(black_box(1)))),
             "panic" => panic!("adversary panics on purpose"),
             "error" => Err("adversary returns an error on purpose".into()),
             "huge" => Ok(Updates::new().set("huge", "x".repeat(8 << 20))),
@@ -56,6 +58,11 @@ impl Plugin for Adversary {
                 let path = data.str("path").ok_or("data has no `path`")?;
                 let text = std::fs::read_to_string(path)?;
                 Ok(Updates::new().set("result", text))
+            }
+            "write_file" => {
+                let path = data.str("path").ok_or("data has no `path`")?;
+                std::fs::write(path, "written by a plugin")?;
+                Ok(Updates::new().set("result", "written"))
             }
             "env" => {
                 let vars: Vec<String> = std::env::vars().map(|(k, _)| k).collect();
@@ -70,7 +77,12 @@ impl Plugin for Adversary {
                 }
                 Ok(Updates::new())
             }
-            _ => Ok(Updates::new()),
+            // Any other phase: report the keys it was given, to show what
+            // earlier plugins of the phase wrote.
+            _ => {
+                let keys: Vec<&str> = data.iter().map(|(k, _)| k).collect();
+                Ok(Updates::new().set("seen", keys))
+            }
         }
     }
 
@@ -84,13 +96,22 @@ impl Plugin for Adversary {
     }
 }
 
+/// Recursion on the wasm stack: the engine's stack limit stops it.
 fn recurse(n: u64) -> u64 {
-    // A frame the optimizer cannot fold away.
-    let buf = black_box([n; 16]);
+    if black_box(n) == 0 {
+        return 0;
+    }
+    recurse(n + 1).wrapping_add(1)
+}
+
+/// Recursion with arrays on the stack Rust keeps in linear memory: that
+/// stack runs out first, and the access past it traps.
+fn recurse_big_frames(n: u64) -> u64 {
+    let buf = black_box([n; 64]);
     if black_box(n) == 0 {
         return buf[0];
     }
-    recurse(n + 1).wrapping_add(buf[(n % 16) as usize])
+    recurse_big_frames(n + 1).wrapping_add(buf[(n % 64) as usize])
 }
 
 wasmhooks_sdk::export_plugin!(Adversary);

@@ -11,11 +11,13 @@ struct LogPhases {
 
 impl Plugin for LogPhases {
     fn manifest() -> Manifest {
-        // Runs first and needs no data: the phase name is enough.
+        // Runs first, on rank zero only, and needs no data: the phase name is
+        // enough.
         Manifest::new("log-phases", env!("CARGO_PKG_VERSION"))
             .all_phases()
             .order(-100)
             .reads_nothing()
+            .rank_zero_only()
     }
 
     fn init(&mut self, job: &Value, _config: &Value) -> Result<(), Error> {

@@ -1,0 +1,120 @@
+//! Command-line parsing and the commands. Errors are `anyhow` here, at the
+//! edge; the library's own are typed.
+
+mod call;
+mod check;
+mod inspect;
+
+use std::io::Write;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::Context;
+use clap::{Parser, Subcommand};
+use serde::Serialize;
+use wasmhooks::{Host, Policy};
+
+/// Sandboxed WebAssembly callbacks for the phases of ML jobs.
+#[derive(Parser)]
+#[command(name = "wasmhooks", version, about)]
+pub struct Args {
+    /// Log more: -v for info, -vv for debug (or set WASMHOOKS_LOG).
+    #[arg(short, long, action = clap::ArgAction::Count, global = true)]
+    pub verbose: u8,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Show a plugin's manifest, interfaces and sha256.
+    Inspect {
+        /// The plugin file.
+        file: PathBuf,
+        /// Also say whether this operator config allows it.
+        #[arg(long)]
+        operator: Option<PathBuf>,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Print the `[[plugin]]` entry that allows a plugin, for the operator config.
+    Digest {
+        /// Plugin files.
+        #[arg(required = true)]
+        files: Vec<PathBuf>,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Check an operator config and every plugin it lists.
+    Check {
+        /// The operator config.
+        operator: PathBuf,
+        /// More plugin files to check against it.
+        files: Vec<PathBuf>,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Fire phases at plugins with a data map, and show what they changed.
+    Call(call::CallArgs),
+}
+
+/// Logs go to stderr; stdout is for results.
+pub fn init_logging(verbose: u8) {
+    let default = match verbose {
+        0 => "warn",
+        1 => "info",
+        _ => "debug",
+    };
+    let filter = tracing_subscriber::EnvFilter::try_from_env("WASMHOOKS_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .with_target(false)
+        .init();
+}
+
+pub fn run(args: Args) -> anyhow::Result<ExitCode> {
+    match args.command {
+        Command::Inspect {
+            file,
+            operator,
+            json,
+        } => inspect::inspect(&file, operator.as_deref(), json),
+        Command::Digest { files, json } => inspect::digest(&files, json),
+        Command::Check {
+            operator,
+            files,
+            json,
+        } => check::check(&operator, &files, json),
+        Command::Call(call) => call::call(call),
+    }
+}
+
+/// A host under the operator config at `path`, or an empty policy.
+fn host(operator: Option<&std::path::Path>) -> anyhow::Result<Host> {
+    let policy = match operator {
+        Some(path) => Policy::from_file(path)?,
+        None => Policy::default(),
+    };
+    Ok(Host::new(policy)?)
+}
+
+/// Prints a value as pretty JSON on stdout.
+fn print_json(value: &impl Serialize) -> anyhow::Result<()> {
+    let mut out = std::io::stdout().lock();
+    serde_json::to_writer_pretty(&mut out, value).context("write JSON")?;
+    writeln!(out)?;
+    Ok(())
+}
+
+/// Prints text on stdout.
+fn print(text: &str) -> anyhow::Result<()> {
+    let mut out = std::io::stdout().lock();
+    out.write_all(text.as_bytes())?;
+    Ok(())
+}

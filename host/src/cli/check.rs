@@ -1,0 +1,94 @@
+//! `check`: an operator config and every plugin it lists (or is given)
+//! are loaded, instantiated and described exactly as a job would.
+
+use std::fmt::Write as _;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+use serde::Serialize;
+use serde_json::Value;
+use wasmhooks::{Hooks, Host, Policy};
+
+use super::{print, print_json};
+
+#[derive(Serialize)]
+struct Finding {
+    plugin: String,
+    file: Option<PathBuf>,
+    ok: bool,
+    detail: String,
+}
+
+pub fn check(operator: &Path, files: &[PathBuf], json: bool) -> anyhow::Result<ExitCode> {
+    let policy = Policy::from_file(operator)?;
+    let host = Host::new(policy.clone())?;
+    let mut findings = Vec::new();
+    let mut checked = std::collections::BTreeSet::new();
+    for file in policy.plugins().iter().filter_map(|p| p.file.clone()).chain(files.iter().cloned()) {
+        let finding = check_file(&host, &file);
+        checked.insert(finding.plugin.clone());
+        findings.push(finding);
+    }
+    for p in policy.plugins().iter().filter(|p| !checked.contains(&p.name)) {
+        findings.push(Finding {
+            plugin: p.name.clone(),
+            file: None,
+            ok: true,
+            detail: "pinned; no file given to check".into(),
+        });
+    }
+    let ok = findings.iter().all(|f| f.ok);
+    if json {
+        print_json(&serde_json::json!({"operator": operator, "ok": ok, "plugins": findings}))?;
+    } else {
+        let mut out = format!(
+            "{}: {} plugin(s) allowed\n",
+            operator.display(),
+            policy.plugins().len()
+        );
+        for f in &findings {
+            let mark = if f.ok { "ok  " } else { "FAIL" };
+            writeln!(out, "  {mark} {:<24} {}", f.plugin, f.detail)?;
+        }
+        print(&out)?;
+    }
+    Ok(if ok { ExitCode::SUCCESS } else { ExitCode::FAILURE })
+}
+
+fn check_file(host: &Host, file: &Path) -> Finding {
+    let fail = |plugin: String, detail: String| Finding {
+        plugin,
+        file: Some(file.to_owned()),
+        ok: false,
+        detail,
+    };
+    let plugin = match host.load_file(file) {
+        Ok(plugin) => plugin,
+        Err(e) => return fail(file.display().to_string(), e.to_string()),
+    };
+    let name = plugin.name().to_owned();
+    // Instantiate and describe it as a job would; `init` needs the job's
+    // config, so a plugin that refuses a null config is still "ok" here.
+    match Hooks::builder(Value::Null).plugin(plugin.clone(), Value::Null).start() {
+        Ok(hooks) => {
+            let m = hooks.manifests().next();
+            let detail = match m {
+                Some(m) => format!("{} {}: phases {}", m.name, m.version, m.phases.join(", ")),
+                None => "loaded; disabled by its own init".into(),
+            };
+            Finding {
+                plugin: name,
+                file: Some(file.to_owned()),
+                ok: true,
+                detail,
+            }
+        }
+        Err(wasmhooks::Error::Call(e)) if e.call == "init" => Finding {
+            plugin: name,
+            file: Some(file.to_owned()),
+            ok: true,
+            detail: format!("loads; its init needs a job config ({})", e.cause),
+        },
+        Err(e) => fail(name, e.to_string()),
+    }
+}
