@@ -75,14 +75,20 @@ fn runaway_recursion_overflows_the_stack() {
     assert_eq!(fails(&mut hooks, "recurse"), Cause::StackOverflow);
     // Big frames exhaust Rust's stack in linear memory first.
     let cause = fails(&mut hooks, "recurse_big_frames");
-    assert!(cause.to_string().contains("usually a stack overflow"), "{cause}");
+    assert!(
+        cause.to_string().contains("usually a stack overflow"),
+        "{cause}"
+    );
 }
 
 #[test]
 fn a_panic_is_reported_with_its_message() {
     let mut hooks = adversary("");
     let cause = fails(&mut hooks, "panic");
-    let Cause::Crashed { message: Some(message) } = &cause else {
+    let Cause::Crashed {
+        message: Some(message),
+    } = &cause
+    else {
         panic!("{cause:?}")
     };
     assert!(message.contains("adversary panics on purpose"), "{message}");
@@ -92,27 +98,45 @@ fn a_panic_is_reported_with_its_message() {
 fn an_error_the_plugin_returns_is_reported() {
     let mut hooks = adversary("");
     let cause = fails(&mut hooks, "error");
-    assert_eq!(cause, Cause::Returned("adversary returns an error on purpose".into()));
+    assert_eq!(
+        cause,
+        Cause::Returned("adversary returns an error on purpose".into())
+    );
 }
 
 #[test]
 fn huge_output_is_refused() {
     let mut hooks = adversary("");
     let cause = fails(&mut hooks, "huge");
-    assert!(matches!(cause, Cause::TooLarge { limit: 1_048_576, .. }), "{cause}");
+    assert!(
+        matches!(
+            cause,
+            Cause::TooLarge {
+                limit: 1_048_576,
+                ..
+            }
+        ),
+        "{cause}"
+    );
 }
 
 #[test]
 fn invalid_json_is_refused() {
     let mut hooks = adversary("");
     let cause = fails(&mut hooks, "invalid_json");
-    assert!(matches!(&cause, Cause::InvalidJson { key, .. } if key == "result"), "{cause}");
+    assert!(
+        matches!(&cause, Cause::InvalidJson { key, .. } if key == "result"),
+        "{cause}"
+    );
 }
 
 #[test]
 fn an_invalid_key_is_refused() {
     let mut hooks = adversary("");
-    assert!(matches!(fails(&mut hooks, "bad_key"), Cause::InvalidKey { .. }));
+    assert!(matches!(
+        fails(&mut hooks, "bad_key"),
+        Cause::InvalidKey { .. }
+    ));
 }
 
 #[test]
@@ -162,7 +186,10 @@ fn under_disable_a_failing_plugin_is_not_called_again() {
     assert!(!data.contains_key("count"));
     let stats = &hooks.stats()[0];
     assert_eq!(stats.calls, 1);
-    assert!(stats.disabled.as_deref().unwrap().contains("crashed"), "{stats:?}");
+    assert!(
+        stats.disabled.as_deref().unwrap().contains("crashed"),
+        "{stats:?}"
+    );
 }
 
 #[test]
@@ -176,7 +203,10 @@ fn a_failing_init_fails_the_job_or_disables_the_plugin() {
         .err()
         .unwrap();
     let msg = err.to_string();
-    assert!(msg.contains("plugin 'adversary' failed in init: crashed"), "{msg}");
+    assert!(
+        msg.contains("plugin 'adversary' failed in init: crashed"),
+        "{msg}"
+    );
     assert!(msg.contains("panic in init"), "{msg}");
 
     let toml = allow("adversary", plugins::ADVERSARY, "on_error = \"disable\"");
@@ -188,7 +218,14 @@ fn a_failing_init_fails_the_job_or_disables_the_plugin() {
         .unwrap();
     assert!(hooks.subscribers("count").is_empty());
     let stats = &hooks.stats()[0];
-    assert!(stats.disabled.as_deref().unwrap().contains("refusing to start"), "{stats:?}");
+    assert!(
+        stats
+            .disabled
+            .as_deref()
+            .unwrap()
+            .contains("refusing to start"),
+        "{stats:?}"
+    );
 }
 
 #[test]

@@ -7,15 +7,17 @@ use crate::support::{allow, data, host, start};
 
 #[test]
 fn equal_order_runs_in_job_order_and_later_plugins_see_earlier_updates() {
-    let host = host(&[
-        allow(
-            "force-download",
-            plugins::FORCE_DOWNLOAD,
-            r#"write = ["local_node_download_model", "worker_node_download_model"]"#,
-        ),
-        allow("adversary", plugins::ADVERSARY, r#"write = ["seen"]"#),
-    ]
-    .concat());
+    let host = host(
+        &[
+            allow(
+                "force-download",
+                plugins::FORCE_DOWNLOAD,
+                r#"write = ["local_node_download_model", "worker_node_download_model"]"#,
+            ),
+            allow("adversary", plugins::ADVERSARY, r#"write = ["seen"]"#),
+        ]
+        .concat(),
+    );
     let force = host.load_file(plugins::FORCE_DOWNLOAD).unwrap();
     let adversary = host.load_file(plugins::ADVERSARY).unwrap();
 
@@ -24,7 +26,11 @@ fn equal_order_runs_in_job_order_and_later_plugins_see_earlier_updates() {
     hooks.fire("pre_download", &mut after).unwrap();
     assert_eq!(
         after["seen"],
-        json!(["local_node_download_model", "model", "worker_node_download_model"])
+        json!([
+            "local_node_download_model",
+            "model",
+            "worker_node_download_model"
+        ])
     );
 
     let mut hooks = start(&[&adversary, &force]);
@@ -35,13 +41,19 @@ fn equal_order_runs_in_job_order_and_later_plugins_see_earlier_updates() {
 
 #[test]
 fn reports_say_what_each_call_changed_and_cost() {
-    let host = host(&allow("adversary", plugins::ADVERSARY, r#"write = ["count"]"#));
+    let host = host(&allow(
+        "adversary",
+        plugins::ADVERSARY,
+        r#"write = ["count"]"#,
+    ));
     let adversary = host.load_file(plugins::ADVERSARY).unwrap();
     let mut hooks = start(&[&adversary]);
     let mut data = data(json!({}));
     let report = hooks.fire("count", &mut data).unwrap();
     let call = &report.calls[0];
-    assert!(matches!(&call.outcome, wasmhooks::Outcome::Applied { set, removed } if set == &["count"] && removed.is_empty()));
+    assert!(
+        matches!(&call.outcome, wasmhooks::Outcome::Applied { set, removed } if set == &["count"] && removed.is_empty())
+    );
     assert!(call.fuel > 0);
     let json = serde_json::to_value(&report).unwrap();
     assert_eq!(json["calls"][0]["outcome"]["kind"], "applied");

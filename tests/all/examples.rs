@@ -51,12 +51,19 @@ fn composed_plugins_shape_the_node_initialization_data() {
     for phase in NODE_PHASES {
         if phase == "post_placement_group" {
             // What the default step would have put there.
-            data.insert("placement_group".into(), json!({"strategy": "PACK", "bundles": [{"CPU": 8}]}));
+            data.insert(
+                "placement_group".into(),
+                json!({"strategy": "PACK", "bundles": [{"CPU": 8}]}),
+            );
         }
         let report = hooks.fire(phase, &mut data).unwrap();
         let order: Vec<&str> = report.calls.iter().map(|c| c.plugin.as_str()).collect();
         assert_eq!(order.first(), Some(&"log-phases"), "{phase}: {order:?}");
-        assert_eq!(order.last(), Some(&"metrics-collector"), "{phase}: {order:?}");
+        assert_eq!(
+            order.last(),
+            Some(&"metrics-collector"),
+            "{phase}: {order:?}"
+        );
         assert_eq!(report.failures().count(), 0);
     }
 
@@ -64,10 +71,19 @@ fn composed_plugins_shape_the_node_initialization_data() {
     assert_eq!(data["worker_node_download_model"], "MODEL_AND_TOKENIZER");
     let plan = &data["placement_group"];
     assert_eq!(plan["strategy"], "SPREAD");
-    assert_eq!(plan["bundles"], json!([{"CPU": 1, "GPU": 1}, {"CPU": 1, "GPU": 1}]));
-    assert_eq!(plan["replaced"]["strategy"], "PACK", "it saw the default plan");
+    assert_eq!(
+        plan["bundles"],
+        json!([{"CPU": 1, "GPU": 1}, {"CPU": 1, "GPU": 1}])
+    );
+    assert_eq!(
+        plan["replaced"]["strategy"], "PACK",
+        "it saw the default plan"
+    );
     let metrics = &data["metrics"];
-    assert_eq!(metrics["total_calls"], 8, "one call per phase, state kept: {metrics}");
+    assert_eq!(
+        metrics["total_calls"], 8,
+        "one call per phase, state kept: {metrics}"
+    );
     assert_eq!(metrics["calls"]["pre_download"], 1);
 }
 
@@ -77,13 +93,19 @@ fn plugins_are_called_only_for_phases_they_subscribe_to() {
     let force = host.load_file(plugins::FORCE_DOWNLOAD).unwrap();
     let metrics = host.load_file(plugins::METRICS_COLLECTOR).unwrap();
     let mut hooks = start(&[&force, &metrics]);
-    assert_eq!(hooks.subscribers("pre_download"), ["force-download", "metrics-collector"]);
+    assert_eq!(
+        hooks.subscribers("pre_download"),
+        ["force-download", "metrics-collector"]
+    );
     assert_eq!(hooks.subscribers("post_download"), ["metrics-collector"]);
     let mut data = data(json!({}));
     hooks.fire("post_download", &mut data).unwrap();
     assert!(!data.contains_key("local_node_download_model"));
     let stats = hooks.stats();
-    assert_eq!((stats[0].plugin.as_str(), stats[0].calls), ("force-download", 0));
+    assert_eq!(
+        (stats[0].plugin.as_str(), stats[0].calls),
+        ("force-download", 0)
+    );
     assert_eq!(stats[1].calls, 1);
 }
 
@@ -98,7 +120,10 @@ fn a_plugin_gets_only_the_keys_it_reads() {
     let last = &data["metrics"]["last"];
     assert_eq!(last["loss"], 0.5);
     assert_eq!(last["step"], 3.0);
-    assert!(last.get("secret_number").is_none(), "it was never given: {last}");
+    assert!(
+        last.get("secret_number").is_none(),
+        "it was never given: {last}"
+    );
 }
 
 #[test]
@@ -149,7 +174,10 @@ fn rank_zero_only_plugins_do_not_run_on_other_ranks() {
         .unwrap();
     assert_eq!(rank1.subscribers("pre_download"), ["force-download"]);
     let mut rank0 = start(&[&log, &force]);
-    assert_eq!(rank0.subscribers("pre_download"), ["log-phases", "force-download"]);
+    assert_eq!(
+        rank0.subscribers("pre_download"),
+        ["log-phases", "force-download"]
+    );
 }
 
 #[test]
@@ -160,7 +188,9 @@ fn plugin_config_reaches_init_and_bad_config_is_refused() {
     let mut hooks = start_with([(&pg, config)]);
     let mut data = data(json!({}));
     let report = hooks.fire("post_placement_group", &mut data).unwrap();
-    assert!(matches!(&report.calls[0].outcome, Outcome::Applied { set, .. } if set == &["placement_group"]));
+    assert!(
+        matches!(&report.calls[0].outcome, Outcome::Applied { set, .. } if set == &["placement_group"])
+    );
     assert_eq!(data["placement_group"]["strategy"], "STRICT_SPREAD");
 
     let err = Hooks::builder(crate::support::job())
@@ -169,7 +199,10 @@ fn plugin_config_reaches_init_and_bad_config_is_refused() {
         .err()
         .unwrap();
     let msg = err.to_string();
-    assert!(msg.contains("plugin 'custom-placement-group' failed in init"), "{msg}");
+    assert!(
+        msg.contains("plugin 'custom-placement-group' failed in init"),
+        "{msg}"
+    );
     assert!(msg.contains("ROUND_ROBIN"), "{msg}");
 }
 

@@ -8,7 +8,11 @@ use wasmhooks_tests as plugins;
 use crate::support::{allow, data, host, start};
 
 fn read(extra: &str, path: &str) -> Result<serde_json::Value, Cause> {
-    let toml = allow("adversary", plugins::ADVERSARY, &format!("write = [\"result\"]\n{extra}"));
+    let toml = allow(
+        "adversary",
+        plugins::ADVERSARY,
+        &format!("write = [\"result\"]\n{extra}"),
+    );
     let host = host(&toml);
     let mut hooks = start(&[&host.load_file(plugins::ADVERSARY).unwrap()]);
     let mut data = data(json!({"path": path}));
@@ -27,18 +31,34 @@ fn read(extra: &str, path: &str) -> Result<serde_json::Value, Cause> {
 fn a_granted_folder_is_readable_at_its_guest_path() {
     let dir = tempfile::tempdir().unwrap();
     std::fs::write(dir.path().join("hello.txt"), "hello from the host").unwrap();
-    let grant = format!("read = [{{ host = {:?}, guest = \"/granted\" }}]", dir.path());
-    assert_eq!(read(&grant, "/granted/hello.txt").unwrap(), "hello from the host");
+    let grant = format!(
+        "read = [{{ host = {:?}, guest = \"/granted\" }}]",
+        dir.path()
+    );
+    assert_eq!(
+        read(&grant, "/granted/hello.txt").unwrap(),
+        "hello from the host"
+    );
 }
 
 #[test]
 fn files_outside_the_grants_are_not_readable() {
     let dir = tempfile::tempdir().unwrap();
     std::fs::write(dir.path().join("hello.txt"), "hi").unwrap();
-    let grant = format!("read = [{{ host = {:?}, guest = \"/granted\" }}]", dir.path());
-    for path in ["/etc/hostname", "/granted/../../etc/hostname", &dir.path().join("hello.txt").display().to_string()] {
+    let grant = format!(
+        "read = [{{ host = {:?}, guest = \"/granted\" }}]",
+        dir.path()
+    );
+    for path in [
+        "/etc/hostname",
+        "/granted/../../etc/hostname",
+        &dir.path().join("hello.txt").display().to_string(),
+    ] {
         let cause = read(&grant, path).unwrap_err();
-        assert!(matches!(cause, Cause::Returned(ref m) if m.starts_with("I/O")), "{path}: {cause}");
+        assert!(
+            matches!(cause, Cause::Returned(ref m) if m.starts_with("I/O")),
+            "{path}: {cause}"
+        );
     }
     // Without any grant, nothing at all.
     assert!(read("", "/granted/hello.txt").is_err());
@@ -50,7 +70,10 @@ fn a_granted_folder_is_read_only() {
     let toml = allow(
         "adversary",
         plugins::ADVERSARY,
-        &format!("write = [\"result\"]\nread = [{{ host = {:?}, guest = \"/granted\" }}]", dir.path()),
+        &format!(
+            "write = [\"result\"]\nread = [{{ host = {:?}, guest = \"/granted\" }}]",
+            dir.path()
+        ),
     );
     let host = host(&toml);
     let mut hooks = start(&[&host.load_file(plugins::ADVERSARY).unwrap()]);
@@ -70,15 +93,26 @@ fn a_missing_granted_folder_is_a_clear_error() {
     );
     let host = host(&toml);
     let plugin = host.load_file(plugins::ADVERSARY).unwrap();
-    let err = wasmhooks::Hooks::builder(json!({})).plugin(plugin, json!(null)).start().err().unwrap();
+    let err = wasmhooks::Hooks::builder(json!({}))
+        .plugin(plugin, json!(null))
+        .start()
+        .err()
+        .unwrap();
     let msg = err.to_string();
-    assert!(msg.contains("plugin 'adversary': cannot grant read access to /no/such/folder"), "{msg}");
+    assert!(
+        msg.contains("plugin 'adversary': cannot grant read access to /no/such/folder"),
+        "{msg}"
+    );
 }
 
 #[test]
 fn only_granted_environment_variables_are_visible() {
     let vars = |extra: &str| {
-        let toml = allow("adversary", plugins::ADVERSARY, &format!("write = [\"result\"]\n{extra}"));
+        let toml = allow(
+            "adversary",
+            plugins::ADVERSARY,
+            &format!("write = [\"result\"]\n{extra}"),
+        );
         let host = host(&toml);
         let mut hooks = start(&[&host.load_file(plugins::ADVERSARY).unwrap()]);
         let mut data = data(json!({}));

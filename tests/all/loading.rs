@@ -3,7 +3,7 @@
 
 use std::path::Path;
 
-use wasmhooks::{Error, Host, Policy, PluginPolicy, sha256_hex};
+use wasmhooks::{Error, Host, PluginPolicy, Policy, sha256_hex};
 use wasmhooks_tests as plugins;
 
 use crate::support::{allow, digest, host};
@@ -38,7 +38,13 @@ fn a_tampered_plugin_is_refused_naming_the_plugin() {
     bytes[middle] ^= 0x01;
     std::fs::write(&copy, &bytes).unwrap();
     let err = host.load_file(&copy).unwrap_err();
-    let Error::DigestMismatch { name, expected, actual, .. } = &err else {
+    let Error::DigestMismatch {
+        name,
+        expected,
+        actual,
+        ..
+    } = &err
+    else {
         panic!("{err}")
     };
     assert_eq!(name, "force-download");
@@ -51,27 +57,46 @@ fn a_tampered_plugin_is_refused_naming_the_plugin() {
 fn corrupt_bytes_are_a_clear_error_even_when_pinned() {
     let mut bytes = std::fs::read(plugins::FORCE_DOWNLOAD).unwrap();
     bytes.truncate(bytes.len() / 3);
-    let err = pinned("truncated", &bytes).load_bytes("truncated.wasm", &bytes).unwrap_err();
+    let err = pinned("truncated", &bytes)
+        .load_bytes("truncated.wasm", &bytes)
+        .unwrap_err();
     assert!(matches!(err, Error::Invalid { .. }), "{err}");
-    assert!(err.to_string().starts_with("plugin 'truncated': truncated.wasm is not a valid WebAssembly component"));
+    assert!(
+        err.to_string()
+            .starts_with("plugin 'truncated': truncated.wasm is not a valid WebAssembly component")
+    );
 
     let text = b"#!/bin/sh\necho hello\n";
-    let err = pinned("script", text).load_bytes("script.wasm", text).unwrap_err();
+    let err = pinned("script", text)
+        .load_bytes("script.wasm", text)
+        .unwrap_err();
     assert!(err.to_string().contains("wasm magic number"), "{err}");
 }
 
 #[test]
 fn a_core_module_is_refused_with_a_hint() {
-    let err = pinned("core", CORE_MODULE).load_bytes("core.wasm", CORE_MODULE).unwrap_err();
-    assert!(err.to_string().contains("core wasm module, not a component"), "{err}");
+    let err = pinned("core", CORE_MODULE)
+        .load_bytes("core.wasm", CORE_MODULE)
+        .unwrap_err();
+    assert!(
+        err.to_string()
+            .contains("core wasm module, not a component"),
+        "{err}"
+    );
     assert!(err.to_string().contains("wasm32-wasip2"), "{err}");
 }
 
 #[test]
 fn a_component_of_another_world_is_refused() {
-    let err = pinned("empty", EMPTY_COMPONENT).load_bytes("empty.wasm", EMPTY_COMPONENT).unwrap_err();
+    let err = pinned("empty", EMPTY_COMPONENT)
+        .load_bytes("empty.wasm", EMPTY_COMPONENT)
+        .unwrap_err();
     assert!(matches!(err, Error::WrongInterface { .. }), "{err}");
-    assert!(err.to_string().contains("does not implement wasmhooks:plugin/hooks@0.1.0"), "{err}");
+    assert!(
+        err.to_string()
+            .contains("does not implement wasmhooks:plugin/hooks@0.1.0"),
+        "{err}"
+    );
 }
 
 #[test]
@@ -92,7 +117,11 @@ fn a_plugin_must_carry_the_name_the_operator_allowed() {
 #[test]
 fn an_unreadable_file_names_the_path() {
     let err = host("").load_file("/no/such/plugin.wasm").unwrap_err();
-    assert!(err.to_string().contains("cannot read plugin file /no/such/plugin.wasm"), "{err}");
+    assert!(
+        err.to_string()
+            .contains("cannot read plugin file /no/such/plugin.wasm"),
+        "{err}"
+    );
 }
 
 #[test]
@@ -111,9 +140,23 @@ fn inspect_reads_the_manifest_of_a_plugin_not_yet_allowed() {
     let info = host("").inspect(plugins::METRICS_COLLECTOR).unwrap();
     assert_eq!(info.sha256, digest(plugins::METRICS_COLLECTOR));
     assert_eq!(info.allowed_as, None);
-    assert!(info.exports.contains(&"wasmhooks:plugin/hooks@0.1.0".to_owned()), "{:?}", info.exports);
-    assert!(info.imports.contains(&"wasmhooks:plugin/types@0.1.0".to_owned()), "{:?}", info.imports);
-    assert!(info.imports.iter().any(|i| i.starts_with("wasi:clocks/monotonic-clock")));
+    assert!(
+        info.exports
+            .contains(&"wasmhooks:plugin/hooks@0.1.0".to_owned()),
+        "{:?}",
+        info.exports
+    );
+    assert!(
+        info.imports
+            .contains(&"wasmhooks:plugin/types@0.1.0".to_owned()),
+        "{:?}",
+        info.imports
+    );
+    assert!(
+        info.imports
+            .iter()
+            .any(|i| i.starts_with("wasi:clocks/monotonic-clock"))
+    );
     let manifest = info.manifest.unwrap();
     assert_eq!(manifest.name, "metrics-collector");
     assert_eq!(manifest.order, 100);

@@ -31,7 +31,11 @@ fn main() -> anyhow::Result<()> {
         "plugins" => plugins(&root).map(|_| ()),
         _ => {
             eprintln!("{USAGE}");
-            if task.is_empty() { Ok(()) } else { bail!("unknown task '{task}'") }
+            if task.is_empty() {
+                Ok(())
+            } else {
+                bail!("unknown task '{task}'")
+            }
         }
     }
 }
@@ -49,7 +53,10 @@ fn wasm_target() -> anyhow::Result<()> {
         .args(["target", "list", "--installed"])
         .output()
         .context("rustup is needed to add the wasm32-wasip2 target")?;
-    if String::from_utf8_lossy(&installed.stdout).lines().any(|l| l.trim() == "wasm32-wasip2") {
+    if String::from_utf8_lossy(&installed.stdout)
+        .lines()
+        .any(|l| l.trim() == "wasm32-wasip2")
+    {
         return Ok(());
     }
     eprintln!("xtask: adding the wasm32-wasip2 target");
@@ -73,7 +80,11 @@ fn demo(root: &Path) -> anyhow::Result<()> {
     for entry in std::fs::read_dir(&dir)? {
         let path = entry?.path();
         if path.extension().is_some_and(|e| e == "wasm") {
-            let stem = path.file_stem().unwrap_or_default().to_string_lossy().into_owned();
+            let stem = path
+                .file_stem()
+                .unwrap_or_default()
+                .to_string_lossy()
+                .into_owned();
             let digest = format!("{:x}", Sha256::digest(std::fs::read(&path)?));
             operator = operator.replace(&format!("{{sha256:{stem}}}"), &digest);
             files.push((stem, path));
@@ -83,19 +94,43 @@ fn demo(root: &Path) -> anyhow::Result<()> {
     std::fs::create_dir_all(&out)?;
     let operator_path = out.join("operator.toml");
     std::fs::write(&operator_path, operator)?;
-    eprintln!("xtask: operator config with fresh digests at {}", operator_path.display());
+    eprintln!(
+        "xtask: operator config with fresh digests at {}",
+        operator_path.display()
+    );
 
     let wasm = |name: &str| dir.join(format!("{name}.wasm")).display().to_string();
     let operator_arg = operator_path.display().to_string();
     let job = example.join("job.json").display().to_string();
     let data = example.join("data.json").display().to_string();
-    cargo(root, &["run", "--quiet", "-p", "wasmhooks", "--", "check", &operator_arg])?;
+    cargo(
+        root,
+        &[
+            "run",
+            "--quiet",
+            "-p",
+            "wasmhooks",
+            "--",
+            "check",
+            &operator_arg,
+        ],
+    )?;
     let args = [
-        "run", "--quiet", "-p", "wasmhooks", "--", "-v", "call",
-        "--operator", &operator_arg,
-        "--job", &job,
-        "--data", &data,
-        "--phase", NODE_PHASES,
+        "run",
+        "--quiet",
+        "-p",
+        "wasmhooks",
+        "--",
+        "-v",
+        "call",
+        "--operator",
+        &operator_arg,
+        "--job",
+        &job,
+        "--data",
+        &data,
+        "--phase",
+        NODE_PHASES,
         &wasm("log_phases"),
         &wasm("force_download"),
         &wasm("custom_placement_group"),
@@ -110,7 +145,9 @@ fn cargo(root: &Path, args: &[&str]) -> anyhow::Result<()> {
 }
 
 fn run(cmd: &mut Command) -> anyhow::Result<()> {
-    let status = cmd.status().with_context(|| format!("cannot run {cmd:?}"))?;
+    let status = cmd
+        .status()
+        .with_context(|| format!("cannot run {cmd:?}"))?;
     if !status.success() {
         bail!("{cmd:?} failed: {status}");
     }

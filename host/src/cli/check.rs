@@ -24,12 +24,21 @@ pub fn check(operator: &Path, files: &[PathBuf], json: bool) -> anyhow::Result<E
     let host = Host::new(policy.clone())?;
     let mut findings = Vec::new();
     let mut checked = std::collections::BTreeSet::new();
-    for file in policy.plugins().iter().filter_map(|p| p.file.clone()).chain(files.iter().cloned()) {
+    for file in policy
+        .plugins()
+        .iter()
+        .filter_map(|p| p.file.clone())
+        .chain(files.iter().cloned())
+    {
         let finding = check_file(&host, &file);
         checked.insert(finding.plugin.clone());
         findings.push(finding);
     }
-    for p in policy.plugins().iter().filter(|p| !checked.contains(&p.name)) {
+    for p in policy
+        .plugins()
+        .iter()
+        .filter(|p| !checked.contains(&p.name))
+    {
         findings.push(Finding {
             plugin: p.name.clone(),
             file: None,
@@ -52,7 +61,11 @@ pub fn check(operator: &Path, files: &[PathBuf], json: bool) -> anyhow::Result<E
         }
         print(&out)?;
     }
-    Ok(if ok { ExitCode::SUCCESS } else { ExitCode::FAILURE })
+    Ok(if ok {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    })
 }
 
 fn check_file(host: &Host, file: &Path) -> Finding {
@@ -69,7 +82,10 @@ fn check_file(host: &Host, file: &Path) -> Finding {
     let name = plugin.name().to_owned();
     // Instantiate and describe it as a job would; `init` needs the job's
     // config, so a plugin that refuses a null config is still "ok" here.
-    match Hooks::builder(Value::Null).plugin(plugin.clone(), Value::Null).start() {
+    match Hooks::builder(Value::Null)
+        .plugin(plugin.clone(), Value::Null)
+        .start()
+    {
         Ok(hooks) => {
             let m = hooks.manifests().next();
             let detail = match m {

@@ -18,7 +18,10 @@ pub fn inspect(file: &Path, operator: Option<&Path>, json: bool) -> anyhow::Resu
         writeln!(out, "file      {} ({} bytes)", info.file, info.size)?;
         writeln!(out, "sha256    {}", info.sha256)?;
         if operator.is_some() {
-            let allowed = info.allowed_as.as_deref().map_or("no".into(), |n| format!("yes, as '{n}'"));
+            let allowed = info
+                .allowed_as
+                .as_deref()
+                .map_or("no".into(), |n| format!("yes, as '{n}'"));
             writeln!(out, "allowed   {allowed}")?;
         }
         writeln!(out, "world     wasmhooks:plugin@{}", wasmhooks::WIT_VERSION)?;
@@ -27,7 +30,11 @@ pub fn inspect(file: &Path, operator: Option<&Path>, json: bool) -> anyhow::Resu
             writeln!(out, "phases    {}", m.phases.join(", "))?;
             writeln!(out, "order     {}", m.order)?;
             let reads = m.reads.as_ref().map_or("every key".into(), |r| {
-                if r.is_empty() { "no keys".into() } else { r.join(", ") }
+                if r.is_empty() {
+                    "no keys".into()
+                } else {
+                    r.join(", ")
+                }
             });
             writeln!(out, "reads     {reads}")?;
             if !m.observe.is_empty() {

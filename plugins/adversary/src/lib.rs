@@ -45,7 +45,9 @@ impl Plugin for Adversary {
                 self.hoard.push(vec![1u8; 1 << 20]);
             },
             "recurse" => Ok(Updates::new().set("depth", recurse(black_box(1)))),
-            "recurse_big_frames" => Ok(Updates::new().set("depth", recurse_big_frames(black_box(1)))),
+            "recurse_big_frames" => {
+                Ok(Updates::new().set("depth", recurse_big_frames(black_box(1))))
+            }
             "panic" => panic!("adversary panics on purpose"),
             "error" => Err("adversary returns an error on purpose".into()),
             "huge" => Ok(Updates::new().set("huge", "x".repeat(8 << 20))),

@@ -27,7 +27,10 @@ impl Plugin for LogPhases {
 
     fn on_phase(&mut self, phase: &str, _data: &Data) -> Result<Updates, Error> {
         self.seen += 1;
-        log::info(format!("[{phase}] model={} (call {})", self.model, self.seen));
+        log::info(format!(
+            "[{phase}] model={} (call {})",
+            self.model, self.seen
+        ));
         Ok(Updates::new())
     }
 }
