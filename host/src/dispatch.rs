@@ -344,6 +344,14 @@ impl Slot {
         Ok(self.instance.as_mut())
     }
 
+    /// Throws the instance away if a trap left it unusable; the next call
+    /// starts a fresh one.
+    fn drop_if_poisoned(&mut self) {
+        if self.instance.as_ref().is_some_and(|i| i.poisoned) {
+            self.instance = None;
+        }
+    }
+
     fn disable(&mut self, err: CallError) {
         self.stats.disabled = Some(err.to_string());
         self.disabled = Some(err);
@@ -351,9 +359,7 @@ impl Slot {
     }
 
     fn fail(&mut self, call: &str, cause: Cause) -> Error {
-        if cause.poisons_instance() {
-            self.instance = None;
-        }
+        self.drop_if_poisoned();
         Error::Call(CallError {
             plugin: self.plugin.name().to_owned(),
             call: call.to_owned(),
@@ -397,9 +403,7 @@ impl Slot {
         let changes = match changes {
             Ok(changes) => changes,
             Err(cause) => {
-                if cause.poisons_instance() {
-                    self.instance = None;
-                }
+                self.drop_if_poisoned();
                 return Err(CallError {
                     plugin: name,
                     call: format!("phase '{phase}'"),

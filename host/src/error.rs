@@ -189,22 +189,6 @@ pub enum Cause {
     },
 }
 
-impl Cause {
-    /// Whether the instance must be thrown away: after a trap the component
-    /// may not be entered again, and its memory may be half-updated.
-    pub fn poisons_instance(&self) -> bool {
-        matches!(
-            self,
-            Cause::OutOfFuel { .. }
-                | Cause::MemoryLimit { .. }
-                | Cause::Timeout { .. }
-                | Cause::StackOverflow
-                | Cause::Crashed { .. }
-                | Cause::Trap(_)
-        )
-    }
-}
-
 fn humanize(d: Duration) -> String {
     if d.as_millis() < 10_000 {
         format!("{} ms", d.as_millis())

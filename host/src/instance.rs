@@ -25,6 +25,8 @@ pub(crate) struct Instance {
     store: Store<PluginState>,
     hooks: bindings::Plugin,
     pub(crate) manifest: Manifest,
+    /// Set when a call trapped: the component may not be entered again.
+    pub(crate) poisoned: bool,
 }
 
 impl Instance {
@@ -78,6 +80,7 @@ impl Instance {
             plugin: plugin.clone(),
             store,
             hooks,
+            poisoned: false,
             manifest: Manifest {
                 name: policy.name.clone(),
                 version: String::new(),
@@ -164,14 +167,28 @@ impl Instance {
             fuel: policy.limits.fuel - self.store.get_fuel().unwrap_or(0),
             elapsed: start.elapsed(),
         };
-        let result = result.map_err(|e| sandbox::classify(&e, self.store.data(), policy));
+        let result = match result {
+            Err(e) => {
+                self.poisoned = true;
+                Err(sandbox::classify(&e, self.store.data(), policy))
+            }
+            // It returned, but past its deadline (say, from a wait the
+            // host cut short, with no epoch check after it): a timeout
+            // all the same, and its results are not used.
+            Ok(_) if usage.elapsed > policy.limits.timeout => Err(Cause::Timeout {
+                timeout: policy.limits.timeout,
+            }),
+            Ok(r) => Ok(r),
+        };
         (result, usage)
     }
 }
 
 /// Gives the store a full tank and a new deadline before a call.
 fn arm(store: &mut Store<PluginState>, policy: &PluginPolicy) {
-    store.data_mut().begin_call();
+    store
+        .data_mut()
+        .begin_call(Instant::now() + policy.limits.timeout);
     // Fuel is on in every engine this crate builds, so this cannot fail.
     let _ = store.set_fuel(policy.limits.fuel);
     store.set_epoch_deadline(EpochTicker::ticks(policy.limits.timeout));

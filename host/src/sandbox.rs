@@ -7,10 +7,12 @@ mod output;
 mod ticker;
 
 use std::sync::Arc;
+use std::time::Instant;
 
 use wasmtime::component::ResourceTable;
 use wasmtime_wasi::{FsPerms, WasiCtx, WasiCtxBuilder, WasiCtxView, WasiView};
 
+use crate::capabilities::clocks::{DeadlineView, MonotonicClock};
 use crate::capabilities::log::PluginLog;
 use crate::policy::PluginPolicy;
 use crate::{Cause, Error};
@@ -26,6 +28,18 @@ pub(crate) struct PluginState {
     pub(crate) memory: MemoryCap,
     pub(crate) log: PluginLog,
     pub(crate) stderr: Output,
+    clock: MonotonicClock,
+    deadline: Instant,
+}
+
+impl DeadlineView for PluginState {
+    fn clock(&self) -> &MonotonicClock {
+        &self.clock
+    }
+
+    fn deadline(&self) -> Instant {
+        self.deadline
+    }
 }
 
 impl WasiView for PluginState {
@@ -42,6 +56,8 @@ impl PluginState {
     /// network, environment, arguments or stdin.
     pub(crate) fn new(policy: &PluginPolicy) -> Result<Self, Error> {
         let mut wasi = WasiCtxBuilder::new();
+        let clock = MonotonicClock::new();
+        wasi.monotonic_clock(clock.clone());
         let stdout = Output::new(Arc::from(policy.name.as_str()), "stdout");
         let stderr = Output::new(Arc::from(policy.name.as_str()), "stderr");
         wasi.stdout(stdout).stderr(stderr.clone());
@@ -75,11 +91,15 @@ impl PluginState {
             memory: MemoryCap::new(policy.limits.memory_bytes),
             log: PluginLog::new(&policy.name),
             stderr,
+            clock,
+            deadline: Instant::now(),
         })
     }
 
-    /// Resets the per-call trackers before a call.
-    pub(crate) fn begin_call(&mut self) {
+    /// Resets the per-call trackers before a call that must end by
+    /// `deadline`.
+    pub(crate) fn begin_call(&mut self, deadline: Instant) {
+        self.deadline = deadline;
         self.memory.begin_call();
         self.log.begin_call();
         self.stderr.begin_call();

@@ -57,6 +57,17 @@ fn a_call_past_its_deadline_is_interrupted() {
 }
 
 #[test]
+fn a_call_blocked_in_a_host_wait_still_ends_at_its_deadline() {
+    let mut hooks = adversary("timeout_ms = 150");
+    let cause = fails(&mut hooks, "block");
+    assert!(matches!(cause, Cause::Timeout { .. }), "{cause}");
+    // A wait that ends inside the deadline is not cut short.
+    let mut data = data(json!({}));
+    hooks.fire("nap", &mut data).unwrap();
+    assert!(data["result"].as_u64().unwrap() >= 20, "{data:?}");
+}
+
+#[test]
 fn unbounded_allocation_hits_the_memory_cap() {
     let mut hooks = adversary("memory_mib = 16");
     let cause = fails(&mut hooks, "alloc");

@@ -123,3 +123,23 @@ fn only_granted_environment_variables_are_visible() {
     assert!(std::env::var("PATH").is_ok());
     assert_eq!(vars("env = [\"PATH\"]"), json!(["PATH"]));
 }
+
+#[test]
+fn a_plugin_has_no_network() {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    listener.set_nonblocking(true).unwrap();
+    let addr = listener.local_addr().unwrap().to_string();
+    let toml = allow("adversary", plugins::ADVERSARY, "write = [\"result\"]");
+    let host = host(&toml);
+    let mut hooks = start(&[&host.load_file(plugins::ADVERSARY).unwrap()]);
+    let mut data = data(json!({"addr": addr}));
+    let err = hooks.fire("connect", &mut data).unwrap_err();
+    // Refused by the host's socket policy, not unsupported by the guest.
+    assert!(err.to_string().contains("Permission denied"), "{err}");
+    assert!(!data.contains_key("result"));
+    let accepted = listener.accept();
+    assert!(
+        matches!(&accepted, Err(e) if e.kind() == std::io::ErrorKind::WouldBlock),
+        "nothing may reach the listener: {accepted:?}"
+    );
+}

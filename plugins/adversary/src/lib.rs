@@ -66,6 +66,11 @@ impl Plugin for Adversary {
                 std::fs::write(path, "written by a plugin")?;
                 Ok(Updates::new().set("result", "written"))
             }
+            "connect" => {
+                let addr = data.str("addr").ok_or("data has no `addr`")?;
+                std::net::TcpStream::connect(addr)?;
+                Ok(Updates::new().set("result", "connected"))
+            }
             "env" => {
                 let vars: Vec<String> = std::env::vars().map(|(k, _)| k).collect();
                 Ok(Updates::new().set("result", vars))
@@ -81,6 +86,17 @@ impl Plugin for Adversary {
             }
             // Any other phase: report the keys it was given, to show what
             // earlier plugins of the phase wrote.
+            "nap" => {
+                let start = std::time::Instant::now();
+                std::thread::sleep(std::time::Duration::from_millis(20));
+                let slept = start.elapsed().as_millis() as u64;
+                Ok(Updates::new().set("result", slept))
+            }
+            "block" => {
+                // Blocks in the host, where no wasm runs to interrupt.
+                std::thread::sleep(std::time::Duration::from_secs(60));
+                Ok(Updates::new())
+            }
             _ => {
                 let keys: Vec<&str> = data.iter().map(|(k, _)| k).collect();
                 Ok(Updates::new().set("seen", keys))
