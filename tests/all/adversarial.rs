@@ -6,17 +6,13 @@ use serde_json::json;
 use wasmhooks::{Cause, Error, Hooks, Outcome};
 use wasmhooks_tests as plugins;
 
-use crate::support::{allow, data, host, start};
+use crate::support::{allow, data, host};
 
 /// The adversary under `limits` (TOML lines), allowed to write a few keys.
 fn adversary(limits: &str) -> Hooks {
-    let toml = allow(
-        "adversary",
-        plugins::ADVERSARY,
-        &format!("write = [\"count\", \"result\", \"depth\", \"huge\"]\n{limits}"),
-    );
-    let host = host(&toml);
-    start(&[&host.load_file(plugins::ADVERSARY).unwrap()])
+    crate::support::adversary(&format!(
+        "write = [\"count\", \"result\", \"depth\", \"huge\"]\n{limits}"
+    ))
 }
 
 /// Fires `phase` under the `fail` policy and checks the error and the data;

@@ -5,16 +5,10 @@ use serde_json::json;
 use wasmhooks::Cause;
 use wasmhooks_tests as plugins;
 
-use crate::support::{allow, data, host, start};
+use crate::support::{adversary, allow, data, host};
 
 fn read(extra: &str, path: &str) -> Result<serde_json::Value, Cause> {
-    let toml = allow(
-        "adversary",
-        plugins::ADVERSARY,
-        &format!("write = [\"result\"]\n{extra}"),
-    );
-    let host = host(&toml);
-    let mut hooks = start(&[&host.load_file(plugins::ADVERSARY).unwrap()]);
+    let mut hooks = adversary(&format!("write = [\"result\"]\n{extra}"));
     let mut data = data(json!({"path": path}));
     let before = data.clone();
     match hooks.fire("read_file", &mut data) {
@@ -67,16 +61,10 @@ fn files_outside_the_grants_are_not_readable() {
 #[test]
 fn a_granted_folder_is_read_only() {
     let dir = tempfile::tempdir().unwrap();
-    let toml = allow(
-        "adversary",
-        plugins::ADVERSARY,
-        &format!(
-            "write = [\"result\"]\nread = [{{ host = {:?}, guest = \"/granted\" }}]",
-            dir.path()
-        ),
-    );
-    let host = host(&toml);
-    let mut hooks = start(&[&host.load_file(plugins::ADVERSARY).unwrap()]);
+    let mut hooks = adversary(&format!(
+        "write = [\"result\"]\nread = [{{ host = {:?}, guest = \"/granted\" }}]",
+        dir.path()
+    ));
     let mut data = data(json!({"path": "/granted/new.txt"}));
     let err = hooks.fire("write_file", &mut data).unwrap_err();
     assert!(err.to_string().contains("returned an error: I/O"), "{err}");
@@ -108,13 +96,7 @@ fn a_missing_granted_folder_is_a_clear_error() {
 #[test]
 fn only_granted_environment_variables_are_visible() {
     let vars = |extra: &str| {
-        let toml = allow(
-            "adversary",
-            plugins::ADVERSARY,
-            &format!("write = [\"result\"]\n{extra}"),
-        );
-        let host = host(&toml);
-        let mut hooks = start(&[&host.load_file(plugins::ADVERSARY).unwrap()]);
+        let mut hooks = adversary(&format!("write = [\"result\"]\n{extra}"));
         let mut data = data(json!({}));
         hooks.fire("env", &mut data).unwrap();
         data["result"].clone()
@@ -129,9 +111,7 @@ fn a_plugin_has_no_network() {
     let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     listener.set_nonblocking(true).unwrap();
     let addr = listener.local_addr().unwrap().to_string();
-    let toml = allow("adversary", plugins::ADVERSARY, "write = [\"result\"]");
-    let host = host(&toml);
-    let mut hooks = start(&[&host.load_file(plugins::ADVERSARY).unwrap()]);
+    let mut hooks = adversary("write = [\"result\"]");
     let mut data = data(json!({"addr": addr}));
     let err = hooks.fire("connect", &mut data).unwrap_err();
     // Refused by the host's socket policy, not unsupported by the guest.

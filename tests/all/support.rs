@@ -24,6 +24,12 @@ pub fn host(toml: &str) -> Host {
     Host::new(Policy::from_toml_str(toml, Path::new(".")).unwrap()).unwrap()
 }
 
+/// Hooks running only the adversary plugin, allowed with `extra` TOML lines.
+pub fn adversary(extra: &str) -> Hooks {
+    let host = host(&allow("adversary", wasmhooks_tests::ADVERSARY, extra));
+    start(&[&host.load_file(wasmhooks_tests::ADVERSARY).unwrap()])
+}
+
 /// Starts hooks for a job with these loaded plugins and no plugin config.
 pub fn start(plugins: &[&Plugin]) -> Hooks {
     start_with(plugins.iter().map(|&p| (p, Value::Null)))
