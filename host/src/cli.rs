@@ -4,6 +4,7 @@
 mod call;
 mod check;
 mod inspect;
+mod run;
 
 use std::io::Write;
 use std::path::PathBuf;
@@ -59,6 +60,8 @@ enum Command {
     },
     /// Fire phases at plugins with a data map, and show what they changed.
     Call(call::CallArgs),
+    /// Run a job bundle: its node initialization and training, with its plugins.
+    Run(run::RunArgs),
 }
 
 /// Logs go to stderr; stdout is for results.
@@ -92,6 +95,7 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
             json,
         } => check::check(&operator, &files, json),
         Command::Call(call) => call::call(call),
+        Command::Run(args) => run::run(args),
     }
 }
 

@@ -35,6 +35,8 @@ mod engine;
 mod error;
 mod inspect;
 mod instance;
+pub mod job;
+pub mod lifecycles;
 mod loading;
 mod manifest;
 pub mod policy;

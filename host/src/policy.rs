@@ -15,6 +15,7 @@
 //! file = "plugins/force_download.wasm"  # optional, for `wasmhooks check`
 //! write = ["local_node_download_model", "worker_node_download_model"]
 //! read = ["models", { host = "/data/tokenizers", guest = "/tok" }]
+//! readwrite = [{ host = "logs", guest = "/logs" }]
 //! env = ["HF_HOME"]
 //! on_error = "skip"
 //! ```
@@ -121,6 +122,8 @@ pub struct Grants {
     pub write: Vec<KeyPattern>,
     /// Folders it may read (never write).
     pub read: Vec<DirGrant>,
+    /// Folders it may read and write (a metrics log, say).
+    pub read_write: Vec<DirGrant>,
     /// Names of host environment variables it may see.
     pub env: Vec<String>,
 }
@@ -276,7 +279,7 @@ impl Policy {
             if p.limits.fuel == 0 || p.limits.memory_bytes == 0 || p.limits.timeout.is_zero() {
                 return Err(format!("plugin '{}': limits must be above zero", p.name));
             }
-            for d in &p.grants.read {
+            for d in p.grants.read.iter().chain(&p.grants.read_write) {
                 if !d.guest.starts_with('/') {
                     return Err(format!(
                         "plugin '{}': the guest path of a read grant must be absolute, got {:?}",
@@ -348,6 +351,8 @@ struct RawPlugin {
     #[serde(default)]
     read: Vec<RawDir>,
     #[serde(default)]
+    readwrite: Vec<RawDir>,
+    #[serde(default)]
     env: Vec<String>,
 }
 
@@ -356,6 +361,28 @@ struct RawPlugin {
 enum RawDir {
     Same(PathBuf),
     Mapped { host: PathBuf, guest: String },
+}
+
+impl RawDir {
+    /// A plain path is seen at the same path (made absolute) in the guest.
+    fn resolve(self, base: &Path) -> DirGrant {
+        let (host, guest) = match self {
+            RawDir::Same(p) => {
+                let guest = p.to_string_lossy().into_owned();
+                let guest = if guest.starts_with('/') {
+                    guest
+                } else {
+                    format!("/{guest}")
+                };
+                (p, guest)
+            }
+            RawDir::Mapped { host, guest } => (host, guest),
+        };
+        DirGrant {
+            host: base.join(host),
+            guest,
+        }
+    }
 }
 
 impl RawPlugin {
@@ -382,28 +409,11 @@ impl RawPlugin {
             .map(|w| KeyPattern::new(w))
             .collect::<Result<Vec<_>, _>>()
             .map_err(|e| format!("plugin '{}': {e}", self.name))?;
-        let read = self
-            .read
-            .into_iter()
-            .map(|r| {
-                let (host, guest) = match r {
-                    RawDir::Same(p) => {
-                        let guest = p.to_string_lossy().into_owned();
-                        let guest = if guest.starts_with('/') {
-                            guest
-                        } else {
-                            format!("/{guest}")
-                        };
-                        (p, guest)
-                    }
-                    RawDir::Mapped { host, guest } => (host, guest),
-                };
-                DirGrant {
-                    host: base.join(host),
-                    guest,
-                }
-            })
-            .collect();
+        let dirs = |list: Vec<RawDir>| -> Vec<DirGrant> {
+            list.into_iter().map(|r| r.resolve(base)).collect()
+        };
+        let read = dirs(self.read);
+        let read_write = dirs(self.readwrite);
         Ok(PluginPolicy {
             sha256: self.sha256.to_ascii_lowercase(),
             file: self.file.map(|f| base.join(f)),
@@ -413,6 +423,7 @@ impl RawPlugin {
             grants: Grants {
                 write,
                 read,
+                read_write,
                 env: self.env,
             },
         })

@@ -65,20 +65,23 @@ impl PluginState {
         wasi.allow_tcp(false)
             .allow_udp(false)
             .allow_ip_name_lookup(false);
-        for dir in &policy.grants.read {
+        let grants = &policy.grants;
+        let dirs = (grants.read.iter().map(|d| (d, FsPerms::ReadOnly)))
+            .chain(grants.read_write.iter().map(|d| (d, FsPerms::ReadWrite)));
+        for (dir, perms) in dirs {
+            let grant_error = |reason: String| Error::Grant {
+                name: policy.name.clone(),
+                what: match perms {
+                    FsPerms::ReadOnly => format!("read access to {}", dir.host.display()),
+                    FsPerms::ReadWrite => format!("read-write access to {}", dir.host.display()),
+                },
+                reason,
+            };
             if !dir.host.is_dir() {
-                return Err(Error::Grant {
-                    name: policy.name.clone(),
-                    what: format!("read access to {}", dir.host.display()),
-                    reason: "no such folder".into(),
-                });
+                return Err(grant_error("no such folder".into()));
             }
-            wasi.preopened_dir(&dir.host, &dir.guest, FsPerms::ReadOnly)
-                .map_err(|e| Error::Grant {
-                    name: policy.name.clone(),
-                    what: format!("read access to {}", dir.host.display()),
-                    reason: e.to_string(),
-                })?;
+            wasi.preopened_dir(&dir.host, &dir.guest, perms)
+                .map_err(|e| grant_error(e.to_string()))?;
         }
         for name in &policy.grants.env {
             if let Ok(value) = std::env::var(name) {

@@ -13,6 +13,11 @@ use wasmhooks_sdk::{Data, Error, Manifest, Plugin, Updates, Value};
 struct Adversary {
     count: u64,
     hoard: Vec<Vec<u8>>,
+    /// From config `updates`: keys to set at given phases, to steer a
+    /// lifecycle (`{"on_step_end": {"should_log": true}}`).
+    scripted: Value,
+    /// From config `panic_on`: a phase to crash in.
+    panic_on: Option<String>,
 }
 
 impl Plugin for Adversary {
@@ -21,6 +26,8 @@ impl Plugin for Adversary {
     }
 
     fn init(&mut self, _job: &Value, config: &Value) -> Result<(), Error> {
+        self.scripted = config["updates"].clone();
+        self.panic_on = config["panic_on"].as_str().map(str::to_owned);
         match config["init"].as_str() {
             Some("fail") => Err("refusing to start, as configured".into()),
             Some("panic") => panic!("panic in init, as configured"),
@@ -29,6 +36,20 @@ impl Plugin for Adversary {
     }
 
     fn on_phase(&mut self, phase: &str, data: &Data) -> Result<Updates, Error> {
+        if self.panic_on.as_deref() == Some(phase) {
+            panic!("adversary panics in {phase}, as configured");
+        }
+        if let Some(Value::Object(keys)) = self.scripted.get(phase) {
+            let mut updates = Updates::new();
+            for (key, value) in keys {
+                updates = updates.set(key.clone(), value);
+            }
+            return Ok(updates);
+        }
+        if self.scripted.is_object() {
+            // Scripted runs do nothing unscripted.
+            return Ok(Updates::new());
+        }
         match phase {
             "count" => {
                 self.count += 1;

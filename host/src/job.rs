@@ -1,0 +1,206 @@
+//! Job bundles and running them. A bundle is a folder: `job.toml` (the
+//! job's config: which plugins with which plugin config, the node to
+//! initialize, the training to run) and the `.wasm` plugins it ships. The
+//! same bundle runs unchanged in every process and rank, which is how
+//! callbacks cross a process boundary: as files, not as pickled code.
+//!
+//! ```toml
+//! name = "iris"
+//!
+//! [[plugin]]
+//! file = "plugins/early_stopping.wasm"
+//! config = { monitor = "eval_loss", patience = 3 }
+//!
+//! [training]
+//! dataset = "data/iris.csv"
+//! epochs = 30
+//! ```
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+
+use crate::lifecycles::LifecycleError;
+use crate::lifecycles::training::{self, Collective, Solo, Tcp, TrainingConfig, TrainingOutcome};
+use crate::{DataMap, Hooks, Host, PluginStats};
+
+/// `job.toml`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct JobSpec {
+    /// The job's name, for reports.
+    pub name: String,
+    /// Plugins, in job order.
+    #[serde(default)]
+    pub plugin: Vec<JobPlugin>,
+    /// Training to run.
+    pub training: Option<TrainingConfig>,
+}
+
+/// One plugin of a job.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct JobPlugin {
+    /// The `.wasm`, relative to the bundle.
+    pub file: PathBuf,
+    /// The plugin's own config, given to its `init`.
+    #[serde(default)]
+    pub config: Value,
+}
+
+/// A job bundle, read and checked.
+#[derive(Debug, Clone)]
+pub struct JobBundle {
+    /// The bundle's folder.
+    pub dir: PathBuf,
+    /// What `job.toml` says, paths resolved against the folder.
+    pub spec: JobSpec,
+    /// `job.toml` as JSON: what every plugin's `init` gets.
+    pub config: Value,
+}
+
+impl JobBundle {
+    /// Reads `DIR/job.toml`.
+    pub fn load(dir: impl AsRef<Path>) -> Result<Self, LifecycleError> {
+        let dir = dir.as_ref().to_owned();
+        let path = dir.join("job.toml");
+        let text = std::fs::read_to_string(&path).map_err(LifecycleError::io(&path))?;
+        let spec: JobSpec = toml::from_str(&text)
+            .map_err(|e| LifecycleError::Config(format!("{}: {e}", path.display())))?;
+        let config = serde_json::to_value(&spec)
+            .map_err(|e| LifecycleError::Config(format!("{}: {e}", path.display())))?;
+        let mut spec = spec;
+        spec.training = spec.training.map(|t| t.resolve(&dir));
+        for p in &mut spec.plugin {
+            p.file = dir.join(&p.file);
+        }
+        Ok(JobBundle { dir, spec, config })
+    }
+
+    /// Loads the job's plugins under the operator's policy (a plugin the
+    /// operator has not allowed is refused here) and starts them.
+    pub fn hooks(&self, host: &Host, rank: usize) -> Result<Hooks, LifecycleError> {
+        let mut builder =
+            Hooks::builder(self.config.clone()).rank(u32::try_from(rank).unwrap_or(u32::MAX));
+        for p in &self.spec.plugin {
+            builder = builder.plugin(host.load_file(&p.file)?, p.config.clone());
+        }
+        Ok(builder.start()?)
+    }
+}
+
+/// Where this process stands in a multi-process job.
+#[derive(Debug, Clone, Copy)]
+pub struct WorkerRole {
+    /// This process's rank (not 0: rank 0 is the process that spawns).
+    pub rank: usize,
+    /// Ranks in all.
+    pub world_size: usize,
+    /// Rank 0's rendezvous address.
+    pub rendezvous: SocketAddr,
+}
+
+/// What a run produced.
+#[derive(Debug, Clone, Serialize)]
+pub struct JobReport {
+    /// The job's name.
+    pub job: String,
+    /// This process's rank.
+    pub rank: usize,
+    /// The training, if the job trains.
+    pub training: Option<TrainingOutcome>,
+    /// Per plugin: calls, failures, fuel, time, what it changed.
+    pub plugins: Vec<PluginStats>,
+}
+
+/// Runs a job in this process. With `role`, this is a worker rank joining
+/// rank 0; without, this is rank 0, and `spawn_worker` makes the command
+/// that starts each other rank (the same program, with the role flags).
+pub fn run(
+    bundle: &JobBundle,
+    host: &Host,
+    role: Option<WorkerRole>,
+    spawn_worker: &dyn Fn(WorkerRole) -> Command,
+) -> Result<JobReport, LifecycleError> {
+    let rank = role.map_or(0, |r| r.rank);
+    let mut hooks = bundle.hooks(host, rank)?;
+    let training = match &bundle.spec.training {
+        None => None,
+        Some(config) => Some(run_training(config, &mut hooks, role, spawn_worker)?),
+    };
+    Ok(JobReport {
+        job: bundle.spec.name.clone(),
+        rank,
+        training,
+        plugins: hooks.stats(),
+    })
+}
+
+fn run_training(
+    config: &TrainingConfig,
+    hooks: &mut Hooks,
+    role: Option<WorkerRole>,
+    spawn_worker: &dyn Fn(WorkerRole) -> Command,
+) -> Result<TrainingOutcome, LifecycleError> {
+    if let Some(role) = role {
+        let mut collective = Tcp::join(role.rendezvous, role.rank, role.world_size)?;
+        return training::train(config, hooks, &mut collective, DataMap::new());
+    }
+    if config.world_size == 1 {
+        return training::train(config, hooks, &mut Solo, DataMap::new());
+    }
+    let (listener, rendezvous) = Tcp::listen()?;
+    let mut workers = Workers::default();
+    for rank in 1..config.world_size {
+        let role = WorkerRole {
+            rank,
+            world_size: config.world_size,
+            rendezvous,
+        };
+        let child = spawn_worker(role)
+            .spawn()
+            .map_err(|e| LifecycleError::Config(format!("cannot start rank {rank}: {e}")))?;
+        workers.0.push((rank, child));
+    }
+    let mut collective: Box<dyn Collective> = Box::new(Tcp::accept(listener, config.world_size)?);
+    let outcome = training::train(config, hooks, collective.as_mut(), DataMap::new());
+    drop(collective);
+    let waited = workers.wait();
+    let outcome = outcome?;
+    waited?;
+    Ok(outcome)
+}
+
+/// Worker processes; any still running when this drops are killed, so an
+/// error on rank 0 leaves no orphans.
+#[derive(Default)]
+struct Workers(Vec<(usize, std::process::Child)>);
+
+impl Workers {
+    fn wait(&mut self) -> Result<(), LifecycleError> {
+        let mut failed = None;
+        for (rank, mut child) in self.0.drain(..) {
+            match child.wait() {
+                Ok(status) if status.success() => {}
+                Ok(status) => failed = failed.or(Some(format!("rank {rank} exited with {status}"))),
+                Err(e) => failed = failed.or(Some(format!("rank {rank}: {e}"))),
+            }
+        }
+        match failed {
+            Some(message) => Err(LifecycleError::Config(message)),
+            None => Ok(()),
+        }
+    }
+}
+
+impl Drop for Workers {
+    fn drop(&mut self) {
+        for (_, child) in &mut self.0 {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}

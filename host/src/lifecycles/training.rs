@@ -1,0 +1,470 @@
+//! The training lifecycle: a real model trained on a real data set, with
+//! the plugins called at every phase of every step, and control flowing
+//! back through data keys as in HF's `TrainerControl`:
+//! `should_training_stop`, `should_save`, `should_evaluate`, `should_log`.
+//! Plugins may also set `learning_rate` (a schedule) and
+//! `checkpoints_to_delete` (a rotation policy).
+//!
+//! `on_train_end` fires on every exit path: completion, a plugin's stop, and
+//! errors, a failing plugin's included.
+
+mod checkpoint;
+pub mod collective;
+mod dataset;
+mod model;
+
+use std::path::{Path, PathBuf};
+
+use rand::SeedableRng;
+use rand::rngs::StdRng;
+use rand::seq::SliceRandom;
+use serde::{Deserialize, Serialize};
+use serde_json::{Value, json};
+
+pub use checkpoint::Checkpoint;
+pub use collective::{Collective, Solo, Tcp};
+pub use dataset::{Dataset, Split};
+pub use model::{Mlp, Sgd};
+
+use super::{Driver, LifecycleError, PhaseTimings};
+use crate::{DataMap, Hooks};
+
+/// The phases of training, in the order they first fire.
+pub const PHASES: [&str; 12] = [
+    "on_train_begin",
+    "on_epoch_begin",
+    "on_step_begin",
+    "on_before_forward",
+    "on_after_backward",
+    "on_optimizer_step",
+    "on_step_end",
+    "on_log",
+    "on_evaluate",
+    "on_save",
+    "on_epoch_end",
+    "on_train_end",
+];
+
+/// Keys a plugin sets to `true` to steer training.
+pub const CONTROL_KEYS: [&str; 4] = [
+    "should_training_stop",
+    "should_save",
+    "should_evaluate",
+    "should_log",
+];
+
+/// The `[training]` table of a job.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct TrainingConfig {
+    /// The CSV data set (relative paths resolve against the job folder).
+    pub dataset: PathBuf,
+    /// Passes over the training split.
+    pub epochs: u64,
+    /// Samples per step on each rank.
+    pub batch_size: usize,
+    /// The optimizer's step size.
+    pub learning_rate: f64,
+    /// SGD momentum.
+    pub momentum: f64,
+    /// Hidden units of the model.
+    pub hidden: usize,
+    /// Seeds the split, the initialization and the batch order.
+    pub seed: u64,
+    /// Share of the data held out for evaluation.
+    pub eval_fraction: f64,
+    /// Log every N steps; 0: only when a plugin asks.
+    pub log_every: u64,
+    /// Evaluate every N steps; 0: at the end of each epoch.
+    pub eval_every: u64,
+    /// Save a checkpoint every N steps; 0: only when a plugin asks, and at the end.
+    pub save_every: u64,
+    /// Where checkpoints go.
+    pub output_dir: PathBuf,
+    /// Resume from the newest checkpoint in `output_dir`, if there is one.
+    pub resume: bool,
+    /// Worker processes.
+    pub world_size: usize,
+}
+
+impl Default for TrainingConfig {
+    fn default() -> Self {
+        TrainingConfig {
+            dataset: PathBuf::from("data/iris.csv"),
+            epochs: 20,
+            batch_size: 16,
+            learning_rate: 0.05,
+            momentum: 0.9,
+            hidden: 16,
+            seed: 0,
+            eval_fraction: 0.2,
+            log_every: 10,
+            eval_every: 0,
+            save_every: 0,
+            output_dir: PathBuf::from("output"),
+            resume: false,
+            world_size: 1,
+        }
+    }
+}
+
+impl TrainingConfig {
+    /// Resolves relative paths against the job's folder.
+    pub fn resolve(mut self, base: &Path) -> Self {
+        self.dataset = base.join(&self.dataset);
+        self.output_dir = base.join(&self.output_dir);
+        self
+    }
+
+    fn validate(&self) -> Result<(), LifecycleError> {
+        let bad = |m: &str| Err(LifecycleError::Config(format!("[training] {m}")));
+        if self.batch_size == 0 || self.hidden == 0 || self.world_size == 0 {
+            return bad("batch_size, hidden and world_size must be at least 1");
+        }
+        if self.learning_rate.is_nan()
+            || self.learning_rate <= 0.0
+            || !(0.0..1.0).contains(&self.momentum)
+        {
+            return bad("learning_rate must be above 0 and momentum in [0, 1)");
+        }
+        if !(self.eval_fraction > 0.0 && self.eval_fraction < 1.0) {
+            return bad("eval_fraction must be between 0 and 1");
+        }
+        Ok(())
+    }
+}
+
+/// Why training ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum EndReason {
+    /// Every epoch ran.
+    Completed,
+    /// A plugin set `should_training_stop`.
+    Stopped,
+    /// An error ended it.
+    Failed,
+}
+
+/// What a training run produced.
+#[derive(Debug, Clone, Serialize)]
+pub struct TrainingOutcome {
+    /// Why it ended.
+    pub reason: EndReason,
+    /// Optimizer steps taken (counting those before a resume).
+    pub steps: u64,
+    /// The step it resumed from, if it resumed.
+    pub resumed_from: Option<u64>,
+    /// Mean training loss of the first and the last step of this run.
+    pub first_loss: Option<f64>,
+    /// See `first_loss`.
+    pub last_loss: Option<f64>,
+    /// The last evaluation: loss and accuracy.
+    pub eval_loss: Option<f64>,
+    /// See `eval_loss`.
+    pub eval_accuracy: Option<f64>,
+    /// Checkpoints left in the output folder.
+    pub checkpoints: Vec<PathBuf>,
+    /// The data map at the end.
+    pub data: DataMap,
+    /// Time per phase.
+    pub timings: PhaseTimings,
+}
+
+/// Trains the model of `config`, calling `hooks` at every phase. The data
+/// map starts from `data` (the node's initialization output, say).
+pub fn train(
+    config: &TrainingConfig,
+    hooks: &mut Hooks,
+    collective: &mut dyn Collective,
+    data: DataMap,
+) -> Result<TrainingOutcome, LifecycleError> {
+    config.validate()?;
+    let dataset = Dataset::load(&config.dataset, config.eval_fraction, config.seed)
+        .map_err(LifecycleError::Config)?;
+    let model = Mlp::new(
+        dataset.features,
+        config.hidden,
+        dataset.classes.len(),
+        config.seed,
+    );
+    let optimizer = Sgd::new(model.params.len(), config.learning_rate, config.momentum);
+    let shard = dataset
+        .train
+        .shard(collective.rank(), collective.world_size());
+    let mut trainer = Trainer {
+        config,
+        driver: Driver::new(hooks, data),
+        collective,
+        eval: dataset.eval,
+        shard,
+        train_len: dataset.train.len(),
+        model,
+        optimizer,
+        step: 0,
+        epoch: 0,
+        batch: 0,
+        first_loss: None,
+        last_loss: None,
+        resumed_from: None,
+    };
+    trainer.begin()?;
+    let result = trainer.run();
+    // On every exit path: tell the plugins how it ended, then end.
+    let reason = match &result {
+        Ok(reason) => *reason,
+        Err(_) => EndReason::Failed,
+    };
+    trainer.driver.set("train_end_reason", json!(reason));
+    if let Err(e) = &result {
+        trainer.driver.set("train_error", e.to_string());
+    }
+    let end = trainer.driver.fire("on_train_end");
+    let reason = result?;
+    end?;
+    Ok(trainer.outcome(reason))
+}
+
+struct Trainer<'a, 'h> {
+    config: &'a TrainingConfig,
+    driver: Driver<'h>,
+    collective: &'a mut dyn Collective,
+    eval: Split,
+    shard: Split,
+    train_len: usize,
+    model: Mlp,
+    optimizer: Sgd,
+    step: u64,
+    epoch: u64,
+    /// Batches of the current epoch done.
+    batch: u64,
+    first_loss: Option<f64>,
+    last_loss: Option<f64>,
+    resumed_from: Option<u64>,
+}
+
+impl Trainer<'_, '_> {
+    /// Restores the newest checkpoint if asked, then fills in the keys
+    /// every phase sees.
+    fn begin(&mut self) -> Result<(), LifecycleError> {
+        if self.config.resume
+            && let Some(path) = checkpoint::list(&self.config.output_dir).pop()
+        {
+            let ckpt = Checkpoint::load(&path).map_err(LifecycleError::io(&path))?;
+            self.model = ckpt.model;
+            self.optimizer = ckpt.optimizer;
+            self.step = ckpt.step;
+            self.epoch = ckpt.epoch;
+            self.batch = ckpt.batch_in_epoch;
+            self.resumed_from = Some(ckpt.step);
+            self.driver.hooks.load_states(&ckpt.plugins)?;
+            if let Some(l) = ckpt.eval_loss {
+                self.driver.set("eval_loss", l);
+            }
+            self.driver.set("resumed_from", path.display().to_string());
+        }
+        let rank = self.collective.rank();
+        let max_steps = self.config.epochs * self.batches_per_epoch();
+        let d = &mut self.driver;
+        d.set("rank", rank);
+        d.set("local_rank", rank);
+        d.set("world_size", self.collective.world_size());
+        d.set("epochs", self.config.epochs);
+        d.set("max_steps", max_steps);
+        d.set("learning_rate", self.optimizer.learning_rate);
+        d.set("step", self.step);
+        for key in CONTROL_KEYS {
+            d.set(key, false);
+        }
+        Ok(())
+    }
+
+    /// Batches per epoch: the same on every rank, so they step together.
+    fn batches_per_epoch(&self) -> u64 {
+        let per_rank = self.train_len.div_ceil(self.collective.world_size());
+        per_rank.div_ceil(self.config.batch_size) as u64
+    }
+
+    fn run(&mut self) -> Result<EndReason, LifecycleError> {
+        self.driver.fire("on_train_begin")?;
+        while self.epoch < self.config.epochs {
+            self.driver.set("epoch", self.epoch);
+            self.driver.fire("on_epoch_begin")?;
+            let mut order: Vec<usize> = (0..self.shard.len()).collect();
+            order.shuffle(&mut StdRng::seed_from_u64(
+                self.config.seed ^ (self.epoch + 1),
+            ));
+            while self.batch < self.batches_per_epoch() {
+                let from = (self.batch as usize * self.config.batch_size).min(order.len());
+                let to = (from + self.config.batch_size).min(order.len());
+                self.train_step(&order[from..to])?;
+                if self.after_step()? {
+                    return Ok(EndReason::Stopped);
+                }
+            }
+            self.batch = 0;
+            self.epoch += 1;
+            self.driver.fire("on_epoch_end")?;
+            if self.config.eval_every == 0 || self.driver.flag("should_evaluate") {
+                self.evaluate()?;
+            }
+            if self.driver.flag("should_save") {
+                self.save()?;
+            }
+            if self.stop_requested()? {
+                return Ok(EndReason::Stopped);
+            }
+        }
+        if self.config.save_every == 0 {
+            self.save()?;
+        }
+        Ok(EndReason::Completed)
+    }
+
+    /// One optimizer step over this rank's part of the batch.
+    fn train_step(&mut self, batch: &[usize]) -> Result<(), LifecycleError> {
+        self.step += 1;
+        self.driver.set("step", self.step);
+        self.driver.fire("on_step_begin")?;
+        if let Some(lr) = self
+            .driver
+            .data
+            .get("learning_rate")
+            .and_then(Value::as_f64)
+            && lr > 0.0
+        {
+            self.optimizer.learning_rate = lr;
+        }
+        self.driver.set("batch_size", batch.len());
+        self.driver.fire("on_before_forward")?;
+        let xs: Vec<Vec<f64>> = batch.iter().map(|&i| self.shard.x[i].clone()).collect();
+        let ys: Vec<usize> = batch.iter().map(|&i| self.shard.y[i]).collect();
+        let (loss, mut grad) = self.model.loss_and_grad(&xs, &ys);
+        // The loss rides along with the gradient, to be averaged too.
+        grad.push(loss);
+        self.collective.all_reduce(&mut grad, batch.len() as f64)?;
+        let loss = grad.pop().unwrap_or(loss);
+        self.first_loss.get_or_insert(loss);
+        self.last_loss = Some(loss);
+        self.driver.set("loss", loss);
+        let norm = grad.iter().map(|g| g * g).sum::<f64>().sqrt();
+        self.driver.set("grad_norm", norm);
+        self.driver.fire("on_after_backward")?;
+        self.optimizer.step(&mut self.model.params, &grad);
+        self.driver.fire("on_optimizer_step")?;
+        self.batch += 1;
+        self.driver.fire("on_step_end")
+    }
+
+    /// Logging, evaluation and saving as the schedule or the plugins ask;
+    /// returns whether to stop.
+    fn after_step(&mut self) -> Result<bool, LifecycleError> {
+        let step = self.step;
+        let every = |n: u64| n > 0 && step.is_multiple_of(n);
+        if every(self.config.log_every) || self.driver.flag("should_log") {
+            let logs = json!({
+                "step": self.step,
+                "epoch": self.epoch,
+                "loss": self.last_loss,
+                "learning_rate": self.optimizer.learning_rate,
+            });
+            self.driver.set("logs", logs);
+            self.driver.fire("on_log")?;
+            self.driver.set("should_log", false);
+        }
+        if every(self.config.eval_every) || self.driver.flag("should_evaluate") {
+            self.evaluate()?;
+        }
+        if every(self.config.save_every) || self.driver.flag("should_save") {
+            self.save()?;
+        }
+        self.stop_requested()
+    }
+
+    fn evaluate(&mut self) -> Result<(), LifecycleError> {
+        let (loss, accuracy) = self.model.evaluate(&self.eval.x, &self.eval.y);
+        self.driver.set("eval_loss", loss);
+        self.driver.set("eval_accuracy", accuracy);
+        self.driver.fire("on_evaluate")?;
+        self.driver.set("should_evaluate", false);
+        Ok(())
+    }
+
+    /// Rank 0 writes the checkpoint; every rank fires `on_save`.
+    fn save(&mut self) -> Result<(), LifecycleError> {
+        let dir = &self.config.output_dir;
+        let path = checkpoint::path_for(dir, self.step);
+        if self.collective.rank() == 0 {
+            let ckpt = Checkpoint {
+                step: self.step,
+                epoch: self.epoch,
+                batch_in_epoch: self.batch,
+                model: self.model.clone(),
+                optimizer: self.optimizer.clone(),
+                eval_loss: self.driver.data.get("eval_loss").and_then(Value::as_f64),
+                plugins: self.driver.hooks.save_states()?,
+            };
+            ckpt.save(dir).map_err(LifecycleError::io(&path))?;
+        }
+        self.driver.set("checkpoint", path.display().to_string());
+        self.driver
+            .set("checkpoints", paths(&checkpoint::list(dir)));
+        self.driver.fire("on_save")?;
+        self.driver.set("should_save", false);
+        self.delete_requested()
+    }
+
+    /// Deletes the checkpoints a rotation plugin asked to delete: only files
+    /// this run's output folder holds as checkpoints.
+    fn delete_requested(&mut self) -> Result<(), LifecycleError> {
+        let Some(Value::Array(asked)) = self.driver.data.remove("checkpoints_to_delete") else {
+            return Ok(());
+        };
+        let ours = checkpoint::list(&self.config.output_dir);
+        for path in asked.iter().filter_map(Value::as_str).map(PathBuf::from) {
+            if !ours.contains(&path) {
+                tracing::warn!(path = %path.display(), "not a checkpoint of this run; not deleted");
+                continue;
+            }
+            if self.collective.rank() == 0 {
+                std::fs::remove_file(&path).map_err(LifecycleError::io(&path))?;
+            }
+        }
+        let left = paths(&checkpoint::list(&self.config.output_dir));
+        self.driver.set("checkpoints", left);
+        Ok(())
+    }
+
+    /// Whether any rank's plugins asked to stop.
+    fn stop_requested(&mut self) -> Result<bool, LifecycleError> {
+        let stop = self
+            .collective
+            .any(self.driver.flag("should_training_stop"))?;
+        if stop {
+            self.driver.set("should_training_stop", true);
+        }
+        Ok(stop)
+    }
+
+    fn outcome(self, reason: EndReason) -> TrainingOutcome {
+        let data = self.driver.data;
+        TrainingOutcome {
+            reason,
+            steps: self.step,
+            resumed_from: self.resumed_from,
+            first_loss: self.first_loss,
+            last_loss: self.last_loss,
+            eval_loss: data.get("eval_loss").and_then(Value::as_f64),
+            eval_accuracy: data.get("eval_accuracy").and_then(Value::as_f64),
+            checkpoints: checkpoint::list(&self.config.output_dir),
+            data,
+            timings: self.driver.timings,
+        }
+    }
+}
+
+fn paths(list: &[PathBuf]) -> Value {
+    list.iter()
+        .map(|p| Value::from(p.display().to_string()))
+        .collect()
+}
