@@ -42,7 +42,7 @@ impl Plugin for CheckpointPolicy {
         match phase {
             "on_step_end" => {
                 let step = data.u64("step").unwrap_or(0);
-                let due = self.every_steps > 0 && step > 0 && step % self.every_steps == 0;
+                let due = self.every_steps > 0 && step > 0 && step.is_multiple_of(self.every_steps);
                 Ok(if due {
                     Updates::new().set("should_save", true)
                 } else {

@@ -24,7 +24,7 @@ impl Plugin for ValidateEvery {
 
     fn on_phase(&mut self, _phase: &str, data: &Data) -> Result<Updates, Error> {
         let step = data.u64("step").unwrap_or(0);
-        Ok(if step > 0 && step % self.every == 0 {
+        Ok(if step > 0 && step.is_multiple_of(self.every) {
             Updates::new().set("should_evaluate", true)
         } else {
             Updates::new()
