@@ -207,3 +207,112 @@ fn call_refuses_an_unlisted_plugin_and_reports_a_failing_one() {
         "{err}"
     );
 }
+
+/// A job bundle in `dir`: job.toml, the Iris data, and copies of `ship`.
+fn bundle(dir: &Path, job: &str, ship: &[&str]) {
+    std::fs::create_dir_all(dir.join("plugins")).unwrap();
+    std::fs::create_dir_all(dir.join("data")).unwrap();
+    let iris = Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples/train/data/iris.csv");
+    std::fs::copy(iris, dir.join("data/iris.csv")).unwrap();
+    for file in ship {
+        let name = Path::new(file).file_name().unwrap();
+        std::fs::copy(file, dir.join("plugins").join(name)).unwrap();
+    }
+    write(dir, "job.toml", job);
+}
+
+const TRAIN_JOB: &str = r#"
+name = "cli-train"
+
+[[plugin]]
+file = "plugins/metrics_collector.wasm"
+
+[[plugin]]
+file = "plugins/validate_every.wasm"
+config = { every_steps = 2 }
+
+[training]
+dataset = "data/iris.csv"
+epochs = 3
+batch_size = 30
+output_dir = "out"
+world_size = 2
+"#;
+
+#[test]
+fn run_trains_a_job_bundle_with_two_worker_processes() {
+    let dir = tempfile::tempdir().unwrap();
+    let job = dir.path().join("job");
+    bundle(
+        &job,
+        TRAIN_JOB,
+        &[plugins::METRICS_COLLECTOR, plugins::VALIDATE_EVERY],
+    );
+    let op = write(
+        dir.path(),
+        "operator.toml",
+        &[
+            allow(
+                "metrics-collector",
+                plugins::METRICS_COLLECTOR,
+                r#"write = ["metrics"]"#,
+            ),
+            allow(
+                "validate-every",
+                plugins::VALIDATE_EVERY,
+                r#"write = ["should_evaluate"]"#,
+            ),
+        ]
+        .concat(),
+    );
+    let job = job.display().to_string();
+    let out = wasmhooks(&["run", &job, "--operator", &op, "--json"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let report: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let training = &report["training"];
+    assert_eq!(training["reason"], "completed");
+    assert_eq!(
+        training["steps"], 6,
+        "60 samples per rank, batches of 30, 3 epochs"
+    );
+    assert_eq!(training["data"]["world_size"], 2);
+    assert!(training["last_loss"].as_f64() < training["first_loss"].as_f64());
+    assert_eq!(report["plugins"][1]["plugin"], "validate-every");
+    assert_eq!(
+        report["plugins"][1]["keys_changed"],
+        json!(["should_evaluate"])
+    );
+    assert_eq!(training["checkpoints"].as_array().unwrap().len(), 1);
+
+    let human = wasmhooks(&["run", &job, "--operator", &op]);
+    let text = stdout(&human);
+    assert!(text.contains("training: Completed after 6 steps"), "{text}");
+    assert!(text.contains("on_optimizer_step"), "{text}");
+}
+
+#[test]
+fn run_refuses_a_shipped_plugin_the_operator_did_not_allow() {
+    let dir = tempfile::tempdir().unwrap();
+    let job = dir.path().join("job");
+    bundle(
+        &job,
+        TRAIN_JOB,
+        &[plugins::METRICS_COLLECTOR, plugins::VALIDATE_EVERY],
+    );
+    let op = write(
+        dir.path(),
+        "operator.toml",
+        &allow(
+            "metrics-collector",
+            plugins::METRICS_COLLECTOR,
+            r#"write = ["metrics"]"#,
+        ),
+    );
+    let out = wasmhooks(&["run", &job.display().to_string(), "--operator", &op]);
+    assert!(!out.status.success());
+    let err = stderr(&out);
+    assert!(
+        err.contains("validate_every.wasm") && err.contains("not on the operator's allowlist"),
+        "{err}"
+    );
+}

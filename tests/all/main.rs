@@ -10,3 +10,4 @@ mod examples;
 mod grants;
 mod loading;
 mod support;
+mod training;

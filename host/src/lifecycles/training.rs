@@ -207,6 +207,7 @@ pub fn train(
         first_loss: None,
         last_loss: None,
         resumed_from: None,
+        saved_at: None,
     };
     trainer.begin()?;
     let result = trainer.run();
@@ -241,6 +242,8 @@ struct Trainer<'a, 'h> {
     first_loss: Option<f64>,
     last_loss: Option<f64>,
     resumed_from: Option<u64>,
+    /// The step of the newest checkpoint, so the end does not save twice.
+    saved_at: Option<u64>,
 }
 
 impl Trainer<'_, '_> {
@@ -257,6 +260,7 @@ impl Trainer<'_, '_> {
             self.epoch = ckpt.epoch;
             self.batch = ckpt.batch_in_epoch;
             self.resumed_from = Some(ckpt.step);
+            self.saved_at = Some(ckpt.step);
             self.driver.hooks.load_states(&ckpt.plugins)?;
             if let Some(l) = ckpt.eval_loss {
                 self.driver.set("eval_loss", l);
@@ -315,7 +319,7 @@ impl Trainer<'_, '_> {
                 return Ok(EndReason::Stopped);
             }
         }
-        if self.config.save_every == 0 {
+        if self.config.save_every == 0 && self.saved_at != Some(self.step) {
             self.save()?;
         }
         Ok(EndReason::Completed)
@@ -406,6 +410,7 @@ impl Trainer<'_, '_> {
             };
             ckpt.save(dir).map_err(LifecycleError::io(&path))?;
         }
+        self.saved_at = Some(self.step);
         self.driver.set("checkpoint", path.display().to_string());
         self.driver
             .set("checkpoints", paths(&checkpoint::list(dir)));

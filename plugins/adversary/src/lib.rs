@@ -26,8 +26,12 @@ impl Plugin for Adversary {
     }
 
     fn init(&mut self, _job: &Value, config: &Value) -> Result<(), Error> {
-        self.scripted = config["updates"].clone();
         self.panic_on = config["panic_on"].as_str().map(str::to_owned);
+        self.scripted = match &config["updates"] {
+            // Crashing on cue is scripted too: quiet everywhere else.
+            Value::Null if self.panic_on.is_some() => Value::Object(Default::default()),
+            updates => updates.clone(),
+        };
         match config["init"].as_str() {
             Some("fail") => Err("refusing to start, as configured".into()),
             Some("panic") => panic!("panic in init, as configured"),
