@@ -11,6 +11,11 @@
 //! file = "plugins/early_stopping.wasm"
 //! config = { monitor = "eval_loss", patience = 3 }
 //!
+//! [node]
+//! model_id = "tiny-llm"
+//! source = "file://model"
+//! files = [{ path = "config.json", sha256 = "..." }]
+//!
 //! [training]
 //! dataset = "data/iris.csv"
 //! epochs = 30
@@ -24,6 +29,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
 use crate::lifecycles::LifecycleError;
+use crate::lifecycles::node::{self, NodeConfig, NodeOutcome};
 use crate::lifecycles::training::{self, Collective, Solo, Tcp, TrainingConfig, TrainingOutcome};
 use crate::{DataMap, Hooks, Host, PluginStats};
 
@@ -36,6 +42,8 @@ pub struct JobSpec {
     /// Plugins, in job order.
     #[serde(default)]
     pub plugin: Vec<JobPlugin>,
+    /// The node to initialize (model download, placement, engine).
+    pub node: Option<NodeConfig>,
     /// Training to run.
     pub training: Option<TrainingConfig>,
 }
@@ -65,7 +73,7 @@ pub struct JobBundle {
 impl JobBundle {
     /// Reads `DIR/job.toml`.
     pub fn load(dir: impl AsRef<Path>) -> Result<Self, LifecycleError> {
-        let dir = dir.as_ref().to_owned();
+        let dir = std::path::absolute(dir.as_ref()).map_err(LifecycleError::io(dir.as_ref()))?;
         let path = dir.join("job.toml");
         let text = std::fs::read_to_string(&path).map_err(LifecycleError::io(&path))?;
         let spec: JobSpec = toml::from_str(&text)
@@ -74,6 +82,7 @@ impl JobBundle {
             .map_err(|e| LifecycleError::Config(format!("{}: {e}", path.display())))?;
         let mut spec = spec;
         spec.training = spec.training.map(|t| t.resolve(&dir));
+        spec.node = spec.node.map(|n| n.resolve(&dir));
         for p in &mut spec.plugin {
             p.file = dir.join(&p.file);
         }
@@ -103,13 +112,16 @@ pub struct WorkerRole {
     pub rendezvous: SocketAddr,
 }
 
-/// What a run produced.
-#[derive(Debug, Clone, Serialize)]
+/// What a run produced. Holds the node's engine, if one was started: it
+/// stops when the report drops.
+#[derive(Debug, Serialize)]
 pub struct JobReport {
     /// The job's name.
     pub job: String,
     /// This process's rank.
     pub rank: usize,
+    /// The node's initialization, if the job has a node (rank 0 only).
+    pub node: Option<NodeOutcome>,
     /// The training, if the job trains.
     pub training: Option<TrainingOutcome>,
     /// Per plugin: calls, failures, fuel, time, what it changed.
@@ -127,6 +139,12 @@ pub fn run(
 ) -> Result<JobReport, LifecycleError> {
     let rank = role.map_or(0, |r| r.rank);
     let mut hooks = bundle.hooks(host, rank)?;
+    // The node is initialized once, by rank 0; its engine serves until the
+    // job ends.
+    let node = match (&bundle.spec.node, role) {
+        (Some(config), None) => Some(node::initialize(config, &mut hooks)?),
+        _ => None,
+    };
     let training = match &bundle.spec.training {
         None => None,
         Some(config) => Some(run_training(config, &mut hooks, role, spawn_worker)?),
@@ -134,6 +152,7 @@ pub fn run(
     Ok(JobReport {
         job: bundle.spec.name.clone(),
         rank,
+        node,
         training,
         plugins: hooks.stats(),
     })

@@ -3,6 +3,7 @@
 //! phase through [`Hooks`](crate::Hooks).
 
 mod error;
+pub mod node;
 mod timing;
 pub mod training;
 

@@ -12,12 +12,8 @@ const USAGE: &str = "usage: cargo xtask <task>
 
 tasks:
   test      install the wasm32-wasip2 target, build the guest plugins, run every test
-  demo      build the example plugins and fire the node-initialization phases at them
+  demo      build the plugins and run the example job: node initialization, then training
   plugins   build the guest plugins in plugins/ (into target/plugins)";
-
-/// The node-initialization phases, in order.
-const NODE_PHASES: &str = "pre_initialization,pre_download,post_download,pre_placement_group,\
-post_placement_group,pre_engine_init,post_engine_init,post_initialization";
 
 fn main() -> anyhow::Result<()> {
     let task = std::env::args().nth(1).unwrap_or_default();
@@ -71,38 +67,36 @@ fn plugins(root: &Path) -> anyhow::Result<PathBuf> {
     Ok(root.join("target/plugins/wasm32-wasip2/release"))
 }
 
+/// Assembles the example job bundle (the example's files plus the freshly
+/// built plugins) and its operator config under target/demo, then runs it.
 fn demo(root: &Path) -> anyhow::Result<()> {
-    let dir = plugins(root)?;
-    let example = root.join("examples/node-init");
-    let template = std::fs::read_to_string(example.join("operator.template.toml"))?;
-    let mut operator = template.replace("{plugins}", &dir.display().to_string());
-    let mut files = Vec::new();
-    for entry in std::fs::read_dir(&dir)? {
+    let built = plugins(root)?;
+    let example = root.join("examples/job");
+    let out = root.join("target/demo");
+    let job = out.join("job");
+    if job.exists() {
+        std::fs::remove_dir_all(&job)?;
+    }
+    copy_dir(&example, &job)?;
+    std::fs::create_dir_all(job.join("plugins"))?;
+    std::fs::create_dir_all(job.join("output"))?;
+    let mut operator = std::fs::read_to_string(example.join("operator.template.toml"))?
+        .replace("{job}", &job.display().to_string());
+    for entry in std::fs::read_dir(&built)? {
         let path = entry?.path();
         if path.extension().is_some_and(|e| e == "wasm") {
-            let stem = path
-                .file_stem()
-                .unwrap_or_default()
-                .to_string_lossy()
-                .into_owned();
+            let name = path.file_name().unwrap_or_default();
+            std::fs::copy(&path, job.join("plugins").join(name))?;
+            let stem = path.file_stem().unwrap_or_default().to_string_lossy();
             let digest = format!("{:x}", Sha256::digest(std::fs::read(&path)?));
             operator = operator.replace(&format!("{{sha256:{stem}}}"), &digest);
-            files.push((stem, path));
         }
     }
-    let out = root.join("target/demo");
-    std::fs::create_dir_all(&out)?;
     let operator_path = out.join("operator.toml");
     std::fs::write(&operator_path, operator)?;
-    eprintln!(
-        "xtask: operator config with fresh digests at {}",
-        operator_path.display()
-    );
-
-    let wasm = |name: &str| dir.join(format!("{name}.wasm")).display().to_string();
-    let operator_arg = operator_path.display().to_string();
-    let job = example.join("job.json").display().to_string();
-    let data = example.join("data.json").display().to_string();
+    eprintln!("xtask: job bundle at {}", job.display());
+    eprintln!("xtask: operator config at {}", operator_path.display());
+    let report = out.join("report.json");
     cargo(
         root,
         &[
@@ -111,32 +105,30 @@ fn demo(root: &Path) -> anyhow::Result<()> {
             "-p",
             "wasmhooks",
             "--",
-            "check",
-            &operator_arg,
+            "run",
+            &job.display().to_string(),
+            "--operator",
+            &operator_path.display().to_string(),
+            "--report",
+            &report.display().to_string(),
         ],
     )?;
-    let args = [
-        "run",
-        "--quiet",
-        "-p",
-        "wasmhooks",
-        "--",
-        "-v",
-        "call",
-        "--operator",
-        &operator_arg,
-        "--job",
-        &job,
-        "--data",
-        &data,
-        "--phase",
-        NODE_PHASES,
-        &wasm("log_phases"),
-        &wasm("force_download"),
-        &wasm("custom_placement_group"),
-        &wasm("metrics_collector"),
-    ];
-    cargo(root, &args)
+    eprintln!("xtask: JSON report at {}", report.display());
+    Ok(())
+}
+
+fn copy_dir(from: &Path, to: &Path) -> anyhow::Result<()> {
+    std::fs::create_dir_all(to)?;
+    for entry in std::fs::read_dir(from)? {
+        let entry = entry?;
+        let target = to.join(entry.file_name());
+        if entry.file_type()?.is_dir() {
+            copy_dir(&entry.path(), &target)?;
+        } else {
+            std::fs::copy(entry.path(), target)?;
+        }
+    }
+    Ok(())
 }
 
 fn cargo(root: &Path, args: &[&str]) -> anyhow::Result<()> {

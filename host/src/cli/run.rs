@@ -75,6 +75,43 @@ pub fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
 
 fn human(report: &JobReport) -> anyhow::Result<String> {
     let mut out = format!("job {}\n", report.job);
+    if let Some(n) = &report.node {
+        writeln!(
+            out,
+            "\nnode initialization{}",
+            if n.skipped_default {
+                " (replaced by a plugin)"
+            } else {
+                ""
+            }
+        )?;
+        for (phase, time) in n.timings.iter() {
+            writeln!(
+                out,
+                "  {phase:<22} {:>10.3} ms in plugins",
+                time.plugins_us as f64 / 1e3
+            )?;
+        }
+        if let Some(r) = n.data.get("download_result") {
+            writeln!(
+                out,
+                "  downloaded {} bytes, {} cache hit(s) into {}",
+                r["bytes_downloaded"],
+                r["cache_hits"],
+                r["dir"].as_str().unwrap_or_default()
+            )?;
+        }
+        if let Some(pg) = n.data.get("placement_group") {
+            writeln!(out, "  placement group {pg}")?;
+        }
+        if let Some(e) = n.data.get("engine") {
+            writeln!(
+                out,
+                "  engine pid {} ready in {} ms at {}",
+                e["pid"], e["ready_ms"], e["url"]
+            )?;
+        }
+    }
     if let Some(t) = &report.training {
         writeln!(out, "\ntraining: {:?} after {} steps", t.reason, t.steps)?;
         if let Some(from) = t.resumed_from {

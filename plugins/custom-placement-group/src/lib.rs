@@ -2,7 +2,7 @@
 //! seeds' "custom placement group" callback. The plan comes from the
 //! plugin's config: `{"strategy": "SPREAD", "bundles": [{"CPU": 1}, ...]}`,
 //! or, without config, one `{CPU: 1, GPU: 1}` bundle per tensor-parallel
-//! rank of the job, spread.
+//! rank of the job's node, spread.
 
 use wasmhooks_sdk::{Data, Error, Manifest, Plugin, Updates, Value, json};
 
@@ -22,7 +22,10 @@ impl Plugin for CustomPlacementGroup {
 
     fn init(&mut self, job: &Value, config: &Value) -> Result<(), Error> {
         self.plan = if config.is_null() {
-            let tp = job["tensor_parallel_size"].as_u64().unwrap_or(1);
+            let tp = job["node"]["tensor_parallel_size"]
+                .as_u64()
+                .or(job["tensor_parallel_size"].as_u64())
+                .unwrap_or(1);
             let bundles: Vec<Value> = (0..tp).map(|_| json!({"CPU": 1, "GPU": 1})).collect();
             json!({"strategy": "SPREAD", "bundles": bundles})
         } else {

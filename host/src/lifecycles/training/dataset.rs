@@ -157,7 +157,7 @@ mod tests {
     use super::*;
 
     fn iris() -> Dataset {
-        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples/train/data/iris.csv");
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples/job/data/iris.csv");
         Dataset::load(&path, 0.2, 7).unwrap()
     }
 
