@@ -15,7 +15,7 @@ use wasmhooks_tests as plugins;
 use crate::support::{allow, host};
 
 fn iris() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples/train/data/iris.csv")
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples/job/data/iris.csv")
 }
 
 fn config(output: &Path) -> TrainingConfig {
