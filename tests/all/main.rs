@@ -9,5 +9,6 @@ mod dispatch;
 mod examples;
 mod grants;
 mod loading;
+mod node;
 mod support;
 mod training;

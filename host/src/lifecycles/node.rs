@@ -55,6 +55,10 @@ pub struct NodeConfig {
     /// Retries per file.
     #[serde(default = "default_retries")]
     pub retries: u32,
+    /// Seconds a download may stall (no bytes arriving) before it is
+    /// retried.
+    #[serde(default = "default_stall")]
+    pub stall_timeout_s: u64,
     /// Bundles in the placement group.
     #[serde(default = "one")]
     pub tensor_parallel_size: usize,
@@ -82,6 +86,9 @@ fn default_cache() -> PathBuf {
 }
 fn default_retries() -> u32 {
     3
+}
+fn default_stall() -> u64 {
+    30
 }
 fn one() -> usize {
     1
@@ -189,7 +196,8 @@ fn download(config: &NodeConfig, d: &mut Driver<'_>) -> Result<(), LifecycleErro
         .unwrap_or(&config.source)
         .to_owned();
     let dir = PathBuf::from(d.data["download_dir"].as_str().unwrap_or_default());
-    let fetched = download::fetch_all(&source, &files, &dir, config.retries)?;
+    let stall = std::time::Duration::from_secs(config.stall_timeout_s);
+    let fetched = download::fetch_all(&source, &files, &dir, config.retries, stall)?;
     let downloaded: u64 = fetched.iter().filter(|f| !f.cached).map(|f| f.bytes).sum();
     d.set(
         "download_result",

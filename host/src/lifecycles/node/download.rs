@@ -47,17 +47,20 @@ pub struct Fetched {
 }
 
 /// Fetches `files` from `source` (a `file://` or `http(s)://` base) into
-/// `dir`, trying each up to `retries + 1` times.
+/// `dir`, trying each up to `retries + 1` times; a transfer that receives
+/// nothing for `stall` is cut and retried.
 pub fn fetch_all(
     source: &str,
     files: &[ModelFile],
     dir: &Path,
     retries: u32,
+    stall: Duration,
 ) -> Result<Vec<Fetched>, LifecycleError> {
     std::fs::create_dir_all(dir).map_err(LifecycleError::io(dir))?;
     let agent: ureq::Agent = ureq::Agent::config_builder()
         .timeout_connect(Some(Duration::from_secs(10)))
-        .timeout_recv_body(Some(Duration::from_secs(30)))
+        // A stall, not the whole transfer: each read restarts the clock.
+        .timeout_per_read(Some(stall))
         .http_status_as_error(false)
         .build()
         .into();
@@ -257,16 +260,30 @@ mod tests {
             kind: "model".into(),
         };
         let source = format!("file://{}", src.path().display());
-        let first = fetch_all(&source, std::slice::from_ref(&file), cache.path(), 0).unwrap();
+        let first = fetch_all(
+            &source,
+            std::slice::from_ref(&file),
+            cache.path(),
+            0,
+            Duration::from_secs(5),
+        )
+        .unwrap();
         assert!(!first[0].cached);
-        let again = fetch_all(&source, std::slice::from_ref(&file), cache.path(), 0).unwrap();
+        let again = fetch_all(
+            &source,
+            std::slice::from_ref(&file),
+            cache.path(),
+            0,
+            Duration::from_secs(5),
+        )
+        .unwrap();
         assert!(again[0].cached);
 
         let wrong = ModelFile {
             sha256: "00".repeat(32),
             ..file
         };
-        let err = fetch_all(&source, &[wrong], cache.path(), 1)
+        let err = fetch_all(&source, &[wrong], cache.path(), 1, Duration::from_secs(5))
             .unwrap_err()
             .to_string();
         assert!(

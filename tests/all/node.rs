@@ -1,0 +1,388 @@
+//! Node initialization with real plugins: downloads over a real loopback
+//! HTTP server (with a dropped connection to resume from), the placement
+//! plan, a real engine process, and `skip_default`.
+
+use std::io::Read;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+
+use serde_json::{Value, json};
+use wasmhooks::Hooks;
+use wasmhooks::lifecycles::node::{self, EngineConfig, ModelFile, NodeConfig, Strategy};
+use wasmhooks_tests as plugins;
+
+use crate::support::{allow, host};
+
+fn example() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples/job")
+}
+
+/// The example model's files, with their digests, from the example job.
+fn model_files() -> Vec<ModelFile> {
+    let text = std::fs::read_to_string(example().join("job.toml")).unwrap();
+    let job: toml::Table = toml::from_str(&text).unwrap();
+    job["node"]["files"].clone().try_into().unwrap()
+}
+
+fn config(dir: &Path, source: String) -> NodeConfig {
+    let text = format!(
+        "model_id = \"tiny-llm\"\nsource = {source:?}\ntensor_parallel_size = 2\nretries = 2\nfiles = []\n"
+    );
+    let mut config: NodeConfig = toml::from_str(&text).unwrap();
+    config.files = model_files();
+    config.resolve(dir)
+}
+
+fn node_host() -> wasmhooks::Host {
+    host(
+        &[
+            allow("metrics-collector", plugins::METRICS_COLLECTOR, r#"write = ["metrics"]"#),
+            allow(
+                "force-download",
+                plugins::FORCE_DOWNLOAD,
+                r#"write = ["local_node_download_model", "worker_node_download_model"]"#,
+            ),
+            allow("custom-placement-group", plugins::CUSTOM_PLACEMENT_GROUP, r#"write = ["placement_group"]"#),
+            allow(
+                "replace-init",
+                plugins::REPLACE_INIT,
+                r#"write = ["skip_default", "placement_group", "runtime_env", "extra_init_kwargs"]"#,
+            ),
+            allow("adversary", plugins::ADVERSARY, r#"write = ["local_node_download_model", "engine_kwargs"]"#),
+        ]
+        .concat(),
+    )
+}
+
+fn hooks(host: &wasmhooks::Host, plugins: &[(&str, Value)]) -> Hooks {
+    let mut builder =
+        Hooks::builder(json!({"name": "node-test", "node": {"tensor_parallel_size": 2}}));
+    for (file, config) in plugins {
+        builder = builder.plugin(host.load_file(file).unwrap(), config.clone());
+    }
+    builder.start().unwrap()
+}
+
+/// A loopback HTTP server for the model folder that honours `Range` and
+/// cuts the first response for `weights.json` off halfway.
+struct ModelServer {
+    addr: String,
+    requests: Arc<Mutex<Vec<String>>>,
+    _thread: std::thread::JoinHandle<()>,
+}
+
+impl ModelServer {
+    fn start(root: PathBuf) -> Self {
+        let server = tiny_http::Server::http("127.0.0.1:0").unwrap();
+        let addr = format!("http://{}", server.server_addr().to_ip().unwrap());
+        let requests = Arc::new(Mutex::new(Vec::new()));
+        let log = requests.clone();
+        let cut = AtomicUsize::new(0);
+        let thread = std::thread::spawn(move || {
+            // Bounded: the tests make a handful of requests.
+            for request in server.incoming_requests().take(32) {
+                let path = request.url().trim_start_matches('/').to_owned();
+                let range = request
+                    .headers()
+                    .iter()
+                    .find(|h| h.field.equiv("Range"))
+                    .map(|h| h.value.as_str().to_owned());
+                log.lock()
+                    .unwrap()
+                    .push(format!("{path} {}", range.clone().unwrap_or_default()));
+                let Ok(bytes) = std::fs::read(root.join(&path)) else {
+                    let _ = request.respond(tiny_http::Response::empty(404));
+                    continue;
+                };
+                if path == "weights.json"
+                    && range.is_none()
+                    && cut.fetch_add(1, Ordering::SeqCst) == 0
+                {
+                    // Promise every byte, send half, hang up.
+                    let mut stream = request.into_writer();
+                    let head = format!(
+                        "HTTP/1.1 200 OK\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+                        bytes.len()
+                    );
+                    let _ = stream.write_all(head.as_bytes());
+                    let _ = stream.write_all(&bytes[..bytes.len() / 2]);
+                    let _ = stream.flush();
+                    continue;
+                }
+                let start: usize = range
+                    .as_deref()
+                    .and_then(|r| r.strip_prefix("bytes="))
+                    .and_then(|r| r.trim_end_matches('-').parse().ok())
+                    .unwrap_or(0);
+                let status = if start > 0 { 206 } else { 200 };
+                let body = bytes[start.min(bytes.len())..].to_vec();
+                let _ =
+                    request.respond(tiny_http::Response::from_data(body).with_status_code(status));
+            }
+        });
+        ModelServer {
+            addr,
+            requests,
+            _thread: thread,
+        }
+    }
+}
+
+use std::io::Write as _;
+
+#[test]
+fn downloads_over_http_resume_a_cut_transfer_and_hit_the_cache_next_time() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = ModelServer::start(example().join("model"));
+    let mut cfg = config(dir.path(), server.addr.clone());
+    // The cut connection stays open without sending: a stall.
+    cfg.stall_timeout_s = 1;
+    let host = node_host();
+
+    let out = node::initialize(&cfg, &mut hooks(&host, &[])).unwrap();
+    let result = &out.data["download_result"];
+    assert_eq!(result["cache_hits"], 0);
+    let weights = result["files"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|f| f["path"] == "weights.json")
+        .unwrap();
+    assert_eq!(weights["attempts"], 2, "the first transfer was cut");
+    assert!(
+        weights["resumed_bytes"].as_u64().unwrap() > 0,
+        "the second continued it: {weights}"
+    );
+    let requests = server.requests.lock().unwrap().clone();
+    assert!(
+        requests
+            .iter()
+            .any(|r| r.starts_with("weights.json bytes=")),
+        "{requests:?}"
+    );
+    for f in model_files() {
+        let got = std::fs::read(dir.path().join("cache/tiny-llm").join(&f.path)).unwrap();
+        assert_eq!(wasmhooks::sha256_hex(&got), f.sha256);
+    }
+
+    let before = server.requests.lock().unwrap().len();
+    let again = node::initialize(&cfg, &mut hooks(&host, &[])).unwrap();
+    assert_eq!(again.data["download_result"]["cache_hits"], 3);
+    assert_eq!(
+        server.requests.lock().unwrap().len(),
+        before,
+        "a cache hit asks nothing"
+    );
+}
+
+#[test]
+fn a_digest_mismatch_fails_the_download_after_its_retries() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut cfg = config(
+        dir.path(),
+        format!("file://{}", example().join("model").display()),
+    );
+    cfg.files[0].sha256 = "ab".repeat(32);
+    let err = node::initialize(&cfg, &mut hooks(&node_host(), &[]))
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("config.json") && err.contains("after 3 attempts"),
+        "{err}"
+    );
+    assert!(err.contains("expected abab"), "{err}");
+}
+
+#[test]
+fn every_phase_runs_the_engine_starts_and_the_output_is_written() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::copy(example().join("engine.py"), dir.path().join("engine.py")).unwrap();
+    let mut cfg = config(
+        dir.path(),
+        format!("file://{}", example().join("model").display()),
+    );
+    cfg.engine = Some(EngineConfig {
+        command: [
+            "python3",
+            "engine.py",
+            "--model-dir",
+            "{model_dir}",
+            "--port",
+            "{port}",
+        ]
+        .map(String::from)
+        .to_vec(),
+        ready_line: None,
+        health_url: Some("http://127.0.0.1:{port}/health".into()),
+        timeout_s: 30,
+    });
+    let host = node_host();
+    let script = json!({"updates": {"pre_engine_init": {"engine_kwargs": {"model": "tiny-llm", "max_batch_size": 8}}}});
+    let mut hooks = hooks(
+        &host,
+        &[
+            (plugins::METRICS_COLLECTOR, Value::Null),
+            (plugins::FORCE_DOWNLOAD, Value::Null),
+            (plugins::CUSTOM_PLACEMENT_GROUP, Value::Null),
+            (plugins::ADVERSARY, script),
+        ],
+    );
+    let out = node::initialize(&cfg, &mut hooks).unwrap();
+
+    let calls = &out.data["metrics"]["calls"];
+    for phase in &node::PHASES[..8] {
+        assert_eq!(calls[phase], 1, "{phase}: {calls}");
+    }
+    assert!(calls.get("custom_initialization").is_none());
+    assert_eq!(
+        out.data["worker_node_download_model"],
+        "MODEL_AND_TOKENIZER"
+    );
+    let pg = &out.data["placement_group"];
+    assert_eq!(pg["source"], "custom-placement-group");
+    assert_eq!(
+        pg["bundles"].as_array().unwrap().len(),
+        2,
+        "one per tensor-parallel rank"
+    );
+    assert_eq!(
+        pg["replaced"]["strategy"], "PACK",
+        "it saw the default plan"
+    );
+
+    // The engine is a real process serving the downloaded model, started
+    // with the arguments a plugin chose.
+    let engine = &out.data["engine"];
+    let url = engine["url"]
+        .as_str()
+        .unwrap()
+        .replace("/health", "/v1/model");
+    let mut body = String::new();
+    ureq_get(&url).read_to_string(&mut body).unwrap();
+    let info: Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(info["config"]["model_type"], "tiny-llm");
+    assert_eq!(info["kwargs"]["max-batch-size"], "8");
+    let written: Value =
+        serde_json::from_slice(&std::fs::read(dir.path().join("output/node.json")).unwrap())
+            .unwrap();
+    assert_eq!(written["engine"]["pid"], engine["pid"]);
+
+    let pid = engine["pid"].as_u64().unwrap();
+    drop(out);
+    assert!(
+        !Path::new(&format!("/proc/{pid}")).exists(),
+        "the engine stops with the job"
+    );
+}
+
+fn ureq_get(url: &str) -> impl Read {
+    // The host's own HTTP client is internal; the test speaks HTTP by hand.
+    let addr = url.trim_start_matches("http://");
+    let (host, path) = addr.split_once('/').unwrap();
+    let mut stream = std::net::TcpStream::connect(host).unwrap();
+    write!(stream, "GET /{path} HTTP/1.0\r\nHost: {host}\r\n\r\n").unwrap();
+    let mut response = String::new();
+    stream.read_to_string(&mut response).unwrap();
+    let body = response.split_once("\r\n\r\n").unwrap().1.to_owned();
+    std::io::Cursor::new(body)
+}
+
+#[test]
+fn skip_default_replaces_download_placement_and_engine() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = config(
+        dir.path(),
+        format!("file://{}", example().join("model").display()),
+    );
+    let host = node_host();
+    let mut hooks = hooks(
+        &host,
+        &[
+            (plugins::REPLACE_INIT, Value::Null),
+            (plugins::METRICS_COLLECTOR, Value::Null),
+        ],
+    );
+    let out = node::initialize(&cfg, &mut hooks).unwrap();
+    assert!(out.skipped_default);
+    let fired: Vec<&str> = out.timings.iter().map(|(p, _)| p).collect();
+    assert_eq!(
+        fired,
+        [
+            "pre_initialization",
+            "custom_initialization",
+            "post_initialization"
+        ]
+    );
+    assert_eq!(out.data["placement_group"]["source"], "replace-init");
+    assert!(!out.data.contains_key("download_result"));
+    assert!(!dir.path().join("cache").exists(), "nothing was downloaded");
+}
+
+#[test]
+fn plugins_choose_what_is_downloaded() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = config(
+        dir.path(),
+        format!("file://{}", example().join("model").display()),
+    );
+    let script =
+        json!({"updates": {"pre_download": {"local_node_download_model": "TOKENIZER_ONLY"}}});
+    let out = node::initialize(
+        &cfg,
+        &mut hooks(&node_host(), &[(plugins::ADVERSARY, script)]),
+    )
+    .unwrap();
+    let files = out.data["download_result"]["files"]
+        .as_array()
+        .unwrap()
+        .clone();
+    assert_eq!(files.len(), 1);
+    assert_eq!(files[0]["path"], "tokenizer.json");
+
+    let script = json!({"updates": {"pre_download": {"local_node_download_model": "EVERYTHING"}}});
+    let err = node::initialize(
+        &cfg,
+        &mut hooks(&node_host(), &[(plugins::ADVERSARY, script)]),
+    )
+    .unwrap_err();
+    assert!(err.to_string().contains("must be one of"), "{err}");
+}
+
+#[test]
+fn an_infeasible_placement_group_is_a_clear_error() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut cfg = config(
+        dir.path(),
+        format!("file://{}", example().join("model").display()),
+    );
+    cfg.strategy = Strategy::StrictSpread;
+    let err = node::initialize(&cfg, &mut hooks(&node_host(), &[]))
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("placement group is infeasible: STRICT_SPREAD: 2 bundles need as many nodes, there are 1"), "{err}");
+}
+
+#[test]
+fn an_engine_that_dies_is_reported_with_its_last_words() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut cfg = config(
+        dir.path(),
+        format!("file://{}", example().join("model").display()),
+    );
+    cfg.engine = Some(EngineConfig {
+        command: ["python3", "-c", "import sys; sys.exit('model is corrupt')"]
+            .map(String::from)
+            .to_vec(),
+        ready_line: Some("READY".into()),
+        health_url: None,
+        timeout_s: 10,
+    });
+    let err = node::initialize(&cfg, &mut hooks(&node_host(), &[]))
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("before it was ready") && err.contains("model is corrupt"),
+        "{err}"
+    );
+}
