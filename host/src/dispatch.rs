@@ -1,10 +1,14 @@
 //! Dispatch: the live plugins of one job, called phase by phase in `order`,
 //! their updates checked against the grants and merged only when the whole
-//! call succeeded, and the operator's error policy applied.
+//! call succeeded, and the operator's error policy applied. Plugins that
+//! declare observe-only phases run on a background worker.
 
+mod observer;
+mod slot;
 mod updates;
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::sync::Arc;
 use std::time::Duration;
 
 use serde::Serialize;
@@ -12,16 +16,22 @@ use serde_json::Value;
 
 use crate::Error;
 use crate::bindings::types::Entry;
-use crate::error::{CallError, Cause};
-use crate::instance::{Instance, Usage};
+use crate::error::CallError;
+use crate::instance::Usage;
 use crate::loading::Plugin;
 use crate::manifest::Manifest;
 use crate::policy::OnError;
 
+use observer::Observer;
+use slot::{Called, Slot};
 pub use updates::Change;
 
 /// The job's shared data: string keys to JSON values.
 pub type DataMap = serde_json::Map<String, Value>;
+
+/// How long `on_train_end` and the end of a job wait for observers, unless
+/// told otherwise.
+pub const DEFAULT_FLUSH: Duration = Duration::from_secs(10);
 
 /// Collects the plugins of one job with their configs, then starts them.
 pub struct HooksBuilder {
@@ -48,40 +58,43 @@ impl HooksBuilder {
     /// Instantiates every plugin and runs its `init`. A plugin whose policy
     /// is `fail` fails the whole start; others are logged and disabled.
     pub fn start(self) -> Result<Hooks, Error> {
-        let job = self.job_config.to_string();
+        let job: Arc<str> = Arc::from(self.job_config.to_string());
         let mut names = BTreeSet::new();
-        let mut slots = Vec::with_capacity(self.plugins.len());
+        let mut entries = Vec::with_capacity(self.plugins.len());
+        let mut observed = Vec::new();
         for (plugin, config) in self.plugins {
-            if !names.insert(plugin.name().to_owned()) {
-                return Err(Error::Duplicate(plugin.name().to_owned()));
+            let name = plugin.name().to_owned();
+            let on_error = plugin.policy().on_error;
+            if !names.insert(name.clone()) {
+                return Err(Error::Duplicate(name));
             }
-            let config = config.to_string();
-            let mut slot = Slot {
-                stats: PluginStats::new(plugin.name()),
-                manifest: None,
-                plugin,
-                config,
-                instance: None,
-                disabled: None,
+            let (slot, manifest) = Slot::start(plugin, &job, config.to_string())?;
+            let place = if manifest.as_ref().is_some_and(|m| !m.observe.is_empty()) {
+                observed.push(slot);
+                Place::Observer(observed.len() - 1)
+            } else {
+                Place::Here(Box::new(slot))
             };
-            match Instance::start(&slot.plugin, &job, &slot.config) {
-                Ok(instance) => {
-                    slot.manifest = Some(instance.manifest.clone());
-                    slot.instance = Some(instance);
-                }
-                Err(Error::Call(err)) if slot.plugin.policy().on_error != OnError::Fail => {
-                    tracing::warn!("{err}; plugin disabled");
-                    slot.disable(err);
-                }
-                Err(err) => return Err(err),
-            }
-            slots.push(slot);
+            entries.push(Member {
+                name,
+                manifest,
+                on_error,
+                place,
+            });
         }
+        let observer = if observed.is_empty() {
+            None
+        } else {
+            let observer = Observer::start(job.clone(), observed)
+                .map_err(|e| Error::Engine(format!("cannot start the observer thread: {e}")))?;
+            Some(observer)
+        };
         Ok(Hooks {
             job,
             rank: self.rank,
-            slots,
+            members: entries,
             routes: HashMap::new(),
+            observer,
         })
     }
 }
@@ -89,23 +102,26 @@ impl HooksBuilder {
 /// The live plugins of one job. Each keeps its own store, so its state
 /// persists from phase to phase.
 pub struct Hooks {
-    job: String,
+    job: Arc<str>,
     rank: u32,
-    slots: Vec<Slot>,
+    members: Vec<Member>,
     routes: HashMap<String, Vec<usize>>,
+    observer: Option<Observer>,
 }
 
-struct Slot {
-    plugin: Plugin,
-    config: String,
-    /// Read when the plugin started; routes are built from it, so a plugin
-    /// between instances (after a trap) or disabled keeps its place.
+/// A plugin as the hooks see it: its manifest (read when it started, so a
+/// plugin between instances or disabled keeps its place in the routes) and
+/// where its instance lives.
+struct Member {
+    name: String,
     manifest: Option<Manifest>,
-    /// `None` when disabled, or when a trap threw the instance away and it
-    /// is to be started afresh at its next call.
-    instance: Option<Instance>,
-    disabled: Option<CallError>,
-    stats: PluginStats,
+    on_error: OnError,
+    place: Place,
+}
+
+enum Place {
+    Here(Box<Slot>),
+    Observer(usize),
 }
 
 /// What happened at one phase.
@@ -156,6 +172,9 @@ pub enum Outcome {
     Failed(#[serde(serialize_with = "display")] CallError),
     /// The plugin is disabled after an earlier failure and was not called.
     Disabled,
+    /// The plugin observes this phase: a snapshot was queued for it to see
+    /// in the background; its updates are not used.
+    Queued,
 }
 
 /// A plugin's totals over the job, for reports.
@@ -176,8 +195,23 @@ pub struct PluginStats {
     pub memory: usize,
     /// Keys it set or removed at least once.
     pub keys_changed: BTreeSet<String>,
+    /// Observations dropped because the observer queue was full.
+    pub dropped: u64,
     /// Why it is disabled, if it is.
     pub disabled: Option<String>,
+}
+
+impl Outcome {
+    fn applied(changes: &[Change]) -> Self {
+        let (mut set, mut removed) = (Vec::new(), Vec::new());
+        for change in changes {
+            match change {
+                Change::Set(key, _) => set.push(key.clone()),
+                Change::Remove(key) => removed.push(key.clone()),
+            }
+        }
+        Outcome::Applied { set, removed }
+    }
 }
 
 impl PluginStats {
@@ -190,6 +224,7 @@ impl PluginStats {
             time: Duration::ZERO,
             memory: 0,
             keys_changed: BTreeSet::new(),
+            dropped: 0,
             disabled: None,
         }
     }
@@ -211,27 +246,50 @@ impl Hooks {
         }
     }
 
-    /// The manifests of the plugins that are running.
+    /// The manifests of the plugins that started.
     pub fn manifests(&self) -> impl Iterator<Item = &Manifest> {
-        self.slots.iter().filter_map(|s| s.manifest.as_ref())
+        self.members.iter().filter_map(|m| m.manifest.as_ref())
     }
 
     /// The plugins that will be called at `phase`, in call order.
     pub fn subscribers(&mut self, phase: &str) -> Vec<&str> {
         let route = self.route(phase).to_vec();
-        route.iter().map(|&i| self.slots[i].plugin.name()).collect()
+        route
+            .iter()
+            .map(|&i| self.members[i].name.as_str())
+            .collect()
     }
 
     /// Totals per plugin, in job order.
     pub fn stats(&self) -> Vec<PluginStats> {
-        self.slots.iter().map(|s| s.stats.clone()).collect()
+        let observed = self
+            .observer
+            .as_ref()
+            .map(Observer::stats)
+            .unwrap_or_default();
+        self.members
+            .iter()
+            .map(|m| match &m.place {
+                Place::Here(slot) => slot.stats.clone(),
+                Place::Observer(i) => {
+                    let mut stats = observed
+                        .get(*i)
+                        .cloned()
+                        .unwrap_or_else(|| PluginStats::new(&m.name));
+                    stats.dropped = self.observer.as_ref().map_or(0, |o| o.dropped[*i]);
+                    stats
+                }
+            })
+            .collect()
     }
 
     /// Calls every plugin subscribed to `phase`, lowest `order` first, each
     /// seeing the updates of those before it. A failed call changes nothing
     /// in `data`; whether the phase goes on is the plugin's error policy.
-    /// Returns `Err` only for a failure under the `fail` policy; the hooks
-    /// stay usable after it (to fire a final phase, say).
+    /// Plugins that observe `phase` get a snapshot in the background, and
+    /// their updates are not used. Returns `Err` only for a failure under
+    /// the `fail` policy; the hooks stay usable after it (to fire a final
+    /// phase, say).
     pub fn fire(&mut self, phase: &str, data: &mut DataMap) -> Result<PhaseReport, Error> {
         let route = self.route(phase).to_vec();
         let mut report = PhaseReport {
@@ -239,47 +297,92 @@ impl Hooks {
             calls: Vec::with_capacity(route.len()),
         };
         for i in route {
-            let call = self.slots[i].call(&self.job, phase, data);
-            let slot = &mut self.slots[i];
-            match call {
-                Ok(call) => report.calls.push(call),
+            let member = &mut self.members[i];
+            let manifest = member
+                .manifest
+                .as_ref()
+                .expect("routed plugins have manifests");
+            let entries = entries_for(manifest, data);
+            let result = match &mut member.place {
+                Place::Here(slot) => slot.call(&self.job, phase, &entries, false),
+                Place::Observer(slot) => {
+                    let observer = self
+                        .observer
+                        .as_mut()
+                        .expect("observed plugins have a worker");
+                    if manifest.observes(phase) {
+                        observer.observe(*slot, phase, entries);
+                        report.calls.push(CallReport {
+                            plugin: member.name.clone(),
+                            outcome: Outcome::Queued,
+                            fuel: 0,
+                            elapsed: Duration::ZERO,
+                        });
+                        continue;
+                    }
+                    observer.call(*slot, phase, entries).unwrap_or_else(|| {
+                        Err(CallError {
+                            plugin: member.name.clone(),
+                            call: format!("phase '{phase}'"),
+                            cause: crate::Cause::Trap("the observer worker is gone".into()),
+                        })
+                    })
+                }
+            };
+            match result {
+                Ok(Called {
+                    report: call,
+                    changes,
+                }) => {
+                    for change in changes {
+                        match change {
+                            Change::Set(key, value) => data.insert(key, value),
+                            Change::Remove(key) => data.remove(&key),
+                        };
+                    }
+                    report.calls.push(call);
+                }
                 Err(err) => {
-                    slot.stats.failures += 1;
-                    let call_report = CallReport {
-                        plugin: slot.plugin.name().to_owned(),
-                        outcome: Outcome::Failed(err.clone()),
+                    // The slot has counted it and, under `disable`,
+                    // disabled itself.
+                    if self.members[i].on_error == OnError::Fail {
+                        return Err(Error::Call(err));
+                    }
+                    report.calls.push(CallReport {
+                        plugin: err.plugin.clone(),
+                        outcome: Outcome::Failed(err),
                         fuel: 0,
                         elapsed: Duration::ZERO,
-                    };
-                    match slot.plugin.policy().on_error {
-                        OnError::Fail => return Err(Error::Call(err)),
-                        OnError::Skip => tracing::warn!("{err}; skipped"),
-                        OnError::Disable => {
-                            tracing::warn!("{err}; plugin disabled for the rest of the job");
-                            slot.disable(err);
-                        }
-                    }
-                    report.calls.push(call_report);
+                    });
                 }
             }
         }
         Ok(report)
     }
 
+    /// Waits up to `bound` for queued observations to run; returns how many
+    /// were still waiting when it gave up (0: all ran).
+    pub fn flush(&mut self, bound: Duration) -> u64 {
+        let left = self.observer.as_ref().map_or(0, |o| o.flush(bound));
+        if left > 0 {
+            tracing::warn!(left, "observers did not finish within {bound:?}");
+        }
+        left
+    }
+
     /// Each stateful plugin's state, by plugin name, to save in a checkpoint.
     pub fn save_states(&mut self) -> Result<BTreeMap<String, Value>, Error> {
         let mut states = BTreeMap::new();
-        for slot in &mut self.slots {
-            let name = slot.plugin.name().to_owned();
-            let Some(instance) = slot.live(&self.job)? else {
-                continue;
+        for member in &mut self.members {
+            let state = match &mut member.place {
+                Place::Here(slot) => slot.save_state(&self.job)?,
+                Place::Observer(i) => match &self.observer {
+                    Some(o) => o.save_state(*i)?,
+                    None => None,
+                },
             };
-            match instance.save_state() {
-                Ok(Some(state)) => {
-                    states.insert(name, state);
-                }
-                Ok(None) => {}
-                Err(cause) => return Err(slot.fail("save-state", cause)),
+            if let Some(state) = state {
+                states.insert(member.name.clone(), state);
             }
         }
         Ok(states)
@@ -287,15 +390,17 @@ impl Hooks {
 
     /// Gives each plugin the state it saved, when a job resumes.
     pub fn load_states(&mut self, states: &BTreeMap<String, Value>) -> Result<(), Error> {
-        for slot in &mut self.slots {
-            let Some(state) = states.get(slot.plugin.name()) else {
+        for member in &mut self.members {
+            let Some(state) = states.get(&member.name) else {
                 continue;
             };
-            let Some(instance) = slot.live(&self.job)? else {
-                continue;
-            };
-            if let Err(cause) = instance.load_state(state) {
-                return Err(slot.fail("load-state", cause));
+            match &mut member.place {
+                Place::Here(slot) => slot.load_state(&self.job, state)?,
+                Place::Observer(i) => {
+                    if let Some(o) = &self.observer {
+                        o.load_state(*i, state)?;
+                    }
+                }
             }
         }
         Ok(())
@@ -303,135 +408,18 @@ impl Hooks {
 
     fn route(&mut self, phase: &str) -> &[usize] {
         if !self.routes.contains_key(phase) {
-            let mut route: Vec<usize> = (0..self.slots.len())
+            let mut route: Vec<usize> = (0..self.members.len())
                 .filter(|&i| {
-                    let slot = &self.slots[i];
-                    slot.manifest.as_ref().is_some_and(|m| {
+                    self.members[i].manifest.as_ref().is_some_and(|m| {
                         m.subscribes(phase) && !(m.rank_zero_only && self.rank != 0)
                     })
                 })
                 .collect();
             // A stable sort keeps job order among equal `order`s.
-            route.sort_by_key(|&i| self.slots[i].manifest.as_ref().map_or(0, |m| m.order));
+            route.sort_by_key(|&i| self.members[i].manifest.as_ref().map_or(0, |m| m.order));
             self.routes.insert(phase.to_owned(), route);
         }
         &self.routes[phase]
-    }
-}
-
-impl Slot {
-    /// The instance, started afresh if a trap threw the last one away.
-    fn live(&mut self, job: &str) -> Result<Option<&mut Instance>, Error> {
-        if self.disabled.is_some() {
-            return Ok(None);
-        }
-        if self.instance.is_none() {
-            match Instance::start(&self.plugin, job, &self.config) {
-                Ok(instance) => {
-                    tracing::info!(
-                        plugin = self.plugin.name(),
-                        "plugin restarted with fresh state after a trap"
-                    );
-                    self.instance = Some(instance);
-                }
-                Err(Error::Call(err)) => {
-                    self.disable(err.clone());
-                    return Err(Error::Call(err));
-                }
-                Err(other) => return Err(other),
-            }
-        }
-        Ok(self.instance.as_mut())
-    }
-
-    /// Throws the instance away if a trap left it unusable; the next call
-    /// starts a fresh one.
-    fn drop_if_poisoned(&mut self) {
-        if self.instance.as_ref().is_some_and(|i| i.poisoned) {
-            self.instance = None;
-        }
-    }
-
-    fn disable(&mut self, err: CallError) {
-        self.stats.disabled = Some(err.to_string());
-        self.disabled = Some(err);
-        self.instance = None;
-    }
-
-    fn fail(&mut self, call: &str, cause: Cause) -> Error {
-        self.drop_if_poisoned();
-        Error::Call(CallError {
-            plugin: self.plugin.name().to_owned(),
-            call: call.to_owned(),
-            cause,
-        })
-    }
-
-    /// One guarded call at `phase`: checks and merges its updates.
-    fn call(
-        &mut self,
-        job: &str,
-        phase: &str,
-        data: &mut DataMap,
-    ) -> Result<CallReport, CallError> {
-        let name = self.plugin.name().to_owned();
-        if self.disabled.is_some() {
-            return Ok(CallReport {
-                plugin: name,
-                outcome: Outcome::Disabled,
-                fuel: 0,
-                elapsed: Duration::ZERO,
-            });
-        }
-        let as_call_error = |e: Error, phase: &str| match e {
-            Error::Call(e) => e,
-            other => CallError {
-                plugin: name.clone(),
-                call: format!("phase '{phase}'"),
-                cause: Cause::Trap(other.to_string()),
-            },
-        };
-        let instance = self
-            .live(job)
-            .map_err(|e| as_call_error(e, phase))?
-            .expect("a slot that is not disabled has an instance");
-        let entries = entries_for(&instance.manifest, data);
-        let (result, usage) = instance.on_phase(phase, &entries);
-        self.stats.memory = instance.memory_used();
-        self.stats.add(usage);
-        let changes = result.and_then(|updates| updates::check(updates, self.plugin.policy()));
-        let changes = match changes {
-            Ok(changes) => changes,
-            Err(cause) => {
-                self.drop_if_poisoned();
-                return Err(CallError {
-                    plugin: name,
-                    call: format!("phase '{phase}'"),
-                    cause,
-                });
-            }
-        };
-        let (mut set, mut removed) = (Vec::new(), Vec::new());
-        for change in changes {
-            match change {
-                Change::Set(key, value) => {
-                    self.stats.keys_changed.insert(key.clone());
-                    data.insert(key.clone(), value);
-                    set.push(key);
-                }
-                Change::Remove(key) => {
-                    self.stats.keys_changed.insert(key.clone());
-                    data.remove(&key);
-                    removed.push(key);
-                }
-            }
-        }
-        Ok(CallReport {
-            plugin: name,
-            outcome: Outcome::Applied { set, removed },
-            fuel: usage.fuel,
-            elapsed: usage.elapsed,
-        })
     }
 }
 

@@ -43,7 +43,8 @@ pub mod policy;
 mod sandbox;
 
 pub use dispatch::{
-    CallReport, Change, DataMap, Hooks, HooksBuilder, Outcome, PhaseReport, PluginStats,
+    CallReport, Change, DEFAULT_FLUSH, DataMap, Hooks, HooksBuilder, Outcome, PhaseReport,
+    PluginStats,
 };
 pub use engine::Host;
 pub use error::{CallError, Cause, Error};

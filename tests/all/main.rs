@@ -10,5 +10,6 @@ mod examples;
 mod grants;
 mod loading;
 mod node;
+mod observers;
 mod support;
 mod training;

@@ -127,6 +127,7 @@ fn human(reports: &[PhaseReport], data: &DataMap) -> anyhow::Result<String> {
                 }
                 Outcome::Failed(e) => format!("FAILED: {}", e.cause),
                 Outcome::Disabled => "disabled".to_owned(),
+                Outcome::Queued => "queued for the observer".to_owned(),
             };
             writeln!(
                 out,

@@ -19,6 +19,15 @@ pub enum Change {
     Remove(String),
 }
 
+impl Change {
+    /// The key it changes.
+    pub fn key(&self) -> &str {
+        match self {
+            Change::Set(key, _) | Change::Remove(key) => key,
+        }
+    }
+}
+
 /// Checks every update; the first problem fails the whole call.
 pub(crate) fn check(updates: Vec<Update>, policy: &PluginPolicy) -> Result<Vec<Change>, Cause> {
     let size: usize = updates

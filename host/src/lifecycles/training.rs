@@ -85,6 +85,8 @@ pub struct TrainingConfig {
     pub resume: bool,
     /// Worker processes.
     pub world_size: usize,
+    /// Seconds `on_train_end` waits for background observers to catch up.
+    pub flush_timeout_s: u64,
 }
 
 impl Default for TrainingConfig {
@@ -104,6 +106,7 @@ impl Default for TrainingConfig {
             output_dir: PathBuf::from("output"),
             resume: false,
             world_size: 1,
+            flush_timeout_s: crate::DEFAULT_FLUSH.as_secs(),
         }
     }
 }
@@ -220,6 +223,10 @@ pub fn train(
     if let Err(e) = &result {
         trainer.driver.set("train_error", e.to_string());
     }
+    // Observers catch up first (within a bound), so the end is the end.
+    let bound = std::time::Duration::from_secs(config.flush_timeout_s);
+    let left = trainer.driver.hooks.flush(bound);
+    trainer.driver.set("observations_unflushed", left);
     let end = trainer.driver.fire("on_train_end");
     let reason = result?;
     end?;

@@ -22,7 +22,11 @@ struct Adversary {
 
 impl Plugin for Adversary {
     fn manifest() -> Manifest {
-        Manifest::new("adversary", env!("CARGO_PKG_VERSION")).all_phases()
+        // Two phases only observe, so it runs on the host's observer
+        // worker: every test of it exercises that path too.
+        Manifest::new("adversary", env!("CARGO_PKG_VERSION"))
+            .all_phases()
+            .observe(["observe_nap", "observe_panic"])
     }
 
     fn init(&mut self, _job: &Value, config: &Value) -> Result<(), Error> {
@@ -111,6 +115,12 @@ impl Plugin for Adversary {
             }
             // Any other phase: report the keys it was given, to show what
             // earlier plugins of the phase wrote.
+            "observe_nap" => {
+                std::thread::sleep(std::time::Duration::from_millis(20));
+                self.count += 1;
+                Ok(Updates::new().set("count", self.count))
+            }
+            "observe_panic" => panic!("an observer panics"),
             "nap" => {
                 let start = std::time::Instant::now();
                 std::thread::sleep(std::time::Duration::from_millis(20));

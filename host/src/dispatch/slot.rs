@@ -1,0 +1,201 @@
+//! One plugin of a job: its instance (restarted after a trap), its stats,
+//! and its error bookkeeping. A slot lives either with the hooks or on the
+//! observer worker; the code is the same.
+
+use std::time::Duration;
+
+use serde_json::Value;
+
+use super::updates::{self, Change};
+use super::{CallReport, Outcome, PluginStats};
+use crate::Error;
+use crate::bindings::types::Entry;
+use crate::error::{CallError, Cause};
+use crate::instance::Instance;
+use crate::loading::Plugin;
+use crate::manifest::Manifest;
+use crate::policy::OnError;
+
+pub(super) struct Slot {
+    pub(super) plugin: Plugin,
+    config: String,
+    /// `None` when disabled, or when a trap threw the instance away and it
+    /// is to be started afresh at its next call.
+    instance: Option<Instance>,
+    disabled: Option<CallError>,
+    pub(super) stats: PluginStats,
+}
+
+/// A successful call: its report and the checked changes to merge.
+pub(super) struct Called {
+    pub(super) report: CallReport,
+    pub(super) changes: Vec<Change>,
+}
+
+impl Slot {
+    /// Starts the plugin. A failing start under `skip` or `disable` leaves
+    /// a disabled slot; under `fail` it is an error.
+    pub(super) fn start(
+        plugin: Plugin,
+        job: &str,
+        config: String,
+    ) -> Result<(Self, Option<Manifest>), Error> {
+        let mut slot = Slot {
+            stats: PluginStats::new(plugin.name()),
+            plugin,
+            config,
+            instance: None,
+            disabled: None,
+        };
+        let manifest = match Instance::start(&slot.plugin, job, &slot.config) {
+            Ok(instance) => {
+                let manifest = instance.manifest.clone();
+                slot.instance = Some(instance);
+                Some(manifest)
+            }
+            Err(Error::Call(err)) if slot.plugin.policy().on_error != OnError::Fail => {
+                tracing::warn!("{err}; plugin disabled");
+                slot.disable(err);
+                None
+            }
+            Err(err) => return Err(err),
+        };
+        Ok((slot, manifest))
+    }
+
+    /// The instance, started afresh if a trap threw the last one away.
+    fn live(&mut self, job: &str) -> Result<Option<&mut Instance>, Error> {
+        if self.disabled.is_some() {
+            return Ok(None);
+        }
+        if self.instance.is_none() {
+            match Instance::start(&self.plugin, job, &self.config) {
+                Ok(instance) => {
+                    tracing::info!(
+                        plugin = self.plugin.name(),
+                        "plugin restarted with fresh state after a trap"
+                    );
+                    self.instance = Some(instance);
+                }
+                Err(Error::Call(err)) => {
+                    self.disable(err.clone());
+                    return Err(Error::Call(err));
+                }
+                Err(other) => return Err(other),
+            }
+        }
+        Ok(self.instance.as_mut())
+    }
+
+    /// Throws the instance away if a trap left it unusable.
+    fn drop_if_poisoned(&mut self) {
+        if self.instance.as_ref().is_some_and(|i| i.poisoned) {
+            self.instance = None;
+        }
+    }
+
+    fn disable(&mut self, err: CallError) {
+        self.stats.disabled = Some(err.to_string());
+        self.disabled = Some(err);
+        self.instance = None;
+    }
+
+    fn error(&mut self, call: &str, cause: Cause) -> CallError {
+        self.drop_if_poisoned();
+        CallError {
+            plugin: self.plugin.name().to_owned(),
+            call: call.to_owned(),
+            cause,
+        }
+    }
+
+    /// One guarded call at `phase` with the entries the plugin reads. On
+    /// failure the slot counts it and, under `disable`, disables itself;
+    /// whether the job goes on is the caller's to decide. Observing calls
+    /// return no changes.
+    pub(super) fn call(
+        &mut self,
+        job: &str,
+        phase: &str,
+        entries: &[Entry],
+        observe: bool,
+    ) -> Result<Called, CallError> {
+        let name = self.plugin.name().to_owned();
+        if self.disabled.is_some() {
+            return Ok(Called {
+                report: CallReport::new(name, Outcome::Disabled),
+                changes: Vec::new(),
+            });
+        }
+        let call = format!("phase '{phase}'");
+        let result = match self.live(job) {
+            Ok(Some(instance)) => {
+                let (result, usage) = instance.on_phase(phase, entries);
+                self.stats.memory = instance.memory_used();
+                self.stats.add(usage);
+                result
+                    .and_then(|u| updates::check(u, self.plugin.policy()))
+                    .map(|changes| (changes, usage))
+                    .map_err(|cause| self.error(&call, cause))
+            }
+            Ok(None) => unreachable!("a slot that is not disabled has an instance"),
+            Err(Error::Call(e)) => Err(e),
+            Err(other) => Err(self.error(&call, Cause::Trap(other.to_string()))),
+        };
+        match result {
+            Ok((changes, usage)) => {
+                let changes = if observe { Vec::new() } else { changes };
+                let mut report = CallReport::new(name, Outcome::applied(&changes));
+                report.fuel = usage.fuel;
+                report.elapsed = usage.elapsed;
+                for change in &changes {
+                    self.stats.keys_changed.insert(change.key().to_owned());
+                }
+                Ok(Called { report, changes })
+            }
+            Err(err) => {
+                self.stats.failures += 1;
+                match self.plugin.policy().on_error {
+                    OnError::Fail => {}
+                    OnError::Skip => tracing::warn!("{err}; skipped"),
+                    OnError::Disable => {
+                        tracing::warn!("{err}; plugin disabled for the rest of the job");
+                        self.disable(err.clone());
+                    }
+                }
+                Err(err)
+            }
+        }
+    }
+
+    /// The plugin's state for a checkpoint, if it keeps one.
+    pub(super) fn save_state(&mut self, job: &str) -> Result<Option<Value>, Error> {
+        let Some(instance) = self.live(job)? else {
+            return Ok(None);
+        };
+        instance
+            .save_state()
+            .map_err(|cause| Error::Call(self.error("save-state", cause)))
+    }
+
+    /// Restores state a checkpoint held.
+    pub(super) fn load_state(&mut self, job: &str, state: &Value) -> Result<(), Error> {
+        let Some(instance) = self.live(job)? else {
+            return Ok(());
+        };
+        instance
+            .load_state(state)
+            .map_err(|cause| Error::Call(self.error("load-state", cause)))
+    }
+}
+
+impl CallReport {
+    fn new(plugin: String, outcome: Outcome) -> Self {
+        CallReport {
+            plugin,
+            outcome,
+            fuel: 0,
+            elapsed: Duration::ZERO,
+        }
+    }
+}
