@@ -184,7 +184,10 @@ fn run_training(
             .map_err(|e| LifecycleError::Config(format!("cannot start rank {rank}: {e}")))?;
         workers.0.push((rank, child));
     }
-    let mut collective: Box<dyn Collective> = Box::new(Tcp::accept(listener, config.world_size)?);
+    let mut collective: Box<dyn Collective> =
+        Box::new(Tcp::accept_while(listener, config.world_size, || {
+            workers.exited()
+        })?);
     let outcome = training::train(config, hooks, collective.as_mut(), DataMap::new());
     drop(collective);
     let waited = workers.wait();
@@ -199,6 +202,16 @@ fn run_training(
 struct Workers(Vec<(usize, std::process::Child)>);
 
 impl Workers {
+    /// Whether a worker has exited already (before joining, it failed).
+    fn exited(&mut self) -> Result<(), String> {
+        for (rank, child) in &mut self.0 {
+            if let Ok(Some(status)) = child.try_wait() {
+                return Err(format!("rank {rank} exited with {status} before it joined"));
+            }
+        }
+        Ok(())
+    }
+
     fn wait(&mut self) -> Result<(), LifecycleError> {
         let mut failed = None;
         for (rank, mut child) in self.0.drain(..) {

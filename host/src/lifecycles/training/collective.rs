@@ -65,6 +65,16 @@ impl Tcp {
 
     /// Rank 0: waits for the other `world_size - 1` ranks to join.
     pub fn accept(listener: TcpListener, world_size: usize) -> Result<Self, LifecycleError> {
+        Self::accept_while(listener, world_size, || Ok(()))
+    }
+
+    /// Like [`Tcp::accept`], but gives up as soon as `alive` says a rank
+    /// that was to join is gone (its process exited, say).
+    pub fn accept_while(
+        listener: TcpListener,
+        world_size: usize,
+        mut alive: impl FnMut() -> Result<(), String>,
+    ) -> Result<Self, LifecycleError> {
         let deadline = Instant::now() + PATIENCE;
         listener
             .set_nonblocking(true)
@@ -84,6 +94,7 @@ impl Tcp {
                     }
                 }
                 Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
+                    alive().map_err(|m| collective(0, m))?;
                     if Instant::now() > deadline {
                         return Err(collective(0, "other ranks did not join in time"));
                     }
@@ -206,6 +217,17 @@ fn write_f64(w: &mut impl Write, v: f64, rank: usize) -> Result<(), LifecycleErr
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn rank_zero_stops_waiting_when_a_rank_is_gone() {
+        let (listener, _) = Tcp::listen().unwrap();
+        let start = Instant::now();
+        let err = Tcp::accept_while(listener, 2, || Err("rank 1 exited".into()))
+            .err()
+            .unwrap();
+        assert!(err.to_string().contains("rank 1 exited"), "{err}");
+        assert!(start.elapsed() < Duration::from_secs(5));
+    }
 
     #[test]
     fn three_ranks_agree_on_the_weighted_mean() {
