@@ -13,7 +13,9 @@ const USAGE: &str = "usage: cargo xtask <task>
 tasks:
   test      install the wasm32-wasip2 target, build the guest plugins, run every test
   demo      build the plugins and run the example job: node initialization, then training
-  plugins   build the guest plugins in plugins/ (into target/plugins)";
+  plugins   build the guest plugins in plugins/ (into target/plugins)
+  bench     run the benchmarks (criterion) and print the table of ratios
+  bench-table  print that table again from the last run";
 
 fn main() -> anyhow::Result<()> {
     let task = std::env::args().nth(1).unwrap_or_default();
@@ -25,6 +27,12 @@ fn main() -> anyhow::Result<()> {
         }
         "demo" => demo(&root),
         "plugins" => plugins(&root).map(|_| ()),
+        "bench" => {
+            wasm_target()?;
+            cargo(&root, &["bench", "-p", "wasmhooks", "--bench", "dispatch"])?;
+            bench_table(&root)
+        }
+        "bench-table" => bench_table(&root),
         _ => {
             eprintln!("{USAGE}");
             if task.is_empty() {
@@ -129,6 +137,107 @@ fn copy_dir(from: &Path, to: &Path) -> anyhow::Result<()> {
         }
     }
     Ok(())
+}
+
+/// Reads criterion's estimates and the bench's extras, and prints them as
+/// one table with the ratios the targets are stated in.
+fn bench_table(root: &Path) -> anyhow::Result<()> {
+    let ns = |id: &str| -> anyhow::Result<f64> {
+        let path = root
+            .join("target/criterion")
+            .join(id)
+            .join("new/estimates.json");
+        let text =
+            std::fs::read_to_string(&path).with_context(|| format!("read {}", path.display()))?;
+        let v: serde_json::Value = serde_json::from_str(&text)?;
+        v["mean"]["point_estimate"]
+            .as_f64()
+            .context("no mean estimate")
+    };
+    let extras: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(
+        root.join("target/tmp/bench-extras.json"),
+    )?)?;
+    let native = ns("call/native")?;
+    let raw = ns("call/raw_wasmtime")?;
+    let cpython = extras["cpython_ns"].as_f64();
+    let mut out = String::from("| measure | time | ratio | target |\n|---|---|---|---|\n");
+    let mut row = |m: &str, t: String, r: String, target: &str| {
+        out.push_str(&format!("| {m} | {t} | {r} | {target} |\n"));
+    };
+    row(
+        "native closure (the limit)",
+        fmt_ns(native),
+        "1.00x native".into(),
+        "",
+    );
+    row(
+        "raw wasmtime component call",
+        fmt_ns(raw),
+        format!("{:.1}x native", raw / native),
+        "",
+    );
+    for n in [1.0, 4.0, 16.0] {
+        for size in ["small", "large"] {
+            let t = ns(&format!("dispatch/{n}x{size}"))?;
+            let per = t / n;
+            row(
+                &format!(
+                    "dispatch, {n} plugin(s), {} keys",
+                    if size == "small" { 4 } else { 200 }
+                ),
+                format!("{} ({} per plugin)", fmt_ns(t), fmt_ns(per)),
+                format!("{:.2}x raw per plugin", per / raw),
+                "<= 2x raw",
+            );
+        }
+    }
+    if let Some(py) = cpython {
+        let one = ns("dispatch/1xsmall")?;
+        row(
+            "CPython callback on a dict",
+            fmt_ns(py),
+            format!("dispatch is {:.2}x CPython", one / py),
+            "<= 1x",
+        );
+    }
+    let compile = ns("cold/compile")?;
+    let start = ns("cold/instantiate")?;
+    row("cold: digest + compile", fmt_ns(compile), String::new(), "");
+    row(
+        "cold: instantiate + describe + init",
+        fmt_ns(start),
+        String::new(),
+        "< 5 ms cached",
+    );
+    let memory = extras["idle_instance_linear_memory_bytes"]
+        .as_f64()
+        .unwrap_or(0.0);
+    row(
+        "linear memory of an idle instance",
+        format!("{:.0} KiB", memory / 1024.0),
+        String::new(),
+        "< 1 MiB",
+    );
+    // Seven phases a step, four plugins subscribed to each.
+    let per_step = 7.0 * ns("dispatch/4xsmall")?;
+    row(
+        "4 plugins on every phase of a 10 ms step",
+        fmt_ns(per_step),
+        format!("{:.3}% of the step", per_step / 10e6 * 100.0),
+        "< 1%",
+    );
+    std::io::Write::write_all(&mut std::io::stdout(), out.as_bytes())?;
+    Ok(())
+}
+
+fn fmt_ns(ns: f64) -> String {
+    if ns >= 1e6 {
+        format!("{:.2} ms", ns / 1e6)
+    } else if ns >= 1e3 {
+        format!("{:.2} µs", ns / 1e3)
+    } else {
+        format!("{ns:.0} ns")
+    }
 }
 
 fn cargo(root: &Path, args: &[&str]) -> anyhow::Result<()> {

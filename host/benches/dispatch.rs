@@ -1,0 +1,236 @@
+//! The cost of a callback, measured against its baselines in one run:
+//!
+//! - `native`: a Rust closure doing the plugin's work (the limit);
+//! - `raw_wasmtime`: the same component called through plain wasmtime
+//!   bindings with a default engine (what the sandbox and dispatch add is
+//!   our cost);
+//! - `dispatch/{1,4,16}x{small,large}`: `Hooks::fire` with 1, 4 and 16
+//!   plugins on data maps of 4 and 200 keys;
+//! - `cold/compile` and `cold/instantiate`: loading (digest, compile) and
+//!   starting (instantiate, describe, init) one plugin.
+//!
+//! CPython calling the same callback on a dict is timed by `timeit` from
+//! here and written, with the memory of an idle instance, next to
+//! criterion's results; `cargo xtask bench` prints them all as one table
+//! with ratios.
+
+use std::hint::black_box;
+use std::path::Path;
+
+use criterion::{BatchSize, Criterion, criterion_group, criterion_main};
+use serde_json::{Value, json};
+use wasmhooks::{DataMap, Hooks, Host, Plugin, PluginPolicy, Policy, sha256_hex};
+
+/// The bench plugin, as copy `i` (its own name and digest).
+fn copy(i: usize) -> Vec<u8> {
+    let mut bytes = std::fs::read(wasmhooks_tests::BENCH_EMA).expect("the bench plugin is built");
+    let name = b"bench-ema-00";
+    let at = bytes
+        .windows(name.len())
+        .position(|w| w == name)
+        .expect("the name is in the binary");
+    bytes[at..at + name.len()].copy_from_slice(format!("bench-ema-{i:02}").as_bytes());
+    bytes
+}
+
+fn host_for(n: usize) -> (Host, Vec<Plugin>) {
+    let copies: Vec<Vec<u8>> = (0..n).map(copy).collect();
+    let policy = Policy::from_plugins(copies.iter().enumerate().map(|(i, b)| {
+        PluginPolicy::new(format!("bench-ema-{i:02}"), sha256_hex(b)).allow_write(["loss_ema"])
+    }))
+    .expect("valid policy");
+    let host = Host::new(policy).expect("host");
+    let plugins = copies
+        .iter()
+        .enumerate()
+        .map(|(i, b)| {
+            host.load_bytes(&format!("bench_ema_{i:02}.wasm"), b)
+                .expect("loads")
+        })
+        .collect();
+    (host, plugins)
+}
+
+fn hooks(plugins: &[Plugin]) -> Hooks {
+    let mut builder = Hooks::builder(json!({}));
+    for p in plugins {
+        builder = builder.plugin(p.clone(), Value::Null);
+    }
+    builder.start().expect("starts")
+}
+
+fn data(keys: usize) -> DataMap {
+    let mut data = DataMap::new();
+    data.insert("loss".into(), json!(0.5));
+    for i in 1..keys {
+        let value = match i % 3 {
+            0 => json!(i as f64 * 0.25),
+            1 => json!(format!("value-{i}")),
+            _ => json!({"step": i, "tags": ["a", "b"]}),
+        };
+        data.insert(format!("key_{i:03}"), value);
+    }
+    data
+}
+
+mod raw {
+    wasmtime::component::bindgen!({ path: "../wit", world: "plugin" });
+
+    use wasmtime::component::ResourceTable;
+    use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
+
+    pub struct State {
+        pub wasi: WasiCtx,
+        pub table: ResourceTable,
+    }
+
+    impl WasiView for State {
+        fn ctx(&mut self) -> WasiCtxView<'_> {
+            WasiCtxView {
+                ctx: &mut self.wasi,
+                table: &mut self.table,
+            }
+        }
+    }
+
+    impl wasmhooks::plugin::types::Host for State {}
+
+    impl wasmhooks::plugin::log::Host for State {
+        fn log(&mut self, _: wasmhooks::plugin::types::Level, _: String) {}
+    }
+}
+
+fn bench_calls(c: &mut Criterion) {
+    let mut g = c.benchmark_group("call");
+
+    // The limit: the same work, native.
+    let mut ema: Option<f64> = None;
+    let mut native_data = data(4);
+    g.bench_function("native", |b| {
+        b.iter(|| {
+            let loss = native_data["loss"].as_f64().unwrap_or_default();
+            let next = ema.map_or(loss, |p| 0.9 * p + 0.1 * loss);
+            ema = Some(next);
+            native_data.insert("loss_ema".into(), json!(next));
+            black_box(&native_data);
+        })
+    });
+
+    // Plain wasmtime: a default engine, the component's export called with
+    // the entry it reads, nothing checked or merged.
+    {
+        use wasmtime::component::{Component, HasSelf, Linker, ResourceTable};
+        let engine = wasmtime::Engine::default();
+        let component = Component::from_binary(&engine, &copy(0)).expect("compiles");
+        let mut linker = Linker::<raw::State>::new(&engine);
+        wasmtime_wasi::p2::add_to_linker_sync(&mut linker).expect("wasi");
+        raw::Plugin::add_to_linker::<_, HasSelf<_>>(&mut linker, |s| s).expect("imports");
+        let state = raw::State {
+            wasi: wasmtime_wasi::WasiCtx::builder().build(),
+            table: ResourceTable::new(),
+        };
+        let mut store = wasmtime::Store::new(&engine, state);
+        let plugin =
+            raw::Plugin::instantiate(&mut store, &component, &linker).expect("instantiates");
+        let hooks = plugin.wasmhooks_plugin_hooks();
+        hooks
+            .call_init(&mut store, &"{}".to_owned(), &"null".to_owned())
+            .expect("init")
+            .expect("ok");
+        let entries = [raw::wasmhooks::plugin::types::Entry {
+            key: "loss".into(),
+            value: "0.5".into(),
+        }];
+        g.bench_function("raw_wasmtime", |b| {
+            b.iter(|| {
+                black_box(
+                    hooks
+                        .call_on_phase(&mut store, "on_step_end", &entries)
+                        .expect("call"),
+                )
+            })
+        });
+    }
+    g.finish();
+
+    let mut g = c.benchmark_group("dispatch");
+    for n in [1, 4, 16] {
+        let (_host, plugins) = host_for(n);
+        for (size, keys) in [("small", 4), ("large", 200)] {
+            let mut hooks = hooks(&plugins);
+            let mut data = data(keys);
+            g.bench_function(format!("{n}x{size}"), |b| {
+                b.iter(|| black_box(hooks.fire("on_step_end", &mut data).expect("fires")))
+            });
+        }
+    }
+    g.finish();
+}
+
+fn bench_cold(c: &mut Criterion) {
+    let mut g = c.benchmark_group("cold");
+    g.sample_size(10);
+    let (host, plugins) = host_for(1);
+    let bytes = copy(0);
+    g.bench_function("compile", |b| {
+        b.iter(|| black_box(host.load_bytes("bench_ema_00.wasm", &bytes).expect("loads")))
+    });
+    g.bench_function("instantiate", |b| {
+        b.iter_batched(
+            || (),
+            |()| black_box(hooks(&plugins)),
+            BatchSize::PerIteration,
+        )
+    });
+    g.finish();
+}
+
+/// CPython on the same callback, and an idle instance's memory, written
+/// next to criterion's results.
+fn extras() {
+    let script = r#"
+import timeit
+state = {"ema": None}
+def callback(phase, config, data):
+    loss = data["loss"]
+    ema = loss if state["ema"] is None else 0.9 * state["ema"] + 0.1 * loss
+    state["ema"] = ema
+    return {"loss_ema": ema}
+data = {"loss": 0.5, "step": 1, "epoch": 0, "learning_rate": 0.05}
+def step():
+    updates = callback("on_step_end", None, data)
+    if updates:
+        data.update(updates)
+n = 200000
+best = min(timeit.repeat(step, number=n, repeat=5))
+print(best / n * 1e9)
+"#;
+    let cpython_ns = std::process::Command::new("python3")
+        .args(["-c", script])
+        .output()
+        .ok()
+        .filter(|o| o.status.success())
+        .and_then(|o| {
+            String::from_utf8_lossy(&o.stdout)
+                .trim()
+                .parse::<f64>()
+                .ok()
+        });
+    let (_host, plugins) = host_for(1);
+    let mut hooks = hooks(&plugins);
+    hooks.fire("on_step_end", &mut data(4)).expect("fires");
+    let memory = hooks.stats()[0].memory;
+    let out = Path::new(env!("CARGO_TARGET_TMPDIR")).join("bench-extras.json");
+    let extras = json!({"cpython_ns": cpython_ns, "idle_instance_linear_memory_bytes": memory});
+    std::fs::write(&out, extras.to_string()).expect("write extras");
+    eprintln!("extras: {extras} -> {}", out.display());
+}
+
+fn all(c: &mut Criterion) {
+    extras();
+    bench_calls(c);
+    bench_cold(c);
+}
+
+criterion_group!(benches, all);
+criterion_main!(benches);
