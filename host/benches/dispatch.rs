@@ -3,7 +3,8 @@
 //! - `native`: a Rust closure doing the plugin's work (the limit);
 //! - `raw_wasmtime`: the same component called through plain wasmtime
 //!   bindings with a default engine (what the sandbox and dispatch add is
-//!   our cost);
+//!   our cost), and `raw_wasmtime_metered`, the same with fuel and epoch
+//!   checks on, as the sandbox runs it;
 //! - `dispatch/{1,4,16}x{small,large}`: `Hooks::fire` with 1, 4 and 16
 //!   plugins on data maps of 4 and 200 keys;
 //! - `cold/compile` and `cold/instantiate`: loading (digest, compile) and
@@ -117,10 +118,14 @@ fn bench_calls(c: &mut Criterion) {
     });
 
     // Plain wasmtime: a default engine, the component's export called with
-    // the entry it reads, nothing checked or merged.
-    {
+    // the entry it reads, nothing checked or merged. Then the same with the
+    // sandbox's metering (fuel and epoch checks compiled in), to tell what
+    // metering costs from what dispatch costs.
+    for metered in [false, true] {
         use wasmtime::component::{Component, HasSelf, Linker, ResourceTable};
-        let engine = wasmtime::Engine::default();
+        let mut config = wasmtime::Config::new();
+        config.consume_fuel(metered).epoch_interruption(metered);
+        let engine = wasmtime::Engine::new(&config).expect("engine");
         let component = Component::from_binary(&engine, &copy(0)).expect("compiles");
         let mut linker = Linker::<raw::State>::new(&engine);
         wasmtime_wasi::p2::add_to_linker_sync(&mut linker).expect("wasi");
@@ -130,6 +135,10 @@ fn bench_calls(c: &mut Criterion) {
             table: ResourceTable::new(),
         };
         let mut store = wasmtime::Store::new(&engine, state);
+        if metered {
+            store.set_fuel(u64::MAX).expect("fuel");
+            store.set_epoch_deadline(u64::MAX / 2);
+        }
         let plugin =
             raw::Plugin::instantiate(&mut store, &component, &linker).expect("instantiates");
         let hooks = plugin.wasmhooks_plugin_hooks();
@@ -141,7 +150,12 @@ fn bench_calls(c: &mut Criterion) {
             key: "loss".into(),
             value: "0.5".into(),
         }];
-        g.bench_function("raw_wasmtime", |b| {
+        let name = if metered {
+            "raw_wasmtime_metered"
+        } else {
+            "raw_wasmtime"
+        };
+        g.bench_function(name, |b| {
             b.iter(|| {
                 black_box(
                     hooks
