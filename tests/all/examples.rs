@@ -2,6 +2,7 @@
 //! sequence of phases.
 
 use serde_json::json;
+use wasmhooks::lifecycles::node;
 use wasmhooks::{Hooks, Outcome};
 use wasmhooks_tests as plugins;
 
@@ -26,16 +27,8 @@ fn examples_host() -> wasmhooks::Host {
     .concat())
 }
 
-const NODE_PHASES: [&str; 8] = [
-    "pre_initialization",
-    "pre_download",
-    "post_download",
-    "pre_placement_group",
-    "post_placement_group",
-    "pre_engine_init",
-    "post_engine_init",
-    "post_initialization",
-];
+/// The node-initialization phases, without `custom_initialization`.
+const NODE_PHASES: &[&str] = node::PHASES.split_at(8).0;
 
 #[test]
 fn composed_plugins_shape_the_node_initialization_data() {
@@ -48,7 +41,7 @@ fn composed_plugins_shape_the_node_initialization_data() {
     let mut hooks = start(&[&metrics, &log, &force, &pg]);
 
     let mut data = data(json!({"local_node_download_model": "TOKENIZER_ONLY"}));
-    for phase in NODE_PHASES {
+    for &phase in NODE_PHASES {
         if phase == "post_placement_group" {
             // What the default step would have put there.
             data.insert(
