@@ -105,7 +105,8 @@ pub struct Hooks {
     job: Arc<str>,
     rank: u32,
     members: Vec<Member>,
-    routes: HashMap<String, Vec<usize>>,
+    /// Call order per phase, computed once; shared so firing copies none.
+    routes: HashMap<String, Arc<[usize]>>,
     observer: Option<Observer>,
 }
 
@@ -291,12 +292,12 @@ impl Hooks {
     /// the `fail` policy; the hooks stay usable after it (to fire a final
     /// phase, say).
     pub fn fire(&mut self, phase: &str, data: &mut DataMap) -> Result<PhaseReport, Error> {
-        let route = self.route(phase).to_vec();
+        let route = self.route(phase);
         let mut report = PhaseReport {
             phase: phase.to_owned(),
             calls: Vec::with_capacity(route.len()),
         };
-        for i in route {
+        for &i in route.iter() {
             let member = &mut self.members[i];
             let manifest = member
                 .manifest
@@ -406,20 +407,23 @@ impl Hooks {
         Ok(())
     }
 
-    fn route(&mut self, phase: &str) -> &[usize] {
-        if !self.routes.contains_key(phase) {
-            let mut route: Vec<usize> = (0..self.members.len())
-                .filter(|&i| {
-                    self.members[i].manifest.as_ref().is_some_and(|m| {
-                        m.subscribes(phase) && !(m.rank_zero_only && self.rank != 0)
-                    })
-                })
-                .collect();
-            // A stable sort keeps job order among equal `order`s.
-            route.sort_by_key(|&i| self.members[i].manifest.as_ref().map_or(0, |m| m.order));
-            self.routes.insert(phase.to_owned(), route);
+    fn route(&mut self, phase: &str) -> Arc<[usize]> {
+        if let Some(route) = self.routes.get(phase) {
+            return route.clone();
         }
-        &self.routes[phase]
+        let mut route: Vec<usize> = (0..self.members.len())
+            .filter(|&i| {
+                self.members[i]
+                    .manifest
+                    .as_ref()
+                    .is_some_and(|m| m.subscribes(phase) && !(m.rank_zero_only && self.rank != 0))
+            })
+            .collect();
+        // A stable sort keeps job order among equal `order`s.
+        route.sort_by_key(|&i| self.members[i].manifest.as_ref().map_or(0, |m| m.order));
+        let route: Arc<[usize]> = Arc::from(route);
+        self.routes.insert(phase.to_owned(), route.clone());
+        route
     }
 }
 

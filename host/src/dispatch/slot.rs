@@ -127,7 +127,8 @@ impl Slot {
                 changes: Vec::new(),
             });
         }
-        let call = format!("phase '{phase}'");
+        // Only a failure needs the label.
+        let call = || format!("phase '{phase}'");
         let result = match self.live(job) {
             Ok(Some(instance)) => {
                 let (result, usage) = instance.on_phase(phase, entries);
@@ -136,11 +137,11 @@ impl Slot {
                 result
                     .and_then(|u| updates::check(u, self.plugin.policy()))
                     .map(|changes| (changes, usage))
-                    .map_err(|cause| self.error(&call, cause))
+                    .map_err(|cause| self.error(&call(), cause))
             }
             Ok(None) => unreachable!("a slot that is not disabled has an instance"),
             Err(Error::Call(e)) => Err(e),
-            Err(other) => Err(self.error(&call, Cause::Trap(other.to_string()))),
+            Err(other) => Err(self.error(&call(), Cause::Trap(other.to_string()))),
         };
         match result {
             Ok((changes, usage)) => {
@@ -149,7 +150,9 @@ impl Slot {
                 report.fuel = usage.fuel;
                 report.elapsed = usage.elapsed;
                 for change in &changes {
-                    self.stats.keys_changed.insert(change.key().to_owned());
+                    if !self.stats.keys_changed.contains(change.key()) {
+                        self.stats.keys_changed.insert(change.key().to_owned());
+                    }
                 }
                 Ok(Called { report, changes })
             }
