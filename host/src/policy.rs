@@ -177,6 +177,11 @@ impl PluginPolicy {
     }
 
     /// Grants writes to the keys the patterns cover.
+    ///
+    /// # Panics
+    /// If a pattern is empty or has `*` before its end: a programming error
+    /// in the embedding host (configs from files go through
+    /// [`Policy::from_file`], which reports it as an error instead).
     pub fn allow_write<'a>(mut self, patterns: impl IntoIterator<Item = &'a str>) -> Self {
         for p in patterns {
             self.grants
