@@ -76,32 +76,28 @@ impl Instance {
                 cause,
             })
         })?;
-        let mut instance = Instance {
+        let (result, _, _) = guarded(&mut store, &hooks, policy, |h, s| {
+            h.wasmhooks_plugin_hooks().call_describe(s)
+        });
+        let describe_error = |cause| {
+            Error::Call(CallError {
+                plugin: policy.name.clone(),
+                call: "describe".into(),
+                cause,
+            })
+        };
+        let manifest: Manifest = result.map_err(describe_error)?.into();
+        manifest.validate().map_err(|reason| Error::Manifest {
+            name: policy.name.clone(),
+            reason,
+        })?;
+        Ok(Instance {
             plugin: plugin.clone(),
             store,
             hooks,
+            manifest,
             poisoned: false,
-            manifest: Manifest {
-                name: policy.name.clone(),
-                version: String::new(),
-                phases: Vec::new(),
-                order: 0,
-                reads: None,
-                observe: Vec::new(),
-                rank_zero_only: false,
-            },
-        };
-        let (result, _) = instance.guarded(|h, s| h.wasmhooks_plugin_hooks().call_describe(s));
-        let manifest: Manifest = result
-            .map_err(|cause| instance.error("describe", cause))?
-            .into();
-        let bad = |reason: String| Error::Manifest {
-            name: policy.name.clone(),
-            reason,
-        };
-        manifest.validate().map_err(bad)?;
-        instance.manifest = manifest;
-        Ok(instance)
+        })
     }
 
     pub(crate) fn name(&self) -> &str {
@@ -154,33 +150,51 @@ impl Instance {
         result?.map_err(|f| Cause::Returned(f.message))
     }
 
-    /// Runs one export with fresh fuel and a fresh deadline.
+    /// Runs one export with fresh fuel and a fresh deadline; a trap
+    /// poisons the instance.
     fn guarded<R>(
         &mut self,
         f: impl FnOnce(&bindings::Plugin, &mut Store<PluginState>) -> wasmtime::Result<R>,
     ) -> (Result<R, Cause>, Usage) {
-        let policy = self.plugin.policy();
-        arm(&mut self.store, policy);
-        let start = Instant::now();
-        let result = f(&self.hooks, &mut self.store);
-        let usage = Usage {
-            fuel: policy.limits.fuel - self.store.get_fuel().unwrap_or(0),
-            elapsed: start.elapsed(),
-        };
-        let result = match result {
-            Err(e) => {
-                self.poisoned = true;
-                Err(sandbox::classify(&e, self.store.data(), policy))
-            }
-            // It returned, but past its deadline (say, from a wait the
-            // host cut short, with no epoch check after it): a timeout
-            // all the same, and its results are not used.
-            Ok(_) if usage.elapsed > policy.limits.timeout => Err(Cause::Timeout {
+        let (result, usage, trapped) =
+            guarded(&mut self.store, &self.hooks, self.plugin.policy(), f);
+        self.poisoned |= trapped;
+        (result, usage)
+    }
+}
+
+/// Runs one export with fresh fuel and a fresh deadline; says whether it
+/// trapped.
+fn guarded<R>(
+    store: &mut Store<PluginState>,
+    hooks: &bindings::Plugin,
+    policy: &PluginPolicy,
+    f: impl FnOnce(&bindings::Plugin, &mut Store<PluginState>) -> wasmtime::Result<R>,
+) -> (Result<R, Cause>, Usage, bool) {
+    arm(store, policy);
+    let start = Instant::now();
+    let result = f(hooks, store);
+    let usage = Usage {
+        fuel: policy.limits.fuel - store.get_fuel().unwrap_or(0),
+        elapsed: start.elapsed(),
+    };
+    match result {
+        Err(e) => (
+            Err(sandbox::classify(&e, store.data(), policy)),
+            usage,
+            true,
+        ),
+        // It returned, but past its deadline (say, from a wait the host cut
+        // short, with no epoch check after it): a timeout all the same, and
+        // its results are not used.
+        Ok(_) if usage.elapsed > policy.limits.timeout => (
+            Err(Cause::Timeout {
                 timeout: policy.limits.timeout,
             }),
-            Ok(r) => Ok(r),
-        };
-        (result, usage)
+            usage,
+            false,
+        ),
+        Ok(r) => (Ok(r), usage, false),
     }
 }
 
