@@ -91,12 +91,10 @@ fn fetch_one(
     if let Some(parent) = dest.parent() {
         std::fs::create_dir_all(parent).map_err(LifecycleError::io(parent))?;
     }
-    let part = dest.with_extension(format!(
-        "{}part",
-        dest.extension()
-            .map(|e| format!("{}.", e.to_string_lossy()))
-            .unwrap_or_default()
-    ));
+    // `weights.json` downloads into `weights.json.part`.
+    let mut part = dest.clone().into_os_string();
+    part.push(".part");
+    let part = PathBuf::from(part);
     let url = format!("{}/{}", source.trim_end_matches('/'), file.path);
     let mut last_error = String::new();
     let mut resumed_bytes = 0;
