@@ -9,6 +9,7 @@ mod run;
 use std::io::Write;
 use std::path::PathBuf;
 use std::process::ExitCode;
+use std::sync::OnceLock;
 
 use anyhow::Context;
 use clap::{Parser, Subcommand};
@@ -22,6 +23,13 @@ pub struct Args {
     /// Log more: -v for info, -vv for debug (or set WASMHOOKS_LOG).
     #[arg(short, long, action = clap::ArgAction::Count, global = true)]
     pub verbose: u8,
+    /// Keep compiled plugins in this folder [default: $XDG_CACHE_HOME/wasmhooks
+    /// or ~/.cache/wasmhooks].
+    #[arg(long, global = true, value_name = "DIR")]
+    cache: Option<PathBuf>,
+    /// Compile every plugin afresh; keep nothing.
+    #[arg(long, global = true, conflicts_with = "cache")]
+    no_cache: bool,
     #[command(subcommand)]
     command: Command,
 }
@@ -82,6 +90,12 @@ pub fn init_logging(verbose: u8) {
 }
 
 pub fn run(args: Args) -> anyhow::Result<ExitCode> {
+    let cache = if args.no_cache {
+        None
+    } else {
+        args.cache.or_else(default_cache)
+    };
+    CACHE.get_or_init(|| cache);
     match args.command {
         Command::Inspect {
             file,
@@ -99,13 +113,26 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     }
 }
 
+/// Where compiled plugins are kept, if anywhere: set once from the flags.
+static CACHE: OnceLock<Option<PathBuf>> = OnceLock::new();
+
+fn default_cache() -> Option<PathBuf> {
+    let base = std::env::var_os("XDG_CACHE_HOME")
+        .map(PathBuf::from)
+        .or_else(|| std::env::var_os("HOME").map(|home| PathBuf::from(home).join(".cache")))?;
+    Some(base.join("wasmhooks"))
+}
+
 /// A host under the operator config at `path`, or an empty policy.
 fn host(operator: Option<&std::path::Path>) -> anyhow::Result<Host> {
     let policy = match operator {
         Some(path) => Policy::from_file(path)?,
         None => Policy::default(),
     };
-    Ok(Host::new(policy)?)
+    match CACHE.get().cloned().flatten() {
+        Some(dir) => Ok(Host::with_compile_cache(policy, dir)?),
+        None => Ok(Host::new(policy)?),
+    }
 }
 
 /// Prints a value as pretty JSON on stdout.

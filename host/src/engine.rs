@@ -2,10 +2,11 @@
 //! may import, the operator's policy and the epoch ticker, shared by every
 //! plugin loaded through it.
 
+use std::path::PathBuf;
 use std::sync::Arc;
 
 use wasmtime::component::Linker;
-use wasmtime::{Config, Engine};
+use wasmtime::{Cache, CacheConfig, Config, Engine};
 
 use crate::Error;
 use crate::capabilities;
@@ -31,8 +32,29 @@ impl Host {
     /// deadlines on, WASI with nothing granted by default, and the
     /// `wasmhooks:plugin` imports.
     pub fn new(policy: Policy) -> Result<Self, Error> {
+        Self::build(policy, None)
+    }
+
+    /// Like [`Host::new`], and keeps compiled plugins in `dir`, so that a
+    /// plugin compiles once rather than at every start: a Python plugin
+    /// (a whole interpreter) takes seconds to compile and milliseconds to
+    /// load. Entries are keyed by the plugin's bytes, the engine's settings
+    /// and the wasmtime version; the folder is trusted like the host binary,
+    /// since it holds native code.
+    pub fn with_compile_cache(policy: Policy, dir: impl Into<PathBuf>) -> Result<Self, Error> {
+        Self::build(policy, Some(dir.into()))
+    }
+
+    fn build(policy: Policy, cache: Option<PathBuf>) -> Result<Self, Error> {
         let mut config = Config::new();
         config.consume_fuel(true).epoch_interruption(true);
+        if let Some(dir) = cache {
+            let mut cache = CacheConfig::new();
+            cache.with_directory(dir);
+            let cache =
+                Cache::new(cache).map_err(|e| Error::Engine(format!("compile cache: {e:#}")))?;
+            config.cache(Some(cache));
+        }
         let engine = Engine::new(&config).map_err(|e| Error::Engine(format!("{e:#}")))?;
         let linker = plugin_linker(&engine).map_err(|e| Error::Engine(format!("{e:#}")))?;
         let ticker = EpochTicker::start(&engine).map_err(|e| Error::Engine(e.to_string()))?;

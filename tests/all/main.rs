@@ -8,6 +8,7 @@ mod cli;
 mod dispatch;
 mod examples;
 mod grants;
+mod languages;
 mod loading;
 mod node;
 mod observers;

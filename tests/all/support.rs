@@ -19,9 +19,16 @@ pub fn allow(name: &str, path: &str, extra: &str) -> String {
     )
 }
 
-/// A host under the operator config `toml`.
+/// A host under the operator config `toml`, sharing one compile cache with
+/// every test (plugins in Python or JavaScript take seconds to compile).
 pub fn host(toml: &str) -> Host {
-    Host::new(Policy::from_toml_str(toml, Path::new(".")).unwrap()).unwrap()
+    let policy = Policy::from_toml_str(toml, Path::new(".")).unwrap();
+    Host::with_compile_cache(policy, compile_cache()).unwrap()
+}
+
+/// The compile cache the tests share, under the target folder.
+pub fn compile_cache() -> std::path::PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/tmp/compile-cache")
 }
 
 /// Hooks running only the adversary plugin, allowed with `extra` TOML lines.

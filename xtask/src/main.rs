@@ -8,10 +8,15 @@ use std::process::Command;
 use anyhow::{Context, bail};
 use sha2::{Digest, Sha256};
 
+mod toolchains;
+
 const USAGE: &str = "usage: cargo xtask <task>
 
 tasks:
-  test      install the wasm32-wasip2 target, build the guest plugins, run every test
+  test      install the wasm32-wasip2 target and the other languages' toolchains,
+            build the guest plugins, run every test
+  toolchains  install the Python, JavaScript, C/Zig and Go plugin toolchains
+            into target/toolchains (skipped when already there)
   demo      build the plugins and run the example job: node initialization, then training
   plugins   build the guest plugins in plugins/ (into target/plugins)
   bench     run the benchmarks (criterion) and print the table of ratios
@@ -23,8 +28,10 @@ fn main() -> anyhow::Result<()> {
     match task.as_str() {
         "test" => {
             wasm_target()?;
+            toolchains::install(&root)?;
             cargo(&root, &["test", "--workspace"])
         }
+        "toolchains" => toolchains::install(&root).map(|_| ()),
         "demo" => demo(&root),
         "plugins" => plugins(&root).map(|_| ()),
         "bench" => {
@@ -71,6 +78,7 @@ fn wasm_target() -> anyhow::Result<()> {
 /// tests and demo share one build); returns their folder.
 fn plugins(root: &Path) -> anyhow::Result<PathBuf> {
     wasm_target()?;
+    toolchains::install(root)?;
     cargo(root, &["build", "--quiet", "-p", "wasmhooks-tests"])?;
     Ok(root.join("target/plugins/wasm32-wasip2/release"))
 }

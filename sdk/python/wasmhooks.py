@@ -1,0 +1,127 @@
+"""Write wasmhooks plugins in Python (built with componentize-py).
+
+A plugin is a subclass of `Plugin` with class attributes for its manifest and
+methods for the callbacks it needs; `export(MyPlugin())` turns it into the
+`Hooks` class that componentize-py exports. Data values arrive as Python
+objects (decoded from JSON) and updates are a dict of new values, with
+`REMOVE` to delete a key, so a callback reads like a Python one::
+
+    class ForceDownload(Plugin):
+        name = "force-download"
+        phases = ["pre_download"]
+        reads = []
+
+        def on_phase(self, phase, data):
+            return {"local_node_download_model": "MODEL_AND_TOKENIZER"}
+
+    Hooks = export(ForceDownload())
+
+An exception in a callback becomes the call's error: the host reports it with
+the plugin's name and the phase, and merges nothing.
+"""
+
+import json
+
+from componentize_py_types import Err
+from wit_world import exports
+from wit_world.imports import log as _log
+from wit_world.imports import types
+
+__all__ = ["Plugin", "PluginError", "REMOVE", "export", "log"]
+
+REMOVE = object()
+"""The value of an update that removes its key from the data map."""
+
+
+class PluginError(Exception):
+    """A failure with a message for the operator (any exception works too)."""
+
+
+class Plugin:
+    """Defaults for every callback; override what the plugin needs."""
+
+    #: Must equal the name the operator allows the plugin under.
+    name = "plugin"
+    version = "0.1.0"
+    #: Phases to be called for; `*` is every phase.
+    phases = ["*"]
+    #: Lower runs first among plugins of the same phase.
+    order = 0
+    #: Keys the plugin reads; None for the whole map, [] for none.
+    reads = None
+    #: Phases in which the plugin only observes (called in the background).
+    observe = []
+    #: Call only in the process of rank zero.
+    rank_zero_only = False
+
+    def init(self, job_config, plugin_config):
+        """Called once, before any phase, with both configs decoded."""
+
+    def on_phase(self, phase, data):
+        """Returns a dict of updates (or None) for the data map `data`."""
+        return None
+
+    def save_state(self):
+        """Returns JSON-able state for a checkpoint, or None."""
+        return None
+
+    def load_state(self, state):
+        """Restores what `save_state` returned."""
+
+
+def log(level, message):
+    """Logs through the host: level is trace, debug, info, warn or error."""
+    _log.log(types.Level[level.upper()], str(message))
+
+
+def _failure(error):
+    text = str(error) if isinstance(error, PluginError) else f"{type(error).__name__}: {error}"
+    return Err(types.Failure(text))
+
+
+def export(plugin):
+    """The `Hooks` class componentize-py exports, calling `plugin`."""
+
+    class Hooks(exports.Hooks):
+        def describe(self):
+            reads = None if plugin.reads is None else list(plugin.reads)
+            return types.Manifest(
+                plugin.name,
+                plugin.version,
+                list(plugin.phases),
+                plugin.order,
+                reads,
+                list(plugin.observe),
+                plugin.rank_zero_only,
+            )
+
+        def init(self, job_config, plugin_config):
+            try:
+                plugin.init(json.loads(job_config), json.loads(plugin_config))
+            except Exception as error:
+                raise _failure(error) from None
+
+        def on_phase(self, phase, data):
+            try:
+                values = {entry.key: json.loads(entry.value) for entry in data}
+                changes = plugin.on_phase(phase, values) or {}
+                return [
+                    types.Update_Remove(key)
+                    if value is REMOVE
+                    else types.Update_Set(types.Entry(key, json.dumps(value)))
+                    for key, value in changes.items()
+                ]
+            except Exception as error:
+                raise _failure(error) from None
+
+        def save_state(self):
+            state = plugin.save_state()
+            return None if state is None else json.dumps(state)
+
+        def load_state(self, state):
+            try:
+                plugin.load_state(json.loads(state))
+            except Exception as error:
+                raise _failure(error) from None
+
+    return Hooks

@@ -1,0 +1,186 @@
+//! Plugins in Python, JavaScript, C, Zig and Go, built from source by their
+//! languages' build scripts, against the same WIT as the Rust ones.
+
+use std::collections::BTreeMap;
+
+use serde_json::{Value, json};
+use wasmhooks::{DataMap, Hooks, Plugin};
+use wasmhooks_tests as plugins;
+
+use crate::support::{allow, data, host, start};
+
+/// A built plugin's path, or a failure that says how to build it.
+fn built(path: &str) -> &str {
+    assert!(
+        std::path::Path::new(path).exists(),
+        "{path} was not built: its toolchain is missing. `cargo xtask toolchains` installs it \
+         (`cargo xtask test` does it for you)"
+    );
+    path
+}
+
+#[test]
+fn each_template_builds_and_runs() {
+    let templates = [
+        ("hello-python", plugins::TEMPLATE_PYTHON),
+        ("hello-js", plugins::TEMPLATE_JS),
+        ("hello-c", plugins::TEMPLATE_C),
+        ("hello-go", plugins::TEMPLATE_GO),
+    ];
+    for (name, path) in templates {
+        let host = host(&allow(
+            name,
+            built(path),
+            r#"write = ["local_node_download_model"]"#,
+        ));
+        let plugin = host.load_file(path).unwrap();
+        let mut hooks = start(&[&plugin]);
+        let manifest = hooks.manifests().next().unwrap();
+        assert_eq!(manifest.name, name);
+        assert_eq!(manifest.phases, ["pre_download"]);
+        let mut data = data(json!({"model_id": "tiny-llm"}));
+        let report = hooks.fire("pre_download", &mut data).unwrap();
+        assert_eq!(
+            Value::Object(data),
+            json!({"model_id": "tiny-llm", "local_node_download_model": "MODEL_AND_TOKENIZER"}),
+            "{name}: {report:?}"
+        );
+    }
+}
+
+/// The metrics collector in every language: (plugin name, path).
+fn collectors() -> [(&'static str, &'static str); 5] {
+    [
+        ("metrics-collector", plugins::METRICS_COLLECTOR),
+        (
+            "metrics-collector-python",
+            built(plugins::METRICS_COLLECTOR_PYTHON),
+        ),
+        ("metrics-collector-js", built(plugins::METRICS_COLLECTOR_JS)),
+        (
+            "metrics-collector-zig",
+            built(plugins::METRICS_COLLECTOR_ZIG),
+        ),
+        ("metrics-collector-go", built(plugins::METRICS_COLLECTOR_GO)),
+    ]
+}
+
+fn load(name: &str, path: &str) -> Plugin {
+    let host = host(&allow(name, path, r#"write = ["metrics"]"#));
+    host.load_file(path).unwrap()
+}
+
+/// What one collector makes of the same job: the figures published after
+/// initialization and at the end of training, its saved state, and the
+/// figures of a resumed job that restored that state.
+fn observe(plugin: &Plugin) -> Value {
+    let name = plugin.name().to_owned();
+    let mut hooks = start(&[plugin]);
+    let mut map = data(json!({"model_id": "tiny-llm", "loss": 2.5, "step": 0}));
+    let fire = |hooks: &mut Hooks, phase: &str, map: &mut DataMap| {
+        hooks
+            .fire(phase, map)
+            .unwrap_or_else(|e| panic!("{name}: {e}"));
+    };
+    fire(&mut hooks, "pre_initialization", &mut map);
+    fire(&mut hooks, "post_initialization", &mut map);
+    let after_init = map
+        .remove("metrics")
+        .expect("published after initialization");
+    fire(&mut hooks, "on_train_begin", &mut map);
+    for step in 1..=3 {
+        map.insert("step".into(), json!(step));
+        map.insert("loss".into(), json!(2.5 / f64::from(step)));
+        fire(&mut hooks, "on_step_end", &mut map);
+    }
+    map.insert("eval_loss".into(), json!(0.75));
+    map.insert("learning_rate".into(), json!("not a number"));
+    fire(&mut hooks, "on_evaluate", &mut map);
+    fire(&mut hooks, "on_train_end", &mut map);
+    let at_end = map.remove("metrics").expect("published at the end");
+    let saved = hooks.save_states().unwrap();
+
+    let mut resumed = start(&[plugin]);
+    resumed.load_states(&saved).unwrap();
+    fire(&mut resumed, "on_step_end", &mut map);
+    fire(&mut resumed, "on_train_end", &mut map);
+    let after_resume = map.remove("metrics").expect("published after resuming");
+    json!({
+        "after_init": comparable(after_init),
+        "at_end": comparable(at_end),
+        "state": comparable(saved[&name].clone()),
+        "after_resume": comparable(after_resume),
+    })
+}
+
+/// Numbers as f64 (JavaScript has no integers) and times checked, then
+/// left out: the same figures, whatever the language's number types.
+fn comparable(value: Value) -> Value {
+    match value {
+        Value::Number(n) => json!(n.as_f64().unwrap()),
+        Value::Object(map) => Value::Object(
+            map.into_iter()
+                .map(|(key, value)| {
+                    if key == "at_ms" {
+                        let times = value.as_object().expect("at_ms is an object");
+                        for (phase, ms) in times {
+                            let ms = ms.as_f64().expect("a time is a number");
+                            assert!((0.0..60_000.0).contains(&ms), "{phase}: {ms} ms");
+                        }
+                        let phases: Vec<&String> = times.keys().collect();
+                        (key, json!(phases))
+                    } else {
+                        (key, comparable(value))
+                    }
+                })
+                .collect(),
+        ),
+        Value::Array(items) => Value::Array(items.into_iter().map(comparable).collect()),
+        other => other,
+    }
+}
+
+#[test]
+fn metrics_collectors_in_every_language_agree_with_the_rust_one() {
+    let [(rust_name, rust_path), others @ ..] = collectors();
+    let expected = observe(&load(rust_name, rust_path));
+    // The figures themselves, so that agreeing on nothing cannot pass.
+    assert_eq!(expected["at_end"]["calls"]["on_step_end"], 3.0);
+    assert_eq!(expected["at_end"]["total_calls"], 8.0);
+    assert_eq!(
+        expected["at_end"]["last"],
+        json!({"eval_loss": 0.75, "loss": 2.5 / 3.0, "step": 3.0})
+    );
+    assert_eq!(expected["after_resume"]["calls"]["on_step_end"], 4.0);
+    for (name, path) in others {
+        let plugin = load(name, path);
+        assert_eq!(reads(&plugin), reads(&load(rust_name, rust_path)), "{name}");
+        assert_eq!(
+            observe(&plugin),
+            expected,
+            "{name} differs from the Rust collector"
+        );
+    }
+}
+
+fn reads(plugin: &Plugin) -> Option<Vec<String>> {
+    let hooks = start(&[plugin]);
+    let manifest = hooks.manifests().next().unwrap();
+    manifest.reads.clone()
+}
+
+#[test]
+fn a_bad_state_is_refused_with_the_plugins_name_and_the_plugin_keeps_working() {
+    for (name, path) in collectors() {
+        let plugin = load(name, path);
+        let mut hooks = start(&[&plugin]);
+        let bad = BTreeMap::from([(name.to_owned(), Value::Null)]);
+        let error = hooks.load_states(&bad).unwrap_err().to_string();
+        assert!(error.contains(name), "{error}");
+        let mut map = data(json!({"loss": 1.0}));
+        hooks
+            .fire("on_train_end", &mut map)
+            .unwrap_or_else(|e| panic!("{name}: {e}"));
+        assert_eq!(map["metrics"]["calls"]["on_train_end"], json!(1), "{name}");
+    }
+}

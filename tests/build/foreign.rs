@@ -1,0 +1,161 @@
+//! Plugins written in Python, JavaScript, C or Zig, and Go: each built by its
+//! language's `sdk/<language>/build.sh`, the same command plugin authors use.
+
+use std::fmt::Write as _;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::SystemTime;
+
+/// Folders of `plugins/` with plugins in another language, and the
+/// language (the `sdk/` folder) whose build script builds them. Zig uses C's
+/// bindings and so C's script.
+const EXAMPLES: &[(&str, &str)] = &[
+    ("python", "python"),
+    ("js", "js"),
+    ("zig", "c"),
+    ("go", "go"),
+];
+/// Languages with a template in `sdk/<language>/template`.
+const TEMPLATES: &[&str] = &["python", "js", "c", "go"];
+
+struct Job {
+    language: &'static str,
+    source: PathBuf,
+    out: PathBuf,
+    konst: String,
+    doc: String,
+}
+
+/// Builds what is out of date and returns the path constants (Rust code).
+pub fn build(root: &Path) -> String {
+    let toolchains = root.join("target/toolchains");
+    let ready = toolchains.join("ready");
+    println!("cargo:rerun-if-changed={}", ready.display());
+    let mut jobs = Vec::new();
+    for &language in TEMPLATES {
+        jobs.push(Job {
+            language,
+            source: root.join("sdk").join(language).join("template"),
+            out: root.join(format!("target/plugins/{language}/template.wasm")),
+            konst: format!("TEMPLATE_{}", language.to_uppercase()),
+            doc: format!("`sdk/{language}/template`, built by `sdk/{language}/build.sh`."),
+        });
+    }
+    for &(folder, language) in EXAMPLES {
+        let dir = root.join("plugins").join(folder);
+        println!("cargo:rerun-if-changed={}", dir.display());
+        for entry in std::fs::read_dir(&dir).expect("read a plugins/<language> folder") {
+            let source = entry.expect("list plugins").path();
+            let name = source
+                .file_name()
+                .expect("a folder")
+                .to_string_lossy()
+                .into_owned();
+            jobs.push(Job {
+                language,
+                out: root.join(format!("target/plugins/{folder}/{name}.wasm")),
+                konst: format!("{}_{}", name.replace('-', "_"), folder).to_uppercase(),
+                doc: format!("`plugins/{folder}/{name}`, built by `sdk/{language}/build.sh`."),
+                source,
+            });
+        }
+    }
+    jobs.sort_by(|a, b| a.konst.cmp(&b.konst));
+
+    if ready.exists() {
+        let newest_tools = modified(&ready);
+        let toolchains = &toolchains;
+        std::thread::scope(|scope| {
+            for language in TEMPLATES {
+                let mine: Vec<&Job> = jobs.iter().filter(|j| j.language == *language).collect();
+                scope.spawn(move || {
+                    for job in mine {
+                        run(root, toolchains, job, newest_tools);
+                    }
+                });
+            }
+        });
+    } else {
+        println!(
+            "cargo:warning=plugins in Python, JavaScript, C, Zig and Go are not built: \
+             their toolchains are missing (`cargo xtask toolchains` installs them)"
+        );
+    }
+
+    let mut code = String::new();
+    let mut all = Vec::new();
+    for job in &jobs {
+        writeln!(
+            code,
+            "/// {}\npub const {}: &str = {:?};",
+            job.doc,
+            job.konst,
+            job.out.display().to_string()
+        )
+        .expect("write to a String");
+        all.push(format!("({:?}, {})", job.language, job.konst));
+    }
+    writeln!(
+        code,
+        "/// Every plugin in another language: (language, path).\npub const FOREIGN: &[(&str, &str)] = &[{}];",
+        all.join(", ")
+    )
+    .expect("write to a String");
+    code
+}
+
+/// Runs the job's build script unless its output is newer than every
+/// source: its own folder, its language's SDK folder, the WIT and the tools.
+fn run(root: &Path, toolchains: &Path, job: &Job, tools: SystemTime) {
+    let sdk = root.join("sdk").join(job.language);
+    let newest = [&job.source, &sdk, &root.join("wit")]
+        .into_iter()
+        .map(|p| newest(p))
+        .chain([tools])
+        .max()
+        .expect("not empty");
+    if job.out.exists() && modified(&job.out) > newest {
+        return;
+    }
+    std::fs::create_dir_all(job.out.parent().expect("has a folder"))
+        .expect("create target/plugins/<language>");
+    let path = std::env::var_os("PATH").unwrap_or_default();
+    let mut dirs = vec![toolchains.join("bin")];
+    dirs.extend(std::env::split_paths(&path));
+    let output = Command::new("sh")
+        .arg(sdk.join("build.sh"))
+        .arg(&job.source)
+        .arg(&job.out)
+        .env("PATH", std::env::join_paths(dirs).expect("a valid PATH"))
+        .env(
+            "WASI_ADAPTER",
+            toolchains.join("wasi_snapshot_preview1.reactor.wasm"),
+        )
+        .env("WASMHOOKS_GO_PKG", toolchains.join("go-pkg"))
+        .output()
+        .expect("run sh");
+    assert!(
+        output.status.success(),
+        "building {} failed:\n{}{}",
+        job.source.display(),
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
+}
+
+fn modified(path: &Path) -> SystemTime {
+    std::fs::metadata(path)
+        .and_then(|m| m.modified())
+        .unwrap_or(SystemTime::UNIX_EPOCH)
+}
+
+/// The latest modification time of a file or anything under a folder.
+fn newest(path: &Path) -> SystemTime {
+    let mut latest = modified(path);
+    if let Ok(entries) = std::fs::read_dir(path) {
+        for entry in entries.flatten() {
+            latest = latest.max(newest(&entry.path()));
+        }
+    }
+    latest
+}
