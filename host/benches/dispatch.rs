@@ -9,6 +9,10 @@
 //!   plugins on data maps of 4 and 200 keys;
 //! - `cold/compile` and `cold/instantiate`: loading (digest, compile) and
 //!   starting (instantiate, describe, init) one plugin.
+//! - `languages/{load_cached,start,call}/<language>`: the metrics collector
+//!   written in Rust, Python, JavaScript, Zig and Go, loaded from the compile
+//!   cache, started, and called at one phase; its size, first compile and
+//!   memory go to the extras.
 //!
 //! CPython calling the same callback on a dict is timed by `timeit` from
 //! here and written, with the memory of an idle instance, next to
@@ -240,10 +244,89 @@ print(best / n * 1e9)
     eprintln!("extras: {extras} -> {}", out.display());
 }
 
+/// The metrics collector in every language: (language, plugin name, path).
+const COLLECTORS: &[(&str, &str, &str)] = &[
+    (
+        "rust",
+        "metrics-collector",
+        wasmhooks_tests::METRICS_COLLECTOR,
+    ),
+    (
+        "python",
+        "metrics-collector-python",
+        wasmhooks_tests::METRICS_COLLECTOR_PYTHON,
+    ),
+    (
+        "js",
+        "metrics-collector-js",
+        wasmhooks_tests::METRICS_COLLECTOR_JS,
+    ),
+    (
+        "zig",
+        "metrics-collector-zig",
+        wasmhooks_tests::METRICS_COLLECTOR_ZIG,
+    ),
+    (
+        "go",
+        "metrics-collector-go",
+        wasmhooks_tests::METRICS_COLLECTOR_GO,
+    ),
+];
+
+fn collector_policy(name: &str, path: &str) -> (Policy, Vec<u8>) {
+    let bytes = std::fs::read(path).expect("the collector is built (cargo xtask toolchains)");
+    let policy =
+        Policy::from_plugins(
+            [PluginPolicy::new(name, sha256_hex(&bytes)).allow_write(["metrics"])],
+        )
+        .expect("valid policy");
+    (policy, bytes)
+}
+
+fn bench_languages(c: &mut Criterion) -> Value {
+    let cache = tempfile::tempdir().expect("a temporary folder");
+    let mut extras = serde_json::Map::new();
+    let mut g = c.benchmark_group("languages");
+    g.sample_size(10);
+    for &(language, name, path) in COLLECTORS {
+        let (policy, bytes) = collector_policy(name, path);
+        let cold = Host::new(policy.clone()).expect("host");
+        let started = std::time::Instant::now();
+        black_box(cold.load_file(path).expect("loads"));
+        let compile_ns = started.elapsed().as_nanos();
+        let host = Host::with_compile_cache(policy, cache.path()).expect("host");
+        let plugin = host.load_file(path).expect("loads");
+        g.bench_function(format!("load_cached/{language}"), |b| {
+            b.iter(|| black_box(host.load_file(path).expect("loads")))
+        });
+        g.bench_function(format!("start/{language}"), |b| {
+            b.iter_batched(
+                || (),
+                |()| black_box(hooks(std::slice::from_ref(&plugin))),
+                BatchSize::PerIteration,
+            )
+        });
+        let mut running = hooks(std::slice::from_ref(&plugin));
+        let mut map = data(4);
+        g.bench_function(format!("call/{language}"), |b| {
+            b.iter(|| black_box(running.fire("on_step_end", &mut map).expect("fires")))
+        });
+        extras.insert(
+            language.into(),
+            json!({"bytes": bytes.len(), "compile_ns": compile_ns, "memory_bytes": running.stats()[0].memory}),
+        );
+    }
+    g.finish();
+    Value::Object(extras)
+}
+
 fn all(c: &mut Criterion) {
     extras();
     bench_calls(c);
     bench_cold(c);
+    let languages = bench_languages(c);
+    let out = Path::new(env!("CARGO_TARGET_TMPDIR")).join("bench-languages.json");
+    std::fs::write(&out, languages.to_string()).expect("write the languages' extras");
 }
 
 criterion_group!(benches, all);

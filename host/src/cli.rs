@@ -129,9 +129,22 @@ fn host(operator: Option<&std::path::Path>) -> anyhow::Result<Host> {
         Some(path) => Policy::from_file(path)?,
         None => Policy::default(),
     };
+    host_for(policy)
+}
+
+/// A host under `policy`, with the compile cache the flags chose.
+fn host_for(policy: Policy) -> anyhow::Result<Host> {
     match CACHE.get().cloned().flatten() {
         Some(dir) => Ok(Host::with_compile_cache(policy, dir)?),
         None => Ok(Host::new(policy)?),
+    }
+}
+
+/// The flags that give a child process (a worker rank) the same cache.
+fn cache_args() -> Vec<std::ffi::OsString> {
+    match CACHE.get().cloned().flatten() {
+        Some(dir) => vec!["--cache".into(), dir.into()],
+        None => vec!["--no-cache".into()],
     }
 }
 

@@ -133,7 +133,17 @@ pub(crate) fn classify(err: &wasmtime::Error, state: &PluginState, policy: &Plug
              deep recursion ran past the stack kept in linear memory)",
             wasmtime::Trap::MemoryOutOfBounds
         )),
-        Some(other) => Cause::Trap(other.to_string()),
+        Some(wasmtime::Trap::CannotLeaveComponent) => Cause::Trap(format!(
+            "{} (the plugin called out while the host was passing it arguments or \
+             letting it free results, where the component model forbids it; a \
+             garbage collector running inside cabi_realloc does this)",
+            wasmtime::Trap::CannotLeaveComponent
+        )),
+        Some(other) => {
+            // The wasm backtrace, for whoever debugs the plugin.
+            tracing::debug!(plugin = %policy.name, "trap: {err:?}");
+            Cause::Trap(other.to_string())
+        }
         None => Cause::Trap(format!("{err:#}")),
     }
 }

@@ -8,11 +8,76 @@ use wasmhooks_tests as plugins;
 
 use crate::support::{allow, digest};
 
+/// Runs the CLI with its default compile cache under the target folder, not
+/// the user's home.
 fn wasmhooks(args: &[&str]) -> Output {
+    wasmhooks_in(&crate::support::compile_cache(), args)
+}
+
+fn wasmhooks_in(cache_home: &Path, args: &[&str]) -> Output {
     Command::new(env!("CARGO_BIN_EXE_wasmhooks"))
         .args(args)
+        .env("XDG_CACHE_HOME", cache_home)
         .output()
         .unwrap()
+}
+
+fn files_under(dir: &Path) -> usize {
+    std::fs::read_dir(dir).map_or(0, |entries| {
+        entries
+            .flatten()
+            .map(|e| {
+                if e.path().is_dir() {
+                    files_under(&e.path())
+                } else {
+                    1
+                }
+            })
+            .sum()
+    })
+}
+
+#[test]
+fn compiled_plugins_are_kept_where_the_flags_say() {
+    let dir = tempfile::tempdir().unwrap();
+    let home = dir.path().join("home");
+    let out = wasmhooks_in(&home, &["inspect", plugins::FORCE_DOWNLOAD]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(
+        files_under(&home.join("wasmhooks")) > 0,
+        "the default cache is empty"
+    );
+
+    let chosen = dir.path().join("chosen");
+    let chosen_arg = chosen.display().to_string();
+    let out = wasmhooks_in(
+        &home,
+        &["--cache", &chosen_arg, "inspect", plugins::FORCE_DOWNLOAD],
+    );
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(files_under(&chosen) > 0, "--cache DIR is empty");
+
+    let elsewhere = dir.path().join("elsewhere");
+    let out = wasmhooks_in(
+        &elsewhere,
+        &["--no-cache", "inspect", plugins::FORCE_DOWNLOAD],
+    );
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(!elsewhere.exists(), "--no-cache wrote a cache");
+
+    let out = wasmhooks(&[
+        "--cache",
+        &chosen_arg,
+        "--no-cache",
+        "inspect",
+        plugins::FORCE_DOWNLOAD,
+    ]);
+    assert!(!out.status.success());
+    assert!(
+        stderr(&out).contains("cannot be used with"),
+        "{}",
+        stderr(&out)
+    );
 }
 
 fn stdout(out: &Output) -> String {

@@ -184,3 +184,42 @@ fn a_bad_state_is_refused_with_the_plugins_name_and_the_plugin_keeps_working() {
         assert_eq!(map["metrics"]["calls"]["on_train_end"], json!(1), "{name}");
     }
 }
+
+/// Garbage collectors run when they please: Go's once finished a cycle
+/// inside `cabi_realloc`, where the component model forbids calls out, and
+/// trapped after about 25,000 small calls. Each runtime must last a long
+/// job within its memory limit: with 64 KiB values every call, the calls
+/// below churn through several times the limit, so a plugin that never
+/// collects fails. SpiderMonkey lets its heap reach about 95 MiB before it
+/// collects, so the JavaScript plugin gets the 128 MiB its guide asks for.
+#[test]
+fn every_language_collects_its_garbage_within_its_memory_limit() {
+    let big = "x".repeat(64 << 10);
+    for (name, path) in &collectors()[1..] {
+        let (limit, calls) = if *name == "metrics-collector-js" {
+            (128, 6_000)
+        } else {
+            (64, 3_000)
+        };
+        let host = host(&allow(
+            name,
+            path,
+            &format!("write = [\"metrics\"]\nmemory_mib = {limit}"),
+        ));
+        let mut hooks = start(&[&host.load_file(path).unwrap()]);
+        let mut map = data(json!({"loss": big, "step": 1}));
+        for i in 0..calls {
+            map.insert("step".into(), json!(i));
+            hooks
+                .fire("on_step_end", &mut map)
+                .unwrap_or_else(|e| panic!("{name}, call {i}: {e}"));
+        }
+        let stats = &hooks.stats()[0];
+        assert_eq!(stats.failures, 0, "{name}");
+        assert!(
+            stats.memory <= limit << 20,
+            "{name}: {} bytes",
+            stats.memory
+        );
+    }
+}

@@ -234,8 +234,40 @@ fn bench_table(root: &Path) -> anyhow::Result<()> {
         format!("{:.3}% of the step", per_step / 10e6 * 100.0),
         "< 1%",
     );
+    out.push('\n');
+    out.push_str(&languages_table(root, &ns)?);
     std::io::Write::write_all(&mut std::io::stdout(), out.as_bytes())?;
     Ok(())
+}
+
+/// The metrics collector in each language: size, first compile, cached
+/// load, start, call and memory.
+fn languages_table(
+    root: &Path,
+    ns: &dyn Fn(&str) -> anyhow::Result<f64>,
+) -> anyhow::Result<String> {
+    let path = root.join("target/tmp/bench-languages.json");
+    let text =
+        std::fs::read_to_string(&path).with_context(|| format!("read {}", path.display()))?;
+    let extras: serde_json::Value = serde_json::from_str(&text)?;
+    let mut out = String::from(
+        "| language | size | first compile | cached load | start | call (4 keys) | memory |\n\
+         |---|---|---|---|---|---|---|\n",
+    );
+    for language in ["rust", "python", "js", "zig", "go"] {
+        let e = &extras[language];
+        let num = |key: &str| e[key].as_f64().unwrap_or(f64::NAN);
+        out.push_str(&format!(
+            "| {language} | {:.0} KB | {} | {} | {} | {} | {:.1} MiB |\n",
+            num("bytes") / 1e3,
+            fmt_ns(num("compile_ns")),
+            fmt_ns(ns(&format!("languages/load_cached/{language}"))?),
+            fmt_ns(ns(&format!("languages/start/{language}"))?),
+            fmt_ns(ns(&format!("languages/call/{language}"))?),
+            num("memory_bytes") / (1024.0 * 1024.0),
+        ));
+    }
+    Ok(out)
 }
 
 fn fmt_ns(ns: f64) -> String {

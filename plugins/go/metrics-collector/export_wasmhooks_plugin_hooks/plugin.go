@@ -9,6 +9,7 @@ import (
 	"encoding/json"
 	"time"
 
+	"wit_component/wasmhooks"
 	. "wit_component/wasmhooks_plugin_types"
 
 	witTypes "go.bytecodealliance.org/pkg/wit/types"
@@ -49,6 +50,7 @@ func Init(jobConfig string, pluginConfig string) result {
 }
 
 func OnPhase(phase string, data []Entry) witTypes.Result[[]Update, Failure] {
+	defer wasmhooks.Collect()
 	now := time.Now()
 	if started.IsZero() {
 		started = now

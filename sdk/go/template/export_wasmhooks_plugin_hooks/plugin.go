@@ -2,10 +2,13 @@
 // model and tokenizer on every node. Build: sdk/go/build.sh DIR OUT.wasm
 //
 // wit-bindgen's Go bindings call these five functions; the types come from
-// the generated package wasmhooks_plugin_types.
+// the generated package wasmhooks_plugin_types. The package wasmhooks
+// (sdk/go/wasmhooks) keeps Go's garbage collector inside callbacks: defer
+// wasmhooks.Collect() in each callback that allocates.
 package export_wasmhooks_plugin_hooks
 
 import (
+	"wit_component/wasmhooks"
 	"wit_component/wasmhooks_plugin_log"
 	. "wit_component/wasmhooks_plugin_types"
 
@@ -32,6 +35,7 @@ func Init(jobConfig string, pluginConfig string) result {
 }
 
 func OnPhase(phase string, data []Entry) witTypes.Result[[]Update, Failure] {
+	defer wasmhooks.Collect()
 	wasmhooks_plugin_log.Log(Level_Info, "hello from Go at "+phase)
 	set := MakeUpdateSet(Entry{Key: "local_node_download_model", Value: `"MODEL_AND_TOKENIZER"`})
 	return witTypes.Ok[[]Update, Failure]([]Update{set})
