@@ -18,7 +18,13 @@ use std::process::Command;
 fn main() {
     let here = PathBuf::from(env::var_os("CARGO_MANIFEST_DIR").expect("set by cargo"));
     let root = here.parent().expect("tests/ sits in the workspace");
-    for watched in ["plugins/Cargo.toml", "plugins/Cargo.lock", "sdk", "wit"] {
+    for watched in [
+        "plugins/Cargo.toml",
+        "plugins/Cargo.lock",
+        "plugins/.cargo/config.toml",
+        "sdk",
+        "wit",
+    ] {
         println!("cargo:rerun-if-changed={}", root.join(watched).display());
     }
     let manifest = root.join("plugins/Cargo.toml");
@@ -42,7 +48,9 @@ fn main() {
     .arg("--manifest-path")
     .arg(&manifest)
     .arg("--target-dir")
-    .arg(&target_dir);
+    .arg(&target_dir)
+    // From the plugins' folder, so that plugins/.cargo/config.toml applies.
+    .current_dir(root.join("plugins"));
     // What the outer build sets for itself must not leak into the guests.
     for var in [
         "CARGO_ENCODED_RUSTFLAGS",

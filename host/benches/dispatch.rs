@@ -308,12 +308,19 @@ fn bench_languages(c: &mut Criterion) -> Value {
         });
         let mut running = hooks(std::slice::from_ref(&plugin));
         let mut map = data(4);
+        running.fire("on_step_end", &mut map).expect("fires");
+        let idle = running.stats()[0].memory;
         g.bench_function(format!("call/{language}"), |b| {
             b.iter(|| black_box(running.fire("on_step_end", &mut map).expect("fires")))
         });
         extras.insert(
             language.into(),
-            json!({"bytes": bytes.len(), "compile_ns": compile_ns, "memory_bytes": running.stats()[0].memory}),
+            json!({
+                "bytes": bytes.len(),
+                "compile_ns": compile_ns,
+                "idle_memory_bytes": idle,
+                "busy_memory_bytes": running.stats()[0].memory,
+            }),
         );
     }
     g.finish();

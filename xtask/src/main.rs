@@ -240,6 +240,8 @@ fn bench_table(root: &Path) -> anyhow::Result<()> {
     Ok(())
 }
 
+const MIB: f64 = 1024.0 * 1024.0;
+
 /// The metrics collector in each language: size, first compile, cached
 /// load, start, call and memory.
 fn languages_table(
@@ -251,20 +253,21 @@ fn languages_table(
         std::fs::read_to_string(&path).with_context(|| format!("read {}", path.display()))?;
     let extras: serde_json::Value = serde_json::from_str(&text)?;
     let mut out = String::from(
-        "| language | size | first compile | cached load | start | call (4 keys) | memory |\n\
+        "| language | size | first compile | cached load | start | call (4 keys) | memory: idle / after the calls |\n\
          |---|---|---|---|---|---|---|\n",
     );
     for language in ["rust", "python", "js", "zig", "go"] {
         let e = &extras[language];
         let num = |key: &str| e[key].as_f64().unwrap_or(f64::NAN);
         out.push_str(&format!(
-            "| {language} | {:.0} KB | {} | {} | {} | {} | {:.1} MiB |\n",
+            "| {language} | {:.0} KB | {} | {} | {} | {} | {:.1} / {:.1} MiB |\n",
             num("bytes") / 1e3,
             fmt_ns(num("compile_ns")),
             fmt_ns(ns(&format!("languages/load_cached/{language}"))?),
             fmt_ns(ns(&format!("languages/start/{language}"))?),
             fmt_ns(ns(&format!("languages/call/{language}"))?),
-            num("memory_bytes") / (1024.0 * 1024.0),
+            num("idle_memory_bytes") / MIB,
+            num("busy_memory_bytes") / MIB,
         ));
     }
     Ok(out)
