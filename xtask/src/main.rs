@@ -263,9 +263,9 @@ fn languages_table(
             "| {language} | {:.0} KB | {} | {} | {} | {} | {:.1} / {:.1} MiB |\n",
             num("bytes") / 1e3,
             fmt_ns(num("compile_ns")),
-            fmt_ns(ns(&format!("languages/load_cached/{language}"))?),
-            fmt_ns(ns(&format!("languages/start/{language}"))?),
-            fmt_ns(ns(&format!("languages/call/{language}"))?),
+            fmt_ns(ns(&format!("languages/load_cached_{language}"))?),
+            fmt_ns(ns(&format!("languages/start_{language}"))?),
+            fmt_ns(ns(&format!("languages/call_{language}"))?),
             num("idle_memory_bytes") / MIB,
             num("busy_memory_bytes") / MIB,
         ));
@@ -274,7 +274,9 @@ fn languages_table(
 }
 
 fn fmt_ns(ns: f64) -> String {
-    if ns >= 1e6 {
+    if ns >= 1e9 {
+        format!("{:.2} s", ns / 1e9)
+    } else if ns >= 1e6 {
         format!("{:.2} ms", ns / 1e6)
     } else if ns >= 1e3 {
         format!("{:.2} µs", ns / 1e3)
