@@ -172,6 +172,19 @@ fn bench_calls(c: &mut Criterion) {
     g.finish();
 
     let mut g = c.benchmark_group("dispatch");
+    // Why 16 plugins cost more each than one: 16 instances of one compiled
+    // plugin (one copy of the machine code, 16 stores and memories), each
+    // in a job of its own, against 16 separately compiled copies below.
+    let (_host, plugins) = host_for(1);
+    let mut jobs: Vec<Hooks> = (0..16).map(|_| hooks(&plugins)).collect();
+    let mut map = data(4);
+    g.bench_function("16x_one_code", |b| {
+        b.iter(|| {
+            for job in &mut jobs {
+                black_box(job.fire("on_step_end", &mut map).expect("fires"));
+            }
+        })
+    });
     for n in [1, 4, 16] {
         let (_host, plugins) = host_for(n);
         for (size, keys) in [("small", 4), ("large", 200)] {

@@ -18,7 +18,8 @@ tasks:
   toolchains  install the Python, JavaScript, C/Zig and Go plugin toolchains
             into target/toolchains (skipped when already there)
   demo      build the plugins and run the example job: node initialization, then training
-  plugins   build the guest plugins in plugins/ (into target/plugins)
+  plugins   install the toolchains, build the guest plugins in plugins/ and the
+            templates in sdk/ (into target/plugins)
   bench     run the benchmarks (criterion) and print the table of ratios
   bench-table  print that table again from the last run";
 
@@ -33,7 +34,10 @@ fn main() -> anyhow::Result<()> {
         }
         "toolchains" => toolchains::install(&root).map(|_| ()),
         "demo" => demo(&root),
-        "plugins" => plugins(&root).map(|_| ()),
+        "plugins" => {
+            toolchains::install(&root)?;
+            plugins(&root).map(|_| ())
+        }
         "bench" => {
             wasm_target()?;
             cargo(&root, &["bench", "-p", "wasmhooks", "--bench", "dispatch"])?;
@@ -75,10 +79,11 @@ fn wasm_target() -> anyhow::Result<()> {
 }
 
 /// Builds the guest plugins (through the tests crate's build script, so
-/// tests and demo share one build); returns their folder.
+/// tests and demo share one build); returns the Rust plugins' folder. The
+/// other languages' plugins are built too when their toolchains are
+/// installed; the demo needs only the Rust ones.
 fn plugins(root: &Path) -> anyhow::Result<PathBuf> {
     wasm_target()?;
-    toolchains::install(root)?;
     cargo(root, &["build", "--quiet", "-p", "wasmhooks-tests"])?;
     Ok(root.join("target/plugins/wasm32-wasip2/release"))
 }
