@@ -105,6 +105,41 @@ mod raw {
     }
 }
 
+/// Plain wasmtime: a default engine (or one with the sandbox's fuel and
+/// epoch checks compiled in), `copies` compiled copies of the bench plugin,
+/// each instantiated and initialized, nothing checked or merged.
+fn raw_instances(metered: bool, copies: usize) -> Vec<(wasmtime::Store<raw::State>, raw::Plugin)> {
+    use wasmtime::component::{Component, HasSelf, Linker, ResourceTable};
+    let mut config = wasmtime::Config::new();
+    config.consume_fuel(metered).epoch_interruption(metered);
+    let engine = wasmtime::Engine::new(&config).expect("engine");
+    let mut linker = Linker::<raw::State>::new(&engine);
+    wasmtime_wasi::p2::add_to_linker_sync(&mut linker).expect("wasi");
+    raw::Plugin::add_to_linker::<_, HasSelf<_>>(&mut linker, |s| s).expect("imports");
+    (0..copies)
+        .map(|i| {
+            let component = Component::from_binary(&engine, &copy(i)).expect("compiles");
+            let state = raw::State {
+                wasi: wasmtime_wasi::WasiCtx::builder().build(),
+                table: ResourceTable::new(),
+            };
+            let mut store = wasmtime::Store::new(&engine, state);
+            if metered {
+                store.set_fuel(u64::MAX).expect("fuel");
+                store.set_epoch_deadline(u64::MAX / 2);
+            }
+            let plugin =
+                raw::Plugin::instantiate(&mut store, &component, &linker).expect("instantiates");
+            plugin
+                .wasmhooks_plugin_hooks()
+                .call_init(&mut store, &"{}".to_owned(), &"null".to_owned())
+                .expect("init")
+                .expect("ok");
+            (store, plugin)
+        })
+        .collect()
+}
+
 fn bench_calls(c: &mut Criterion) {
     let mut g = c.benchmark_group("call");
 
@@ -125,47 +160,27 @@ fn bench_calls(c: &mut Criterion) {
     // the entry it reads, nothing checked or merged. Then the same with the
     // sandbox's metering (fuel and epoch checks compiled in), to tell what
     // metering costs from what dispatch costs.
-    for metered in [false, true] {
-        use wasmtime::component::{Component, HasSelf, Linker, ResourceTable};
-        let mut config = wasmtime::Config::new();
-        config.consume_fuel(metered).epoch_interruption(metered);
-        let engine = wasmtime::Engine::new(&config).expect("engine");
-        let component = Component::from_binary(&engine, &copy(0)).expect("compiles");
-        let mut linker = Linker::<raw::State>::new(&engine);
-        wasmtime_wasi::p2::add_to_linker_sync(&mut linker).expect("wasi");
-        raw::Plugin::add_to_linker::<_, HasSelf<_>>(&mut linker, |s| s).expect("imports");
-        let state = raw::State {
-            wasi: wasmtime_wasi::WasiCtx::builder().build(),
-            table: ResourceTable::new(),
-        };
-        let mut store = wasmtime::Store::new(&engine, state);
-        if metered {
-            store.set_fuel(u64::MAX).expect("fuel");
-            store.set_epoch_deadline(u64::MAX / 2);
-        }
-        let plugin =
-            raw::Plugin::instantiate(&mut store, &component, &linker).expect("instantiates");
-        let hooks = plugin.wasmhooks_plugin_hooks();
-        hooks
-            .call_init(&mut store, &"{}".to_owned(), &"null".to_owned())
-            .expect("init")
-            .expect("ok");
-        let entries = [raw::wasmhooks::plugin::types::Entry {
-            key: "loss".into(),
-            value: "0.5".into(),
-        }];
-        let name = if metered {
-            "raw_wasmtime_metered"
-        } else {
-            "raw_wasmtime"
-        };
+    let entries = [raw::wasmhooks::plugin::types::Entry {
+        key: "loss".into(),
+        value: "0.5".into(),
+    }];
+    for (name, metered, copies) in [
+        ("raw_wasmtime", false, 1),
+        ("raw_wasmtime_metered", true, 1),
+        // The fair baseline for 16 different plugins: 16 compiled copies.
+        ("raw_wasmtime_metered_16_copies", true, 16),
+    ] {
+        let mut instances = raw_instances(metered, copies);
         g.bench_function(name, |b| {
             b.iter(|| {
-                black_box(
-                    hooks
-                        .call_on_phase(&mut store, "on_step_end", &entries)
-                        .expect("call"),
-                )
+                for (store, plugin) in &mut instances {
+                    let _ = black_box(
+                        plugin
+                            .wasmhooks_plugin_hooks()
+                            .call_on_phase(&mut *store, "on_step_end", &entries)
+                            .expect("call"),
+                    );
+                }
             })
         });
     }
