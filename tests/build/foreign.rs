@@ -119,13 +119,16 @@ fn run(root: &Path, toolchains: &Path, job: &Job, tools: SystemTime) {
     }
     std::fs::create_dir_all(job.out.parent().expect("has a folder"))
         .expect("create target/plugins/<language>");
+    // Written beside the output and renamed on success, so that a failed
+    // build never leaves a file that looks up to date.
+    let partial = job.out.with_extension("wasm.partial");
     let path = std::env::var_os("PATH").unwrap_or_default();
     let mut dirs = vec![toolchains.join("bin")];
     dirs.extend(std::env::split_paths(&path));
     let output = Command::new("sh")
         .arg(sdk.join("build.sh"))
         .arg(&job.source)
-        .arg(&job.out)
+        .arg(&partial)
         .env("PATH", std::env::join_paths(dirs).expect("a valid PATH"))
         .env(
             "WASI_ADAPTER",
@@ -141,6 +144,7 @@ fn run(root: &Path, toolchains: &Path, job: &Job, tools: SystemTime) {
         String::from_utf8_lossy(&output.stdout),
         String::from_utf8_lossy(&output.stderr)
     );
+    std::fs::rename(&partial, &job.out).expect("move the built plugin into place");
 }
 
 fn modified(path: &Path) -> SystemTime {
