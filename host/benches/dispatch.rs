@@ -272,35 +272,6 @@ print(best / n * 1e9)
     eprintln!("extras: {extras} -> {}", out.display());
 }
 
-/// The metrics collector in every language: (language, plugin name, path).
-const COLLECTORS: &[(&str, &str, &str)] = &[
-    (
-        "rust",
-        "metrics-collector",
-        wasmhooks_tests::METRICS_COLLECTOR,
-    ),
-    (
-        "python",
-        "metrics-collector-python",
-        wasmhooks_tests::METRICS_COLLECTOR_PYTHON,
-    ),
-    (
-        "js",
-        "metrics-collector-js",
-        wasmhooks_tests::METRICS_COLLECTOR_JS,
-    ),
-    (
-        "zig",
-        "metrics-collector-zig",
-        wasmhooks_tests::METRICS_COLLECTOR_ZIG,
-    ),
-    (
-        "go",
-        "metrics-collector-go",
-        wasmhooks_tests::METRICS_COLLECTOR_GO,
-    ),
-];
-
 fn collector_policy(name: &str, path: &str) -> (Policy, Vec<u8>) {
     let bytes = std::fs::read(path).expect("the collector is built (cargo xtask toolchains)");
     let policy =
@@ -316,7 +287,7 @@ fn bench_languages(c: &mut Criterion) -> Value {
     let mut extras = serde_json::Map::new();
     let mut g = c.benchmark_group("languages");
     g.sample_size(10);
-    for &(language, name, path) in COLLECTORS {
+    for &(language, name, path) in wasmhooks_tests::METRICS_COLLECTORS {
         let (policy, bytes) = collector_policy(name, path);
         let cold = Host::new(policy.clone()).expect("host");
         let started = std::time::Instant::now();

@@ -116,6 +116,10 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
 /// Where compiled plugins are kept, if anywhere: set once from the flags.
 static CACHE: OnceLock<Option<PathBuf>> = OnceLock::new();
 
+fn cache_dir() -> Option<PathBuf> {
+    CACHE.get().cloned().flatten()
+}
+
 fn default_cache() -> Option<PathBuf> {
     let base = std::env::var_os("XDG_CACHE_HOME")
         .map(PathBuf::from)
@@ -134,7 +138,7 @@ fn host(operator: Option<&std::path::Path>) -> anyhow::Result<Host> {
 
 /// A host under `policy`, with the compile cache the flags chose.
 fn host_for(policy: Policy) -> anyhow::Result<Host> {
-    match CACHE.get().cloned().flatten() {
+    match cache_dir() {
         Some(dir) => Ok(Host::with_compile_cache(policy, dir)?),
         None => Ok(Host::new(policy)?),
     }
@@ -142,7 +146,7 @@ fn host_for(policy: Policy) -> anyhow::Result<Host> {
 
 /// The flags that give a child process (a worker rank) the same cache.
 fn cache_args() -> Vec<std::ffi::OsString> {
-    match CACHE.get().cloned().flatten() {
+    match cache_dir() {
         Some(dir) => vec!["--cache".into(), dir.into()],
         None => vec!["--no-cache".into()],
     }

@@ -111,6 +111,8 @@ impl PluginState {
 
 /// Reads a failed call's error as a cause a person understands.
 pub(crate) fn classify(err: &wasmtime::Error, state: &PluginState, policy: &PluginPolicy) -> Cause {
+    // With its wasm backtrace, for whoever debugs the plugin.
+    tracing::debug!(plugin = %policy.name, "call failed: {err:?}");
     if let Some(requested) = state.memory.refused() {
         return Cause::MemoryLimit {
             limit: policy.limits.memory_bytes,
@@ -139,11 +141,7 @@ pub(crate) fn classify(err: &wasmtime::Error, state: &PluginState, policy: &Plug
              garbage collector running inside cabi_realloc does this)",
             wasmtime::Trap::CannotLeaveComponent
         )),
-        Some(other) => {
-            // The wasm backtrace, for whoever debugs the plugin.
-            tracing::debug!(plugin = %policy.name, "trap: {err:?}");
-            Cause::Trap(other.to_string())
-        }
+        Some(other) => Cause::Trap(other.to_string()),
         None => Cause::Trap(format!("{err:#}")),
     }
 }

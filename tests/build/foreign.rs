@@ -83,7 +83,6 @@ pub fn build(root: &Path) -> String {
     }
 
     let mut code = String::new();
-    let mut all = Vec::new();
     for job in &jobs {
         writeln!(
             code,
@@ -93,14 +92,7 @@ pub fn build(root: &Path) -> String {
             job.out.display().to_string()
         )
         .expect("write to a String");
-        all.push(format!("({:?}, {})", job.language, job.konst));
     }
-    writeln!(
-        code,
-        "/// Every plugin in another language: (language, path).\npub const FOREIGN: &[(&str, &str)] = &[{}];",
-        all.join(", ")
-    )
-    .expect("write to a String");
     code
 }
 
