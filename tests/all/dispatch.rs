@@ -62,3 +62,21 @@ fn reports_say_what_each_call_changed_and_cost() {
     assert!(stats.memory > 0);
     assert!(stats.keys_changed.contains("count"));
 }
+
+/// Rust plugins are built with a 256 KiB stack (plugins/.cargo/config.toml);
+/// Rust's 1 MiB default alone would put every idle instance over 1 MiB.
+#[test]
+fn an_idle_rust_plugin_holds_under_one_mebibyte() {
+    let host = host(&allow(
+        "metrics-collector",
+        plugins::METRICS_COLLECTOR,
+        r#"write = ["metrics"]"#,
+    ));
+    let plugin = host.load_file(plugins::METRICS_COLLECTOR).unwrap();
+    let mut hooks = start(&[&plugin]);
+    hooks
+        .fire("on_step_end", &mut data(json!({"loss": 1.0})))
+        .unwrap();
+    let memory = hooks.stats()[0].memory;
+    assert!(memory > 0 && memory < 1 << 20, "{memory} bytes");
+}
