@@ -8,7 +8,9 @@
 //! - `dispatch/{1,4,16}x{small,large}`: `Hooks::fire` with 1, 4 and 16
 //!   plugins on data maps of 4 and 200 keys;
 //! - `cold/compile` and `cold/instantiate`: loading (digest, compile) and
-//!   starting (instantiate, describe, init) one plugin.
+//!   starting (instantiate, describe, init) one plugin; `cold/raw_instantiate_*`:
+//!   instantiation alone in plain wasmtime, through the linker, through
+//!   `InstancePre`, and through `InstancePre` on the pooling allocator.
 //! - `languages/{load_cached,start,call}/<language>`: the metrics collector
 //!   written in Rust, Python, JavaScript, Zig and Go, loaded from the compile
 //!   cache, started, and called at one phase; its size, first compile and
@@ -105,29 +107,54 @@ mod raw {
     }
 }
 
-/// Plain wasmtime: a default engine (or one with the sandbox's fuel and
-/// epoch checks compiled in), `copies` compiled copies of the bench plugin,
-/// each instantiated and initialized, nothing checked or merged.
-fn raw_instances(metered: bool, copies: usize) -> Vec<(wasmtime::Store<raw::State>, raw::Plugin)> {
-    use wasmtime::component::{Component, HasSelf, Linker, ResourceTable};
+/// A plain wasmtime engine and linker for the bench plugin: a default
+/// engine, or one with the sandbox's fuel and epoch checks compiled in
+/// (`metered`), on the on-demand or the pooling instance allocator.
+fn raw_engine(
+    metered: bool,
+    pooling: bool,
+) -> (wasmtime::Engine, wasmtime::component::Linker<raw::State>) {
+    use wasmtime::component::{HasSelf, Linker};
     let mut config = wasmtime::Config::new();
     config.consume_fuel(metered).epoch_interruption(metered);
+    if pooling {
+        let mut pool = wasmtime::PoolingAllocationConfig::new();
+        pool.total_component_instances(64)
+            .total_core_instances(512)
+            .total_memories(64)
+            .total_tables(512);
+        config.allocation_strategy(pool);
+    }
     let engine = wasmtime::Engine::new(&config).expect("engine");
     let mut linker = Linker::<raw::State>::new(&engine);
     wasmtime_wasi::p2::add_to_linker_sync(&mut linker).expect("wasi");
     raw::Plugin::add_to_linker::<_, HasSelf<_>>(&mut linker, |s| s).expect("imports");
+    (engine, linker)
+}
+
+/// A fresh store, armed if the engine meters.
+fn raw_store(engine: &wasmtime::Engine, metered: bool) -> wasmtime::Store<raw::State> {
+    let state = raw::State {
+        wasi: wasmtime_wasi::WasiCtx::builder().build(),
+        table: wasmtime::component::ResourceTable::new(),
+    };
+    let mut store = wasmtime::Store::new(engine, state);
+    if metered {
+        store.set_fuel(u64::MAX).expect("fuel");
+        store.set_epoch_deadline(u64::MAX / 2);
+    }
+    store
+}
+
+/// Plain wasmtime: `copies` compiled copies of the bench plugin, each
+/// instantiated and initialized, nothing checked or merged.
+fn raw_instances(metered: bool, copies: usize) -> Vec<(wasmtime::Store<raw::State>, raw::Plugin)> {
+    let (engine, linker) = raw_engine(metered, false);
     (0..copies)
         .map(|i| {
-            let component = Component::from_binary(&engine, &copy(i)).expect("compiles");
-            let state = raw::State {
-                wasi: wasmtime_wasi::WasiCtx::builder().build(),
-                table: ResourceTable::new(),
-            };
-            let mut store = wasmtime::Store::new(&engine, state);
-            if metered {
-                store.set_fuel(u64::MAX).expect("fuel");
-                store.set_epoch_deadline(u64::MAX / 2);
-            }
+            let component =
+                wasmtime::component::Component::from_binary(&engine, &copy(i)).expect("compiles");
+            let mut store = raw_store(&engine, metered);
             let plugin =
                 raw::Plugin::instantiate(&mut store, &component, &linker).expect("instantiates");
             plugin
@@ -167,7 +194,9 @@ fn bench_calls(c: &mut Criterion) {
     for (name, metered, copies) in [
         ("raw_wasmtime", false, 1),
         ("raw_wasmtime_metered", true, 1),
-        // The fair baseline for 16 different plugins: 16 compiled copies.
+        // The fair baselines for 4 and 16 different plugins: as many
+        // compiled copies, each called once per iteration.
+        ("raw_wasmtime_metered_4_copies", true, 4),
         ("raw_wasmtime_metered_16_copies", true, 16),
     ] {
         let mut instances = raw_instances(metered, copies);
@@ -228,6 +257,34 @@ fn bench_cold(c: &mut Criterion) {
             BatchSize::PerIteration,
         )
     });
+    g.finish();
+
+    // Instantiation alone, in plain wasmtime with the sandbox's metering:
+    // resolving the imports at each start (`Linker::instantiate`), once
+    // ahead (`InstancePre`, what the host does), and ahead on the pooling
+    // allocator, which keeps memories and tables mapped between instances.
+    let mut g = c.benchmark_group("cold");
+    for (name, pre, pooling) in [
+        ("raw_instantiate_linker", false, false),
+        ("raw_instantiate_pre", true, false),
+        ("raw_instantiate_pre_pooling", true, true),
+    ] {
+        let (engine, linker) = raw_engine(true, pooling);
+        let component =
+            wasmtime::component::Component::from_binary(&engine, &bytes).expect("compiles");
+        let instance_pre = linker.instantiate_pre(&component).expect("links");
+        g.bench_function(name, |b| {
+            b.iter(|| {
+                let mut store = raw_store(&engine, true);
+                let instance = if pre {
+                    instance_pre.instantiate(&mut store)
+                } else {
+                    linker.instantiate(&mut store, &component)
+                };
+                black_box(instance.expect("instantiates"));
+            })
+        });
+    }
     g.finish();
 }
 
