@@ -1,0 +1,256 @@
+//! `cargo xtask bench`: runs the criterion suite (`host/benches/dispatch.rs`)
+//! and the Extism baseline (`baselines/extism`), then prints one table with
+//! the ratios the performance targets are stated in. Both suites run in the
+//! same invocation, on the same machine, one after the other.
+
+use std::path::Path;
+use std::process::Command;
+
+use anyhow::Context;
+
+use crate::{cargo, rust_target, wasm_target};
+
+/// Runs both suites and prints the table. The Extism baseline is a
+/// comparison, not ours: if it fails to build, the table goes without it.
+pub(crate) fn run(root: &Path) -> anyhow::Result<()> {
+    wasm_target()?;
+    cargo(root, &["bench", "-p", "wasmhooks", "--bench", "dispatch"])?;
+    if let Err(e) = extism(root) {
+        eprintln!("xtask: the Extism baseline did not run, so the table leaves it out: {e:#}");
+    }
+    table(root)
+}
+
+/// The Extism baseline: a workspace of its own, built into the shared
+/// target folder, its results written next to the main suite's.
+fn extism(root: &Path) -> anyhow::Result<()> {
+    rust_target("wasm32-unknown-unknown")?;
+    let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
+    crate::run(
+        Command::new(cargo)
+            .current_dir(root)
+            .env("CARGO_TARGET_DIR", root.join("target"))
+            .args(["bench", "--manifest-path", "baselines/extism/Cargo.toml"]),
+    )
+}
+
+/// Criterion's median estimate for a benchmark, in nanoseconds: on a shared
+/// machine a few slow samples move the mean, not the median.
+fn estimate(root: &Path, id: &str) -> anyhow::Result<f64> {
+    let path = root
+        .join("target/criterion")
+        .join(id)
+        .join("new/estimates.json");
+    let text =
+        std::fs::read_to_string(&path).with_context(|| format!("read {}", path.display()))?;
+    let v: serde_json::Value = serde_json::from_str(&text)?;
+    v["median"]["point_estimate"]
+        .as_f64()
+        .context("no median estimate")
+}
+
+/// Rows of a markdown table: measure, time, ratio, target.
+#[derive(Default)]
+struct Rows(String);
+
+impl Rows {
+    fn row(&mut self, measure: &str, time: String, ratio: String, target: &str) {
+        self.0
+            .push_str(&format!("| {measure} | {time} | {ratio} | {target} |\n"));
+    }
+}
+
+/// Reads criterion's estimates and the bench's extras, and prints them as
+/// one table with the ratios the targets are stated in.
+pub(crate) fn table(root: &Path) -> anyhow::Result<()> {
+    let ns = |id: &str| estimate(root, id);
+    let extras: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(
+        root.join("target/tmp/bench-extras.json"),
+    )?)?;
+    let native = ns("call/native")?;
+    let raw = ns("call/raw_wasmtime")?;
+    let mut t = Rows::default();
+    t.row(
+        "native closure (the limit)",
+        fmt_ns(native),
+        "1.00x native".into(),
+        "",
+    );
+    t.row(
+        "raw wasmtime component call",
+        fmt_ns(raw),
+        format!("{:.1}x native", raw / native),
+        "",
+    );
+    let metered = ns("call/raw_wasmtime_metered")?;
+    t.row(
+        "raw call, fuel and epoch checks on",
+        fmt_ns(metered),
+        format!("{:.2}x raw", metered / raw),
+        "",
+    );
+    // Four or sixteen different plugins are as many copies of machine code:
+    // their raw calls are the fair baseline for dispatching to that many.
+    let mut copies = |n: u32| -> anyhow::Result<f64> {
+        let per = ns(&format!("call/raw_wasmtime_metered_{n}_copies"))? / f64::from(n);
+        t.row(
+            &format!("raw metered call, {n} compiled copies, per call"),
+            fmt_ns(per),
+            format!("{:.2}x raw", per / raw),
+            "",
+        );
+        Ok(per)
+    };
+    let (raw4, raw16) = (copies(4)?, copies(16)?);
+    let one_code = ns("dispatch/16x_one_code")? / 16.0;
+    t.row(
+        "dispatch, 16 instances of one compiled plugin, per call",
+        fmt_ns(one_code),
+        format!("{:.2}x raw", one_code / raw),
+        "",
+    );
+    for (n, fair) in [(1.0, None), (4.0, Some(raw4)), (16.0, Some(raw16))] {
+        for (size, keys) in [("small", 4), ("large", 200)] {
+            let total = ns(&format!("dispatch/{n}x{size}"))?;
+            let per = total / n;
+            let mut ratio = format!("{:.2}x raw per plugin", per / raw);
+            if let Some(fair) = fair {
+                ratio.push_str(&format!("; {:.2}x the {n} copies' raw call", per / fair));
+            }
+            t.row(
+                &format!("dispatch, {n} plugin(s), {keys} keys"),
+                format!("{} ({} per plugin)", fmt_ns(total), fmt_ns(per)),
+                ratio,
+                "<= 2x raw",
+            );
+        }
+    }
+    let one = ns("dispatch/1xsmall")?;
+    if let Some(py) = extras["cpython_ns"].as_f64() {
+        t.row(
+            "CPython callback on a dict",
+            fmt_ns(py),
+            format!("dispatch is {:.2}x CPython", one / py),
+            "<= 1x",
+        );
+    }
+    for (id, what) in [
+        ("extism/call", "Extism call, the 4-key map as JSON"),
+        ("extism/call_loss_only", "Extism call, sent only `loss`"),
+        (
+            "extism/call_metered",
+            "Extism call with fuel and a timeout, the 4-key map",
+        ),
+    ] {
+        // Absent when the baseline did not build or run.
+        if let Ok(extism) = ns(id) {
+            t.row(
+                what,
+                fmt_ns(extism),
+                format!("{:.2}x dispatch", extism / one),
+                ">= 3x dispatch",
+            );
+        }
+    }
+    t.row(
+        "cold: digest + compile",
+        fmt_ns(ns("cold/compile")?),
+        String::new(),
+        "",
+    );
+    t.row(
+        "cold: instantiate + describe + init",
+        fmt_ns(ns("cold/instantiate")?),
+        String::new(),
+        "< 5 ms cached",
+    );
+    let through_linker = ns("cold/raw_instantiate_linker")?;
+    for (id, what) in [
+        (
+            "cold/raw_instantiate_linker",
+            "raw instantiate, imports resolved each time",
+        ),
+        (
+            "cold/raw_instantiate_pre",
+            "raw instantiate with InstancePre",
+        ),
+        (
+            "cold/raw_instantiate_pre_pooling",
+            "raw instantiate with InstancePre, pooling allocator",
+        ),
+    ] {
+        let time = ns(id)?;
+        t.row(
+            what,
+            fmt_ns(time),
+            format!("{:.2}x through the linker", time / through_linker),
+            "",
+        );
+    }
+    let memory = extras["idle_instance_linear_memory_bytes"]
+        .as_f64()
+        .unwrap_or(0.0);
+    t.row(
+        "linear memory of an idle instance",
+        format!("{:.0} KiB", memory / 1024.0),
+        String::new(),
+        "< 1 MiB",
+    );
+    // Seven phases a step, four plugins subscribed to each.
+    let per_step = 7.0 * ns("dispatch/4xsmall")?;
+    t.row(
+        "4 plugins on every phase of a 10 ms step",
+        fmt_ns(per_step),
+        format!("{:.3}% of the step", per_step / 10e6 * 100.0),
+        "< 1%",
+    );
+    let mut out = String::from("| measure | time | ratio | target |\n|---|---|---|---|\n");
+    out.push_str(&t.0);
+    out.push('\n');
+    out.push_str(&languages_table(root)?);
+    std::io::Write::write_all(&mut std::io::stdout(), out.as_bytes())?;
+    Ok(())
+}
+
+const MIB: f64 = 1024.0 * 1024.0;
+
+/// The metrics collector in each language: size, first compile, cached
+/// load, start, call and memory.
+fn languages_table(root: &Path) -> anyhow::Result<String> {
+    let path = root.join("target/tmp/bench-languages.json");
+    let text =
+        std::fs::read_to_string(&path).with_context(|| format!("read {}", path.display()))?;
+    let extras: serde_json::Value = serde_json::from_str(&text)?;
+    let mut out = String::from(
+        "| language | size | first compile | cached load | start | call (4 keys) | memory: idle / after the calls |\n\
+         |---|---|---|---|---|---|---|\n",
+    );
+    for language in ["rust", "python", "js", "zig", "go"] {
+        let e = &extras[language];
+        let num = |key: &str| e[key].as_f64().unwrap_or(f64::NAN);
+        let ns = |what: &str| estimate(root, &format!("languages/{what}_{language}"));
+        out.push_str(&format!(
+            "| {language} | {:.0} KB | {} | {} | {} | {} | {:.1} / {:.1} MiB |\n",
+            num("bytes") / 1e3,
+            fmt_ns(num("compile_ns")),
+            fmt_ns(ns("load_cached")?),
+            fmt_ns(ns("start")?),
+            fmt_ns(ns("call")?),
+            num("idle_memory_bytes") / MIB,
+            num("busy_memory_bytes") / MIB,
+        ));
+    }
+    Ok(out)
+}
+
+fn fmt_ns(ns: f64) -> String {
+    if ns >= 1e9 {
+        format!("{:.2} s", ns / 1e9)
+    } else if ns >= 1e6 {
+        format!("{:.2} ms", ns / 1e6)
+    } else if ns >= 1e3 {
+        format!("{:.2} µs", ns / 1e3)
+    } else {
+        format!("{ns:.0} ns")
+    }
+}
