@@ -23,6 +23,7 @@
 
 use std::hint::black_box;
 use std::path::Path;
+use std::time::Duration;
 
 use criterion::{BatchSize, Criterion, criterion_group, criterion_main};
 use serde_json::{Value, json};
@@ -167,8 +168,14 @@ fn raw_instances(metered: bool, copies: usize) -> Vec<(wasmtime::Store<raw::Stat
         .collect()
 }
 
+/// How long each call and dispatch benchmark samples: long enough that a
+/// few seconds of another tenant's load on a shared machine move the
+/// median little.
+const MEASURE: Duration = Duration::from_secs(8);
+
 fn bench_calls(c: &mut Criterion) {
     let mut g = c.benchmark_group("call");
+    g.measurement_time(MEASURE);
 
     // The limit: the same work, native.
     let mut ema: Option<f64> = None;
@@ -216,6 +223,7 @@ fn bench_calls(c: &mut Criterion) {
     g.finish();
 
     let mut g = c.benchmark_group("dispatch");
+    g.measurement_time(MEASURE);
     // Why 16 plugins cost more each than one: 16 instances of one compiled
     // plugin (one copy of the machine code, 16 stores and memories), each
     // in a job of its own, against 16 separately compiled copies below.

@@ -44,6 +44,8 @@ fn plugin(metered: bool) -> Plugin {
 
 fn bench(c: &mut Criterion) {
     let mut g = c.benchmark_group("extism");
+    // As long as the main suite samples its calls.
+    g.measurement_time(Duration::from_secs(8));
     for (name, metered, loss_only) in [
         ("call", false, false),
         ("call_loss_only", false, true),
