@@ -332,9 +332,79 @@ print(best / n * 1e9)
     hooks.fire("on_step_end", &mut data(4)).expect("fires");
     let memory = hooks.stats()[0].memory;
     let out = Path::new(env!("CARGO_TARGET_TMPDIR")).join("bench-extras.json");
-    let extras = json!({"cpython_ns": cpython_ns, "idle_instance_linear_memory_bytes": memory});
+    let extras = json!({
+        "cpython_ns": cpython_ns,
+        "idle_instance_linear_memory_bytes": memory,
+        "paired": paired_ratios(),
+    });
     std::fs::write(&out, extras.to_string()).expect("write extras");
     eprintln!("extras: {extras} -> {}", out.display());
+}
+
+/// The median ratio of `a`'s time to `b`'s over blocks run back to back:
+/// `a` runs `per_block` times, then `b` runs `per_block * b_per_a` times,
+/// and so on. Load from outside that comes and goes in bursts slows both
+/// blocks of a pair alike, so the ratio holds where separate measurements
+/// minutes apart drift.
+fn paired(mut a: impl FnMut(), mut b: impl FnMut(), b_per_a: u32) -> f64 {
+    const BLOCKS: usize = 301;
+    let per_block = 1000;
+    let time = |f: &mut dyn FnMut(), n: u32| {
+        let start = std::time::Instant::now();
+        for _ in 0..n {
+            f();
+        }
+        start.elapsed().as_secs_f64()
+    };
+    // Warm up both.
+    time(&mut a, per_block);
+    time(&mut b, per_block * b_per_a);
+    let mut ratios: Vec<f64> = (0..BLOCKS)
+        .map(|_| time(&mut a, per_block) / time(&mut b, per_block * b_per_a))
+        .collect();
+    ratios.sort_by(f64::total_cmp);
+    ratios[BLOCKS / 2]
+}
+
+/// Dispatch against raw wasmtime calls, measured in pairs of blocks (see
+/// [`paired`]): per plugin, one plugin against one raw call (plain and
+/// metered), and four plugins against four raw calls to one copy and to
+/// four compiled copies.
+fn paired_ratios() -> Value {
+    let entries = [raw::wasmhooks::plugin::types::Entry {
+        key: "loss".into(),
+        value: "0.5".into(),
+    }];
+    let call = |instances: &mut Vec<(wasmtime::Store<raw::State>, raw::Plugin)>| {
+        for (store, plugin) in instances.iter_mut() {
+            let _ = black_box(
+                plugin
+                    .wasmhooks_plugin_hooks()
+                    .call_on_phase(&mut *store, "on_step_end", &entries)
+                    .expect("call"),
+            );
+        }
+    };
+    let (mut plain, mut metered, mut copies) = (
+        raw_instances(false, 1),
+        raw_instances(true, 1),
+        raw_instances(true, 4),
+    );
+    let (_one, one) = host_for(1);
+    let (_four, four) = host_for(4);
+    let (mut one, mut four) = (hooks(&one), hooks(&four));
+    let mut map = data(4);
+    let mut fire = |hooks: &mut Hooks| {
+        black_box(hooks.fire("on_step_end", &mut map).expect("fires"));
+    };
+    let ratios = json!({
+        "dispatch_1_vs_raw": paired(|| fire(&mut one), || call(&mut plain), 1),
+        "dispatch_1_vs_raw_metered": paired(|| fire(&mut one), || call(&mut metered), 1),
+        "dispatch_4_vs_4_raw": paired(|| fire(&mut four), || call(&mut plain), 4),
+        "dispatch_4_vs_4_copies_raw_metered": paired(|| fire(&mut four), || call(&mut copies), 1),
+    });
+    eprintln!("paired ratios: {ratios}");
+    ratios
 }
 
 fn collector_policy(name: &str, path: &str) -> (Policy, Vec<u8>) {

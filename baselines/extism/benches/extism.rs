@@ -6,8 +6,8 @@
 //! - `extism/call`: a plugin built with Extism's defaults;
 //! - `extism/call_loss_only`: the same, sent only `loss`, as wasmhooks sends
 //!   only the keys a plugin declares it reads;
-//! - `extism/call_metered`: with a fuel limit and a timeout, the sandbox
-//!   wasmhooks always runs plugins in.
+//! - `extism/call_metered` and `extism/call_metered_loss_only`: with a fuel
+//!   limit and a timeout, the sandbox wasmhooks always runs plugins in.
 //!
 //! `cargo xtask bench` runs this after the main suite and prints the ratio.
 
@@ -50,6 +50,7 @@ fn bench(c: &mut Criterion) {
         ("call", false, false),
         ("call_loss_only", false, true),
         ("call_metered", true, false),
+        ("call_metered_loss_only", true, true),
     ] {
         let mut plugin = plugin(metered);
         let mut data = data();
