@@ -3,7 +3,7 @@
 use serde_json::json;
 use wasmhooks_tests as plugins;
 
-use crate::support::{allow, data, host, start};
+use crate::support::{adversary, allow, data, host, only, start};
 
 #[test]
 fn equal_order_runs_in_job_order_and_later_plugins_see_earlier_updates() {
@@ -41,13 +41,7 @@ fn equal_order_runs_in_job_order_and_later_plugins_see_earlier_updates() {
 
 #[test]
 fn reports_say_what_each_call_changed_and_cost() {
-    let host = host(&allow(
-        "adversary",
-        plugins::ADVERSARY,
-        r#"write = ["count"]"#,
-    ));
-    let adversary = host.load_file(plugins::ADVERSARY).unwrap();
-    let mut hooks = start(&[&adversary]);
+    let mut hooks = adversary(r#"write = ["count"]"#);
     let mut data = data(json!({}));
     let report = hooks.fire("count", &mut data).unwrap();
     let call = &report.calls[0];
@@ -67,13 +61,11 @@ fn reports_say_what_each_call_changed_and_cost() {
 /// Rust's 1 MiB default alone would put every idle instance over 1 MiB.
 #[test]
 fn an_idle_rust_plugin_holds_under_one_mebibyte() {
-    let host = host(&allow(
+    let mut hooks = only(
         "metrics-collector",
         plugins::METRICS_COLLECTOR,
         r#"write = ["metrics"]"#,
-    ));
-    let plugin = host.load_file(plugins::METRICS_COLLECTOR).unwrap();
-    let mut hooks = start(&[&plugin]);
+    );
     hooks
         .fire("on_step_end", &mut data(json!({"loss": 1.0})))
         .unwrap();

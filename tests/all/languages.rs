@@ -7,7 +7,7 @@ use serde_json::{Value, json};
 use wasmhooks::{DataMap, Hooks, Plugin};
 use wasmhooks_tests as plugins;
 
-use crate::support::{allow, data, host, start};
+use crate::support::{allow, data, host, only, start};
 
 /// A built plugin's path, or a failure that says how to build it.
 fn built(path: &str) -> &str {
@@ -28,13 +28,11 @@ fn each_template_builds_and_runs() {
         ("hello-go", plugins::TEMPLATE_GO),
     ];
     for (name, path) in templates {
-        let host = host(&allow(
+        let mut hooks = only(
             name,
             built(path),
             r#"write = ["local_node_download_model"]"#,
-        ));
-        let plugin = host.load_file(path).unwrap();
-        let mut hooks = start(&[&plugin]);
+        );
         let manifest = hooks.manifests().next().unwrap();
         assert_eq!(manifest.name, name);
         assert_eq!(manifest.phases, ["pre_download"]);
@@ -195,12 +193,11 @@ fn every_language_collects_its_garbage_within_its_memory_limit() {
         } else {
             (64, 3_000)
         };
-        let host = host(&allow(
+        let mut hooks = only(
             name,
             path,
             &format!("write = [\"metrics\"]\nmemory_mib = {limit}"),
-        ));
-        let mut hooks = start(&[&host.load_file(path).unwrap()]);
+        );
         let mut map = data(json!({"loss": big, "step": 1}));
         for i in 0..calls {
             map.insert("step".into(), json!(i));

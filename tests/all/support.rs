@@ -31,10 +31,16 @@ pub fn compile_cache() -> std::path::PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/tmp/compile-cache")
 }
 
+/// Hooks running only the plugin at `path`, allowed as `name` with `extra`
+/// TOML lines.
+pub fn only(name: &str, path: &str, extra: &str) -> Hooks {
+    let host = host(&allow(name, path, extra));
+    start(&[&host.load_file(path).unwrap()])
+}
+
 /// Hooks running only the adversary plugin, allowed with `extra` TOML lines.
 pub fn adversary(extra: &str) -> Hooks {
-    let host = host(&allow("adversary", wasmhooks_tests::ADVERSARY, extra));
-    start(&[&host.load_file(wasmhooks_tests::ADVERSARY).unwrap()])
+    only("adversary", wasmhooks_tests::ADVERSARY, extra)
 }
 
 /// Starts hooks for a job with these loaded plugins and no plugin config.
