@@ -147,9 +147,32 @@ fn raw_store(engine: &wasmtime::Engine, metered: bool) -> wasmtime::Store<raw::S
     store
 }
 
+/// A store and the bench plugin instantiated in it, as plain wasmtime has them.
+type RawInstance = (wasmtime::Store<raw::State>, raw::Plugin);
+
+/// The entry the bench plugin reads, as the raw calls pass it.
+fn raw_entries() -> [raw::wasmhooks::plugin::types::Entry; 1] {
+    [raw::wasmhooks::plugin::types::Entry {
+        key: "loss".into(),
+        value: "0.5".into(),
+    }]
+}
+
+/// One raw `on-phase` call to each instance.
+fn call_raw(instances: &mut [RawInstance], entries: &[raw::wasmhooks::plugin::types::Entry]) {
+    for (store, plugin) in instances {
+        let _ = black_box(
+            plugin
+                .wasmhooks_plugin_hooks()
+                .call_on_phase(&mut *store, "on_step_end", entries)
+                .expect("call"),
+        );
+    }
+}
+
 /// Plain wasmtime: `copies` compiled copies of the bench plugin, each
 /// instantiated and initialized, nothing checked or merged.
-fn raw_instances(metered: bool, copies: usize) -> Vec<(wasmtime::Store<raw::State>, raw::Plugin)> {
+fn raw_instances(metered: bool, copies: usize) -> Vec<RawInstance> {
     let (engine, linker) = raw_engine(metered, false);
     (0..copies)
         .map(|i| {
@@ -194,10 +217,7 @@ fn bench_calls(c: &mut Criterion) {
     // the entry it reads, nothing checked or merged. Then the same with the
     // sandbox's metering (fuel and epoch checks compiled in), to tell what
     // metering costs from what dispatch costs.
-    let entries = [raw::wasmhooks::plugin::types::Entry {
-        key: "loss".into(),
-        value: "0.5".into(),
-    }];
+    let entries = raw_entries();
     for (name, metered, copies) in [
         ("raw_wasmtime", false, 1),
         ("raw_wasmtime_metered", true, 1),
@@ -207,18 +227,7 @@ fn bench_calls(c: &mut Criterion) {
         ("raw_wasmtime_metered_16_copies", true, 16),
     ] {
         let mut instances = raw_instances(metered, copies);
-        g.bench_function(name, |b| {
-            b.iter(|| {
-                for (store, plugin) in &mut instances {
-                    let _ = black_box(
-                        plugin
-                            .wasmhooks_plugin_hooks()
-                            .call_on_phase(&mut *store, "on_step_end", &entries)
-                            .expect("call"),
-                    );
-                }
-            })
-        });
+        g.bench_function(name, |b| b.iter(|| call_raw(&mut instances, &entries)));
     }
     g.finish();
 
@@ -371,20 +380,8 @@ fn paired(mut a: impl FnMut(), mut b: impl FnMut(), b_per_a: u32) -> f64 {
 /// metered), and four plugins against four raw calls to one copy and to
 /// four compiled copies.
 fn paired_ratios() -> Value {
-    let entries = [raw::wasmhooks::plugin::types::Entry {
-        key: "loss".into(),
-        value: "0.5".into(),
-    }];
-    let call = |instances: &mut Vec<(wasmtime::Store<raw::State>, raw::Plugin)>| {
-        for (store, plugin) in instances.iter_mut() {
-            let _ = black_box(
-                plugin
-                    .wasmhooks_plugin_hooks()
-                    .call_on_phase(&mut *store, "on_step_end", &entries)
-                    .expect("call"),
-            );
-        }
-    };
+    let entries = raw_entries();
+    let call = |instances: &mut Vec<RawInstance>| call_raw(instances, &entries);
     let (mut plain, mut metered, mut copies) = (
         raw_instances(false, 1),
         raw_instances(true, 1),
