@@ -4,11 +4,10 @@
 //! same invocation, on the same machine, one after the other.
 
 use std::path::Path;
-use std::process::Command;
 
 use anyhow::Context;
 
-use crate::{cargo, rust_target, wasm_target};
+use crate::{cargo, cargo_command, rust_target, wasm_target};
 
 /// Runs both suites and prints the table. The Extism baseline is a
 /// comparison, not ours: if it fails to build, the table goes without it.
@@ -25,10 +24,8 @@ pub(crate) fn run(root: &Path) -> anyhow::Result<()> {
 /// target folder, its results written next to the main suite's.
 fn extism(root: &Path) -> anyhow::Result<()> {
     rust_target("wasm32-unknown-unknown")?;
-    let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
     crate::run(
-        Command::new(cargo)
-            .current_dir(root)
+        cargo_command(root)
             .env("CARGO_TARGET_DIR", root.join("target"))
             .args(["bench", "--manifest-path", "baselines/extism/Cargo.toml"]),
     )

@@ -155,8 +155,15 @@ fn copy_dir(from: &Path, to: &Path) -> anyhow::Result<()> {
 }
 
 fn cargo(root: &Path, args: &[&str]) -> anyhow::Result<()> {
+    run(cargo_command(root).args(args))
+}
+
+/// The cargo that runs xtask, started in `dir`.
+fn cargo_command(dir: &Path) -> Command {
     let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
-    run(Command::new(cargo).current_dir(root).args(args))
+    let mut cmd = Command::new(cargo);
+    cmd.current_dir(dir);
+    cmd
 }
 
 fn run(cmd: &mut Command) -> anyhow::Result<()> {

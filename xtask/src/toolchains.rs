@@ -139,8 +139,7 @@ fn cargo_install(dir: &Path, (name, version, features): (&str, &str, &str)) -> a
         return Ok(());
     }
     eprintln!("xtask: building {name} {version} from crates.io");
-    let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
-    run(Command::new(cargo)
+    run(crate::cargo_command(dir)
         .args(["install", "--locked", "--quiet", name, "--version", version])
         .args(["--no-default-features", "--features", features])
         .arg("--root")
