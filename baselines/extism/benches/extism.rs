@@ -32,12 +32,12 @@ fn data() -> Map<String, Value> {
 fn plugin(metered: bool) -> Plugin {
     let bytes = std::fs::read(env!("EXTISM_EMA")).expect("the Extism plugin is built");
     let mut manifest = Manifest::new([Wasm::data(bytes)]);
-    let mut builder = PluginBuilder::new(manifest.clone()).with_wasi(false);
     if metered {
         manifest = manifest.with_timeout(Duration::from_secs(10));
-        builder = PluginBuilder::new(manifest)
-            .with_wasi(false)
-            .with_fuel_limit(u64::MAX / 2);
+    }
+    let mut builder = PluginBuilder::new(manifest).with_wasi(false);
+    if metered {
+        builder = builder.with_fuel_limit(u64::MAX / 2);
     }
     builder.build().expect("the Extism plugin loads")
 }
