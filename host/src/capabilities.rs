@@ -2,4 +2,5 @@
 //! over a view of the store state, so more can be added side by side.
 
 pub(crate) mod clocks;
+pub(crate) mod filesystem;
 pub(crate) mod log;

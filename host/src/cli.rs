@@ -160,6 +160,12 @@ fn print_json(value: &impl Serialize) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Plugin-supplied text for the terminal: cut and with control characters
+/// escaped (the library's own rule, for what the CLI prints itself).
+pub(crate) fn clean(s: &str, max: usize) -> String {
+    wasmhooks::clean_text(s, max)
+}
+
 /// Prints text on stdout.
 fn print(text: &str) -> anyhow::Result<()> {
     let mut out = std::io::stdout().lock();

@@ -59,6 +59,11 @@ impl HooksBuilder {
     /// is `fail` fails the whole start; others are logged and disabled.
     pub fn start(self) -> Result<Hooks, Error> {
         let job: Arc<str> = Arc::from(self.job_config.to_string());
+        let job_limits = self
+            .plugins
+            .first()
+            .map(|(p, _)| p.inner.shared.policy.job_limits().clone())
+            .unwrap_or_default();
         let mut names = BTreeSet::new();
         let mut entries = Vec::with_capacity(self.plugins.len());
         let mut observed = Vec::new();
@@ -85,7 +90,7 @@ impl HooksBuilder {
         let observer = if observed.is_empty() {
             None
         } else {
-            let observer = Observer::start(job.clone(), observed)
+            let observer = Observer::start(job.clone(), observed, job_limits.observer_queue_bytes)
                 .map_err(|e| Error::Engine(format!("cannot start the observer thread: {e}")))?;
             Some(observer)
         };
@@ -95,6 +100,10 @@ impl HooksBuilder {
             members: entries,
             routes: HashMap::new(),
             observer,
+            data_bytes: DataBytes {
+                limit: job_limits.max_data_bytes,
+                ..DataBytes::default()
+            },
         })
     }
 }
@@ -108,6 +117,48 @@ pub struct Hooks {
     /// Call order per phase, computed once; shared so firing copies none.
     routes: HashMap<String, Arc<[usize]>>,
     observer: Option<Observer>,
+    data_bytes: DataBytes,
+}
+
+/// Bytes of the keys plugins set in the data map, as they set them: what a
+/// `prefix.*` grant could otherwise grow without end.
+#[derive(Default)]
+struct DataBytes {
+    limit: usize,
+    total: usize,
+    by_key: HashMap<String, usize>,
+}
+
+impl DataBytes {
+    /// The total after `changes`, without applying them.
+    fn after(&self, changes: &[Change], sizes: &[usize]) -> usize {
+        let mut total = self.total;
+        let mut seen: HashMap<&str, usize> = HashMap::new();
+        for (change, &size) in changes.iter().zip(sizes) {
+            let key = change.key();
+            let old = seen
+                .get(key)
+                .copied()
+                .unwrap_or_else(|| self.by_key.get(key).copied().unwrap_or(0));
+            total = total.saturating_sub(old).saturating_add(size);
+            seen.insert(key, size);
+        }
+        total
+    }
+
+    fn apply(&mut self, changes: &[Change], sizes: &[usize], total: usize) {
+        for (change, &size) in changes.iter().zip(sizes) {
+            match change {
+                Change::Set(key, _) => {
+                    self.by_key.insert(key.clone(), size);
+                }
+                Change::Remove(key) => {
+                    self.by_key.remove(key);
+                }
+            }
+        }
+        self.total = total;
+    }
 }
 
 /// A plugin as the hooks see it: its manifest (read when it started, so a
@@ -192,8 +243,12 @@ pub struct PluginStats {
     /// Time spent in the plugin.
     #[serde(with = "micros")]
     pub time: Duration,
-    /// Bytes of linear memory its instance held after its last call.
+    /// Bytes of linear memory and tables its instance held after its last call.
     pub memory: usize,
+    /// The most bytes of linear memory and tables it held.
+    pub peak_memory: usize,
+    /// Bytes its read-write folders grew by.
+    pub bytes_written: u64,
     /// Keys it set or removed at least once.
     pub keys_changed: BTreeSet<String>,
     /// Observations dropped because the observer queue was full.
@@ -224,6 +279,8 @@ impl PluginStats {
             fuel: 0,
             time: Duration::ZERO,
             memory: 0,
+            peak_memory: 0,
+            bytes_written: 0,
             keys_changed: BTreeSet::new(),
             dropped: 0,
             disabled: None,
@@ -277,7 +334,7 @@ impl Hooks {
                         .get(*i)
                         .cloned()
                         .unwrap_or_else(|| PluginStats::new(&m.name));
-                    stats.dropped = self.observer.as_ref().map_or(0, |o| o.dropped[*i]);
+                    stats.dropped = self.observer.as_ref().map_or(0, |o| o.dropped(*i));
                     stats
                 }
             })
@@ -330,11 +387,35 @@ impl Hooks {
                     })
                 }
             };
+            // Updates that would overfill the data map fail the call too.
+            let result = result.and_then(|called| {
+                let total = self.data_bytes.after(&called.changes, &called.sizes);
+                if total <= self.data_bytes.limit {
+                    return Ok((called, total));
+                }
+                let err = CallError {
+                    plugin: self.members[i].name.clone(),
+                    call: format!("phase '{phase}'"),
+                    cause: crate::Cause::DataMapFull {
+                        size: total,
+                        limit: self.data_bytes.limit,
+                    },
+                };
+                if let Place::Here(slot) = &mut self.members[i].place {
+                    slot.count_failure(&err);
+                }
+                Err(err)
+            });
             match result {
-                Ok(Called {
-                    report: call,
-                    changes,
-                }) => {
+                Ok((
+                    Called {
+                        report: call,
+                        changes,
+                        sizes,
+                    },
+                    total,
+                )) => {
+                    self.data_bytes.apply(&changes, &sizes, total);
                     for change in changes {
                         match change {
                             Change::Set(key, value) => data.insert(key, value),

@@ -78,6 +78,7 @@ fn plugin_linker(engine: &Engine) -> wasmtime::Result<Linker<PluginState>> {
     let mut linker = Linker::<PluginState>::new(engine);
     wasmtime_wasi::p2::add_to_linker_sync(&mut linker)?;
     capabilities::clocks::add_to_linker(&mut linker)?;
+    capabilities::filesystem::add_to_linker(&mut linker)?;
     capabilities::log::add_to_linker(&mut linker, |state| &mut state.log)?;
     Ok(linker)
 }

@@ -187,6 +187,39 @@ pub enum Cause {
         /// Bytes allowed.
         limit: usize,
     },
+    /// The plugin called `exit` (WASI's `proc_exit`).
+    #[error("the plugin exited with status {0}")]
+    Exited(i32),
+    /// `save-state` returned more than the operator allows.
+    #[error("returned {size} bytes of state, over the limit of {limit} bytes")]
+    StateTooLarge {
+        /// Bytes returned.
+        size: usize,
+        /// Bytes allowed.
+        limit: usize,
+    },
+    /// The updates would make plugins' keys in the data map larger than the
+    /// operator allows a job.
+    #[error(
+        "its updates would bring the plugins' keys in the data map to {size} bytes, \
+         over the job's limit of {limit} bytes"
+    )]
+    DataMapFull {
+        /// Bytes plugins' keys would take.
+        size: usize,
+        /// Bytes allowed.
+        limit: usize,
+    },
+    /// A read-write folder holds more than the operator allows.
+    #[error("its read-write folder {folder} holds {used}, over its quota of {limit}")]
+    QuotaExceeded {
+        /// The folder as the plugin sees it.
+        folder: String,
+        /// What it holds, in words (bytes or entries).
+        used: String,
+        /// What it may hold.
+        limit: String,
+    },
 }
 
 fn humanize(d: Duration) -> String {

@@ -1,6 +1,8 @@
 //! Inspection of a plugin file for authors and operators: its digest, what
-//! it imports and exports, and its manifest, read in a sandbox with default
-//! limits and no grants, whether or not the operator allows it yet.
+//! it imports and exports, and its manifest, whether or not the operator
+//! allows it yet. A file nobody allowed is as untrusted as any plugin: its
+//! code is checked against the compiler's bounds before it is compiled
+//! (once), and its `describe` runs with no grants under strict limits.
 
 use std::path::Path;
 
@@ -9,9 +11,24 @@ use serde::Serialize;
 use crate::Error;
 use crate::engine::Host;
 use crate::instance::Instance;
-use crate::loading::{self, Plugin, PluginInner, sha256_hex};
+use crate::loading::{self, CodeCheck, Plugin, PluginInner, check_code, sha256_hex};
 use crate::manifest::Manifest;
-use crate::policy::PluginPolicy;
+use crate::policy::{Limits, PluginPolicy};
+
+/// The limits `describe` of a file nobody allowed runs under: enough for a
+/// pre-initialized interpreter (Python, JavaScript) to answer, little
+/// enough that a hostile file costs a moment.
+fn describe_limits() -> Limits {
+    Limits {
+        fuel: 500_000_000,
+        memory_bytes: 64 << 20,
+        timeout: std::time::Duration::from_secs(2),
+        max_update_bytes: 64 << 10,
+        max_state_bytes: 64 << 10,
+        max_handles: 64,
+        readwrite_quota_bytes: 0,
+    }
+}
 
 /// What `inspect` finds in a plugin file.
 #[derive(Debug, Clone, Serialize)]
@@ -41,16 +58,28 @@ impl Host {
     pub fn inspect(&self, path: impl AsRef<Path>) -> Result<Inspection, Error> {
         let path = path.as_ref();
         let file = path.display().to_string();
-        let bytes = std::fs::read(path).map_err(|source| Error::Read {
+        let max = self.policy().job_limits().max_plugin_bytes;
+        let bytes = crate::files::read_regular(path, max).map_err(|source| Error::Read {
             path: path.to_owned(),
             source,
         })?;
         let sha256 = sha256_hex(&bytes);
         let allowed = self.policy().by_digest(&sha256).cloned();
         let policy = allowed.clone().unwrap_or_else(|| {
-            let stem = path.file_stem().map(|s| s.to_string_lossy().into_owned());
-            PluginPolicy::new(stem.unwrap_or_default(), sha256.clone())
+            let mut p = PluginPolicy::new("unlisted", sha256.clone());
+            p.limits = describe_limits();
+            p
         });
+        let depth = if allowed.is_some() {
+            CodeCheck::Counts
+        } else {
+            CodeCheck::Bodies
+        };
+        check_code(&bytes, depth).map_err(|reason| Error::Invalid {
+            name: policy.name.clone(),
+            file: file.clone(),
+            reason,
+        })?;
         let component = loading::compile_component(&self.shared, &policy.name, &file, &bytes)?;
         let ty = component.component_type();
         let engine = &self.shared.engine;
@@ -62,7 +91,7 @@ impl Host {
             .imports(engine)
             .map(|(name, _)| name.to_owned())
             .collect();
-        let (manifest, problem) = match self.describe(&policy, &file, &bytes) {
+        let (manifest, problem) = match self.describe(&policy, &file, &component) {
             Ok(manifest) => (Some(manifest), None),
             Err(e) => (None, Some(e.to_string())),
         };
@@ -78,8 +107,14 @@ impl Host {
         })
     }
 
-    fn describe(&self, policy: &PluginPolicy, file: &str, bytes: &[u8]) -> Result<Manifest, Error> {
-        let (_, pre) = loading::compile(&self.shared, &policy.name, file, bytes)?;
+    /// Runs `describe` of the compiled `component`, with no grants.
+    fn describe(
+        &self,
+        policy: &PluginPolicy,
+        file: &str,
+        component: &wasmtime::component::Component,
+    ) -> Result<Manifest, Error> {
+        let pre = loading::pre(&self.shared, &policy.name, file, component)?;
         let plugin = Plugin {
             inner: std::sync::Arc::new(PluginInner {
                 policy: PluginPolicy {

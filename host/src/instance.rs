@@ -54,7 +54,7 @@ impl Instance {
                 .call_init(s, &job_config, &plugin_config)
         });
         result
-            .and_then(|r| r.map_err(|f| Cause::Returned(f.message)))
+            .and_then(|r| r.map_err(returned))
             .map_err(|cause| instance.error("init", cause))?;
         Ok(instance)
     }
@@ -104,9 +104,19 @@ impl Instance {
         self.plugin.name()
     }
 
-    /// Bytes of linear memory the instance holds.
+    /// Bytes of linear memory and tables the instance holds.
     pub(crate) fn memory_used(&self) -> usize {
         self.store.data().memory.used()
+    }
+
+    /// The most bytes of linear memory and tables it has held.
+    pub(crate) fn memory_peak(&self) -> usize {
+        self.store.data().memory.peak()
+    }
+
+    /// Bytes its read-write folders grew by since it started.
+    pub(crate) fn bytes_written(&self) -> u64 {
+        self.store.data().bytes_written()
     }
 
     pub(crate) fn error(&self, call: &str, cause: Cause) -> Error {
@@ -125,15 +135,20 @@ impl Instance {
     ) -> (Result<Vec<bindings::types::Update>, Cause>, Usage) {
         let (result, usage) =
             self.guarded(|h, s| h.wasmhooks_plugin_hooks().call_on_phase(s, phase, entries));
-        let result = result.and_then(|r| r.map_err(|f| Cause::Returned(f.message)));
+        let result = result.and_then(|r| r.map_err(returned));
         (result, usage)
     }
 
     /// Calls `save-state`.
     pub(crate) fn save_state(&mut self) -> Result<Option<Value>, Cause> {
         let (result, _) = self.guarded(|h, s| h.wasmhooks_plugin_hooks().call_save_state(s));
+        let limit = self.plugin.policy().limits.max_state_bytes;
         match result? {
             None => Ok(None),
+            Some(text) if text.len() > limit => Err(Cause::StateTooLarge {
+                size: text.len(),
+                limit,
+            }),
             Some(text) => serde_json::from_str(&text)
                 .map(Some)
                 .map_err(|e| Cause::InvalidJson {
@@ -147,7 +162,7 @@ impl Instance {
     pub(crate) fn load_state(&mut self, state: &Value) -> Result<(), Cause> {
         let text = state.to_string();
         let (result, _) = self.guarded(|h, s| h.wasmhooks_plugin_hooks().call_load_state(s, &text));
-        result?.map_err(|f| Cause::Returned(f.message))
+        result?.map_err(returned)
     }
 
     /// Runs one export with fresh fuel and a fresh deadline; a trap
@@ -194,7 +209,11 @@ fn guarded<R>(
             usage,
             false,
         ),
-        Ok(r) => (Ok(r), usage, false),
+        // What it wrote past a read-write folder's quota fails the call.
+        Ok(r) => match store.data_mut().check_quotas() {
+            Ok(()) => (Ok(r), usage, false),
+            Err(cause) => (Err(cause), usage, false),
+        },
     }
 }
 
@@ -206,4 +225,10 @@ fn arm(store: &mut Store<PluginState>, policy: &PluginPolicy) {
     // Fuel is on in every engine this crate builds, so this cannot fail.
     let _ = store.set_fuel(policy.limits.fuel);
     store.set_epoch_deadline(EpochTicker::ticks(policy.limits.timeout));
+}
+
+/// The error a plugin returned, cut and escaped: its every byte is the
+/// plugin's to choose, and it goes to logs and reports.
+fn returned(failure: bindings::types::Failure) -> Cause {
+    Cause::Returned(crate::text::clean(&failure.message, crate::text::MESSAGE))
 }

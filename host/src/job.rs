@@ -28,6 +28,7 @@ use std::process::Command;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
+use crate::files::{self, Root};
 use crate::lifecycles::LifecycleError;
 use crate::lifecycles::node::{self, NodeConfig, NodeOutcome};
 use crate::lifecycles::training::{self, Collective, Solo, Tcp, TrainingConfig, TrainingOutcome};
@@ -70,32 +71,73 @@ pub struct JobBundle {
     pub config: Value,
 }
 
+/// Bytes of `job.toml`, at most.
+const MAX_JOB_TOML: u64 = 1 << 20;
+/// Plugins one job may list.
+const MAX_PLUGINS: usize = 256;
+
 impl JobBundle {
-    /// Reads `DIR/job.toml`.
+    /// Reads and checks `DIR/job.toml`. Everything in it is the job's to
+    /// choose, so every path must stay inside `DIR` and every number within
+    /// the range the host can act on; the error names the field.
     pub fn load(dir: impl AsRef<Path>) -> Result<Self, LifecycleError> {
         let dir = std::path::absolute(dir.as_ref()).map_err(LifecycleError::io(dir.as_ref()))?;
         let path = dir.join("job.toml");
-        let text = std::fs::read_to_string(&path).map_err(LifecycleError::io(&path))?;
+        let root = Root::open(&dir).map_err(LifecycleError::io(&dir))?;
+        let bytes = root
+            .read(Path::new("job.toml"), MAX_JOB_TOML)
+            .map_err(LifecycleError::io(&path))?;
+        let text = String::from_utf8(bytes)
+            .map_err(|e| LifecycleError::Config(format!("{}: {e}", path.display())))?;
         let spec: JobSpec = toml::from_str(&text)
             .map_err(|e| LifecycleError::Config(format!("{}: {e}", path.display())))?;
         let config = serde_json::to_value(&spec)
             .map_err(|e| LifecycleError::Config(format!("{}: {e}", path.display())))?;
+        let in_file =
+            |e: LifecycleError| LifecycleError::Config(format!("{}: {e}", path.display()));
         let mut spec = spec;
-        spec.training = spec.training.map(|t| t.resolve(&dir));
-        spec.node = spec.node.map(|n| n.resolve(&dir));
+        if spec.plugin.len() > MAX_PLUGINS {
+            return Err(in_file(LifecycleError::Config(format!(
+                "it lists {} plugins; at most {MAX_PLUGINS}",
+                spec.plugin.len()
+            ))));
+        }
+        spec.training = spec
+            .training
+            .map(|t| t.resolve(&dir))
+            .transpose()
+            .map_err(in_file)?;
+        spec.node = spec
+            .node
+            .map(|n| n.resolve(&dir))
+            .transpose()
+            .map_err(in_file)?;
         for p in &mut spec.plugin {
-            p.file = dir.join(&p.file);
+            p.file = files::relative("[[plugin]] file", &p.file)
+                .map_err(|m| in_file(LifecycleError::Config(m)))?;
         }
         Ok(JobBundle { dir, spec, config })
     }
 
     /// Loads the job's plugins under the operator's policy (a plugin the
-    /// operator has not allowed is refused here) and starts them.
+    /// operator has not allowed is refused here) and starts them. Plugin
+    /// files are read from inside the bundle, regular files only, within
+    /// the operator's `max_plugin_mib`.
     pub fn hooks(&self, host: &Host, rank: usize) -> Result<Hooks, LifecycleError> {
+        let root = Root::open(&self.dir).map_err(LifecycleError::io(&self.dir))?;
+        let max = host.policy().job_limits().max_plugin_bytes;
         let mut builder =
             Hooks::builder(self.config.clone()).rank(u32::try_from(rank).unwrap_or(u32::MAX));
         for p in &self.spec.plugin {
-            builder = builder.plugin(host.load_file(&p.file)?, p.config.clone());
+            let path = self.dir.join(&p.file);
+            let bytes = root
+                .read(&p.file, max)
+                .map_err(|source| crate::Error::Read {
+                    path: path.clone(),
+                    source,
+                })?;
+            let plugin = host.load_bytes(&path.display().to_string(), &bytes)?;
+            builder = builder.plugin(plugin, p.config.clone());
         }
         Ok(builder.start()?)
     }
@@ -142,12 +184,12 @@ pub fn run(
     // The node is initialized once, by rank 0; its engine serves until the
     // job ends.
     let node = match (&bundle.spec.node, role) {
-        (Some(config), None) => Some(node::initialize(config, &mut hooks)?),
+        (Some(config), None) => Some(node::initialize(config, host.policy(), &mut hooks)?),
         _ => None,
     };
     let training = match &bundle.spec.training {
         None => None,
-        Some(config) => Some(run_training(config, &mut hooks, role, spawn_worker)?),
+        Some(config) => Some(run_training(config, host, &mut hooks, role, spawn_worker)?),
     };
     Ok(JobReport {
         job: bundle.spec.name.clone(),
@@ -160,16 +202,18 @@ pub fn run(
 
 fn run_training(
     config: &TrainingConfig,
+    host: &Host,
     hooks: &mut Hooks,
     role: Option<WorkerRole>,
     spawn_worker: &dyn Fn(WorkerRole) -> Command,
 ) -> Result<TrainingOutcome, LifecycleError> {
+    let limits = host.policy().job_limits();
     if let Some(role) = role {
         let mut collective = Tcp::join(role.rendezvous, role.rank, role.world_size)?;
-        return training::train(config, hooks, &mut collective, DataMap::new());
+        return training::train(config, limits, hooks, &mut collective, DataMap::new());
     }
     if config.world_size == 1 {
-        return training::train(config, hooks, &mut Solo, DataMap::new());
+        return training::train(config, limits, hooks, &mut Solo, DataMap::new());
     }
     let (listener, rendezvous) = Tcp::listen()?;
     let mut workers = Workers::default();
@@ -188,7 +232,7 @@ fn run_training(
         Box::new(Tcp::accept_while(listener, config.world_size, || {
             workers.exited()
         })?);
-    let outcome = training::train(config, hooks, collective.as_mut(), DataMap::new());
+    let outcome = training::train(config, limits, hooks, collective.as_mut(), DataMap::new());
     drop(collective);
     let waited = workers.wait();
     let outcome = outcome?;

@@ -33,6 +33,7 @@ mod capabilities;
 mod dispatch;
 mod engine;
 mod error;
+mod files;
 mod inspect;
 mod instance;
 pub mod job;
@@ -41,6 +42,7 @@ mod loading;
 mod manifest;
 pub mod policy;
 mod sandbox;
+mod text;
 
 pub use dispatch::{
     CallReport, Change, DEFAULT_FLUSH, DataMap, Hooks, HooksBuilder, Outcome, PhaseReport,
@@ -51,7 +53,8 @@ pub use error::{CallError, Cause, Error};
 pub use inspect::Inspection;
 pub use loading::{Plugin, sha256_hex};
 pub use manifest::{ALL_PHASES, Manifest};
-pub use policy::{OnError, PluginPolicy, Policy};
+pub use policy::{EngineTemplate, JobLimits, OnError, PluginPolicy, Policy};
+pub use text::clean as clean_text;
 
 /// The version of the `wasmhooks:plugin` WIT package this host implements.
 pub const WIT_VERSION: &str = "0.1.0";

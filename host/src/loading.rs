@@ -67,9 +67,13 @@ pub fn sha256_hex(bytes: &[u8]) -> String {
 impl Host {
     /// Loads a plugin file. The digest is checked before the bytes are
     /// compiled, so an unlisted or tampered file never reaches the compiler.
+    ///
+    /// Only a regular file is read (a FIFO or a device is refused without
+    /// waiting on it), and only up to the operator's `max_plugin_mib`.
     pub fn load_file(&self, path: impl AsRef<Path>) -> Result<Plugin, Error> {
         let path = path.as_ref();
-        let bytes = std::fs::read(path).map_err(|source| Error::Read {
+        let max = self.policy().job_limits().max_plugin_bytes;
+        let bytes = crate::files::read_regular(path, max).map_err(|source| Error::Read {
             path: path.to_owned(),
             source,
         })?;
@@ -83,6 +87,24 @@ impl Host {
             Some(p) => p.clone(),
             None => return Err(self.refusal(file, digest)),
         };
+        let max = self.policy().job_limits().max_plugin_bytes;
+        if bytes.len() as u64 > max {
+            return Err(Error::Invalid {
+                name: policy.name,
+                file: file.to_owned(),
+                reason: format!(
+                    "it is {} bytes, over the {max} bytes the operator allows a plugin",
+                    bytes.len()
+                ),
+            });
+        }
+        // The operator pinned these bytes: only the counts are checked, so a
+        // plugin from the compile cache loads without reading its code.
+        check_code(bytes, CodeCheck::Counts).map_err(|reason| Error::Invalid {
+            name: policy.name.clone(),
+            file: file.to_owned(),
+            reason,
+        })?;
         let (_, pre) = compile(&self.shared, &policy.name, file, bytes)?;
         Ok(Plugin {
             inner: Arc::new(PluginInner {
@@ -124,15 +146,25 @@ pub(crate) fn compile(
     bytes: &[u8],
 ) -> Result<(Component, PluginPre<PluginState>), Error> {
     let component = compile_component(shared, name, file, bytes)?;
+    let pre = pre(shared, name, file, &component)?;
+    Ok((component, pre))
+}
+
+/// Matches a compiled component against the `wasmhooks:plugin` world.
+pub(crate) fn pre(
+    shared: &Shared,
+    name: &str,
+    file: &str,
+    component: &Component,
+) -> Result<PluginPre<PluginState>, Error> {
     let wrong = |e: wasmtime::Error| Error::WrongInterface {
         name: name.to_owned(),
         file: file.to_owned(),
         world: WORLD,
-        reason: format!("{e:#}"),
+        reason: crate::text::clean(&format!("{e:#}"), crate::text::MESSAGE),
     };
-    let instance_pre = shared.linker.instantiate_pre(&component).map_err(wrong)?;
-    let pre = PluginPre::new(instance_pre).map_err(wrong)?;
-    Ok((component, pre))
+    let instance_pre = shared.linker.instantiate_pre(component).map_err(wrong)?;
+    PluginPre::new(instance_pre).map_err(wrong)
 }
 
 pub(crate) fn compile_component(
@@ -159,4 +191,84 @@ pub(crate) fn compile_component(
         ));
     }
     Component::from_binary(&shared.engine, bytes).map_err(|e| invalid(format!("{e:#}")))
+}
+
+/// Functions one component may define across its core modules. Compile time
+/// and memory grow with them (200,000 took minutes and 1.5 GB); the largest
+/// real plugins (a Python interpreter) have a fraction of this.
+pub(crate) const MAX_FUNCTIONS: u64 = 100_000;
+/// Blocks nested in one function. Cranelift's time grows faster than
+/// linearly with depth (10,000 took 23 s); compilers emit a few dozen.
+pub(crate) const MAX_NESTING: usize = 500;
+/// Core modules and components nested in one component.
+const MAX_MODULES: u64 = 1_000;
+
+/// How far [`check_code`] reads.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub(crate) enum CodeCheck {
+    /// Section headers only: module and function counts.
+    Counts,
+    /// Every function body as well, for nesting depth: for files nobody has
+    /// vetted, before they reach the compiler.
+    Bodies,
+}
+
+/// One linear pass over a component's sections: bounds on what would make
+/// the compiler take minutes or gigabytes, checked before it starts.
+pub(crate) fn check_code(bytes: &[u8], depth: CodeCheck) -> Result<(), String> {
+    use wasmparser::{Operator, Parser, Payload};
+    // Not a component at all: compiling refuses it at once, in better words.
+    if bytes.get(..4) != Some(b"\0asm") || bytes.get(4..8) == Some(&[1, 0, 0, 0]) {
+        return Ok(());
+    }
+    let mut functions: u64 = 0;
+    let mut modules: u64 = 0;
+    for payload in Parser::new(0).parse_all(bytes) {
+        let payload = payload.map_err(|e| format!("malformed: {e}"))?;
+        match payload {
+            Payload::ModuleSection { .. } | Payload::ComponentSection { .. } => {
+                modules += 1;
+                if modules > MAX_MODULES {
+                    return Err(format!(
+                        "it nests more than {MAX_MODULES} modules and components"
+                    ));
+                }
+            }
+            Payload::CodeSectionStart { count, .. } => {
+                functions += u64::from(count);
+                if functions > MAX_FUNCTIONS {
+                    return Err(format!(
+                        "it defines more than {MAX_FUNCTIONS} functions, more than this host compiles"
+                    ));
+                }
+            }
+            Payload::CodeSectionEntry(body) if depth == CodeCheck::Bodies => {
+                let mut nesting = 0usize;
+                let mut ops = body
+                    .get_operators_reader()
+                    .map_err(|e| format!("malformed: {e}"))?;
+                while !ops.eof() {
+                    match ops.read().map_err(|e| format!("malformed: {e}"))? {
+                        Operator::Block { .. }
+                        | Operator::Loop { .. }
+                        | Operator::If { .. }
+                        | Operator::Try { .. }
+                        | Operator::TryTable { .. } => {
+                            nesting += 1;
+                            if nesting > MAX_NESTING {
+                                return Err(format!(
+                                    "a function nests blocks more than {MAX_NESTING} deep, \
+                                     more than this host compiles"
+                                ));
+                            }
+                        }
+                        Operator::End => nesting = nesting.saturating_sub(1),
+                        _ => {}
+                    }
+                }
+            }
+            _ => {}
+        }
+    }
+    Ok(())
 }

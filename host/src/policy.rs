@@ -7,7 +7,21 @@
 //! memory_mib = 64
 //! timeout_ms = 5000     # wall clock, per call
 //! max_update_kib = 1024 # bytes of updates one call may return
+//! max_state_kib = 1024  # bytes of state one save-state may return
+//! max_handles = 256     # WASI handles (files, folders, streams) open at once
+//! readwrite_quota_mib = 256  # bytes each read-write folder may hold
 //! on_error = "fail"     # fail | skip | disable
+//!
+//! [job]                 # bounds on what a job and its plugins bring
+//! max_data_kib = 16384  # bytes plugins may keep in the data map
+//! observer_queue_kib = 16384
+//! max_download_mib = 262144
+//! max_file_mib = 256    # a data set or checkpoint the host reads
+//! max_plugin_mib = 128  # a plugin's .wasm
+//!
+//! [engine.sim]          # an engine a job may start, by name
+//! command = ["python3", "engine.py", "--port", "{port}"]
+//! health_url = "http://127.0.0.1:{port}/health"
 //!
 //! [[plugin]]
 //! name = "force-download"
@@ -35,6 +49,24 @@ pub const DEFAULT_MEMORY_MIB: u64 = 64;
 pub const DEFAULT_TIMEOUT_MS: u64 = 5_000;
 /// Bytes of updates one call may return when the operator sets none, in KiB.
 pub const DEFAULT_MAX_UPDATE_KIB: u64 = 1_024;
+/// Bytes of state one `save-state` may return when the operator sets none, in KiB.
+pub const DEFAULT_MAX_STATE_KIB: u64 = 1_024;
+/// WASI handles (open files, folders, streams, pollables) a plugin may hold
+/// at once when the operator sets none. The process's descriptors are shared
+/// by the host and every plugin: one plugin must not be able to take them all.
+pub const DEFAULT_MAX_HANDLES: u64 = 256;
+/// Bytes a read-write folder may hold when the operator sets none, in MiB.
+pub const DEFAULT_READWRITE_QUOTA_MIB: u64 = 256;
+
+/// The largest value each numeric operator field takes. Past these a number
+/// is a typo, and some (a timeout of `u64::MAX` ms) would overflow a clock.
+const MAX_FUEL: u64 = 1 << 60;
+const MAX_MEMORY_MIB: u64 = 1 << 20;
+const MAX_TIMEOUT_MS: u64 = 24 * 3_600_000;
+const MAX_KIB: u64 = 1 << 30;
+const MAX_MIB: u64 = 1 << 30;
+const MAX_HANDLES: u64 = 1 << 20;
+const MAX_ENGINE_TIMEOUT_S: u64 = 24 * 3_600;
 
 /// What the host does when a call into a plugin fails.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
@@ -60,6 +92,12 @@ pub struct Limits {
     pub timeout: Duration,
     /// Bytes of keys and values one call may return as updates.
     pub max_update_bytes: usize,
+    /// Bytes of state one `save-state` may return.
+    pub max_state_bytes: usize,
+    /// WASI handles the instance may hold at once.
+    pub max_handles: usize,
+    /// Bytes each read-write folder may hold, checked after every call.
+    pub readwrite_quota_bytes: u64,
 }
 
 impl Default for Limits {
@@ -69,8 +107,63 @@ impl Default for Limits {
             memory_bytes: mib(DEFAULT_MEMORY_MIB),
             timeout: Duration::from_millis(DEFAULT_TIMEOUT_MS),
             max_update_bytes: kib(DEFAULT_MAX_UPDATE_KIB),
+            max_state_bytes: kib(DEFAULT_MAX_STATE_KIB),
+            max_handles: DEFAULT_MAX_HANDLES as usize,
+            readwrite_quota_bytes: DEFAULT_READWRITE_QUOTA_MIB << 20,
         }
     }
+}
+
+/// Bounds on what one job may bring or make, whatever its plugins do.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct JobLimits {
+    /// Bytes of keys and values plugins may keep in the data map at once.
+    pub max_data_bytes: usize,
+    /// Bytes of snapshots waiting for the observer worker at once.
+    pub observer_queue_bytes: usize,
+    /// Bytes a job's node may download in all.
+    pub max_download_bytes: u64,
+    /// Bytes of one file the host reads for a job: a data set, a checkpoint,
+    /// a model file from a `file://` source.
+    pub max_file_bytes: u64,
+    /// Bytes of one plugin file.
+    pub max_plugin_bytes: u64,
+}
+
+impl Default for JobLimits {
+    fn default() -> Self {
+        JobLimits {
+            max_data_bytes: kib(16 << 10),
+            observer_queue_bytes: kib(16 << 10),
+            max_download_bytes: 256 << 30,
+            max_file_bytes: 256 << 20,
+            max_plugin_bytes: 128 << 20,
+        }
+    }
+}
+
+/// An engine the operator lets jobs start: a command template, never a
+/// shell. A job names it and may add arguments only where `job_args` is on.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EngineTemplate {
+    /// Program and arguments; `{port}` and `{model_dir}` are filled in, and
+    /// each engine keyword argument is appended as `--key=value`.
+    pub command: Vec<String>,
+    /// A line the engine prints on stdout once it serves.
+    pub ready_line: Option<String>,
+    /// A URL that answers 200 once it serves (`{port}` is filled in).
+    pub health_url: Option<String>,
+    /// Seconds to wait for readiness.
+    #[serde(default = "default_engine_timeout")]
+    pub timeout_s: u64,
+    /// Whether a job may append arguments of its own (as argv entries).
+    #[serde(default)]
+    pub job_args: bool,
+}
+
+fn default_engine_timeout() -> u64 {
+    30
 }
 
 /// A data key a plugin may write: an exact key, a prefix ending in `*`
@@ -196,6 +289,8 @@ impl PluginPolicy {
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
 pub struct Policy {
     plugins: Vec<PluginPolicy>,
+    job: JobLimits,
+    engines: std::collections::BTreeMap<String, EngineTemplate>,
 }
 
 impl Policy {
@@ -225,6 +320,7 @@ impl Policy {
     pub fn from_plugins(plugins: impl IntoIterator<Item = PluginPolicy>) -> Result<Self, Error> {
         let policy = Policy {
             plugins: plugins.into_iter().collect(),
+            ..Policy::default()
         };
         policy.validate().map_err(|message| Error::Policy {
             source_name: "<code>".into(),
@@ -248,15 +344,46 @@ impl Policy {
         self.plugins.iter().find(|p| p.name == name)
     }
 
+    /// The bounds every job runs under.
+    pub fn job_limits(&self) -> &JobLimits {
+        &self.job
+    }
+
+    /// Sets the bounds every job runs under (for hosts that build their
+    /// policy in code).
+    pub fn with_job_limits(mut self, job: JobLimits) -> Self {
+        self.job = job;
+        self
+    }
+
+    /// The engine a job may start under this name.
+    pub fn engine(&self, name: &str) -> Option<&EngineTemplate> {
+        self.engines.get(name)
+    }
+
+    /// The names of the engines jobs may start.
+    pub fn engine_names(&self) -> impl Iterator<Item = &str> {
+        self.engines.keys().map(String::as_str)
+    }
+
     fn from_toml(text: &str, base: &Path) -> Result<Self, String> {
         let raw: RawPolicy = toml::from_str(text).map_err(|e| e.to_string())?;
         let defaults = raw.defaults;
+        defaults.check("[defaults]")?;
         let plugins = raw
             .plugin
             .into_iter()
             .map(|p| p.resolve(&defaults, base))
             .collect::<Result<Vec<_>, _>>()?;
-        let policy = Policy { plugins };
+        let job = raw.job.resolve()?;
+        for (name, engine) in &raw.engine {
+            check_engine(name, engine)?;
+        }
+        let policy = Policy {
+            plugins,
+            job,
+            engines: raw.engine,
+        };
         policy.validate()?;
         Ok(policy)
     }
@@ -281,7 +408,11 @@ impl Policy {
                     p.name
                 ));
             }
-            if p.limits.fuel == 0 || p.limits.memory_bytes == 0 || p.limits.timeout.is_zero() {
+            if p.limits.fuel == 0
+                || p.limits.memory_bytes == 0
+                || p.limits.timeout.is_zero()
+                || p.limits.max_handles == 0
+            {
                 return Err(format!("plugin '{}': limits must be above zero", p.name));
             }
             for d in p.grants.read.iter().chain(&p.grants.read_write) {
@@ -327,6 +458,10 @@ struct RawPolicy {
     #[serde(default)]
     defaults: RawLimits,
     #[serde(default)]
+    job: RawJobLimits,
+    #[serde(default)]
+    engine: std::collections::BTreeMap<String, EngineTemplate>,
+    #[serde(default)]
     plugin: Vec<RawPlugin>,
 }
 
@@ -337,7 +472,104 @@ struct RawLimits {
     memory_mib: Option<u64>,
     timeout_ms: Option<u64>,
     max_update_kib: Option<u64>,
+    max_state_kib: Option<u64>,
+    max_handles: Option<u64>,
+    readwrite_quota_mib: Option<u64>,
     on_error: Option<OnError>,
+}
+
+/// `value` if it is at most `max`; the error names the field.
+fn in_range(place: &str, field: &str, value: Option<u64>, max: u64) -> Result<(), String> {
+    match value {
+        Some(v) if v > max => Err(format!(
+            "{place} {field} = {v} is out of range (at most {max})"
+        )),
+        _ => Ok(()),
+    }
+}
+
+impl RawLimits {
+    fn check(&self, place: &str) -> Result<(), String> {
+        in_range(place, "fuel", self.fuel, MAX_FUEL)?;
+        in_range(place, "memory_mib", self.memory_mib, MAX_MEMORY_MIB)?;
+        in_range(place, "timeout_ms", self.timeout_ms, MAX_TIMEOUT_MS)?;
+        in_range(place, "max_update_kib", self.max_update_kib, MAX_KIB)?;
+        in_range(place, "max_state_kib", self.max_state_kib, MAX_KIB)?;
+        in_range(place, "max_handles", self.max_handles, MAX_HANDLES)?;
+        in_range(
+            place,
+            "readwrite_quota_mib",
+            self.readwrite_quota_mib,
+            MAX_MIB,
+        )
+    }
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawJobLimits {
+    max_data_kib: Option<u64>,
+    observer_queue_kib: Option<u64>,
+    max_download_mib: Option<u64>,
+    max_file_mib: Option<u64>,
+    max_plugin_mib: Option<u64>,
+}
+
+impl RawJobLimits {
+    fn resolve(self) -> Result<JobLimits, String> {
+        let d = JobLimits::default();
+        for (field, value) in [
+            ("max_data_kib", self.max_data_kib),
+            ("observer_queue_kib", self.observer_queue_kib),
+        ] {
+            in_range("[job]", field, value, MAX_KIB)?;
+        }
+        for (field, value) in [
+            ("max_download_mib", self.max_download_mib),
+            ("max_file_mib", self.max_file_mib),
+            ("max_plugin_mib", self.max_plugin_mib),
+        ] {
+            in_range("[job]", field, value, MAX_MIB)?;
+        }
+        let mib_bytes = |v: Option<u64>, default: u64| v.map_or(default, |v| v << 20);
+        Ok(JobLimits {
+            max_data_bytes: self.max_data_kib.map_or(d.max_data_bytes, kib),
+            observer_queue_bytes: self.observer_queue_kib.map_or(d.observer_queue_bytes, kib),
+            max_download_bytes: mib_bytes(self.max_download_mib, d.max_download_bytes),
+            max_file_bytes: mib_bytes(self.max_file_mib, d.max_file_bytes),
+            max_plugin_bytes: mib_bytes(self.max_plugin_mib, d.max_plugin_bytes),
+        })
+    }
+}
+
+fn check_engine(name: &str, engine: &EngineTemplate) -> Result<(), String> {
+    let place = format!("[engine.{name}]");
+    if name.is_empty()
+        || !name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"-_".contains(&b))
+    {
+        return Err(format!(
+            "{place}: engine names are letters, digits, '-' and '_'"
+        ));
+    }
+    if engine.command.is_empty() {
+        return Err(format!("{place}: command is empty"));
+    }
+    if engine.ready_line.is_none() && engine.health_url.is_none() {
+        return Err(format!(
+            "{place}: set ready_line or health_url, so readiness can be seen"
+        ));
+    }
+    if engine.timeout_s == 0 {
+        return Err(format!("{place}: timeout_s must be above zero"));
+    }
+    in_range(
+        &place,
+        "timeout_s",
+        Some(engine.timeout_s),
+        MAX_ENGINE_TIMEOUT_S,
+    )
 }
 
 #[derive(Deserialize)]
@@ -350,6 +582,9 @@ struct RawPlugin {
     memory_mib: Option<u64>,
     timeout_ms: Option<u64>,
     max_update_kib: Option<u64>,
+    max_state_kib: Option<u64>,
+    max_handles: Option<u64>,
+    readwrite_quota_mib: Option<u64>,
     on_error: Option<OnError>,
     #[serde(default)]
     write: Vec<String>,
@@ -392,6 +627,17 @@ impl RawDir {
 
 impl RawPlugin {
     fn resolve(self, d: &RawLimits, base: &Path) -> Result<PluginPolicy, String> {
+        RawLimits {
+            fuel: self.fuel,
+            memory_mib: self.memory_mib,
+            timeout_ms: self.timeout_ms,
+            max_update_kib: self.max_update_kib,
+            max_state_kib: self.max_state_kib,
+            max_handles: self.max_handles,
+            readwrite_quota_mib: self.readwrite_quota_mib,
+            on_error: None,
+        }
+        .check(&format!("plugin '{}':", self.name))?;
         let limits = Limits {
             fuel: self.fuel.or(d.fuel).unwrap_or(DEFAULT_FUEL),
             memory_bytes: mib(self
@@ -407,6 +653,21 @@ impl RawPlugin {
                 .max_update_kib
                 .or(d.max_update_kib)
                 .unwrap_or(DEFAULT_MAX_UPDATE_KIB)),
+            max_state_bytes: kib(self
+                .max_state_kib
+                .or(d.max_state_kib)
+                .unwrap_or(DEFAULT_MAX_STATE_KIB)),
+            max_handles: usize::try_from(
+                self.max_handles
+                    .or(d.max_handles)
+                    .unwrap_or(DEFAULT_MAX_HANDLES),
+            )
+            .unwrap_or(usize::MAX),
+            readwrite_quota_bytes: self
+                .readwrite_quota_mib
+                .or(d.readwrite_quota_mib)
+                .unwrap_or(DEFAULT_READWRITE_QUOTA_MIB)
+                << 20,
         };
         let write = self
             .write
@@ -513,6 +774,33 @@ mod tests {
             (
                 format!("[[plugin]]\nname = \"a\"\nsha256 = \"{DIGEST}\"\non_error = \"retry\""),
                 "unknown variant",
+            ),
+            (
+                format!(
+                    "[[plugin]]\nname = \"a\"\nsha256 = \"{DIGEST}\"\ntimeout_ms = 18446744073709551615"
+                ),
+                "timeout_ms = 18446744073709551615 is out of range",
+            ),
+            (
+                "[defaults]\nmemory_mib = 99999999999".to_owned(),
+                "[defaults] memory_mib",
+            ),
+            (
+                "[job]\nmax_file_mib = 18446744073709551615".to_owned(),
+                "[job] max_file_mib",
+            ),
+            (
+                "[engine.x]\ncommand = []\nready_line = \"R\"".to_owned(),
+                "command is empty",
+            ),
+            (
+                "[engine.x]\ncommand = [\"e\"]".to_owned(),
+                "set ready_line or health_url",
+            ),
+            (
+                "[engine.x]\ncommand = [\"e\"]\nready_line = \"R\"\ntimeout_s = 99999999"
+                    .to_owned(),
+                "timeout_s = 99999999 is out of range",
             ),
         ];
         for (text, want) in cases {

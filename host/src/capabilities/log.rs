@@ -45,7 +45,7 @@ impl log::Host for PluginLog {
             return;
         }
         self.this_call += 1;
-        let message = truncate(&message, MAX_MESSAGE);
+        let message = crate::text::clean(&message, MAX_MESSAGE);
         let plugin = self.plugin.as_str();
         match level {
             types::Level::Trace => {
@@ -61,18 +61,6 @@ impl log::Host for PluginLog {
             }
         }
     }
-}
-
-/// Cuts `s` to at most `max` bytes on a character boundary.
-pub(crate) fn truncate(s: &str, max: usize) -> &str {
-    if s.len() <= max {
-        return s;
-    }
-    let mut end = max;
-    while !s.is_char_boundary(end) {
-        end -= 1;
-    }
-    &s[..end]
 }
 
 /// Adds the `log` import, reaching the state through `get`.

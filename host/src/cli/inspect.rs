@@ -6,7 +6,7 @@ use std::process::ExitCode;
 
 use serde::Serialize;
 
-use super::{host, print, print_json};
+use super::{clean, host, print, print_json};
 
 pub fn inspect(file: &Path, operator: Option<&Path>, json: bool) -> anyhow::Result<ExitCode> {
     let host = host(operator)?;
@@ -25,29 +25,34 @@ pub fn inspect(file: &Path, operator: Option<&Path>, json: bool) -> anyhow::Resu
             writeln!(out, "allowed   {allowed}")?;
         }
         writeln!(out, "world     wasmhooks:plugin@{}", wasmhooks::WIT_VERSION)?;
+        // Every string below is the plugin's to choose: printed escaped,
+        // so none can forge a line (a fake "allowed yes") or drive the
+        // terminal.
+        let show = |s: &str| clean(s, 4096);
+        let list = |l: &[String]| show(&l.join(", "));
         if let Some(m) = &info.manifest {
-            writeln!(out, "name      {} {}", m.name, m.version)?;
-            writeln!(out, "phases    {}", m.phases.join(", "))?;
+            writeln!(out, "name      {} {}", show(&m.name), show(&m.version))?;
+            writeln!(out, "phases    {}", list(&m.phases))?;
             writeln!(out, "order     {}", m.order)?;
             let reads = m.reads.as_ref().map_or("every key".into(), |r| {
                 if r.is_empty() {
                     "no keys".into()
                 } else {
-                    r.join(", ")
+                    list(r)
                 }
             });
             writeln!(out, "reads     {reads}")?;
             if !m.observe.is_empty() {
-                writeln!(out, "observes  {}", m.observe.join(", "))?;
+                writeln!(out, "observes  {}", list(&m.observe))?;
             }
             if m.rank_zero_only {
                 writeln!(out, "ranks     zero only")?;
             }
         }
-        writeln!(out, "exports   {}", info.exports.join(", "))?;
-        writeln!(out, "imports   {}", info.imports.join(", "))?;
+        writeln!(out, "exports   {}", list(&info.exports))?;
+        writeln!(out, "imports   {}", list(&info.imports))?;
         if let Some(problem) = &info.problem {
-            writeln!(out, "problem   {problem}")?;
+            writeln!(out, "problem   {}", show(problem))?;
         }
         print(&out)?;
     }

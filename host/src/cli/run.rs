@@ -7,7 +7,7 @@ use std::process::{Command, ExitCode};
 
 use wasmhooks::job::{self, JobBundle, JobReport, WorkerRole};
 
-use super::{host, print, print_json};
+use super::{clean, host, print, print_json};
 
 #[derive(clap::Args)]
 pub struct RunArgs {
@@ -99,11 +99,11 @@ fn human(report: &JobReport) -> anyhow::Result<String> {
                 "  downloaded {} bytes, {} cache hit(s) into {}",
                 r["bytes_downloaded"],
                 r["cache_hits"],
-                r["dir"].as_str().unwrap_or_default()
+                clean(r["dir"].as_str().unwrap_or_default(), 512)
             )?;
         }
         if let Some(pg) = n.data.get("placement_group") {
-            writeln!(out, "  placement group {pg}")?;
+            writeln!(out, "  placement group {}", clean(&pg.to_string(), 4096))?;
         }
         if let Some(e) = n.data.get("engine") {
             writeln!(
@@ -143,19 +143,21 @@ fn human(report: &JobReport) -> anyhow::Result<String> {
     }
     writeln!(
         out,
-        "\n  {:<22} {:>7} {:>8} {:>14} {:>10}  changed",
-        "plugin", "calls", "failed", "fuel", "ms"
+        "\n  {:<22} {:>7} {:>8} {:>14} {:>10} {:>9} {:>10}  changed",
+        "plugin", "calls", "failed", "fuel", "ms", "peak KiB", "written"
     )?;
     for p in &report.plugins {
-        let changed: Vec<&str> = p.keys_changed.iter().map(String::as_str).collect();
+        let changed: Vec<String> = p.keys_changed.iter().map(|k| clean(k, 256)).collect();
         writeln!(
             out,
-            "  {:<22} {:>7} {:>8} {:>14} {:>10.3}  {}",
+            "  {:<22} {:>7} {:>8} {:>14} {:>10.3} {:>9} {:>10}  {}",
             p.plugin,
             p.calls,
             p.failures,
             p.fuel,
             p.time.as_secs_f64() * 1e3,
+            p.peak_memory / 1024,
+            p.bytes_written,
             changed.join(", ")
         )?;
         if let Some(why) = &p.disabled {

@@ -4,6 +4,12 @@
 //! queue); at the plugin's other phases they wait for its answer through the
 //! same queue, so a plugin sees its calls in order. Dropping the worker
 //! drops what is still queued and joins the thread: none is leaked.
+//!
+//! The queue is bounded twice: by count and by the bytes of the snapshots
+//! waiting in it. A flush that runs out of time discards what is still
+//! queued (counted as dropped), so nothing that waits behind the queue
+//! afterwards (the plugin's `on_train_end`, its state for the final
+//! checkpoint) waits for a backlog: at most for the one call under way.
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::mpsc::{self, Receiver, SyncSender, TrySendError};
@@ -27,6 +33,9 @@ pub(super) enum Job {
         slot: usize,
         phase: String,
         entries: Vec<Entry>,
+        /// Its place in the queue, for discarding after a flush timed out.
+        seq: u64,
+        bytes: usize,
     },
     Call {
         slot: usize,
@@ -52,34 +61,60 @@ pub(super) struct Observer {
     tx: Option<SyncSender<Job>>,
     thread: Option<JoinHandle<()>>,
     cancel: Arc<AtomicBool>,
-    pub(super) dropped: Vec<u64>,
+    /// Per slot: observations dropped (queue full, or discarded by a flush
+    /// that ran out of time).
+    dropped: Arc<Vec<AtomicU64>>,
     pending: Arc<AtomicU64>,
+    /// Bytes of the snapshots queued, and the most allowed.
+    queued_bytes: Arc<AtomicU64>,
+    max_bytes: u64,
+    /// The next observation's number, and the first number still run:
+    /// observations below it are discarded.
+    next_seq: u64,
+    keep_from: Arc<AtomicU64>,
     /// Each slot's stats as of its last call, published by the worker so
     /// reading them never waits behind the queue.
     stats: Arc<Mutex<Vec<PluginStats>>>,
 }
 
 impl Observer {
-    pub(super) fn start(job: Arc<str>, slots: Vec<Slot>) -> std::io::Result<Self> {
+    pub(super) fn start(
+        job: Arc<str>,
+        slots: Vec<Slot>,
+        max_bytes: usize,
+    ) -> std::io::Result<Self> {
         let (tx, rx) = mpsc::sync_channel(QUEUE);
-        let cancel = Arc::new(AtomicBool::new(false));
-        let pending = Arc::new(AtomicU64::new(0));
-        let dropped = vec![0; slots.len()];
-        let stats = Arc::new(Mutex::new(slots.iter().map(|s| s.stats.clone()).collect()));
+        let shared = Shared {
+            cancel: Arc::new(AtomicBool::new(false)),
+            pending: Arc::new(AtomicU64::new(0)),
+            queued_bytes: Arc::new(AtomicU64::new(0)),
+            keep_from: Arc::new(AtomicU64::new(0)),
+            dropped: Arc::new((0..slots.len()).map(|_| AtomicU64::new(0)).collect()),
+            stats: Arc::new(Mutex::new(slots.iter().map(|s| s.stats.clone()).collect())),
+        };
         let thread = std::thread::Builder::new()
             .name("wasmhooks-observer".into())
             .spawn({
-                let (cancel, pending, stats) = (cancel.clone(), pending.clone(), stats.clone());
-                move || work(&job, slots, &rx, &cancel, &pending, &stats)
+                let shared = shared.clone();
+                move || work(&job, slots, &rx, &shared)
             })?;
         Ok(Observer {
             tx: Some(tx),
             thread: Some(thread),
-            cancel,
-            dropped,
-            pending,
-            stats,
+            cancel: shared.cancel,
+            dropped: shared.dropped,
+            pending: shared.pending,
+            queued_bytes: shared.queued_bytes,
+            max_bytes: max_bytes as u64,
+            next_seq: 0,
+            keep_from: shared.keep_from,
+            stats: shared.stats,
         })
+    }
+
+    /// Observations dropped for `slot` so far.
+    pub(super) fn dropped(&self, slot: usize) -> u64 {
+        self.dropped[slot].load(Ordering::SeqCst)
     }
 
     fn send(&self, job: Job) {
@@ -90,18 +125,36 @@ impl Observer {
         }
     }
 
-    /// Queues an observation; if the queue is full, drops it and counts.
+    /// Queues an observation; if the queue is full (by count or bytes),
+    /// drops it and counts.
     pub(super) fn observe(&mut self, slot: usize, phase: &str, entries: Vec<Entry>) {
         let Some(tx) = &self.tx else { return };
+        let bytes: usize = entries.iter().map(|e| e.key.len() + e.value.len()).sum();
+        let queued = self.queued_bytes.load(Ordering::SeqCst);
+        if queued.saturating_add(bytes as u64) > self.max_bytes {
+            self.dropped[slot].fetch_add(1, Ordering::SeqCst);
+            tracing::warn!(
+                phase,
+                queued,
+                "observer queue full (bytes); observation dropped"
+            );
+            return;
+        }
+        let seq = self.next_seq;
+        self.next_seq += 1;
         let job = Job::Observe {
             slot,
             phase: phase.to_owned(),
             entries,
+            seq,
+            bytes,
         };
         self.pending.fetch_add(1, Ordering::SeqCst);
+        self.queued_bytes.fetch_add(bytes as u64, Ordering::SeqCst);
         if let Err(TrySendError::Full(_) | TrySendError::Disconnected(_)) = tx.try_send(job) {
             self.pending.fetch_sub(1, Ordering::SeqCst);
-            self.dropped[slot] += 1;
+            self.queued_bytes.fetch_sub(bytes as u64, Ordering::SeqCst);
+            self.dropped[slot].fetch_add(1, Ordering::SeqCst);
             tracing::warn!(phase, "observer queue full; observation dropped");
         }
     }
@@ -144,26 +197,35 @@ impl Observer {
     }
 
     /// Waits up to `bound` for the queued observations; returns how many
-    /// were still pending when it stopped waiting.
+    /// were still pending when it stopped waiting. Those are discarded (and
+    /// counted as dropped), so what comes next waits for no backlog.
     pub(super) fn flush(&self, bound: Duration) -> u64 {
-        let deadline = Instant::now() + bound;
+        let deadline = Instant::now().checked_add(bound);
         let (reply, answer) = mpsc::channel();
         let Some(tx) = &self.tx else { return 0 };
         let mut job = Job::Flush { reply };
-        loop {
+        let waited = loop {
             match tx.try_send(job) {
-                Ok(()) => break,
-                Err(TrySendError::Full(back)) if Instant::now() < deadline => {
+                Ok(()) => {
+                    let left = deadline.map(|d| d.saturating_duration_since(Instant::now()));
+                    break match left {
+                        Some(left) => answer.recv_timeout(left).is_ok(),
+                        None => answer.recv().is_ok(),
+                    };
+                }
+                Err(TrySendError::Full(back)) if deadline.is_none_or(|d| Instant::now() < d) => {
                     job = back;
                     std::thread::sleep(Duration::from_millis(1));
                 }
-                Err(_) => return self.pending.load(Ordering::SeqCst),
+                Err(_) => break false,
             }
+        };
+        if waited {
+            return 0;
         }
-        match answer.recv_timeout(deadline.saturating_duration_since(Instant::now())) {
-            Ok(()) => 0,
-            Err(_) => self.pending.load(Ordering::SeqCst),
-        }
+        let left = self.pending.load(Ordering::SeqCst);
+        self.keep_from.store(self.next_seq, Ordering::SeqCst);
+        left
     }
 }
 
@@ -177,16 +239,20 @@ impl Drop for Observer {
     }
 }
 
-fn work(
-    job: &str,
-    mut slots: Vec<Slot>,
-    rx: &Receiver<Job>,
-    cancel: &AtomicBool,
-    pending: &AtomicU64,
-    stats: &Mutex<Vec<PluginStats>>,
-) {
+/// What the hooks' side and the worker share.
+#[derive(Clone)]
+struct Shared {
+    cancel: Arc<AtomicBool>,
+    pending: Arc<AtomicU64>,
+    queued_bytes: Arc<AtomicU64>,
+    keep_from: Arc<AtomicU64>,
+    dropped: Arc<Vec<AtomicU64>>,
+    stats: Arc<Mutex<Vec<PluginStats>>>,
+}
+
+fn work(job: &str, mut slots: Vec<Slot>, rx: &Receiver<Job>, shared: &Shared) {
     let publish = |i: usize, slots: &[Slot]| {
-        stats.lock().unwrap_or_else(PoisonError::into_inner)[i] = slots[i].stats.clone();
+        shared.stats.lock().unwrap_or_else(PoisonError::into_inner)[i] = slots[i].stats.clone();
     };
     for message in rx {
         match message {
@@ -194,9 +260,18 @@ fn work(
                 slot,
                 phase,
                 entries,
+                seq,
+                bytes,
             } => {
-                pending.fetch_sub(1, Ordering::SeqCst);
-                if cancel.load(Ordering::SeqCst) {
+                shared.pending.fetch_sub(1, Ordering::SeqCst);
+                shared
+                    .queued_bytes
+                    .fetch_sub(bytes as u64, Ordering::SeqCst);
+                if shared.cancel.load(Ordering::SeqCst) {
+                    continue;
+                }
+                if seq < shared.keep_from.load(Ordering::SeqCst) {
+                    shared.dropped[slot].fetch_add(1, Ordering::SeqCst);
                     continue;
                 }
                 // Fire-and-forget: a failure is logged and counted by the

@@ -26,10 +26,12 @@ pub(super) struct Slot {
     pub(super) stats: PluginStats,
 }
 
-/// A successful call: its report and the checked changes to merge.
+/// A successful call: its report and the checked changes to merge, with
+/// the bytes each takes.
 pub(super) struct Called {
     pub(super) report: CallReport,
     pub(super) changes: Vec<Change>,
+    pub(super) sizes: Vec<usize>,
 }
 
 impl Slot {
@@ -100,6 +102,16 @@ impl Slot {
         self.instance = None;
     }
 
+    /// Counts a failure found after the call returned (its updates would
+    /// overfill the data map), as the slot counts its own.
+    pub(super) fn count_failure(&mut self, err: &CallError) {
+        self.stats.failures += 1;
+        if self.plugin.policy().on_error == OnError::Disable {
+            tracing::warn!("{err}; plugin disabled for the rest of the job");
+            self.disable(err.clone());
+        }
+    }
+
     fn error(&mut self, call: &str, cause: Cause) -> CallError {
         self.drop_if_poisoned();
         CallError {
@@ -125,6 +137,7 @@ impl Slot {
             return Ok(Called {
                 report: CallReport::new(name, Outcome::Disabled),
                 changes: Vec::new(),
+                sizes: Vec::new(),
             });
         }
         // Only a failure needs the label.
@@ -132,11 +145,18 @@ impl Slot {
         let result = match self.live(job) {
             Ok(Some(instance)) => {
                 let (result, usage) = instance.on_phase(phase, entries);
-                self.stats.memory = instance.memory_used();
+                let (memory, peak, written) = (
+                    instance.memory_used(),
+                    instance.memory_peak(),
+                    instance.bytes_written(),
+                );
+                self.stats.memory = memory;
+                self.stats.peak_memory = self.stats.peak_memory.max(peak);
+                self.stats.bytes_written = written;
                 self.stats.add(usage);
                 result
                     .and_then(|u| updates::check(u, self.plugin.policy()))
-                    .map(|changes| (changes, usage))
+                    .map(|checked| (checked, usage))
                     .map_err(|cause| self.error(&call(), cause))
             }
             Ok(None) => unreachable!("a slot that is not disabled has an instance"),
@@ -144,8 +164,12 @@ impl Slot {
             Err(other) => Err(self.error(&call(), Cause::Trap(other.to_string()))),
         };
         match result {
-            Ok((changes, usage)) => {
-                let changes = if observe { Vec::new() } else { changes };
+            Ok(((changes, sizes), usage)) => {
+                let (changes, sizes) = if observe {
+                    (Vec::new(), Vec::new())
+                } else {
+                    (changes, sizes)
+                };
                 let mut report = CallReport::new(name, Outcome::applied(&changes));
                 report.fuel = usage.fuel;
                 report.elapsed = usage.elapsed;
@@ -154,7 +178,11 @@ impl Slot {
                         self.stats.keys_changed.insert(change.key().to_owned());
                     }
                 }
-                Ok(Called { report, changes })
+                Ok(Called {
+                    report,
+                    changes,
+                    sizes,
+                })
             }
             Err(err) => {
                 self.stats.failures += 1;

@@ -7,8 +7,8 @@ use crate::bindings::types::Update;
 use crate::error::Cause;
 use crate::policy::PluginPolicy;
 
-/// Longest key, in bytes.
-const MAX_KEY: usize = 256;
+use crate::manifest::MAX_KEY;
+use crate::text::clean;
 
 /// A checked change to the data map.
 #[derive(Debug, Clone, PartialEq)]
@@ -28,8 +28,13 @@ impl Change {
     }
 }
 
-/// Checks every update; the first problem fails the whole call.
-pub(crate) fn check(updates: Vec<Update>, policy: &PluginPolicy) -> Result<Vec<Change>, Cause> {
+/// Checks every update; the first problem fails the whole call. Returns the
+/// changes with the bytes each set takes (key and JSON text), which count
+/// against the job's data-map limit.
+pub(crate) fn check(
+    updates: Vec<Update>,
+    policy: &PluginPolicy,
+) -> Result<(Vec<Change>, Vec<usize>), Cause> {
     let size: usize = updates
         .iter()
         .map(|u| match u {
@@ -43,7 +48,14 @@ pub(crate) fn check(updates: Vec<Update>, policy: &PluginPolicy) -> Result<Vec<C
             limit: policy.limits.max_update_bytes,
         });
     }
-    updates
+    let sizes = updates
+        .iter()
+        .map(|u| match u {
+            Update::Set(e) => e.key.len() + e.value.len(),
+            Update::Remove(_) => 0,
+        })
+        .collect();
+    let changes = updates
         .into_iter()
         .map(|update| {
             let key = match &update {
@@ -53,7 +65,7 @@ pub(crate) fn check(updates: Vec<Update>, policy: &PluginPolicy) -> Result<Vec<C
             check_key(key)?;
             if !policy.grants.may_write(key) {
                 return Err(Cause::ForbiddenKey {
-                    key: key.clone(),
+                    key: clean(key, MAX_KEY),
                     allowed: policy.grants.describe_write(),
                 });
             }
@@ -61,7 +73,7 @@ pub(crate) fn check(updates: Vec<Update>, policy: &PluginPolicy) -> Result<Vec<C
                 Update::Set(e) => {
                     let value =
                         serde_json::from_str(&e.value).map_err(|err| Cause::InvalidJson {
-                            key: e.key.clone(),
+                            key: clean(&e.key, MAX_KEY),
                             reason: err.to_string(),
                         })?;
                     Change::Set(e.key, value)
@@ -69,7 +81,8 @@ pub(crate) fn check(updates: Vec<Update>, policy: &PluginPolicy) -> Result<Vec<C
                 Update::Remove(k) => Change::Remove(k),
             })
         })
-        .collect()
+        .collect::<Result<Vec<_>, Cause>>()?;
+    Ok((changes, sizes))
 }
 
 fn check_key(key: &str) -> Result<(), Cause> {
@@ -83,7 +96,7 @@ fn check_key(key: &str) -> Result<(), Cause> {
         return Ok(());
     };
     Err(Cause::InvalidKey {
-        key: key.chars().take(64).collect(),
+        key: clean(key, 64),
         reason: reason.into(),
     })
 }
@@ -106,7 +119,7 @@ mod tests {
 
     #[test]
     fn accepts_granted_keys() {
-        let changes = check(
+        let (changes, sizes) = check(
             vec![
                 set("a", "{\"x\": 1}"),
                 set("m.loss", "0.5"),
@@ -116,6 +129,7 @@ mod tests {
         )
         .unwrap();
         assert_eq!(changes.len(), 3);
+        assert_eq!(sizes, [1 + 8, 6 + 3, 0]);
         assert_eq!(
             changes[0],
             Change::Set("a".into(), serde_json::json!({"x": 1}))
@@ -140,5 +154,36 @@ mod tests {
         let big = "1".repeat(2 << 20);
         let err = check(vec![set("a", &big)], &policy()).unwrap_err();
         assert!(matches!(err, Cause::TooLarge { .. }));
+    }
+
+    /// No list of updates a plugin returns panics the check, and what it
+    /// accepts is exactly what the grants allow.
+    #[test]
+    fn no_update_list_panics_the_check() {
+        use proptest::prelude::*;
+        let update = prop_oneof![
+            (
+                "\\PC{0,12}|[a-z.]{0,300}|m\\.[\\x00-\\x1f]",
+                "\\PC{0,16}|[0-9]{1,400}|\\{\\}|\\[1,"
+            )
+                .prop_map(|(k, v)| set(&k, &v)),
+            "\\PC{0,12}".prop_map(Update::Remove),
+        ];
+        let mut runner = proptest::test_runner::TestRunner::new(proptest::test_runner::Config {
+            cases: 512,
+            failure_persistence: None,
+            ..Default::default()
+        });
+        runner
+            .run(&proptest::collection::vec(update, 0..16), |updates| {
+                if let Ok((changes, sizes)) = check(updates, &policy()) {
+                    prop_assert_eq!(changes.len(), sizes.len());
+                    for c in &changes {
+                        prop_assert!(c.key() == "a" || c.key().starts_with("m."));
+                    }
+                }
+                Ok(())
+            })
+            .unwrap();
     }
 }

@@ -16,11 +16,20 @@ use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 
 pub use download::ModelFile;
-pub use engine::{Engine, EngineConfig};
+pub use engine::{Engine, EngineConfig, EngineTemplate};
 pub use placement::{Node, Plan, Request, Resources, Strategy};
 
 use super::{Driver, LifecycleError, PhaseTimings};
-use crate::{DataMap, Hooks};
+use crate::files::{self, Root};
+use crate::{DataMap, Hooks, Policy};
+
+/// Bundles a placement group may have.
+const MAX_BUNDLES: usize = 1024;
+/// Nodes a job may describe, and files a model may have.
+const MAX_NODES: usize = 10_000;
+const MAX_FILES: usize = 100_000;
+const MAX_RETRIES: u32 = 100;
+const MAX_STALL_S: u64 = 3_600;
 
 /// The phases, in order (`custom_initialization` only with `skip_default`).
 pub const PHASES: [&str; 9] = [
@@ -101,18 +110,94 @@ fn default_output() -> PathBuf {
 }
 
 impl NodeConfig {
-    /// Resolves relative paths against the job's folder.
-    pub fn resolve(mut self, base: &Path) -> Self {
-        if let Some(rel) = self.source.strip_prefix("file://")
-            && !rel.starts_with('/')
-        {
-            self.source = format!("file://{}", base.join(rel).display());
+    /// Checks the table, whose every value the job chose, and places it in
+    /// the job's folder `base`: paths must stay below it, and numbers within
+    /// the ranges the host can act on.
+    pub fn resolve(mut self, base: &Path) -> Result<Self, LifecycleError> {
+        let bad = |m: String| LifecycleError::Config(format!("[node] {m}"));
+        self.cache_dir = files::relative("cache_dir", &self.cache_dir).map_err(bad)?;
+        self.output = files::relative("output", &self.output).map_err(bad)?;
+        let model_ok = self.model_id.len() <= 256
+            && self
+                .model_id
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b"._-/".contains(&b));
+        if !model_ok {
+            return Err(bad(format!(
+                "model_id = {:?} must be up to 256 of a-z, A-Z, 0-9, '.', '_', '-' and '/'",
+                crate::text::clean(&self.model_id, 80)
+            )));
         }
-        self.cache_dir = base.join(&self.cache_dir);
-        self.output = base.join(&self.output);
+        files::relative("model_id", Path::new(&self.model_id)).map_err(bad)?;
+        self.source =
+            confine_source(&self.source, base).map_err(|m| bad(format!("source: {m}")))?;
+        if !(1..=MAX_BUNDLES).contains(&self.tensor_parallel_size) {
+            return Err(bad(format!(
+                "tensor_parallel_size = {} must be from 1 to {MAX_BUNDLES}",
+                self.tensor_parallel_size
+            )));
+        }
+        if self.retries > MAX_RETRIES {
+            return Err(bad(format!(
+                "retries = {} is over {MAX_RETRIES}",
+                self.retries
+            )));
+        }
+        if !(1..=MAX_STALL_S).contains(&self.stall_timeout_s) {
+            return Err(bad(format!(
+                "stall_timeout_s = {} must be from 1 to {MAX_STALL_S}",
+                self.stall_timeout_s
+            )));
+        }
+        if self.nodes.len() > MAX_NODES || self.files.len() > MAX_FILES {
+            return Err(bad(format!(
+                "at most {MAX_NODES} nodes and {MAX_FILES} files"
+            )));
+        }
+        let resources =
+            std::iter::once(&self.bundle).chain(self.nodes.iter().map(|n| &n.resources));
+        for r in resources {
+            if let Some((k, v)) = r.iter().find(|(_, v)| !v.is_finite() || **v < 0.0) {
+                return Err(bad(format!(
+                    "resource {k} = {v} must be a finite number >= 0"
+                )));
+            }
+        }
         self.job_dir = base.to_owned();
-        self
+        Ok(self)
     }
+}
+
+/// A model source as a job or plugin gave it: `http(s)://` as it is, and
+/// `file://` only below the job's folder `base` (absolute paths in it are
+/// made relative), so the host copies no file the job does not own.
+fn confine_source(source: &str, base: &Path) -> Result<String, String> {
+    let Some(path) = source.strip_prefix("file://") else {
+        return Ok(source.to_owned());
+    };
+    let path = Path::new(path);
+    let rel = match path.strip_prefix(base) {
+        Ok(rel) if path.is_absolute() => rel,
+        _ => path,
+    };
+    let rel = if rel.as_os_str().is_empty() {
+        Path::new(".")
+    } else {
+        rel
+    };
+    let ok = rel.components().all(|c| {
+        matches!(
+            c,
+            std::path::Component::Normal(_) | std::path::Component::CurDir
+        )
+    });
+    if !ok {
+        return Err(format!(
+            "{:?}: a file:// source must be a folder inside the job's folder",
+            crate::text::clean(source, 200)
+        ));
+    }
+    Ok(format!("file://{}", rel.display()))
 }
 
 /// What node initialization produced.
@@ -129,8 +214,19 @@ pub struct NodeOutcome {
     pub engine: Option<Engine>,
 }
 
-/// Initializes this node, calling `hooks` at every phase.
-pub fn initialize(config: &NodeConfig, hooks: &mut Hooks) -> Result<NodeOutcome, LifecycleError> {
+/// Initializes this node, calling `hooks` at every phase. The operator's
+/// `policy` names the engines a job may start and bounds its downloads.
+pub fn initialize(
+    config: &NodeConfig,
+    policy: &Policy,
+    hooks: &mut Hooks,
+) -> Result<NodeOutcome, LifecycleError> {
+    // Refused before anything starts: an engine the operator never allowed.
+    let engine_template = match &config.engine {
+        Some(job) => Some((engine::allowed(job, policy)?, job.args.as_slice())),
+        None => None,
+    };
+    let job = Root::open(&config.job_dir).map_err(LifecycleError::io(&config.job_dir))?;
     let mut d = Driver::new(hooks, DataMap::new());
     d.set("model_id", config.model_id.as_str());
     d.fire("pre_initialization")?;
@@ -139,9 +235,12 @@ pub fn initialize(config: &NodeConfig, hooks: &mut Hooks) -> Result<NodeOutcome,
     if skipped {
         d.fire("custom_initialization")?;
     } else {
-        download(config, &mut d)?;
+        let limit = policy.job_limits().max_download_bytes;
+        download(config, &job, limit, &mut d)?;
         place(config, &mut d)?;
-        engine = start_engine(config, &mut d)?;
+        if let Some((template, args)) = engine_template {
+            engine = Some(start_engine(config, template, args, &mut d)?);
+        }
     }
     d.fire("post_initialization")?;
     let outcome = NodeOutcome {
@@ -150,35 +249,53 @@ pub fn initialize(config: &NodeConfig, hooks: &mut Hooks) -> Result<NodeOutcome,
         timings: d.timings,
         engine,
     };
-    if let Some(dir) = config.output.parent() {
-        std::fs::create_dir_all(dir).map_err(LifecycleError::io(dir))?;
-    }
     let text = serde_json::to_vec_pretty(&outcome.data)
         .map_err(|e| LifecycleError::Config(e.to_string()))?;
-    std::fs::write(&config.output, text).map_err(LifecycleError::io(&config.output))?;
+    let output = config.job_dir.join(&config.output);
+    job.write_atomic(&config.output, &text)
+        .map_err(LifecycleError::io(output))?;
     Ok(outcome)
 }
 
-fn download(config: &NodeConfig, d: &mut Driver<'_>) -> Result<(), LifecycleError> {
+/// A key the host reads back after the plugins had their turn; a plugin
+/// may have removed it or left it of another type.
+fn string_key(d: &Driver<'_>, key: &str, phase: &str) -> Result<String, LifecycleError> {
+    match d.data.get(key) {
+        Some(Value::String(s)) => Ok(s.clone()),
+        Some(other) => Err(LifecycleError::Config(format!(
+            "{key} must be a string after {phase}; the plugins left {}",
+            crate::text::clean(&other.to_string(), 200)
+        ))),
+        None => Err(LifecycleError::Config(format!(
+            "{key} is missing after {phase}: a plugin removed it"
+        ))),
+    }
+}
+
+fn download(
+    config: &NodeConfig,
+    job: &Root,
+    max_bytes: u64,
+    d: &mut Driver<'_>,
+) -> Result<(), LifecycleError> {
     d.set("local_node_download_model", "MODEL_AND_TOKENIZER");
     d.set("worker_node_download_model", "MODEL_AND_TOKENIZER");
     d.set("model_source", config.source.as_str());
     d.set(
         "download_dir",
         config
-            .cache_dir
+            .job_dir
+            .join(&config.cache_dir)
             .join(&config.model_id)
             .display()
             .to_string(),
     );
     d.fire("pre_download")?;
-    let mode = d.data["local_node_download_model"]
-        .as_str()
-        .unwrap_or_default()
-        .to_owned();
+    let mode = string_key(d, "local_node_download_model", "pre_download")?;
     if !MODES.contains(&mode.as_str()) {
         return Err(LifecycleError::Config(format!(
-            "local_node_download_model is {mode:?}; it must be one of {MODES:?}"
+            "local_node_download_model is {:?}; it must be one of {MODES:?}",
+            crate::text::clean(&mode, 80)
         )));
     }
     let files: Vec<ModelFile> = config
@@ -191,13 +308,30 @@ fn download(config: &NodeConfig, d: &mut Driver<'_>) -> Result<(), LifecycleErro
         })
         .cloned()
         .collect();
-    let source = d.data["model_source"]
-        .as_str()
-        .unwrap_or(&config.source)
-        .to_owned();
-    let dir = PathBuf::from(d.data["download_dir"].as_str().unwrap_or_default());
-    let stall = std::time::Duration::from_secs(config.stall_timeout_s);
-    let fetched = download::fetch_all(&source, &files, &dir, config.retries, stall)?;
+    let bad = |key: &str, m: String| {
+        LifecycleError::Config(format!("{key}, as the plugins left it: {m}"))
+    };
+    let source = string_key(d, "model_source", "pre_download")?;
+    let source = confine_source(&source, &config.job_dir).map_err(|m| bad("model_source", m))?;
+    let dir = PathBuf::from(string_key(d, "download_dir", "pre_download")?);
+    // The download folder is the job's: below its folder, however given.
+    let rel = match dir.strip_prefix(&config.job_dir) {
+        Ok(rel) if dir.is_absolute() => rel.to_owned(),
+        _ => dir.clone(),
+    };
+    let rel = files::relative("download_dir", &rel).map_err(|m| bad("download_dir", m))?;
+    let cache = job
+        .dir(&rel, true)
+        .map_err(LifecycleError::io(config.job_dir.join(&rel)))?;
+    let fetch = download::Fetch {
+        dir: &cache,
+        job,
+        retries: config.retries,
+        stall: std::time::Duration::from_secs(config.stall_timeout_s),
+        max_bytes,
+    };
+    let fetched = download::fetch_all(&source, &files, &fetch)?;
+    let dir = config.job_dir.join(&rel);
     let downloaded: u64 = fetched.iter().filter(|f| !f.cached).map(|f| f.bytes).sum();
     d.set(
         "download_result",
@@ -219,10 +353,20 @@ fn place(config: &NodeConfig, d: &mut Driver<'_>) -> Result<(), LifecycleError> 
     };
     d.set("placement_request", to_value(&request)?);
     d.fire("pre_placement_group")?;
-    let request: Request =
-        serde_json::from_value(d.data["placement_request"].clone()).map_err(|e| {
-            LifecycleError::Config(format!("placement_request, as the plugins left it: {e}"))
-        })?;
+    let left = d.data.get("placement_request").cloned().ok_or_else(|| {
+        LifecycleError::Config(
+            "placement_request is missing after pre_placement_group: a plugin removed it".into(),
+        )
+    })?;
+    let request: Request = serde_json::from_value(left).map_err(|e| {
+        LifecycleError::Config(format!("placement_request, as the plugins left it: {e}"))
+    })?;
+    if request.bundles.len() > MAX_BUNDLES {
+        return Err(LifecycleError::Config(format!(
+            "placement_request, as the plugins left it, has {} bundles; at most {MAX_BUNDLES}",
+            request.bundles.len()
+        )));
+    }
     let nodes = if config.nodes.is_empty() {
         vec![placement::this_machine()]
     } else {
@@ -234,10 +378,12 @@ fn place(config: &NodeConfig, d: &mut Driver<'_>) -> Result<(), LifecycleError> 
     d.fire("post_placement_group")
 }
 
-fn start_engine(config: &NodeConfig, d: &mut Driver<'_>) -> Result<Option<Engine>, LifecycleError> {
-    let Some(engine_config) = &config.engine else {
-        return Ok(None);
-    };
+fn start_engine(
+    config: &NodeConfig,
+    template: &EngineTemplate,
+    job_args: &[String],
+    d: &mut Driver<'_>,
+) -> Result<Engine, LifecycleError> {
     d.set(
         "engine_kwargs",
         json!({"model": config.model_id, "tensor_parallel_size": config.tensor_parallel_size}),
@@ -251,14 +397,28 @@ fn start_engine(config: &NodeConfig, d: &mut Driver<'_>) -> Result<Option<Engine
             ));
         }
     };
-    let model_dir = d.data["download_result"]["dir"]
-        .as_str()
-        .unwrap_or_default()
-        .to_owned();
-    let engine = engine::start(engine_config, &config.job_dir, &model_dir, &kwargs)?;
+    // Where the files are, as `download_result` says (or where the host
+    // puts them, if a plugin removed it); it reaches the engine as argv.
+    let model_dir = config
+        .job_dir
+        .join(&config.cache_dir)
+        .join(&config.model_id);
+    let model_dir = d
+        .data
+        .get("download_result")
+        .and_then(|r| r.get("dir"))
+        .and_then(Value::as_str)
+        .map_or(model_dir, PathBuf::from);
+    let engine = engine::start(
+        template,
+        job_args,
+        &config.job_dir,
+        &model_dir.display().to_string(),
+        &kwargs,
+    )?;
     d.set("engine", to_value(&engine.info)?);
     d.fire("post_engine_init")?;
-    Ok(Some(engine))
+    Ok(engine)
 }
 
 fn to_value(v: &impl Serialize) -> Result<Value, LifecycleError> {

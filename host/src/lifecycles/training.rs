@@ -27,7 +27,8 @@ pub use dataset::{Dataset, Split};
 pub use model::{Mlp, Sgd};
 
 use super::{Driver, LifecycleError, PhaseTimings};
-use crate::{DataMap, Hooks};
+use crate::files::Root;
+use crate::{DataMap, Hooks, JobLimits};
 
 /// The phases of training, in the order they first fire.
 pub const PHASES: [&str; 12] = [
@@ -87,7 +88,20 @@ pub struct TrainingConfig {
     pub world_size: usize,
     /// Seconds `on_train_end` waits for background observers to catch up.
     pub flush_timeout_s: u64,
+    /// The job folder, which `dataset` and `output_dir` are relative to.
+    #[serde(skip)]
+    pub job_dir: PathBuf,
 }
+
+/// The largest values the numeric fields take: past these a job asks for
+/// more than one machine's reference trainer can do, or a clock overflows.
+const MAX_EPOCHS: u64 = 1_000_000;
+const MAX_BATCH: usize = 1 << 20;
+const MAX_HIDDEN: usize = 1 << 16;
+const MAX_WORLD: usize = 64;
+const MAX_FLUSH_S: u64 = 3_600;
+/// Parameters the model may have (8 bytes each, twice with the optimizer).
+const MAX_PARAMS: usize = 1 << 24;
 
 impl Default for TrainingConfig {
     fn default() -> Self {
@@ -107,33 +121,55 @@ impl Default for TrainingConfig {
             resume: false,
             world_size: 1,
             flush_timeout_s: crate::DEFAULT_FLUSH.as_secs(),
+            job_dir: PathBuf::new(),
         }
     }
 }
 
 impl TrainingConfig {
-    /// Resolves relative paths against the job's folder.
-    pub fn resolve(mut self, base: &Path) -> Self {
-        self.dataset = base.join(&self.dataset);
-        self.output_dir = base.join(&self.output_dir);
-        self
+    /// Places the table in the job's folder `base` and checks it: paths
+    /// must stay below the folder, numbers within range.
+    pub fn resolve(mut self, base: &Path) -> Result<Self, LifecycleError> {
+        self.job_dir = base.to_owned();
+        self.validate()?;
+        Ok(self)
     }
 
     fn validate(&self) -> Result<(), LifecycleError> {
-        let bad = |m: &str| Err(LifecycleError::Config(format!("[training] {m}")));
-        if self.batch_size == 0 || self.hidden == 0 || self.world_size == 0 {
-            return bad("batch_size, hidden and world_size must be at least 1");
+        let bad = |m: String| Err(LifecycleError::Config(format!("[training] {m}")));
+        for (field, path) in [("dataset", &self.dataset), ("output_dir", &self.output_dir)] {
+            if let Err(m) = crate::files::relative(field, path) {
+                return bad(m);
+            }
         }
-        if self.learning_rate.is_nan()
-            || self.learning_rate <= 0.0
-            || !(0.0..1.0).contains(&self.momentum)
+        let ranges: [(&str, u64, u64, u64); 5] = [
+            ("epochs", self.epochs, 0, MAX_EPOCHS),
+            ("batch_size", self.batch_size as u64, 1, MAX_BATCH as u64),
+            ("hidden", self.hidden as u64, 1, MAX_HIDDEN as u64),
+            ("world_size", self.world_size as u64, 1, MAX_WORLD as u64),
+            ("flush_timeout_s", self.flush_timeout_s, 0, MAX_FLUSH_S),
+        ];
+        for (field, value, min, max) in ranges {
+            if !(min..=max).contains(&value) {
+                return bad(format!("{field} = {value} must be from {min} to {max}"));
+            }
+        }
+        if !(self.learning_rate.is_finite()
+            && self.learning_rate > 0.0
+            && (0.0..1.0).contains(&self.momentum))
         {
-            return bad("learning_rate must be above 0 and momentum in [0, 1)");
+            return bad(
+                "learning_rate must be a finite number above 0 and momentum in [0, 1)".into(),
+            );
         }
         if !(self.eval_fraction > 0.0 && self.eval_fraction < 1.0) {
-            return bad("eval_fraction must be between 0 and 1");
+            return bad("eval_fraction must be between 0 and 1".into());
         }
         Ok(())
+    }
+
+    fn path(&self, rel: &Path) -> PathBuf {
+        self.job_dir.join(rel)
     }
 }
 
@@ -175,16 +211,35 @@ pub struct TrainingOutcome {
 }
 
 /// Trains the model of `config`, calling `hooks` at every phase. The data
-/// map starts from `data` (the node's initialization output, say).
+/// map starts from `data` (the node's initialization output, say). Files
+/// are read and written below `config.job_dir` only, within `limits`.
 pub fn train(
     config: &TrainingConfig,
+    limits: &JobLimits,
     hooks: &mut Hooks,
     collective: &mut dyn Collective,
     data: DataMap,
 ) -> Result<TrainingOutcome, LifecycleError> {
     config.validate()?;
-    let dataset = Dataset::load(&config.dataset, config.eval_fraction, config.seed)
+    let job = Root::open(&config.job_dir).map_err(LifecycleError::io(&config.job_dir))?;
+    let dataset_path = config.path(&config.dataset);
+    let bytes = job
+        .read(&config.dataset, limits.max_file_bytes)
+        .map_err(LifecycleError::io(&dataset_path))?;
+    let dataset = Dataset::parse(&bytes, &dataset_path, config.eval_fraction, config.seed)
         .map_err(LifecycleError::Config)?;
+    let params = model::param_count(dataset.features, config.hidden, dataset.classes.len());
+    if params.is_none_or(|n| n > MAX_PARAMS) {
+        return Err(LifecycleError::Config(format!(
+            "[training] {} features, {} hidden units and {} classes make more than {MAX_PARAMS} parameters",
+            dataset.features,
+            config.hidden,
+            dataset.classes.len()
+        )));
+    }
+    let output = job
+        .dir(&config.output_dir, true)
+        .map_err(LifecycleError::io(config.path(&config.output_dir)))?;
     let model = Mlp::new(
         dataset.features,
         config.hidden,
@@ -197,6 +252,8 @@ pub fn train(
         .shard(collective.rank(), collective.world_size());
     let mut trainer = Trainer {
         config,
+        limits,
+        output,
         driver: Driver::new(hooks, data),
         collective,
         eval: dataset.eval,
@@ -235,6 +292,9 @@ pub fn train(
 
 struct Trainer<'a, 'h> {
     config: &'a TrainingConfig,
+    limits: &'a JobLimits,
+    /// The checkpoint folder, as a handle below the job's folder.
+    output: Root,
     driver: Driver<'h>,
     collective: &'a mut dyn Collective,
     eval: Split,
@@ -258,9 +318,15 @@ impl Trainer<'_, '_> {
     /// every phase sees.
     fn begin(&mut self) -> Result<(), LifecycleError> {
         if self.config.resume
-            && let Some(path) = checkpoint::list(&self.config.output_dir).pop()
+            && let Some(name) = checkpoint::list(&self.output).pop()
         {
-            let ckpt = Checkpoint::load(&path).map_err(LifecycleError::io(&path))?;
+            let path = self.output.path().join(&name);
+            let ckpt = Checkpoint::load(&self.output, &name, self.limits.max_file_bytes)
+                .map_err(LifecycleError::io(&path))?;
+            // A checkpoint is as untrusted as the job: its shape must be
+            // the model's before any of it is used.
+            ckpt.verify(&self.model, self.config.epochs, self.batches_per_epoch())
+                .map_err(|m| LifecycleError::Config(format!("{}: {m}", path.display())))?;
             self.model = ckpt.model;
             self.optimizer = ckpt.optimizer;
             self.step = ckpt.step;
@@ -275,7 +341,7 @@ impl Trainer<'_, '_> {
             self.driver.set("resumed_from", path.display().to_string());
         }
         let rank = self.collective.rank();
-        let max_steps = self.config.epochs * self.batches_per_epoch();
+        let max_steps = self.config.epochs.saturating_mul(self.batches_per_epoch());
         let d = &mut self.driver;
         d.set("rank", rank);
         d.set("local_rank", rank);
@@ -334,7 +400,7 @@ impl Trainer<'_, '_> {
 
     /// One optimizer step over this rank's part of the batch.
     fn train_step(&mut self, batch: &[usize]) -> Result<(), LifecycleError> {
-        self.step += 1;
+        self.step = self.step.saturating_add(1);
         self.driver.set("step", self.step);
         self.driver.fire("on_step_begin")?;
         if let Some(lr) = self
@@ -403,8 +469,8 @@ impl Trainer<'_, '_> {
 
     /// Rank 0 writes the checkpoint; every rank fires `on_save`.
     fn save(&mut self) -> Result<(), LifecycleError> {
-        let dir = &self.config.output_dir;
-        let path = checkpoint::path_for(dir, self.step);
+        let name = checkpoint::name_for(self.step);
+        let path = self.output.path().join(&name);
         if self.collective.rank() == 0 {
             let ckpt = Checkpoint {
                 step: self.step,
@@ -415,12 +481,13 @@ impl Trainer<'_, '_> {
                 eval_loss: self.driver.data.get("eval_loss").and_then(Value::as_f64),
                 plugins: self.driver.hooks.save_states()?,
             };
-            ckpt.save(dir).map_err(LifecycleError::io(&path))?;
+            ckpt.save(&self.output, &name)
+                .map_err(LifecycleError::io(&path))?;
         }
         self.saved_at = Some(self.step);
         self.driver.set("checkpoint", path.display().to_string());
-        self.driver
-            .set("checkpoints", paths(&checkpoint::list(dir)));
+        let listed = self.checkpoint_paths();
+        self.driver.set("checkpoints", paths(&listed));
         self.driver.fire("on_save")?;
         self.driver.set("should_save", false);
         self.delete_requested()
@@ -432,19 +499,32 @@ impl Trainer<'_, '_> {
         let Some(Value::Array(asked)) = self.driver.data.remove("checkpoints_to_delete") else {
             return Ok(());
         };
-        let ours = checkpoint::list(&self.config.output_dir);
+        let ours = self.checkpoint_paths();
         for path in asked.iter().filter_map(Value::as_str).map(PathBuf::from) {
-            if !ours.contains(&path) {
-                tracing::warn!(path = %path.display(), "not a checkpoint of this run; not deleted");
+            let Some(name) = ours.contains(&path).then(|| path.file_name()).flatten() else {
+                tracing::warn!(
+                    path = %crate::text::clean(&path.display().to_string(), 200),
+                    "not a checkpoint of this run; not deleted"
+                );
                 continue;
-            }
+            };
             if self.collective.rank() == 0 {
-                std::fs::remove_file(&path).map_err(LifecycleError::io(&path))?;
+                self.output
+                    .remove(Path::new(name))
+                    .map_err(LifecycleError::io(&path))?;
             }
         }
-        let left = paths(&checkpoint::list(&self.config.output_dir));
+        let left = paths(&self.checkpoint_paths());
         self.driver.set("checkpoints", left);
         Ok(())
+    }
+
+    /// The checkpoints in the output folder, oldest first, as full paths.
+    fn checkpoint_paths(&self) -> Vec<PathBuf> {
+        checkpoint::list(&self.output)
+            .into_iter()
+            .map(|name| self.output.path().join(name))
+            .collect()
     }
 
     /// Whether any rank's plugins asked to stop.
@@ -459,6 +539,7 @@ impl Trainer<'_, '_> {
     }
 
     fn outcome(self, reason: EndReason) -> TrainingOutcome {
+        let checkpoints = self.checkpoint_paths();
         let data = self.driver.data;
         TrainingOutcome {
             reason,
@@ -468,7 +549,7 @@ impl Trainer<'_, '_> {
             last_loss: self.last_loss,
             eval_loss: data.get("eval_loss").and_then(Value::as_f64),
             eval_accuracy: data.get("eval_accuracy").and_then(Value::as_f64),
-            checkpoints: checkpoint::list(&self.config.output_dir),
+            checkpoints,
             data,
             timings: self.driver.timings,
         }

@@ -57,7 +57,8 @@ impl Output {
         let inner = self.lock();
         let text = String::from_utf8_lossy(&inner.tail);
         let text = text.trim();
-        (!text.is_empty()).then(|| text.to_owned())
+        // The tail is bounded already; escaping may lengthen it, never cut it.
+        (!text.is_empty()).then(|| crate::text::clean(text, TAIL * 10))
     }
 
     fn write(&self, bytes: &[u8]) {
@@ -79,7 +80,7 @@ impl Output {
 
 impl Inner {
     fn emit(&mut self) {
-        let line = String::from_utf8_lossy(&self.line);
+        let line = crate::text::clean(&String::from_utf8_lossy(&self.line), MAX_LINE);
         tracing::info!(target: "wasmhooks::plugin", plugin = %self.plugin, stream = self.stream, "{line}");
         self.line.clear();
     }
@@ -161,10 +162,12 @@ mod tests {
         out.write(&vec![b'x'; TAIL]);
         out.write(b"\npanicked at src/lib.rs:3:5:\nboom\n");
         let tail = out.call_tail().unwrap();
+        // Its newlines are escaped, so it reads as one line in a log.
         assert!(
-            tail.ends_with("panicked at src/lib.rs:3:5:\nboom"),
+            tail.ends_with("panicked at src/lib.rs:3:5:\\nboom"),
             "{tail}"
         );
-        assert!(tail.len() <= TAIL);
+        assert!(!tail.contains('\n'));
+        assert!(tail.len() <= TAIL + 64, "{}", tail.len());
     }
 }

@@ -3,7 +3,6 @@
 //! downloads resumed with HTTP ranges, failures retried with backoff, and a
 //! file already in the cache with the right digest not fetched again.
 
-use std::fs::{File, OpenOptions};
 use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -13,6 +12,7 @@ use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
 use super::super::LifecycleError;
+use crate::files::Root;
 
 /// One file of a model.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -46,40 +46,63 @@ pub struct Fetched {
     pub resumed_bytes: u64,
 }
 
-/// Fetches `files` from `source` (a `file://` or `http(s)://` base) into
-/// `dir`, trying each up to `retries + 1` times; a transfer that receives
-/// nothing for `stall` is cut and retried.
+/// Where a fetch reads and writes, and how much it may take: the cache
+/// folder and the job's folder (for `file://` sources) as capability
+/// handles, so neither a planted symlink nor a source outside the job
+/// reaches the host's files.
+pub struct Fetch<'a> {
+    /// The model's folder in the cache.
+    pub dir: &'a Root,
+    /// The job's folder: `file://` sources are read below it.
+    pub job: &'a Root,
+    /// Tries per file after the first.
+    pub retries: u32,
+    /// A transfer that receives nothing for this long is cut and retried.
+    pub stall: Duration,
+    /// Bytes all the files may take, downloaded or found in the cache.
+    pub max_bytes: u64,
+}
+
+/// Fetches `files` from `source` (a `file://` path below the job's folder,
+/// or an `http(s)://` base) into the cache folder.
 pub fn fetch_all(
     source: &str,
     files: &[ModelFile],
-    dir: &Path,
-    retries: u32,
-    stall: Duration,
+    fetch: &Fetch<'_>,
 ) -> Result<Vec<Fetched>, LifecycleError> {
-    std::fs::create_dir_all(dir).map_err(LifecycleError::io(dir))?;
     let agent: ureq::Agent = ureq::Agent::config_builder()
         .timeout_connect(Some(Duration::from_secs(10)))
         // A stall, not the whole transfer: each read restarts the clock.
-        .timeout_per_read(Some(stall))
+        .timeout_per_read(Some(fetch.stall))
         .http_status_as_error(false)
         .build()
         .into();
-    files
-        .iter()
-        .map(|f| fetch_one(&agent, source, f, dir, retries))
-        .collect()
+    let mut budget = fetch.max_bytes;
+    let mut fetched = Vec::with_capacity(files.len());
+    for file in files {
+        let one = fetch_one(&agent, source, file, fetch, budget)?;
+        budget = budget.saturating_sub(one.bytes);
+        fetched.push(one);
+    }
+    Ok(fetched)
 }
 
 fn fetch_one(
     agent: &ureq::Agent,
     source: &str,
     file: &ModelFile,
-    dir: &Path,
-    retries: u32,
+    fetch: &Fetch<'_>,
+    budget: u64,
 ) -> Result<Fetched, LifecycleError> {
-    let dest = safe_join(dir, &file.path)?;
-    if dest.is_file() && sha256_file(&dest)? == file.sha256 {
-        let bytes = dest.metadata().map_err(LifecycleError::io(&dest))?.len();
+    let rel = safe_path(&file.path)?;
+    let io = |e| LifecycleError::io(fetch.dir.path().join(&rel))(e);
+    if fetch.dir.file_len(&rel).map_err(io)?.is_some()
+        && sha256_file(fetch.dir, &rel)? == file.sha256
+    {
+        let bytes = fetch.dir.file_len(&rel).map_err(io)?.unwrap_or(0);
+        if bytes > budget {
+            return Err(over_budget(&file.path, fetch.max_bytes));
+        }
         return Ok(Fetched {
             path: file.path.clone(),
             bytes,
@@ -88,31 +111,29 @@ fn fetch_one(
             resumed_bytes: 0,
         });
     }
-    if let Some(parent) = dest.parent() {
-        std::fs::create_dir_all(parent).map_err(LifecycleError::io(parent))?;
-    }
     // `weights.json` downloads into `weights.json.part`.
-    let mut part = dest.clone().into_os_string();
+    let mut part = rel.clone().into_os_string();
     part.push(".part");
     let part = PathBuf::from(part);
     let url = format!("{}/{}", source.trim_end_matches('/'), file.path);
     let mut last_error = String::new();
     let mut resumed_bytes = 0;
-    for attempt in 1..=retries + 1 {
+    for attempt in 1..=fetch.retries.saturating_add(1) {
         if attempt > 1 {
-            std::thread::sleep(Duration::from_millis(100 * 2u64.pow(attempt - 2).min(50)));
+            let backoff = 100u64.saturating_mul(1 << (attempt - 2).min(5));
+            std::thread::sleep(Duration::from_millis(backoff));
         }
-        match transfer(agent, &url, &part) {
+        match transfer(agent, &url, fetch, &part, budget) {
             Ok(resumed) => {
                 resumed_bytes += resumed;
-                let digest = sha256_file(&part)?;
+                let digest = sha256_file(fetch.dir, &part)?;
                 if digest != file.sha256 {
                     last_error = format!("sha256 is {digest}, expected {}", file.sha256);
-                    std::fs::remove_file(&part).map_err(LifecycleError::io(&part))?;
+                    fetch.dir.remove(&part).map_err(io)?;
                     continue;
                 }
-                std::fs::rename(&part, &dest).map_err(LifecycleError::io(&dest))?;
-                let bytes = dest.metadata().map_err(LifecycleError::io(&dest))?.len();
+                fetch.dir.rename(&part, &rel).map_err(io)?;
+                let bytes = fetch.dir.file_len(&rel).map_err(io)?.unwrap_or(0);
                 return Ok(Fetched {
                     path: file.path.clone(),
                     bytes,
@@ -121,7 +142,8 @@ fn fetch_one(
                     resumed_bytes,
                 });
             }
-            Err(e) => {
+            Err(Failure::OverBudget) => return Err(over_budget(&file.path, fetch.max_bytes)),
+            Err(Failure::Other(e)) => {
                 tracing::warn!(url, attempt, "download failed: {e}");
                 last_error = e;
             }
@@ -129,65 +151,102 @@ fn fetch_one(
     }
     Err(LifecycleError::Config(format!(
         "cannot download {url} after {} attempts: {last_error}",
-        retries + 1
+        fetch.retries.saturating_add(1)
     )))
+}
+
+fn over_budget(path: &str, max: u64) -> LifecycleError {
+    LifecycleError::Config(format!(
+        "downloading {path} would take the job past the {max} bytes the operator allows \
+         (max_download_mib)"
+    ))
+}
+
+/// Why a transfer stopped.
+enum Failure {
+    /// More bytes than the job may download: not worth a retry.
+    OverBudget,
+    Other(String),
+}
+
+impl From<String> for Failure {
+    fn from(e: String) -> Self {
+        Failure::Other(e)
+    }
 }
 
 /// Moves the bytes of `url` into `part`, continuing what is there; returns
 /// how many bytes it continued from.
-fn transfer(agent: &ureq::Agent, url: &str, part: &Path) -> Result<u64, String> {
+fn transfer(
+    agent: &ureq::Agent,
+    url: &str,
+    fetch: &Fetch<'_>,
+    part: &Path,
+    budget: u64,
+) -> Result<u64, Failure> {
+    let text = |e: std::io::Error| Failure::Other(e.to_string());
     if let Some(path) = url.strip_prefix("file://") {
-        std::fs::copy(path, part).map_err(|e| format!("{path}: {e}"))?;
+        let source = fetch.job.open_file(Path::new(path)).map_err(text)?;
+        let out = fetch.dir.create(part).map_err(text)?;
+        copy_capped(source, out, budget)?;
         return Ok(0);
     }
     if !(url.starts_with("http://") || url.starts_with("https://")) {
-        return Err(format!(
+        return Err(Failure::Other(format!(
             "{url}: only file://, http:// and https:// sources are supported"
-        ));
+        )));
     }
-    let have = part.metadata().map(|m| m.len()).unwrap_or(0);
+    let have = fetch.dir.file_len(part).map_err(text)?.unwrap_or(0);
     let mut request = agent.get(url);
     if have > 0 {
         request = request.header("Range", format!("bytes={have}-"));
     }
     let response = request.call().map_err(|e| e.to_string())?;
     let status = response.status().as_u16();
-    let (mut out, resumed, total) = match status {
+    let (out, resumed, total) = match status {
         206 => {
-            let out = OpenOptions::new()
-                .append(true)
-                .open(part)
-                .map_err(|e| e.to_string())?;
-            (out, have, content_length(&response).map(|n| n + have))
+            let out = fetch.dir.append(part).map_err(text)?;
+            (
+                out,
+                have,
+                content_length(&response).map(|n| n.saturating_add(have)),
+            )
         }
         200 => {
-            let out = File::create(part).map_err(|e| e.to_string())?;
+            let out = fetch.dir.create(part).map_err(text)?;
             (out, 0, content_length(&response))
         }
         // The part was complete already: nothing more to send.
         416 if have > 0 => return Ok(have),
-        other => return Err(format!("HTTP {other}")),
+        other => return Err(Failure::Other(format!("HTTP {other}"))),
     };
-    let bar = progress(url, total, resumed);
-    let mut body = response.into_body().into_reader();
-    let mut buf = vec![0; 64 * 1024];
-    loop {
-        let n = body.read(&mut buf).map_err(|e| e.to_string())?;
-        if n == 0 {
-            break;
-        }
-        out.write_all(&buf[..n]).map_err(|e| e.to_string())?;
-        bar.inc(n as u64);
+    if total.is_some_and(|t| t > budget) {
+        return Err(Failure::OverBudget);
     }
-    out.flush().map_err(|e| e.to_string())?;
+    let bar = progress(url, total, resumed);
+    let body = response.into_body().into_reader();
+    let got = copy_capped(bar.wrap_read(body), out, budget.saturating_sub(resumed))?
+        .saturating_add(resumed);
     bar.finish_and_clear();
-    let got = part.metadata().map(|m| m.len()).unwrap_or(0);
     if let Some(total) = total
         && got != total
     {
-        return Err(format!("connection closed after {got} of {total} bytes"));
+        return Err(Failure::Other(format!(
+            "connection closed after {got} of {total} bytes"
+        )));
     }
     Ok(resumed)
+}
+
+/// Copies at most `budget` bytes; more is `OverBudget`.
+fn copy_capped(from: impl Read, mut to: impl Write, budget: u64) -> Result<u64, Failure> {
+    let text = |e: std::io::Error| Failure::Other(e.to_string());
+    let copied = std::io::copy(&mut from.take(budget.saturating_add(1)), &mut to).map_err(text)?;
+    if copied > budget {
+        return Err(Failure::OverBudget);
+    }
+    to.flush().map_err(text)?;
+    Ok(copied)
 }
 
 fn content_length(response: &ureq::http::Response<ureq::Body>) -> Option<u64> {
@@ -206,31 +265,35 @@ fn progress(url: &str, total: Option<u64>, done: u64) -> ProgressBar {
     {
         bar.set_style(style.progress_chars("=> "));
     }
-    bar.set_message(url.rsplit('/').next().unwrap_or(url).to_owned());
+    bar.set_message(crate::text::clean(
+        url.rsplit('/').next().unwrap_or(url),
+        80,
+    ));
     bar.set_position(done);
     bar
 }
 
-/// `dir/rel`, refusing paths that climb out of `dir`.
-fn safe_join(dir: &Path, rel: &str) -> Result<PathBuf, LifecycleError> {
-    let rel = Path::new(rel);
-    let ok = rel
+/// A model file's path below the cache, refusing paths that climb out.
+fn safe_path(rel: &str) -> Result<PathBuf, LifecycleError> {
+    let path = Path::new(rel);
+    let ok = path
         .components()
         .all(|c| matches!(c, std::path::Component::Normal(_)));
-    if !ok || rel.as_os_str().is_empty() {
+    if !ok || path.as_os_str().is_empty() {
         return Err(LifecycleError::Config(format!(
             "model file path {:?} must be relative and stay inside the cache",
-            rel.display()
+            crate::text::clean(rel, 200)
         )));
     }
-    Ok(dir.join(rel))
+    Ok(path.to_owned())
 }
 
-/// The sha256 of a file, lowercase hex.
-pub fn sha256_file(path: &Path) -> Result<String, LifecycleError> {
-    let mut file = File::open(path).map_err(LifecycleError::io(path))?;
+/// The sha256 of a file below `dir`, lowercase hex.
+pub fn sha256_file(dir: &Root, rel: &Path) -> Result<String, LifecycleError> {
+    let path = dir.path().join(rel);
+    let mut file = dir.open_file(rel).map_err(LifecycleError::io(&path))?;
     let mut hasher = Sha256::new();
-    std::io::copy(&mut file, &mut hasher).map_err(LifecycleError::io(path))?;
+    std::io::copy(&mut file, &mut hasher).map_err(LifecycleError::io(&path))?;
     Ok(format!("{:x}", hasher.finalize()))
 }
 
@@ -240,53 +303,80 @@ mod tests {
 
     #[test]
     fn paths_may_not_leave_the_cache() {
-        let dir = Path::new("/cache");
-        assert!(safe_join(dir, "a/b.bin").is_ok());
+        assert!(safe_path("a/b.bin").is_ok());
         for bad in ["../etc/passwd", "/etc/passwd", "a/../../b", ""] {
-            assert!(safe_join(dir, bad).is_err(), "{bad}");
+            assert!(safe_path(bad).is_err(), "{bad}");
+        }
+    }
+
+    fn fetch<'a>(dir: &'a Root, job: &'a Root, retries: u32, max_bytes: u64) -> Fetch<'a> {
+        Fetch {
+            dir,
+            job,
+            retries,
+            stall: Duration::from_secs(5),
+            max_bytes,
         }
     }
 
     #[test]
     fn file_sources_are_copied_verified_and_cached() {
-        let src = tempfile::tempdir().unwrap();
-        let cache = tempfile::tempdir().unwrap();
-        std::fs::write(src.path().join("w.bin"), b"weights").unwrap();
+        let job_dir = tempfile::tempdir().unwrap();
+        std::fs::create_dir(job_dir.path().join("src")).unwrap();
+        std::fs::write(job_dir.path().join("src/w.bin"), b"weights").unwrap();
+        let job = Root::open(job_dir.path()).unwrap();
+        let cache = job.dir(Path::new("cache/m"), true).unwrap();
         let file = ModelFile {
             path: "w.bin".into(),
             sha256: format!("{:x}", Sha256::digest(b"weights")),
             kind: "model".into(),
         };
-        let source = format!("file://{}", src.path().display());
         let first = fetch_all(
-            &source,
+            "file://src",
             std::slice::from_ref(&file),
-            cache.path(),
-            0,
-            Duration::from_secs(5),
+            &fetch(&cache, &job, 0, 100),
         )
         .unwrap();
         assert!(!first[0].cached);
         let again = fetch_all(
-            &source,
+            "file://src",
             std::slice::from_ref(&file),
-            cache.path(),
-            0,
-            Duration::from_secs(5),
+            &fetch(&cache, &job, 0, 100),
         )
         .unwrap();
         assert!(again[0].cached);
 
+        let err = fetch_all(
+            "file://src",
+            std::slice::from_ref(&file),
+            &fetch(&cache, &job, 0, 3),
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(err.contains("max_download_mib"), "{err}");
+
         let wrong = ModelFile {
             sha256: "00".repeat(32),
-            ..file
+            ..file.clone()
         };
-        let err = fetch_all(&source, &[wrong], cache.path(), 1, Duration::from_secs(5))
+        let err = fetch_all("file://src", &[wrong], &fetch(&cache, &job, 1, 100))
             .unwrap_err()
             .to_string();
         assert!(
             err.contains("after 2 attempts") && err.contains("expected 0000"),
             "{err}"
         );
+        // A source outside the job's folder is never read.
+        let err = fetch_all(
+            "file:///etc",
+            &[ModelFile {
+                path: "hostname".into(),
+                ..file
+            }],
+            &fetch(&cache, &job, 0, 100),
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(err.contains("leaves its folder"), "{err}");
     }
 }

@@ -1,7 +1,9 @@
-//! Starting the inference engine: the command the job names, run as a
-//! child process with the engine's arguments, and waited for until it says
-//! it is ready (a line on its stdout, or a health URL answering 200), with a
-//! timeout. The engine is stopped when the handle drops.
+//! Starting the inference engine: a command the operator allows (a
+//! template in its config, picked by name in the job), run as a child
+//! process with the engine's arguments as argv, never through a shell, and
+//! waited for until it says it is ready (a line on its stdout, or a health
+//! URL answering 200), with a timeout. The engine is stopped when the
+//! handle drops.
 
 use std::collections::BTreeMap;
 use std::io::{BufRead, BufReader, Read};
@@ -14,24 +16,23 @@ use serde_json::Value;
 
 use super::super::LifecycleError;
 
-/// The `[node.engine]` table.
+pub use crate::policy::EngineTemplate;
+
+/// Arguments a job may append to an engine's command, at most.
+const MAX_ARGS: usize = 256;
+/// Bytes of one argument, at most.
+const MAX_ARG: usize = 4096;
+
+/// The `[node.engine]` table of a job: which of the operator's engines to
+/// start, and arguments to append if the operator lets jobs add them.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct EngineConfig {
-    /// Program and arguments; `{port}` and `{model_dir}` are filled in,
-    /// and each engine keyword argument is appended as `--key=value`.
-    pub command: Vec<String>,
-    /// A line the engine prints on stdout once it serves.
-    pub ready_line: Option<String>,
-    /// A URL that answers 200 once it serves (`{port}` is filled in).
-    pub health_url: Option<String>,
-    /// Seconds to wait for readiness.
-    #[serde(default = "default_timeout")]
-    pub timeout_s: u64,
-}
-
-fn default_timeout() -> u64 {
-    30
+    /// The engine's name in the operator config (`[engine.NAME]`).
+    pub name: String,
+    /// Appended to the command, each as one argument.
+    #[serde(default)]
+    pub args: Vec<String>,
 }
 
 /// A running engine; dropping it stops the process.
@@ -64,19 +65,62 @@ impl Drop for Engine {
     }
 }
 
+/// Checks a job's engine request against the operator's engines, before
+/// anything starts.
+pub fn allowed<'p>(
+    job: &EngineConfig,
+    policy: &'p crate::Policy,
+) -> Result<&'p EngineTemplate, LifecycleError> {
+    let fail = |m: String| LifecycleError::Config(format!("[node.engine] {m}"));
+    let Some(template) = policy.engine(&job.name) else {
+        let names: Vec<&str> = policy.engine_names().collect();
+        return Err(fail(format!(
+            "name = {:?} is not an engine the operator allows (allowed: {})",
+            crate::text::clean(&job.name, 80),
+            if names.is_empty() {
+                "none".into()
+            } else {
+                names.join(", ")
+            }
+        )));
+    };
+    if !job.args.is_empty() && !template.job_args {
+        return Err(fail(format!(
+            "args: the operator's engine '{}' takes no arguments from jobs",
+            job.name
+        )));
+    }
+    if job.args.len() > MAX_ARGS
+        || job
+            .args
+            .iter()
+            .any(|a| a.len() > MAX_ARG || a.contains('\0'))
+    {
+        return Err(fail(format!(
+            "args: at most {MAX_ARGS} arguments of at most {MAX_ARG} bytes, without NUL"
+        )));
+    }
+    Ok(template)
+}
+
+/// An engine keyword argument's name: it becomes `--name=value`.
+fn valid_kwarg(key: &str) -> bool {
+    !key.is_empty()
+        && key.len() <= 64
+        && key
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_')
+}
+
 /// Starts the engine in `cwd` and waits until it is ready.
 pub fn start(
-    config: &EngineConfig,
+    config: &EngineTemplate,
+    job_args: &[String],
     cwd: &std::path::Path,
     model_dir: &str,
     kwargs: &serde_json::Map<String, Value>,
 ) -> Result<Engine, LifecycleError> {
     let fail = |m: String| LifecycleError::Config(format!("engine: {m}"));
-    if config.ready_line.is_none() && config.health_url.is_none() {
-        return Err(fail(
-            "set ready_line or health_url, so readiness can be seen".into(),
-        ));
-    }
     let port = free_port().map_err(|e| fail(format!("no free port: {e}")))?;
     let vars: BTreeMap<&str, String> = [
         ("port", port.to_string()),
@@ -88,11 +132,23 @@ pub fn start(
             .fold(s.to_owned(), |s, (k, v)| s.replace(&format!("{{{k}}}"), v))
     };
     let mut argv: Vec<String> = config.command.iter().map(|a| fill(a)).collect();
+    argv.extend(job_args.iter().cloned());
     for (key, value) in kwargs {
+        if !valid_kwarg(key) {
+            return Err(fail(format!(
+                "engine_kwargs key {:?} must be 1 to 64 of a-z, 0-9 and '_'",
+                crate::text::clean(key, 80)
+            )));
+        }
         let value = match value {
             Value::String(s) => s.clone(),
             other => other.to_string(),
         };
+        if value.len() > MAX_ARG || value.contains('\0') {
+            return Err(fail(format!(
+                "engine_kwargs {key}: at most {MAX_ARG} bytes, without NUL"
+            )));
+        }
         argv.push(format!("--{}={value}", key.replace('_', "-")));
     }
     let (program, args) = argv
@@ -113,6 +169,7 @@ pub fn start(
         let ready_line = config.ready_line.clone();
         std::thread::spawn(move || {
             for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+                let line = crate::text::clean(&line, 4096);
                 tracing::info!(target: "wasmhooks::engine", pid, "{line}");
                 if ready_line.as_deref().is_some_and(|r| line.contains(r)) {
                     let _ = ready_tx.send(());
@@ -122,6 +179,7 @@ pub fn start(
     }
     let stderr = child.stderr.take();
     let url = config.health_url.as_deref().map(fill);
+    // The operator's timeout is bounded when its config is read.
     let deadline = started + Duration::from_secs(config.timeout_s);
     let agent: ureq::Agent = ureq::Agent::config_builder()
         .timeout_global(Some(Duration::from_millis(500)))
@@ -166,15 +224,23 @@ fn free_port() -> std::io::Result<u16> {
         .port())
 }
 
-/// The last lines of a dead process's stderr.
+/// The last lines of a dead process's stderr. Read on a thread of its own
+/// and waited for briefly: a child the engine left behind may hold the pipe
+/// open for ever, and only the first MiB is read.
 fn tail(stderr: Option<std::process::ChildStderr>) -> String {
-    let mut text = String::new();
-    if let Some(mut s) = stderr {
-        let _ = s.read_to_string(&mut text);
+    let (tx, rx) = mpsc::channel();
+    if let Some(s) = stderr {
+        std::thread::spawn(move || {
+            let mut bytes = Vec::new();
+            let _ = s.take(1 << 20).read_to_end(&mut bytes);
+            let _ = tx.send(bytes);
+        });
     }
+    let bytes = rx.recv_timeout(Duration::from_secs(1)).unwrap_or_default();
+    let text = String::from_utf8_lossy(&bytes);
     let lines: Vec<&str> = text.lines().collect();
     let start = lines.len().saturating_sub(5);
-    let tail = lines[start..].join(" | ");
+    let tail = crate::text::clean(&lines[start..].join(" | "), 2048);
     if tail.is_empty() {
         "no output".into()
     } else {

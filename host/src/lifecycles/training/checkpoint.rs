@@ -3,12 +3,13 @@
 //! temporary file and renamed, so a crash never leaves half a checkpoint.
 
 use std::collections::BTreeMap;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
 use super::model::{Mlp, Sgd};
+use crate::files::Root;
 
 /// Everything needed to resume.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -31,40 +32,95 @@ pub struct Checkpoint {
 
 const PREFIX: &str = "checkpoint-";
 
-/// The file for the checkpoint at `step`.
-pub fn path_for(dir: &Path, step: u64) -> PathBuf {
-    dir.join(format!("{PREFIX}{step:08}.json"))
+/// The file name of the checkpoint at `step`.
+pub fn name_for(step: u64) -> String {
+    format!("{PREFIX}{step:08}.json")
 }
 
 impl Checkpoint {
-    /// Writes the checkpoint into `dir`; returns its path.
-    pub fn save(&self, dir: &Path) -> std::io::Result<PathBuf> {
-        std::fs::create_dir_all(dir)?;
-        let path = path_for(dir, self.step);
-        let tmp = path.with_extension("json.tmp");
-        std::fs::write(&tmp, serde_json::to_vec(self)?)?;
-        std::fs::rename(&tmp, &path)?;
-        Ok(path)
+    /// Writes the checkpoint as `name` in `dir`, atomically, following no
+    /// symlink a plugin may have planted there.
+    pub fn save(&self, dir: &Root, name: &str) -> std::io::Result<()> {
+        dir.write_atomic(Path::new(name), &serde_json::to_vec(self)?)
     }
 
-    /// Reads a checkpoint file.
-    pub fn load(path: &Path) -> std::io::Result<Self> {
-        Ok(serde_json::from_slice(&std::fs::read(path)?)?)
+    /// Reads the checkpoint `name` in `dir`: a regular file of at most
+    /// `max` bytes.
+    pub fn load(dir: &Root, name: &str, max: u64) -> std::io::Result<Self> {
+        Ok(serde_json::from_slice(&dir.read(Path::new(name), max)?)?)
+    }
+
+    /// Reads a checkpoint file by its path, within `max` bytes.
+    pub fn load_file(path: &Path, max: u64) -> std::io::Result<Self> {
+        let dir = path.parent().unwrap_or(Path::new("."));
+        let name = path
+            .file_name()
+            .and_then(|n| n.to_str())
+            .unwrap_or_default();
+        Self::load(&Root::open(dir)?, name, max)
+    }
+
+    /// Checks that the checkpoint fits the model `fresh` (built from the
+    /// job's config and data) and a run of `epochs` epochs of
+    /// `batches_per_epoch` steps, before any of it is used.
+    pub fn verify(&self, fresh: &Mlp, epochs: u64, batches_per_epoch: u64) -> Result<(), String> {
+        let m = &self.model;
+        if (m.inputs, m.hidden, m.classes) != (fresh.inputs, fresh.hidden, fresh.classes)
+            || m.params.len() != fresh.params.len()
+        {
+            return Err(format!(
+                "its model has {} inputs, {} hidden units, {} classes and {} parameters; \
+                 this job's has {}, {}, {} and {}",
+                m.inputs,
+                m.hidden,
+                m.classes,
+                m.params.len(),
+                fresh.inputs,
+                fresh.hidden,
+                fresh.classes,
+                fresh.params.len()
+            ));
+        }
+        if self.optimizer.velocity.len() != m.params.len() {
+            return Err("its optimizer state does not match its parameters".into());
+        }
+        if !m
+            .params
+            .iter()
+            .chain(&self.optimizer.velocity)
+            .all(|v| v.is_finite())
+        {
+            return Err("it holds parameters that are not finite numbers".into());
+        }
+        let sgd = &self.optimizer;
+        if !(sgd.learning_rate.is_finite()
+            && sgd.learning_rate > 0.0
+            && (0.0..1.0).contains(&sgd.momentum))
+        {
+            return Err("its optimizer's learning rate or momentum is out of range".into());
+        }
+        let max_steps = epochs.saturating_mul(batches_per_epoch);
+        if self.epoch > epochs || self.batch_in_epoch > batches_per_epoch || self.step > max_steps {
+            return Err(format!(
+                "it is at step {} (epoch {}, batch {}), past this job's {max_steps} steps \
+                 ({epochs} epochs of {batches_per_epoch})",
+                self.step, self.epoch, self.batch_in_epoch
+            ));
+        }
+        if self.eval_loss.is_some_and(|l| !l.is_finite()) {
+            return Err("its eval_loss is not a finite number".into());
+        }
+        Ok(())
     }
 }
 
-/// The checkpoints in `dir`, oldest first.
-pub fn list(dir: &Path) -> Vec<PathBuf> {
-    let Ok(entries) = std::fs::read_dir(dir) else {
-        return Vec::new();
-    };
-    let mut found: Vec<PathBuf> = entries
-        .filter_map(|e| e.ok().map(|e| e.path()))
-        .filter(|p| {
-            p.file_name()
-                .and_then(|n| n.to_str())
-                .is_some_and(|n| n.starts_with(PREFIX) && n.ends_with(".json"))
-        })
+/// The checkpoints in `dir` (regular files only), oldest first.
+pub fn list(dir: &Root) -> Vec<String> {
+    let mut found: Vec<String> = dir
+        .files()
+        .unwrap_or_default()
+        .into_iter()
+        .filter(|n| n.starts_with(PREFIX) && n.ends_with(".json"))
         .collect();
     found.sort();
     found

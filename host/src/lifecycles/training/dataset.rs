@@ -11,6 +11,9 @@ use rand::SeedableRng;
 use rand::rngs::StdRng;
 use rand::seq::SliceRandom;
 
+/// Features a data set may have.
+const MAX_FEATURES: usize = 1 << 20;
+
 /// Features and labels.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct Split {
@@ -58,14 +61,21 @@ pub struct Dataset {
 }
 
 impl Dataset {
-    /// Reads the CSV at `path`, holds out `eval_fraction` of it, and
-    /// standardizes the features.
+    /// Reads the CSV at `path` (a regular file of at most 256 MiB), holds
+    /// out `eval_fraction` of it, and standardizes the features.
     pub fn load(path: &Path, eval_fraction: f64, seed: u64) -> Result<Self, String> {
+        let bytes = crate::files::read_regular(path, 256 << 20)
+            .map_err(|e| format!("{}: {e}", path.display()))?;
+        Self::parse(&bytes, path, eval_fraction, seed)
+    }
+
+    /// Parses CSV text read from `path` (named in messages), holds out
+    /// `eval_fraction` of it, and standardizes the features.
+    pub fn parse(bytes: &[u8], path: &Path, eval_fraction: f64, seed: u64) -> Result<Self, String> {
         let mut reader = csv::ReaderBuilder::new()
             .has_headers(false)
             .flexible(true)
-            .from_path(path)
-            .map_err(|e| format!("{}: {e}", path.display()))?;
+            .from_reader(bytes);
         let mut records = reader.records();
         let header = records
             .next()
@@ -80,6 +90,12 @@ impl Dataset {
                     path.display()
                 )
             })?;
+        if features > MAX_FEATURES {
+            return Err(format!(
+                "{}: {features} features; at most {MAX_FEATURES}",
+                path.display()
+            ));
+        }
         let classes: Vec<String> = header.iter().skip(2).map(str::to_owned).collect();
         let mut all = Split::default();
         for (line, record) in records.enumerate() {

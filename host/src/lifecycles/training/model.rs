@@ -7,6 +7,15 @@ use rand::rngs::StdRng;
 use rand::{RngExt, SeedableRng};
 use serde::{Deserialize, Serialize};
 
+/// Parameters of a model with these layer sizes, if the count fits.
+pub fn param_count(inputs: usize, hidden: usize, classes: usize) -> Option<usize> {
+    hidden
+        .checked_mul(inputs)?
+        .checked_add(hidden)?
+        .checked_add(classes.checked_mul(hidden)?)?
+        .checked_add(classes)
+}
+
 /// Layer sizes and parameters.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Mlp {
