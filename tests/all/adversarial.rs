@@ -244,3 +244,120 @@ fn a_failure_under_fail_leaves_the_hooks_usable_for_a_final_phase() {
     hooks.fire("count", &mut data).unwrap();
     assert_eq!(data["count"], 1);
 }
+
+#[test]
+fn exit_is_reported_as_an_exit_not_a_backtrace() {
+    let mut hooks = adversary("");
+    // It calls exit(3); WASI 0.2's exit carries only success or failure,
+    // so any status but 0 arrives as 1.
+    let cause = fails(&mut hooks, "exit");
+    assert_eq!(cause, Cause::Exited(1));
+    assert_eq!(cause.to_string(), "the plugin exited with status 1");
+}
+
+#[test]
+fn plugin_text_is_cut_and_escaped_before_it_reaches_a_log_or_report() {
+    let mut hooks = adversary("");
+    let cause = fails(&mut hooks, "forge");
+    let Cause::Returned(message) = &cause else {
+        panic!("{cause:?}")
+    };
+    assert!(message.len() < 4096, "30 MB cut to {} bytes", message.len());
+    assert!(
+        message.starts_with("ok\\nERROR wasmhooks: forged line \\u{1b}[2J"),
+        "{message}"
+    );
+    for c in ['\n', '\u{1b}', '\u{202e}'] {
+        assert!(!message.contains(c), "{c:?} in {message:?}");
+    }
+    assert!(message.contains("more bytes cut"), "{message}");
+}
+
+#[test]
+fn save_state_past_its_limit_is_refused() {
+    let toml = allow("adversary", plugins::ADVERSARY, "max_state_kib = 64");
+    let host = host(&toml);
+    let plugin = host.load_file(plugins::ADVERSARY).unwrap();
+    let mut hooks = Hooks::builder(json!({}))
+        .plugin(plugin, json!({"state_bytes": 1 << 20}))
+        .start()
+        .unwrap();
+    let err = hooks.save_states().unwrap_err().to_string();
+    assert!(
+        err.contains(
+            "failed in save-state: returned 1048578 bytes of state, over the limit of 65536"
+        ),
+        "{err}"
+    );
+}
+
+#[test]
+fn a_prefix_grant_cannot_grow_the_data_map_without_bound() {
+    let toml = format!(
+        "[job]\nmax_data_kib = 1024\n{}",
+        allow("adversary", plugins::ADVERSARY, "write = [\"blob.*\"]")
+    );
+    let host = host(&toml);
+    let plugin = host.load_file(plugins::ADVERSARY).unwrap();
+    let mut hooks = Hooks::builder(json!({}))
+        .plugin(plugin, json!(null))
+        .start()
+        .unwrap();
+    let mut data = data(json!({}));
+    for _ in 0..3 {
+        hooks.fire("grow_data", &mut data).unwrap();
+    }
+    let before = data.clone();
+    let err = hooks.fire("grow_data", &mut data).unwrap_err().to_string();
+    assert!(
+        err.contains("over the job's limit of 1048576 bytes"),
+        "{err}"
+    );
+    assert_eq!(data, before, "nothing of the failed call was merged");
+    // Removing what it set makes room again.
+    assert_eq!(data.len(), 3);
+}
+
+#[test]
+fn a_read_write_folder_has_a_quota() {
+    let dir = tempfile::tempdir().unwrap();
+    let outside = tempfile::tempdir().unwrap();
+    let mut hooks = crate::support::adversary(&format!(
+        "write = [\"result\"]\nreadwrite_quota_mib = 2\nreadwrite = [{{ host = {:?}, guest = \"/out\" }}]",
+        dir.path()
+    ));
+    let mut d = data(json!({"path": "/out/a", "mib": 1}));
+    hooks.fire("fill_disk", &mut d).unwrap();
+    let mut d = data(json!({"path": "/out/b", "mib": 2}));
+    let err = hooks.fire("fill_disk", &mut d).unwrap_err().to_string();
+    assert!(
+        err.contains("read-write folder /out holds 3145728 bytes, over its quota of 2097152 bytes"),
+        "{err}"
+    );
+    assert!(!d.contains_key("result"), "the call's updates were dropped");
+    assert_eq!(hooks.stats()[0].bytes_written, 3 << 20);
+    assert_eq!(std::fs::read_dir(outside.path()).unwrap().count(), 0);
+}
+
+#[test]
+fn a_fifo_in_a_granted_folder_cannot_block_the_host() {
+    let dir = tempfile::tempdir().unwrap();
+    let fifo = dir.path().join("fifo");
+    assert!(
+        std::process::Command::new("mkfifo")
+            .arg(&fifo)
+            .status()
+            .unwrap()
+            .success()
+    );
+    let mut hooks = crate::support::adversary(&format!(
+        "write = [\"result\"]\ntimeout_ms = 500\nread = [{{ host = {:?}, guest = \"/in\" }}]",
+        dir.path()
+    ));
+    let mut d = data(json!({"path": "/in/fifo"}));
+    let err = hooks.fire("read_file", &mut d).unwrap_err().to_string();
+    assert!(
+        err.contains("Permission denied") || err.contains("access"),
+        "{err}"
+    );
+}

@@ -381,3 +381,122 @@ fn run_refuses_a_shipped_plugin_the_operator_did_not_allow() {
         "{err}"
     );
 }
+
+/// A component holding one core module, for files nobody would allow.
+fn component_of(module_wat: &str) -> Vec<u8> {
+    let module = wat::parse_str(module_wat).unwrap();
+    // The component preamble, then a core module section (id 1).
+    let mut bytes = b"\0asm\x0d\x00\x01\x00\x01".to_vec();
+    let mut len = module.len();
+    loop {
+        let byte = (len & 0x7f) as u8;
+        len >>= 7;
+        if len == 0 {
+            bytes.push(byte);
+            break;
+        }
+        bytes.push(byte | 0x80);
+    }
+    bytes.extend(module);
+    bytes
+}
+
+#[test]
+fn inspect_and_digest_refuse_code_past_the_compiler_s_bounds_without_compiling_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let deep = format!(
+        "(module (func {} {}))",
+        "block ".repeat(10_000),
+        "end ".repeat(10_000)
+    );
+    let many = format!("(module {})", "(func)".repeat(200_001));
+    for (name, wat, want) in [
+        ("deep.wasm", deep, "nests blocks more than 500 deep"),
+        ("many.wasm", many, "more than 100000 functions"),
+    ] {
+        let path = dir.path().join(name);
+        std::fs::write(&path, component_of(&wat)).unwrap();
+        let path = path.display().to_string();
+        for command in ["inspect", "digest"] {
+            let out = wasmhooks(&["--no-cache", command, &path]);
+            assert!(!out.status.success());
+            let err = stderr(&out);
+            assert!(err.contains(want), "{command} {name}: {err}");
+        }
+    }
+}
+
+#[test]
+fn inspect_of_a_fifo_or_a_device_fails_at_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let fifo = dir.path().join("p.wasm");
+    assert!(
+        Command::new("mkfifo")
+            .arg(&fifo)
+            .status()
+            .unwrap()
+            .success()
+    );
+    for file in [fifo.display().to_string(), "/dev/zero".to_owned()] {
+        let out = wasmhooks(&["inspect", &file]);
+        assert!(!out.status.success());
+        assert!(
+            stderr(&out).contains("not a regular file"),
+            "{}",
+            stderr(&out)
+        );
+    }
+}
+
+#[test]
+fn run_refuses_job_paths_and_commands_the_operator_never_allowed() {
+    let dir = tempfile::tempdir().unwrap();
+    let op = write(
+        dir.path(),
+        "operator.toml",
+        &allow("metrics-collector", plugins::METRICS_COLLECTOR, ""),
+    );
+    let ship = [plugins::METRICS_COLLECTOR];
+    let cases = [
+        (
+            "[node]\nmodel_id = \"m\"\nsource = \"file://model\"\nfiles = []\n[node.engine]\ncommand = [\"sh\", \"-c\", \"touch pwned\"]\n",
+            "unknown field `command`",
+        ),
+        (
+            "[node]\nmodel_id = \"m\"\nsource = \"file://model\"\nfiles = []\n[node.engine]\nname = \"sh\"\n",
+            "is not an engine the operator allows (allowed: none)",
+        ),
+        (
+            "[node]\nmodel_id = \"m\"\nsource = \"file://model\"\nfiles = []\noutput = \"/tmp/node.json\"\n",
+            "output",
+        ),
+        ("[training]\noutput_dir = \"/tmp/ckpt\"\n", "output_dir"),
+        ("[training]\nepochs = 18446744073709551615\n", "epochs"),
+        ("[[plugin]]\nfile = \"/etc/passwd\"\n", "[[plugin]] file"),
+    ];
+    for (i, (extra, want)) in cases.into_iter().enumerate() {
+        let job = dir.path().join(format!("job{i}"));
+        bundle(&job, &format!("name = \"bad\"\n{extra}"), &ship);
+        let out = wasmhooks(&["run", &job.display().to_string(), "--operator", &op]);
+        assert!(!out.status.success());
+        let err = stderr(&out);
+        assert!(err.contains(want), "{extra}: {err}");
+        assert!(!job.join("pwned").exists());
+    }
+    // A job.toml that is a FIFO is refused, not waited on.
+    let job = dir.path().join("fifo-job");
+    std::fs::create_dir_all(&job).unwrap();
+    assert!(
+        Command::new("mkfifo")
+            .arg(job.join("job.toml"))
+            .status()
+            .unwrap()
+            .success()
+    );
+    let out = wasmhooks(&["run", &job.display().to_string(), "--operator", &op]);
+    assert!(
+        stderr(&out).contains("not a regular file"),
+        "{}",
+        stderr(&out)
+    );
+}

@@ -12,5 +12,6 @@ mod languages;
 mod loading;
 mod node;
 mod observers;
+mod properties;
 mod support;
 mod training;

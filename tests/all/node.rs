@@ -31,12 +31,40 @@ fn config(dir: &Path, source: String) -> NodeConfig {
     );
     let mut config: NodeConfig = toml::from_str(&text).unwrap();
     config.files = model_files();
-    config.resolve(dir)
+    config.resolve(dir).unwrap()
 }
+
+/// A node config for a job folder `dir` holding a copy of the example
+/// model, read through a `file://` source inside it.
+fn file_config(dir: &Path) -> NodeConfig {
+    std::fs::create_dir_all(dir.join("model")).unwrap();
+    for f in model_files() {
+        std::fs::copy(
+            example().join("model").join(&f.path),
+            dir.join("model").join(&f.path),
+        )
+        .unwrap();
+    }
+    config(dir, "file://model".into())
+}
+
+/// The engines the operator allows in these tests.
+const ENGINES: &str = r#"
+[engine.example]
+command = ["python3", "engine.py", "--model-dir", "{model_dir}", "--port", "{port}"]
+health_url = "http://127.0.0.1:{port}/health"
+timeout_s = 30
+
+[engine.dies]
+command = ["python3", "-c", "import sys; sys.exit('model is corrupt')"]
+ready_line = "READY"
+timeout_s = 10
+"#;
 
 fn node_host() -> wasmhooks::Host {
     host(
         &[
+            ENGINES.to_owned(),
             allow("metrics-collector", plugins::METRICS_COLLECTOR, r#"write = ["metrics"]"#),
             allow(
                 "force-download",
@@ -49,7 +77,11 @@ fn node_host() -> wasmhooks::Host {
                 plugins::REPLACE_INIT,
                 r#"write = ["skip_default", "placement_group", "runtime_env", "extra_init_kwargs"]"#,
             ),
-            allow("adversary", plugins::ADVERSARY, r#"write = ["local_node_download_model", "engine_kwargs"]"#),
+            allow(
+                "adversary",
+                plugins::ADVERSARY,
+                r#"write = ["local_node_download_model", "engine_kwargs", "model_source", "download_dir", "placement_request", "download_result"]"#,
+            ),
         ]
         .concat(),
     )
@@ -140,7 +172,7 @@ fn downloads_over_http_resume_a_cut_transfer_and_hit_the_cache_next_time() {
     cfg.stall_timeout_s = 1;
     let host = node_host();
 
-    let out = node::initialize(&cfg, &mut hooks(&host, &[])).unwrap();
+    let out = node::initialize(&cfg, host.policy(), &mut hooks(&host, &[])).unwrap();
     let result = &out.data["download_result"];
     assert_eq!(result["cache_hits"], 0);
     let weights = result["files"]
@@ -167,7 +199,7 @@ fn downloads_over_http_resume_a_cut_transfer_and_hit_the_cache_next_time() {
     }
 
     let before = server.requests.lock().unwrap().len();
-    let again = node::initialize(&cfg, &mut hooks(&host, &[])).unwrap();
+    let again = node::initialize(&cfg, host.policy(), &mut hooks(&host, &[])).unwrap();
     assert_eq!(again.data["download_result"]["cache_hits"], 3);
     assert_eq!(
         server.requests.lock().unwrap().len(),
@@ -179,12 +211,9 @@ fn downloads_over_http_resume_a_cut_transfer_and_hit_the_cache_next_time() {
 #[test]
 fn a_digest_mismatch_fails_the_download_after_its_retries() {
     let dir = tempfile::tempdir().unwrap();
-    let mut cfg = config(
-        dir.path(),
-        format!("file://{}", example().join("model").display()),
-    );
+    let mut cfg = file_config(dir.path());
     cfg.files[0].sha256 = "ab".repeat(32);
-    let err = node::initialize(&cfg, &mut hooks(&node_host(), &[]))
+    let err = node::initialize(&cfg, node_host().policy(), &mut hooks(&node_host(), &[]))
         .unwrap_err()
         .to_string();
     assert!(
@@ -198,24 +227,10 @@ fn a_digest_mismatch_fails_the_download_after_its_retries() {
 fn every_phase_runs_the_engine_starts_and_the_output_is_written() {
     let dir = tempfile::tempdir().unwrap();
     std::fs::copy(example().join("engine.py"), dir.path().join("engine.py")).unwrap();
-    let mut cfg = config(
-        dir.path(),
-        format!("file://{}", example().join("model").display()),
-    );
+    let mut cfg = file_config(dir.path());
     cfg.engine = Some(EngineConfig {
-        command: [
-            "python3",
-            "engine.py",
-            "--model-dir",
-            "{model_dir}",
-            "--port",
-            "{port}",
-        ]
-        .map(String::from)
-        .to_vec(),
-        ready_line: None,
-        health_url: Some("http://127.0.0.1:{port}/health".into()),
-        timeout_s: 30,
+        name: "example".into(),
+        args: Vec::new(),
     });
     let host = node_host();
     let script = json!({"updates": {"pre_engine_init": {"engine_kwargs": {"model": "tiny-llm", "max_batch_size": 8}}}});
@@ -228,7 +243,7 @@ fn every_phase_runs_the_engine_starts_and_the_output_is_written() {
             (plugins::ADVERSARY, script),
         ],
     );
-    let out = node::initialize(&cfg, &mut hooks).unwrap();
+    let out = node::initialize(&cfg, host.policy(), &mut hooks).unwrap();
 
     let calls = &out.data["metrics"]["calls"];
     for phase in &node::PHASES[..8] {
@@ -291,10 +306,7 @@ fn ureq_get(url: &str) -> impl Read {
 #[test]
 fn skip_default_replaces_download_placement_and_engine() {
     let dir = tempfile::tempdir().unwrap();
-    let cfg = config(
-        dir.path(),
-        format!("file://{}", example().join("model").display()),
-    );
+    let cfg = file_config(dir.path());
     let host = node_host();
     let mut hooks = hooks(
         &host,
@@ -303,7 +315,7 @@ fn skip_default_replaces_download_placement_and_engine() {
             (plugins::METRICS_COLLECTOR, Value::Null),
         ],
     );
-    let out = node::initialize(&cfg, &mut hooks).unwrap();
+    let out = node::initialize(&cfg, host.policy(), &mut hooks).unwrap();
     assert!(out.skipped_default);
     let fired: Vec<&str> = out.timings.iter().map(|(p, _)| p).collect();
     assert_eq!(
@@ -322,14 +334,12 @@ fn skip_default_replaces_download_placement_and_engine() {
 #[test]
 fn plugins_choose_what_is_downloaded() {
     let dir = tempfile::tempdir().unwrap();
-    let cfg = config(
-        dir.path(),
-        format!("file://{}", example().join("model").display()),
-    );
+    let cfg = file_config(dir.path());
     let script =
         json!({"updates": {"pre_download": {"local_node_download_model": "TOKENIZER_ONLY"}}});
     let out = node::initialize(
         &cfg,
+        node_host().policy(),
         &mut hooks(&node_host(), &[(plugins::ADVERSARY, script)]),
     )
     .unwrap();
@@ -343,6 +353,7 @@ fn plugins_choose_what_is_downloaded() {
     let script = json!({"updates": {"pre_download": {"local_node_download_model": "EVERYTHING"}}});
     let err = node::initialize(
         &cfg,
+        node_host().policy(),
         &mut hooks(&node_host(), &[(plugins::ADVERSARY, script)]),
     )
     .unwrap_err();
@@ -352,12 +363,9 @@ fn plugins_choose_what_is_downloaded() {
 #[test]
 fn an_infeasible_placement_group_is_a_clear_error() {
     let dir = tempfile::tempdir().unwrap();
-    let mut cfg = config(
-        dir.path(),
-        format!("file://{}", example().join("model").display()),
-    );
+    let mut cfg = file_config(dir.path());
     cfg.strategy = Strategy::StrictSpread;
-    let err = node::initialize(&cfg, &mut hooks(&node_host(), &[]))
+    let err = node::initialize(&cfg, node_host().policy(), &mut hooks(&node_host(), &[]))
         .unwrap_err()
         .to_string();
     assert!(err.contains("placement group is infeasible: STRICT_SPREAD: 2 bundles need as many nodes, there are 1"), "{err}");
@@ -366,23 +374,181 @@ fn an_infeasible_placement_group_is_a_clear_error() {
 #[test]
 fn an_engine_that_dies_is_reported_with_its_last_words() {
     let dir = tempfile::tempdir().unwrap();
-    let mut cfg = config(
-        dir.path(),
-        format!("file://{}", example().join("model").display()),
-    );
+    let mut cfg = file_config(dir.path());
     cfg.engine = Some(EngineConfig {
-        command: ["python3", "-c", "import sys; sys.exit('model is corrupt')"]
-            .map(String::from)
-            .to_vec(),
-        ready_line: Some("READY".into()),
-        health_url: None,
-        timeout_s: 10,
+        name: "dies".into(),
+        args: Vec::new(),
     });
-    let err = node::initialize(&cfg, &mut hooks(&node_host(), &[]))
+    let err = node::initialize(&cfg, node_host().policy(), &mut hooks(&node_host(), &[]))
         .unwrap_err()
         .to_string();
     assert!(
         err.contains("before it was ready") && err.contains("model is corrupt"),
         "{err}"
+    );
+}
+
+/// Runs node initialization with the adversary steering it by `script`
+/// (its scripted updates; `null` removes a key); returns the error.
+fn scripted_failure(dir: &Path, cfg: &NodeConfig, script: Value) -> String {
+    let host = node_host();
+    let mut hooks = hooks(&host, &[(plugins::ADVERSARY, json!({"updates": script}))]);
+    let err = node::initialize(cfg, host.policy(), &mut hooks)
+        .unwrap_err()
+        .to_string();
+    assert!(dir.exists());
+    err
+}
+
+#[test]
+fn a_plugin_that_removes_or_mistypes_a_key_the_host_reads_gets_an_error_not_a_panic() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = file_config(dir.path());
+    for key in ["local_node_download_model", "model_source", "download_dir"] {
+        let err = scripted_failure(dir.path(), &cfg, json!({"pre_download": {key: null}}));
+        assert!(
+            err.contains(key) && err.contains("a plugin removed it"),
+            "{err}"
+        );
+        let err = scripted_failure(dir.path(), &cfg, json!({"pre_download": {key: 3}}));
+        assert!(
+            err.contains(key) && err.contains("must be a string"),
+            "{err}"
+        );
+    }
+    let err = scripted_failure(
+        dir.path(),
+        &cfg,
+        json!({"pre_placement_group": {"placement_request": null}}),
+    );
+    assert!(err.contains("placement_request is missing"), "{err}");
+    let bundles: Vec<Value> = (0..5000).map(|_| json!({"CPU": 0})).collect();
+    let err = scripted_failure(
+        dir.path(),
+        &cfg,
+        json!({"pre_placement_group": {"placement_request": {"bundles": bundles, "strategy": "PACK"}}}),
+    );
+    assert!(err.contains("at most 1024"), "{err}");
+    // Removing what the download produced is no reason to panic either.
+    let host = node_host();
+    let mut hooks = hooks(
+        &host,
+        &[(
+            plugins::ADVERSARY,
+            json!({"updates": {"post_download": {"download_result": null}}}),
+        )],
+    );
+    node::initialize(&cfg, host.policy(), &mut hooks).unwrap();
+}
+
+#[test]
+fn downloads_stay_inside_the_job_folder() {
+    let dir = tempfile::tempdir().unwrap();
+    let outside = tempfile::tempdir().unwrap();
+    let cfg = file_config(dir.path());
+    let escape = outside.path().join("stolen").display().to_string();
+    for (key, value) in [
+        ("download_dir", escape.clone()),
+        ("download_dir", "../../elsewhere".to_owned()),
+        ("model_source", "file:///etc".to_owned()),
+        ("model_source", "file://../..".to_owned()),
+    ] {
+        let err = scripted_failure(dir.path(), &cfg, json!({"pre_download": {key: value}}));
+        assert!(
+            err.contains(key) && err.contains("inside the job"),
+            "{key}: {err}"
+        );
+    }
+    assert!(!outside.path().join("stolen").exists());
+
+    // A symlink planted where the cache goes is not followed out.
+    std::fs::create_dir_all(dir.path().join("cache")).unwrap();
+    std::os::unix::fs::symlink(outside.path(), dir.path().join("cache/tiny-llm")).unwrap();
+    let host = node_host();
+    let err = node::initialize(&cfg, host.policy(), &mut hooks(&host, &[]))
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("symbolic link"), "{err}");
+    assert_eq!(std::fs::read_dir(outside.path()).unwrap().count(), 0);
+}
+
+#[test]
+fn the_operator_caps_what_a_job_downloads() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = file_config(dir.path());
+    let host = host(&format!(
+        "[job]\nmax_download_mib = 0\n{}",
+        allow("metrics-collector", plugins::METRICS_COLLECTOR, "")
+    ));
+    let err = node::initialize(&cfg, host.policy(), &mut hooks(&host, &[]))
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("max_download_mib"), "{err}");
+}
+
+#[test]
+fn a_job_starts_only_engines_the_operator_allows() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut cfg = file_config(dir.path());
+    cfg.engine = Some(EngineConfig {
+        name: "sh".into(),
+        args: Vec::new(),
+    });
+    let host = node_host();
+    let err = node::initialize(&cfg, host.policy(), &mut hooks(&host, &[]))
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("name = \"sh\" is not an engine the operator allows (allowed: dies, example)"),
+        "{err}"
+    );
+    assert!(
+        !dir.path().join("cache").exists(),
+        "refused before anything ran"
+    );
+    cfg.engine = Some(EngineConfig {
+        name: "example".into(),
+        args: vec!["--debug".into()],
+    });
+    let err = node::initialize(&cfg, host.policy(), &mut hooks(&host, &[]))
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("takes no arguments from jobs"), "{err}");
+}
+
+#[test]
+fn job_paths_and_numbers_are_checked_when_the_config_is_read() {
+    let dir = tempfile::tempdir().unwrap();
+    let base = "model_id = \"m\"\nsource = \"file://model\"\nfiles = []\n";
+    for (extra, want) in [
+        ("cache_dir = \"/tmp/x\"", "cache_dir"),
+        ("output = \"../../node.json\"", "output"),
+        (
+            "tensor_parallel_size = 1000000000000",
+            "tensor_parallel_size",
+        ),
+        ("retries = 4000000000", "retries"),
+        ("stall_timeout_s = 18446744073709551615", "stall_timeout_s"),
+        ("bundle = { CPU = nan }", "resource CPU"),
+    ] {
+        let cfg: NodeConfig = toml::from_str(&format!("{base}{extra}\n")).unwrap();
+        let err = cfg.resolve(dir.path()).unwrap_err().to_string();
+        assert!(err.contains(want), "{extra}: {err}");
+    }
+    let text = "model_id = \"../../x\"\nsource = \"file://model\"\nfiles = []\n";
+    let cfg: NodeConfig = toml::from_str(text).unwrap();
+    assert!(
+        cfg.resolve(dir.path())
+            .unwrap_err()
+            .to_string()
+            .contains("model_id")
+    );
+    let text = "model_id = \"m\"\nsource = \"file:///etc\"\nfiles = []\n";
+    let cfg: NodeConfig = toml::from_str(text).unwrap();
+    assert!(
+        cfg.resolve(dir.path())
+            .unwrap_err()
+            .to_string()
+            .contains("source")
     );
 }

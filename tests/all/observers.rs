@@ -148,3 +148,45 @@ fn a_crashing_observer_does_not_stop_the_job() {
     hooks.fire("count", &mut data).unwrap();
     assert_eq!(data["count"], 1, "a fresh instance answers the next call");
 }
+
+#[test]
+fn after_a_flush_runs_out_of_time_nothing_waits_for_the_backlog() {
+    let mut hooks = adversary("write = [\"count\"]");
+    let mut data = data(json!({}));
+    // About 20 s of naps queued.
+    for _ in 0..1000 {
+        hooks.fire("observe_nap", &mut data).unwrap();
+    }
+    let left = hooks.flush(Duration::from_millis(100));
+    assert!(left > 900, "{left}");
+    // A call in order after the queue (as `on_train_end` is) waits at most
+    // for the observation under way, not for the discarded backlog.
+    let start = Instant::now();
+    hooks.fire("count", &mut data).unwrap();
+    assert!(
+        start.elapsed() < Duration::from_secs(3),
+        "{:?}",
+        start.elapsed()
+    );
+    let stats = &hooks.stats()[0];
+    assert!(
+        stats.dropped >= 900,
+        "discarded observations are counted: {stats:?}"
+    );
+}
+
+#[test]
+fn the_observer_queue_is_bounded_in_bytes() {
+    let toml = format!(
+        "[job]\nobserver_queue_kib = 64\n{}",
+        allow("adversary", plugins::ADVERSARY, "write = [\"count\"]")
+    );
+    let host = host(&toml);
+    let mut hooks = crate::support::start(&[&host.load_file(plugins::ADVERSARY).unwrap()]);
+    let mut data = data(json!({"blob": "x".repeat(40 << 10)}));
+    for _ in 0..10 {
+        hooks.fire("observe_nap", &mut data).unwrap();
+    }
+    let stats = &hooks.stats()[0];
+    assert!(stats.dropped >= 7, "{stats:?}");
+}

@@ -5,11 +5,11 @@
 use std::path::{Path, PathBuf};
 
 use serde_json::{Value, json};
-use wasmhooks::Hooks;
 use wasmhooks::lifecycles::LifecycleError;
 use wasmhooks::lifecycles::training::{
     self, EndReason, PHASES, Solo, Tcp, TrainingConfig, TrainingOutcome,
 };
+use wasmhooks::{Hooks, JobLimits};
 use wasmhooks_tests as plugins;
 
 use crate::support::{allow, host};
@@ -18,15 +18,21 @@ fn iris() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples/job/data/iris.csv")
 }
 
-fn config(output: &Path) -> TrainingConfig {
+/// A training config for the job folder `dir`, with a copy of Iris in it
+/// and checkpoints written to the folder itself.
+fn config(dir: &Path) -> TrainingConfig {
+    std::fs::create_dir_all(dir).unwrap();
+    std::fs::copy(iris(), dir.join("iris.csv")).unwrap();
     TrainingConfig {
-        dataset: iris(),
+        dataset: PathBuf::from("iris.csv"),
         epochs: 4,
         batch_size: 30,
-        output_dir: output.to_owned(),
+        output_dir: PathBuf::from("."),
         log_every: 0,
         ..TrainingConfig::default()
     }
+    .resolve(dir)
+    .unwrap()
 }
 
 /// A host allowing the training plugins, the collector and the adversary,
@@ -62,7 +68,10 @@ fn training_host(logs: &Path) -> wasmhooks::Host {
             allow(
                 "adversary",
                 plugins::ADVERSARY,
-                r#"write = ["should_*", "learning_rate"]"#,
+                &format!(
+                    "write = [\"should_*\", \"learning_rate\", \"count\", \"result\", \"seen\"]\nreadwrite = [{{ host = {:?}, guest = \"/logs\" }}]",
+                    logs
+                ),
             ),
         ]
         .concat(),
@@ -79,7 +88,13 @@ fn hooks(host: &wasmhooks::Host, rank: u32, plugins: &[(&str, Value)]) -> Hooks 
 }
 
 fn train(config: &TrainingConfig, hooks: &mut Hooks) -> Result<TrainingOutcome, LifecycleError> {
-    training::train(config, hooks, &mut Solo, Default::default())
+    training::train(
+        config,
+        &JobLimits::default(),
+        hooks,
+        &mut Solo,
+        Default::default(),
+    )
 }
 
 fn fired(outcome: &TrainingOutcome, phase: &str) -> u64 {
@@ -132,7 +147,7 @@ fn every_phase_fires_and_the_model_learns() {
     let [ckpt] = out.checkpoints.as_slice() else {
         panic!("{:?}", out.checkpoints)
     };
-    let saved = training::Checkpoint::load(ckpt).unwrap();
+    let saved = training::Checkpoint::load_file(ckpt, 1 << 30).unwrap();
     assert_eq!(saved.step, 60);
     assert!(saved.plugins.contains_key("metrics-collector"));
 }
@@ -249,7 +264,7 @@ fn checkpoint_policy_keeps_the_last_k_or_the_best() {
     let [best] = out.checkpoints.as_slice() else {
         panic!("{:?}", out.checkpoints)
     };
-    let best = training::Checkpoint::load(best).unwrap();
+    let best = training::Checkpoint::load_file(best, 1 << 30).unwrap();
     assert!(
         best.eval_loss.unwrap() <= out.eval_loss.unwrap() + 1e-12,
         "the kept one is the best"
@@ -337,13 +352,27 @@ fn two_ranks_stay_in_step_and_rank_zero_only_plugins_run_once() {
         std::thread::spawn(move || {
             let mut hooks = hooks(&host, 1, &plugins);
             let mut c = Tcp::join(addr, 1, 2).unwrap();
-            let out = training::train(&cfg, &mut hooks, &mut c, Default::default()).unwrap();
+            let out = training::train(
+                &cfg,
+                &JobLimits::default(),
+                &mut hooks,
+                &mut c,
+                Default::default(),
+            )
+            .unwrap();
             (out, hooks.stats())
         })
     };
     let mut hooks0 = hooks(&host, 0, &plugins);
     let mut c = Tcp::accept(listener, 2).unwrap();
-    let out0 = training::train(&cfg, &mut hooks0, &mut c, Default::default()).unwrap();
+    let out0 = training::train(
+        &cfg,
+        &JobLimits::default(),
+        &mut hooks0,
+        &mut c,
+        Default::default(),
+    )
+    .unwrap();
     let (out1, stats1) = rank1.join().unwrap();
 
     assert_eq!(
@@ -363,4 +392,135 @@ fn two_ranks_stay_in_step_and_rank_zero_only_plugins_run_once() {
     assert_eq!(stats1[0].calls, 0, "rank-zero-only");
     assert!(hooks0.stats()[0].calls > 0);
     assert!(stats1[1].calls > 0, "the collector runs on every rank");
+}
+
+#[test]
+fn checkpoint_writes_follow_no_symlink_out_of_the_job() {
+    let dir = tempfile::tempdir().unwrap();
+    let outside = tempfile::tempdir().unwrap();
+    let secret = outside.path().join("secret");
+    std::fs::write(&secret, "keep").unwrap();
+    let host = training_host(dir.path());
+    let mut hooks = hooks(&host, 0, &[(plugins::ADVERSARY, Value::Null)]);
+    let cfg = config(dir.path());
+    // A plugin with a read-write grant leaves a relative link that climbs
+    // out of its folder, where the host will write the final checkpoint.
+    let climb = "../".repeat(dir.path().components().count()) + &secret.display().to_string()[1..];
+    let mut data = crate::support::data(json!({
+        "link": "/logs/checkpoint-00000016.json",
+        "target": climb,
+    }));
+    hooks.fire("symlink", &mut data).unwrap();
+    assert_eq!(data["result"], "linked");
+    let link = dir.path().join("checkpoint-00000016.json");
+    assert!(link.symlink_metadata().unwrap().file_type().is_symlink());
+    // And one in the place of the sub-folder a later job writes into.
+    std::os::unix::fs::symlink(outside.path(), dir.path().join("sub")).unwrap();
+
+    let out = train(&cfg, &mut hooks).unwrap();
+    assert_eq!(out.steps, 16);
+    assert_eq!(std::fs::read_to_string(&secret).unwrap(), "keep");
+    assert!(link.symlink_metadata().unwrap().file_type().is_file());
+
+    let sub = TrainingConfig {
+        output_dir: PathBuf::from("sub/checkpoints"),
+        ..cfg
+    };
+    let err = train(&sub, &mut hooks).unwrap_err().to_string();
+    assert!(err.contains("symbolic link"), "{err}");
+    assert_eq!(std::fs::read_dir(outside.path()).unwrap().count(), 1);
+}
+
+#[test]
+fn a_tampered_checkpoint_is_refused_before_it_is_used() {
+    let dir = tempfile::tempdir().unwrap();
+    let host = training_host(dir.path());
+    let plugins = [(plugins::METRICS_COLLECTOR, Value::Null)];
+    let cfg = config(dir.path());
+    let first = train(&cfg, &mut hooks(&host, 0, &plugins)).unwrap();
+    let [saved] = first.checkpoints.as_slice() else {
+        panic!("{:?}", first.checkpoints)
+    };
+    let good: Value = serde_json::from_slice(&std::fs::read(saved).unwrap()).unwrap();
+    let resume = TrainingConfig {
+        resume: true,
+        ..cfg.clone()
+    };
+    let tamper = |edit: &dyn Fn(&mut Value)| {
+        let mut bad = good.clone();
+        edit(&mut bad);
+        std::fs::write(saved, serde_json::to_vec(&bad).unwrap()).unwrap();
+        train(&resume, &mut hooks(&host, 0, &plugins))
+            .unwrap_err()
+            .to_string()
+    };
+    let err = tamper(&|c| c["model"]["params"] = json!([]));
+    assert!(err.contains("parameters"), "{err}");
+    let err = tamper(&|c| c["step"] = json!(u64::MAX));
+    assert!(err.contains("past this job's"), "{err}");
+    let err = tamper(&|c| c["optimizer"]["velocity"] = json!([1.0]));
+    assert!(err.contains("optimizer"), "{err}");
+    let err = tamper(&|c| c["model"]["hidden"] = json!(1_000_000_000_000u64));
+    assert!(err.contains("hidden units"), "{err}");
+
+    // A link to a device in a checkpoint's name is no checkpoint: it is not
+    // read, and the final save replaces the link, not what it points to.
+    std::fs::remove_file(saved).unwrap();
+    std::os::unix::fs::symlink("/dev/zero", saved).unwrap();
+    let out = train(&resume, &mut hooks(&host, 0, &plugins)).unwrap();
+    assert_eq!(out.resumed_from, None);
+    assert!(saved.symlink_metadata().unwrap().file_type().is_file());
+    // One over the operator's size cap is refused unread.
+    std::fs::remove_file(saved).unwrap();
+    std::fs::write(saved, vec![b' '; 64 << 10]).unwrap();
+    let small = JobLimits {
+        max_file_bytes: 32 << 10,
+        ..JobLimits::default()
+    };
+    let err = training::train(
+        &resume,
+        &small,
+        &mut hooks(&host, 0, &plugins),
+        &mut Solo,
+        Default::default(),
+    )
+    .unwrap_err()
+    .to_string();
+    assert!(err.contains("larger than"), "{err}");
+}
+
+#[test]
+fn numbers_and_paths_out_of_range_are_refused_when_the_config_is_read() {
+    let dir = tempfile::tempdir().unwrap();
+    for (toml, want) in [
+        ("epochs = 18446744073709551615", "epochs"),
+        ("hidden = 1000000000000", "hidden"),
+        ("batch_size = 0", "batch_size"),
+        ("world_size = 100000", "world_size"),
+        ("flush_timeout_s = 18446744073709551615", "flush_timeout_s"),
+        ("learning_rate = inf", "learning_rate"),
+        ("dataset = \"/etc/passwd\"", "dataset"),
+        ("output_dir = \"../..\"", "output_dir"),
+    ] {
+        let cfg: TrainingConfig = toml::from_str(toml).unwrap();
+        let err = cfg.resolve(dir.path()).unwrap_err().to_string();
+        assert!(err.contains(want), "{toml}: {err}");
+    }
+}
+
+#[test]
+fn a_plugin_leaking_descriptors_cannot_starve_the_host_s_checkpoint_write() {
+    let dir = tempfile::tempdir().unwrap();
+    let host = training_host(dir.path());
+    let mut hooks = hooks(&host, 0, &[(plugins::ADVERSARY, Value::Null)]);
+    std::fs::write(dir.path().join("f"), "x").unwrap();
+    let mut data = crate::support::data(json!({"path": "/logs/f"}));
+    let err = hooks.fire("leak_fds", &mut data).unwrap_err().to_string();
+    assert!(err.contains("more than 256 WASI handles"), "{err}");
+    let out = train(&config(dir.path()), &mut hooks).unwrap();
+    assert_eq!(
+        out.checkpoints.len(),
+        1,
+        "the host still writes its checkpoint"
+    );
 }

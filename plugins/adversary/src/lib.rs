@@ -18,6 +18,8 @@ struct Adversary {
     scripted: Value,
     /// From config `panic_on`: a phase to crash in.
     panic_on: Option<String>,
+    /// From config `state_bytes`: how large a state `save-state` returns.
+    state_bytes: Option<usize>,
 }
 
 impl Plugin for Adversary {
@@ -31,6 +33,7 @@ impl Plugin for Adversary {
 
     fn init(&mut self, _job: &Value, config: &Value) -> Result<(), Error> {
         self.panic_on = config["panic_on"].as_str().map(str::to_owned);
+        self.state_bytes = config["state_bytes"].as_u64().map(|n| n as usize);
         self.scripted = match &config["updates"] {
             // Crashing on cue is scripted too: quiet everywhere else.
             Value::Null if self.panic_on.is_some() => Value::Object(Default::default()),
@@ -50,7 +53,11 @@ impl Plugin for Adversary {
         if let Some(Value::Object(keys)) = self.scripted.get(phase) {
             let mut updates = Updates::new();
             for (key, value) in keys {
-                updates = updates.set(key.clone(), value);
+                // A scripted `null` removes the key.
+                updates = match value {
+                    Value::Null => updates.remove(key.clone()),
+                    value => updates.set(key.clone(), value),
+                };
             }
             return Ok(updates);
         }
@@ -127,6 +134,48 @@ impl Plugin for Adversary {
                 let slept = start.elapsed().as_millis() as u64;
                 Ok(Updates::new().set("result", slept))
             }
+            "symlink" => {
+                // WASI refuses absolute targets, not ones that climb.
+                let link = data.str("link").ok_or("data has no `link`")?;
+                let target = data.str("target").ok_or("data has no `target`")?;
+                // `soft_link` is the one stable way to make a link on WASI.
+                #[allow(deprecated)]
+                std::fs::soft_link(target, link)?;
+                Ok(Updates::new().set("result", "linked"))
+            }
+            "leak_fds" => {
+                let path = data.str("path").ok_or("data has no `path`")?;
+                let mut opened = 0u64;
+                for _ in 0..100_000 {
+                    match std::fs::File::open(path) {
+                        Ok(f) => {
+                            std::mem::forget(f);
+                            opened += 1;
+                        }
+                        Err(_) => break,
+                    }
+                }
+                Ok(Updates::new().set("count", opened))
+            }
+            "fill_disk" => {
+                let path = data.str("path").ok_or("data has no `path`")?;
+                let mib = data.get("mib").and_then(Value::as_u64).unwrap_or(1);
+                std::fs::write(path, vec![7u8; (mib << 20) as usize])?;
+                Ok(Updates::new().set("result", "written"))
+            }
+            "grow_data" => {
+                // Each call adds a new 256 KiB key under a `prefix.*` grant.
+                self.count += 1;
+                Ok(Updates::new().set(format!("blob.{}", self.count), "x".repeat(256 << 10)))
+            }
+            "exit" => std::process::exit(3),
+            "forge" => {
+                // Text that would forge a log line and drive a terminal.
+                let forged = "ok\nERROR wasmhooks: forged line \u{1b}[2J\u{1b}[31m\u{202e}";
+                println!("{forged}");
+                wasmhooks_sdk::log::warn(forged);
+                Err(format!("{forged}{}", "x".repeat(30 << 20)).into())
+            }
             "block" => {
                 // Blocks in the host, where no wasm runs to interrupt.
                 std::thread::sleep(std::time::Duration::from_secs(60));
@@ -140,7 +189,10 @@ impl Plugin for Adversary {
     }
 
     fn save_state(&self) -> Option<Value> {
-        Some(Value::from(self.count))
+        match self.state_bytes {
+            Some(n) => Some(Value::from("s".repeat(n))),
+            None => Some(Value::from(self.count)),
+        }
     }
 
     fn load_state(&mut self, state: Value) -> Result<(), Error> {
