@@ -83,10 +83,45 @@ pub fn init_logging(verbose: u8) {
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
     tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .with_writer(|| SafeStderr)
+        // No colours: the writer escapes every escape sequence.
+        .with_ansi(false)
         .with_target(false)
         .init();
+}
+
+/// Where log lines go: stderr, with every control character in a line but
+/// its final newline escaped. Each event is one write, so whatever a
+/// message holds (a plugin's words, a job's values, a URL) stays on its own
+/// line and cannot drive the terminal: the rule for every log line, not
+/// only those whose strings were cleaned where they came in.
+struct SafeStderr;
+
+impl Write for SafeStderr {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        let text = String::from_utf8_lossy(buf);
+        let (line, end) = match text.strip_suffix('\n') {
+            Some(line) => (line, "\n"),
+            None => (text.as_ref(), ""),
+        };
+        let mut err = std::io::stderr().lock();
+        err.write_all(clean(line, 1 << 20).as_bytes())?;
+        err.write_all(end.as_bytes())?;
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        std::io::stderr().flush()
+    }
+}
+
+/// Text for the terminal that may span lines (a TOML parser's error with
+/// its caret): each line cleaned on its own.
+pub(crate) fn clean_lines(s: &str) -> String {
+    s.lines()
+        .map(|line| clean(line, 4096))
+        .collect::<Vec<_>>()
+        .join("\n")
 }
 
 pub fn run(args: Args) -> anyhow::Result<ExitCode> {

@@ -50,6 +50,7 @@ pub use dispatch::{
 };
 pub use engine::Host;
 pub use error::{CallError, Cause, Error};
+pub use files::read_regular;
 pub use inspect::Inspection;
 pub use loading::{Plugin, sha256_hex};
 pub use manifest::{ALL_PHASES, Manifest};

@@ -500,3 +500,48 @@ fn run_refuses_job_paths_and_commands_the_operator_never_allowed() {
         stderr(&out)
     );
 }
+
+#[test]
+fn nothing_a_plugin_or_job_writes_reaches_the_terminal_raw() {
+    let dir = tempfile::tempdir().unwrap();
+    let op = write(
+        dir.path(),
+        "operator.toml",
+        &allow("adversary", plugins::ADVERSARY, ""),
+    );
+    // The plugin prints, logs and returns a forged log line with escapes.
+    let out = wasmhooks(&[
+        "-v",
+        "call",
+        "--operator",
+        &op,
+        "--phase",
+        "forge",
+        plugins::ADVERSARY,
+    ]);
+    assert!(!out.status.success());
+    let err = stderr(&out);
+    for c in ['\u{1b}', '\u{202e}'] {
+        assert!(!err.contains(c), "{c:?} reached the terminal: {err}");
+    }
+    assert!(
+        !err.lines()
+            .any(|l| l.starts_with("ERROR wasmhooks: forged")),
+        "a forged line: {err}"
+    );
+    assert!(err.contains("forged line"), "{err}");
+    assert!(
+        err.len() < 64 << 10,
+        "30 MB of error came out as {} bytes",
+        err.len()
+    );
+
+    // A job.toml whose bad line holds escapes: the parser quotes the line.
+    let job = dir.path().join("job");
+    std::fs::create_dir_all(&job).unwrap();
+    std::fs::write(job.join("job.toml"), "name = \"x\"\nbad \u{1b}[2J line\n").unwrap();
+    let out = wasmhooks(&["run", &job.display().to_string(), "--operator", &op]);
+    assert!(!out.status.success());
+    let err = stderr(&out);
+    assert!(err.contains("job.toml") && !err.contains('\u{1b}'), "{err}");
+}

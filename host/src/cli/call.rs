@@ -99,8 +99,9 @@ pub fn call(args: CallArgs) -> anyhow::Result<ExitCode> {
 }
 
 fn read_json(path: &std::path::Path) -> anyhow::Result<Value> {
-    let text = std::fs::read_to_string(path).with_context(|| format!("read {}", path.display()))?;
-    serde_json::from_str(&text).with_context(|| format!("{} is not JSON", path.display()))
+    let bytes = wasmhooks::read_regular(path, 64 << 20)
+        .with_context(|| format!("read {}", path.display()))?;
+    serde_json::from_slice(&bytes).with_context(|| format!("{} is not JSON", path.display()))
 }
 
 fn human(reports: &[PhaseReport], data: &DataMap) -> anyhow::Result<String> {
