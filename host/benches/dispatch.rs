@@ -345,9 +345,61 @@ print(best / n * 1e9)
         "cpython_ns": cpython_ns,
         "idle_instance_linear_memory_bytes": memory,
         "paired": paired_ratios(),
+        "soak": soak(),
     });
     std::fs::write(&out, extras.to_string()).expect("write extras");
     eprintln!("extras: {extras} -> {}", out.display());
+}
+
+/// This process's resident memory, in KiB.
+fn rss_kib() -> u64 {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find_map(|l| l.strip_prefix("VmRSS:"))
+                .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        })
+        .unwrap_or(0)
+}
+
+/// A million calls into one instance, then a thousand starts and stops of
+/// one, with the process's resident memory before and after each: a host
+/// that leaks per call or per instance grows here.
+fn soak() -> Value {
+    let (_host, plugins) = host_for(1);
+    let mut data = data(4);
+    let mut hooks = hooks(&plugins);
+    for _ in 0..10_000 {
+        hooks.fire("on_step_end", &mut data).expect("fires");
+    }
+    let calls_before = rss_kib();
+    for _ in 0..1_000_000 {
+        hooks.fire("on_step_end", &mut data).expect("fires");
+    }
+    let calls_after = rss_kib();
+    drop(hooks);
+    for _ in 0..50 {
+        drop(hooks_fired(&plugins, &mut data));
+    }
+    let cycles_before = rss_kib();
+    for _ in 0..1_000 {
+        drop(hooks_fired(&plugins, &mut data));
+    }
+    let cycles_after = rss_kib();
+    json!({
+        "calls": 1_000_000,
+        "calls_rss_kib": [calls_before, calls_after],
+        "cycles": 1_000,
+        "cycles_rss_kib": [cycles_before, cycles_after],
+    })
+}
+
+/// Hooks started, fired once.
+fn hooks_fired(plugins: &[Plugin], data: &mut DataMap) -> Hooks {
+    let mut hooks = hooks(plugins);
+    hooks.fire("on_step_end", data).expect("fires");
+    hooks
 }
 
 /// The median ratio of `a`'s time to `b`'s over blocks run back to back:

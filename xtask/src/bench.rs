@@ -225,6 +225,29 @@ pub(crate) fn table(root: &Path) -> anyhow::Result<()> {
         String::new(),
         "< 1 MiB",
     );
+    let soak = &extras["soak"];
+    for (what, runs, key) in [
+        (
+            "soak: 10^6 calls into one instance",
+            "calls",
+            "calls_rss_kib",
+        ),
+        (
+            "soak: 1,000 starts and stops of an instance",
+            "cycles",
+            "cycles_rss_kib",
+        ),
+    ] {
+        let before = soak[key][0].as_f64().unwrap_or(0.0);
+        let after = soak[key][1].as_f64().unwrap_or(0.0);
+        let per_run = (after - before) * 1024.0 / soak[runs].as_f64().unwrap_or(1.0);
+        t.row(
+            what,
+            format!("RSS {:.1} -> {:.1} MiB", before / 1024.0, after / 1024.0),
+            format!("{per_run:+.1} bytes per run"),
+            "flat RSS",
+        );
+    }
     // Seven phases a step, four plugins subscribed to each.
     let per_step = 7.0 * ns("dispatch/4xsmall")?;
     t.row(
