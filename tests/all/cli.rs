@@ -277,7 +277,7 @@ fn call_refuses_an_unlisted_plugin_and_reports_a_failing_one() {
 fn bundle(dir: &Path, job: &str, ship: &[&str]) {
     std::fs::create_dir_all(dir.join("plugins")).unwrap();
     std::fs::create_dir_all(dir.join("data")).unwrap();
-    let iris = Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples/job/data/iris.csv");
+    let iris = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../examples/job/data/iris.csv");
     std::fs::copy(iris, dir.join("data/iris.csv")).unwrap();
     for file in ship {
         let name = Path::new(file).file_name().unwrap();

@@ -2,8 +2,8 @@
 //! sequence of phases.
 
 use serde_json::json;
-use wasmhooks::lifecycles::node;
 use wasmhooks::{Hooks, Outcome};
+use wasmhooks_lifecycles::node;
 use wasmhooks_tests as plugins;
 
 use crate::support::{allow, data, host, start, start_with};

@@ -9,13 +9,13 @@ use std::sync::{Arc, Mutex};
 
 use serde_json::{Value, json};
 use wasmhooks::Hooks;
-use wasmhooks::lifecycles::node::{self, EngineConfig, ModelFile, NodeConfig, Strategy};
+use wasmhooks_lifecycles::node::{self, EngineConfig, ModelFile, NodeConfig, Strategy};
 use wasmhooks_tests as plugins;
 
 use crate::support::{allow, host};
 
 fn example() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples/job")
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../../examples/job")
 }
 
 /// The example model's files, with their digests, from the example job.

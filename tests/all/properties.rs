@@ -11,9 +11,9 @@ use proptest::prelude::*;
 use proptest::test_runner::{Config, TestRunner};
 use serde_json::json;
 use toml::Value as T;
-use wasmhooks::job::JobBundle;
-use wasmhooks::lifecycles::training::{self, Solo, TrainingConfig};
 use wasmhooks::{Hooks, JobLimits, Policy};
+use wasmhooks_lifecycles::job::JobBundle;
+use wasmhooks_lifecycles::training::{self, Solo, TrainingConfig};
 
 fn runner(cases: u32) -> TestRunner {
     TestRunner::new(Config {
@@ -193,7 +193,7 @@ fn operator_toml() -> BoxedStrategy<T> {
 
 #[test]
 fn no_job_toml_panics_the_host() {
-    let iris = Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples/job/data/iris.csv");
+    let iris = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../examples/job/data/iris.csv");
     runner(512)
         .run(&job_toml(), |job| {
             let dir = tempfile::tempdir().unwrap();
@@ -255,7 +255,7 @@ fn json_value() -> impl Strategy<Value = serde_json::Value> {
 #[test]
 fn no_tampered_checkpoint_panics_a_resume() {
     let dir = tempfile::tempdir().unwrap();
-    let iris = Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples/job/data/iris.csv");
+    let iris = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../examples/job/data/iris.csv");
     std::fs::copy(iris, dir.path().join("iris.csv")).unwrap();
     let cfg = TrainingConfig {
         dataset: "iris.csv".into(),

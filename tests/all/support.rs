@@ -28,7 +28,7 @@ pub fn host(toml: &str) -> Host {
 
 /// The compile cache the tests share, under the target folder.
 pub fn compile_cache() -> std::path::PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/tmp/compile-cache")
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../../target/tmp/compile-cache")
 }
 
 /// Hooks running only the plugin at `path`, allowed as `name` with `extra`

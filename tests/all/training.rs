@@ -5,17 +5,17 @@
 use std::path::{Path, PathBuf};
 
 use serde_json::{Value, json};
-use wasmhooks::lifecycles::LifecycleError;
-use wasmhooks::lifecycles::training::{
+use wasmhooks::{Hooks, JobLimits};
+use wasmhooks_lifecycles::LifecycleError;
+use wasmhooks_lifecycles::training::{
     self, EndReason, PHASES, Solo, Tcp, TrainingConfig, TrainingOutcome,
 };
-use wasmhooks::{Hooks, JobLimits};
 use wasmhooks_tests as plugins;
 
 use crate::support::{allow, host};
 
 fn iris() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples/job/data/iris.csv")
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../../examples/job/data/iris.csv")
 }
 
 /// A training config for the job folder `dir`, with a copy of Iris in it

@@ -1,4 +1,4 @@
-//! `cargo xtask bench`: runs the criterion suite (`host/benches/dispatch.rs`)
+//! `cargo xtask bench`: runs the criterion suite (`crates/wasmhooks/benches/dispatch.rs`)
 //! and the Extism baseline (`baselines/extism`), then prints one table with
 //! the ratios the performance targets are stated in. Both suites run in the
 //! same invocation, on the same machine, one after the other.

@@ -126,7 +126,7 @@ fn demo(root: &Path) -> anyhow::Result<()> {
             "run",
             "--quiet",
             "-p",
-            "wasmhooks",
+            "wasmhooks-cli",
             "--",
             "run",
             &job.display().to_string(),

@@ -28,11 +28,11 @@ use std::process::Command;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
-use crate::files::{self, Root};
-use crate::lifecycles::LifecycleError;
-use crate::lifecycles::node::{self, NodeConfig, NodeOutcome};
-use crate::lifecycles::training::{self, Collective, Solo, Tcp, TrainingConfig, TrainingOutcome};
-use crate::{DataMap, Hooks, Host, PluginStats};
+use crate::LifecycleError;
+use crate::node::{self, NodeConfig, NodeOutcome};
+use crate::training::{self, Collective, Solo, Tcp, TrainingConfig, TrainingOutcome};
+use wasmhooks::files::{self, Root};
+use wasmhooks::{DataMap, Hooks, Host, PluginStats};
 
 /// `job.toml`.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -132,7 +132,7 @@ impl JobBundle {
             let path = self.dir.join(&p.file);
             let bytes = root
                 .read(&p.file, max)
-                .map_err(|source| crate::Error::Read {
+                .map_err(|source| wasmhooks::Error::Read {
                     path: path.clone(),
                     source,
                 })?;

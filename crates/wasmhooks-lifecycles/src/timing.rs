@@ -6,7 +6,7 @@ use std::time::{Duration, Instant};
 use serde::Serialize;
 
 use super::LifecycleError;
-use crate::{DataMap, Hooks};
+use wasmhooks::{DataMap, Hooks};
 
 /// One phase's totals.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Serialize)]

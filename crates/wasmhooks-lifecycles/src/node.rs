@@ -20,8 +20,8 @@ pub use engine::{Engine, EngineConfig, EngineTemplate};
 pub use placement::{Node, Plan, Request, Resources, Strategy};
 
 use super::{Driver, LifecycleError, PhaseTimings};
-use crate::files::{self, Root};
-use crate::{DataMap, Hooks, Policy};
+use wasmhooks::files::{self, Root};
+use wasmhooks::{DataMap, Hooks, Policy};
 
 /// Bundles a placement group may have.
 const MAX_BUNDLES: usize = 1024;
@@ -125,7 +125,7 @@ impl NodeConfig {
         if !model_ok {
             return Err(bad(format!(
                 "model_id = {:?} must be up to 256 of a-z, A-Z, 0-9, '.', '_', '-' and '/'",
-                crate::text::clean(&self.model_id, 80)
+                wasmhooks::clean_text(&self.model_id, 80)
             )));
         }
         files::relative("model_id", Path::new(&self.model_id)).map_err(bad)?;
@@ -194,7 +194,7 @@ fn confine_source(source: &str, base: &Path) -> Result<String, String> {
     if !ok {
         return Err(format!(
             "{:?}: a file:// source must be a folder inside the job's folder",
-            crate::text::clean(source, 200)
+            wasmhooks::clean_text(source, 200)
         ));
     }
     Ok(format!("file://{}", rel.display()))
@@ -264,7 +264,7 @@ fn string_key(d: &Driver<'_>, key: &str, phase: &str) -> Result<String, Lifecycl
         Some(Value::String(s)) => Ok(s.clone()),
         Some(other) => Err(LifecycleError::Config(format!(
             "{key} must be a string after {phase}; the plugins left {}",
-            crate::text::clean(&other.to_string(), 200)
+            wasmhooks::clean_text(&other.to_string(), 200)
         ))),
         None => Err(LifecycleError::Config(format!(
             "{key} is missing after {phase}: a plugin removed it"
@@ -295,7 +295,7 @@ fn download(
     if !MODES.contains(&mode.as_str()) {
         return Err(LifecycleError::Config(format!(
             "local_node_download_model is {:?}; it must be one of {MODES:?}",
-            crate::text::clean(&mode, 80)
+            wasmhooks::clean_text(&mode, 80)
         )));
     }
     let files: Vec<ModelFile> = config

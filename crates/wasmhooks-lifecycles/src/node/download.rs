@@ -12,7 +12,7 @@ use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
 use super::super::LifecycleError;
-use crate::files::Root;
+use wasmhooks::files::Root;
 
 /// One file of a model.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -265,7 +265,7 @@ fn progress(url: &str, total: Option<u64>, done: u64) -> ProgressBar {
     {
         bar.set_style(style.progress_chars("=> "));
     }
-    bar.set_message(crate::text::clean(
+    bar.set_message(wasmhooks::clean_text(
         url.rsplit('/').next().unwrap_or(url),
         80,
     ));
@@ -282,7 +282,7 @@ fn safe_path(rel: &str) -> Result<PathBuf, LifecycleError> {
     if !ok || path.as_os_str().is_empty() {
         return Err(LifecycleError::Config(format!(
             "model file path {:?} must be relative and stay inside the cache",
-            crate::text::clean(rel, 200)
+            wasmhooks::clean_text(rel, 200)
         )));
     }
     Ok(path.to_owned())

@@ -27,8 +27,8 @@ pub use dataset::{Dataset, Split};
 pub use model::{Mlp, Sgd};
 
 use super::{Driver, LifecycleError, PhaseTimings};
-use crate::files::Root;
-use crate::{DataMap, Hooks, JobLimits};
+use wasmhooks::files::Root;
+use wasmhooks::{DataMap, Hooks, JobLimits};
 
 /// The phases of training, in the order they first fire.
 pub const PHASES: [&str; 12] = [
@@ -120,7 +120,7 @@ impl Default for TrainingConfig {
             output_dir: PathBuf::from("output"),
             resume: false,
             world_size: 1,
-            flush_timeout_s: crate::DEFAULT_FLUSH.as_secs(),
+            flush_timeout_s: wasmhooks::DEFAULT_FLUSH.as_secs(),
             job_dir: PathBuf::new(),
         }
     }
@@ -138,7 +138,7 @@ impl TrainingConfig {
     fn validate(&self) -> Result<(), LifecycleError> {
         let bad = |m: String| Err(LifecycleError::Config(format!("[training] {m}")));
         for (field, path) in [("dataset", &self.dataset), ("output_dir", &self.output_dir)] {
-            if let Err(m) = crate::files::relative(field, path) {
+            if let Err(m) = wasmhooks::files::relative(field, path) {
                 return bad(m);
             }
         }
@@ -503,7 +503,7 @@ impl Trainer<'_, '_> {
         for path in asked.iter().filter_map(Value::as_str).map(PathBuf::from) {
             let Some(name) = ours.contains(&path).then(|| path.file_name()).flatten() else {
                 tracing::warn!(
-                    path = %crate::text::clean(&path.display().to_string(), 200),
+                    path = %wasmhooks::clean_text(&path.display().to_string(), 200),
                     "not a checkpoint of this run; not deleted"
                 );
                 continue;

@@ -16,7 +16,7 @@ use serde_json::Value;
 
 use super::super::LifecycleError;
 
-pub use crate::policy::EngineTemplate;
+pub use wasmhooks::EngineTemplate;
 
 /// Arguments a job may append to an engine's command, at most.
 const MAX_ARGS: usize = 256;
@@ -69,14 +69,14 @@ impl Drop for Engine {
 /// anything starts.
 pub fn allowed<'p>(
     job: &EngineConfig,
-    policy: &'p crate::Policy,
+    policy: &'p wasmhooks::Policy,
 ) -> Result<&'p EngineTemplate, LifecycleError> {
     let fail = |m: String| LifecycleError::Config(format!("[node.engine] {m}"));
     let Some(template) = policy.engine(&job.name) else {
         let names: Vec<&str> = policy.engine_names().collect();
         return Err(fail(format!(
             "name = {:?} is not an engine the operator allows (allowed: {})",
-            crate::text::clean(&job.name, 80),
+            wasmhooks::clean_text(&job.name, 80),
             if names.is_empty() {
                 "none".into()
             } else {
@@ -137,7 +137,7 @@ pub fn start(
         if !valid_kwarg(key) {
             return Err(fail(format!(
                 "engine_kwargs key {:?} must be 1 to 64 of a-z, 0-9 and '_'",
-                crate::text::clean(key, 80)
+                wasmhooks::clean_text(key, 80)
             )));
         }
         let value = match value {
@@ -169,7 +169,7 @@ pub fn start(
         let ready_line = config.ready_line.clone();
         std::thread::spawn(move || {
             for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-                let line = crate::text::clean(&line, 4096);
+                let line = wasmhooks::clean_text(&line, 4096);
                 tracing::info!(target: "wasmhooks::engine", pid, "{line}");
                 if ready_line.as_deref().is_some_and(|r| line.contains(r)) {
                     let _ = ready_tx.send(());
@@ -240,7 +240,7 @@ fn tail(stderr: Option<std::process::ChildStderr>) -> String {
     let text = String::from_utf8_lossy(&bytes);
     let lines: Vec<&str> = text.lines().collect();
     let start = lines.len().saturating_sub(5);
-    let tail = crate::text::clean(&lines[start..].join(" | "), 2048);
+    let tail = wasmhooks::clean_text(&lines[start..].join(" | "), 2048);
     if tail.is_empty() {
         "no output".into()
     } else {

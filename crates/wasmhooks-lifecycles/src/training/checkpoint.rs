@@ -9,7 +9,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
 use super::model::{Mlp, Sgd};
-use crate::files::Root;
+use wasmhooks::files::Root;
 
 /// Everything needed to resume.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

@@ -5,7 +5,7 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::{Command, ExitCode};
 
-use wasmhooks::job::{self, JobBundle, JobReport, WorkerRole};
+use wasmhooks_lifecycles::job::{self, JobBundle, JobReport, WorkerRole};
 
 use super::{clean, host, print, print_json};
 

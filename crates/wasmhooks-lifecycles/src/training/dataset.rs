@@ -64,7 +64,7 @@ impl Dataset {
     /// Reads the CSV at `path` (a regular file of at most 256 MiB), holds
     /// out `eval_fraction` of it, and standardizes the features.
     pub fn load(path: &Path, eval_fraction: f64, seed: u64) -> Result<Self, String> {
-        let bytes = crate::files::read_regular(path, 256 << 20)
+        let bytes = wasmhooks::files::read_regular(path, 256 << 20)
             .map_err(|e| format!("{}: {e}", path.display()))?;
         Self::parse(&bytes, path, eval_fraction, seed)
     }
@@ -173,7 +173,7 @@ mod tests {
     use super::*;
 
     fn iris() -> Dataset {
-        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples/job/data/iris.csv");
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../examples/job/data/iris.csv");
         Dataset::load(&path, 0.2, 7).unwrap()
     }
 

@@ -3,7 +3,7 @@
 //! not ripple into every embedder.
 
 wasmtime::component::bindgen!({
-    path: "../wit",
+    path: "../../wit",
     world: "plugin",
 });
 

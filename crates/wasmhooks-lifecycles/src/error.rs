@@ -8,7 +8,7 @@ use std::path::PathBuf;
 pub enum LifecycleError {
     /// A plugin failed under the `fail` policy, or could not start.
     #[error(transparent)]
-    Hook(#[from] crate::Error),
+    Hook(#[from] wasmhooks::Error),
     /// A file could not be read or written.
     #[error("{}: {source}", path.display())]
     Io {
