@@ -189,7 +189,7 @@ impl PhaseReport {
     /// The failures of this phase that the policy let pass.
     pub fn failures(&self) -> impl Iterator<Item = &CallError> {
         self.calls.iter().filter_map(|c| match &c.outcome {
-            Outcome::Failed(e) => Some(e),
+            Outcome::Failed { error } => Some(error),
             _ => None,
         })
     }
@@ -221,7 +221,11 @@ pub enum Outcome {
         removed: Vec<String>,
     },
     /// The call failed; nothing was merged. The policy let the job go on.
-    Failed(#[serde(serialize_with = "display")] CallError),
+    Failed {
+        /// What went wrong, with the plugin and the call.
+        #[serde(serialize_with = "display")]
+        error: CallError,
+    },
     /// The plugin is disabled after an earlier failure and was not called.
     Disabled,
     /// The plugin observes this phase: a snapshot was queued for it to see
@@ -432,7 +436,7 @@ impl Hooks {
                     }
                     report.calls.push(CallReport {
                         plugin: err.plugin.clone(),
-                        outcome: Outcome::Failed(err),
+                        outcome: Outcome::Failed { error: err },
                         fuel: 0,
                         elapsed: Duration::ZERO,
                     });
@@ -533,5 +537,33 @@ mod micros {
 
     pub(super) fn serialize<S: serde::Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
         s.serialize_u64(u64::try_from(d.as_micros()).unwrap_or(u64::MAX))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Every outcome serializes: a report of a failed call included (the
+    /// CLI's `--json`, the Python package's reports).
+    #[test]
+    fn every_outcome_serializes() {
+        let error = CallError {
+            plugin: "p".into(),
+            call: "phase 'x'".into(),
+            cause: crate::Cause::Returned("no".into()),
+        };
+        for outcome in [
+            Outcome::Applied {
+                set: vec!["a".into()],
+                removed: vec![],
+            },
+            Outcome::Failed { error },
+            Outcome::Disabled,
+            Outcome::Queued,
+        ] {
+            let value = serde_json::to_value(&outcome).unwrap();
+            assert!(value["kind"].is_string(), "{value}");
+        }
     }
 }

@@ -47,6 +47,12 @@ impl Plugin {
     pub fn policy(&self) -> &PluginPolicy {
         &self.inner.policy
     }
+
+    /// Its manifest, from a fresh instance's `describe`, without `init`
+    /// (so a plugin that needs a config can be described without one).
+    pub fn manifest(&self) -> Result<crate::Manifest, Error> {
+        crate::instance::Instance::instantiate(self).map(|instance| instance.manifest)
+    }
 }
 
 impl std::fmt::Debug for Plugin {

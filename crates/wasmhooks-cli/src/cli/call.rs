@@ -126,7 +126,7 @@ fn human(reports: &[PhaseReport], data: &DataMap) -> anyhow::Result<String> {
                     }
                     parts.join("; ")
                 }
-                Outcome::Failed(e) => format!("FAILED: {}", e.cause),
+                Outcome::Failed { error } => format!("FAILED: {}", error.cause),
                 Outcome::Disabled => "disabled".to_owned(),
                 Outcome::Queued => "queued for the observer".to_owned(),
             };

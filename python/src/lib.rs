@@ -1,0 +1,619 @@
+//! `wasmhooks._native`: the plugin host for Python. A thin layer over the
+//! core crate: the same policy, loading, sandbox and dispatch as the CLI,
+//! with Python values converted straight to the host's values (no JSON
+//! text) and the GIL released while plugins run.
+
+use std::sync::{Mutex, MutexGuard, PoisonError};
+use std::time::Duration;
+
+use pyo3::exceptions::{PyException, PyRuntimeError, PyTypeError, PyValueError};
+use pyo3::prelude::*;
+use pyo3::types::{PyBool, PyDict, PyFloat, PyInt, PyList, PyString, PyTuple};
+use serde_json::{Map, Number, Value};
+
+pyo3::create_exception!(
+    _native,
+    WasmHooksError,
+    PyException,
+    "Base class of every wasmhooks error."
+);
+pyo3::create_exception!(
+    _native,
+    PolicyError,
+    WasmHooksError,
+    "The operator config could not be read or is not valid."
+);
+pyo3::create_exception!(
+    _native,
+    LoadError,
+    WasmHooksError,
+    "A plugin file could not be read, is not allowed, or does not fit the contract."
+);
+pyo3::create_exception!(
+    _native,
+    PluginError,
+    WasmHooksError,
+    "A call into a plugin failed under the `fail` policy; `.plugin`, `.call` and `.cause` say who, where and why."
+);
+
+/// Python values nested deeper than this are refused: the host's values are
+/// data, and a cycle or a bomb of nesting must not recurse without end.
+const MAX_DEPTH: usize = 64;
+
+/// Turns a host error into the Python exception of its kind, with the same
+/// message the CLI prints.
+fn py_err(py: Python<'_>, err: wasmhooks::Error) -> PyErr {
+    use wasmhooks::Error as E;
+    let message = err.to_string();
+    match err {
+        E::Policy { .. } => PolicyError::new_err(message),
+        E::Read { .. }
+        | E::Unlisted { .. }
+        | E::DigestMismatch { .. }
+        | E::Invalid { .. }
+        | E::WrongInterface { .. }
+        | E::Manifest { .. }
+        | E::Grant { .. } => LoadError::new_err(message),
+        E::Call(call) => plugin_error(py, &call),
+        _ => WasmHooksError::new_err(message),
+    }
+}
+
+fn plugin_error(py: Python<'_>, call: &wasmhooks::CallError) -> PyErr {
+    let err = PluginError::new_err(call.to_string());
+    let value = err.value(py);
+    // Setting attributes on a fresh exception object cannot fail.
+    let _ = value.setattr("plugin", &call.plugin);
+    let _ = value.setattr("call", &call.call);
+    let _ = value.setattr("cause", call.cause.to_string());
+    err
+}
+
+/// A Python value as a host value: None, bool, int, float, str, and lists,
+/// tuples and dicts (with str keys) of them. `place` names it in errors.
+fn to_value(obj: &Bound<'_, PyAny>, place: &str, depth: usize) -> PyResult<Value> {
+    if depth > MAX_DEPTH {
+        return Err(PyValueError::new_err(format!(
+            "{place}: nested more than {MAX_DEPTH} deep"
+        )));
+    }
+    if obj.is_none() {
+        return Ok(Value::Null);
+    }
+    // bool before int: Python's bool is an int.
+    if obj.is_instance_of::<PyBool>() {
+        return Ok(Value::Bool(obj.extract::<bool>()?));
+    }
+    if obj.is_instance_of::<PyInt>() {
+        if let Ok(n) = obj.extract::<i64>() {
+            return Ok(Value::from(n));
+        }
+        if let Ok(n) = obj.extract::<u64>() {
+            return Ok(Value::from(n));
+        }
+        return Err(PyValueError::new_err(format!(
+            "{place}: the integer does not fit in 64 bits"
+        )));
+    }
+    if obj.is_instance_of::<PyFloat>() {
+        let f = obj.extract::<f64>()?;
+        return Number::from_f64(f)
+            .map(Value::Number)
+            .ok_or_else(|| PyValueError::new_err(format!("{place}: {f} is not a finite number")));
+    }
+    if obj.is_instance_of::<PyString>() {
+        return Ok(Value::String(obj.extract::<String>()?));
+    }
+    if let Ok(dict) = obj.cast::<PyDict>() {
+        return dict_to_map(dict, place, depth + 1).map(Value::Object);
+    }
+    if obj.is_instance_of::<PyList>() || obj.is_instance_of::<PyTuple>() {
+        let mut items = Vec::new();
+        for (i, item) in obj.try_iter()?.enumerate() {
+            items.push(to_value(&item?, &format!("{place}[{i}]"), depth + 1)?);
+        }
+        return Ok(Value::Array(items));
+    }
+    // Scalars that are not Python's own (numpy, torch) convert through
+    // their float or int value.
+    if let Ok(item) = obj.call_method0("item")
+        && !item.is(obj)
+    {
+        return to_value(&item, place, depth + 1);
+    }
+    Err(PyTypeError::new_err(format!(
+        "{place}: a {} cannot cross into a plugin (None, bool, int, float, str, list, tuple or dict)",
+        obj.get_type().name()?
+    )))
+}
+
+fn dict_to_map(
+    dict: &Bound<'_, PyDict>,
+    place: &str,
+    depth: usize,
+) -> PyResult<Map<String, Value>> {
+    let mut map = Map::new();
+    for (key, value) in dict.iter() {
+        let key: String = key
+            .extract()
+            .map_err(|_| PyTypeError::new_err(format!("{place}: keys must be str")))?;
+        let inner = if place.is_empty() {
+            key.clone()
+        } else {
+            format!("{place}.{key}")
+        };
+        map.insert(key, to_value(&value, &inner, depth)?);
+    }
+    Ok(map)
+}
+
+/// A host value as a Python value.
+fn to_py<'py>(py: Python<'py>, value: &Value) -> PyResult<Bound<'py, PyAny>> {
+    Ok(match value {
+        Value::Null => py.None().into_bound(py),
+        Value::Bool(b) => PyBool::new(py, *b).to_owned().into_any(),
+        Value::Number(n) => match (n.as_i64(), n.as_u64()) {
+            (Some(i), _) => i.into_pyobject(py)?.into_any(),
+            (None, Some(u)) => u.into_pyobject(py)?.into_any(),
+            _ => n.as_f64().unwrap_or(f64::NAN).into_pyobject(py)?.into_any(),
+        },
+        Value::String(s) => PyString::new(py, s).into_any(),
+        Value::Array(items) => {
+            let list = PyList::empty(py);
+            for item in items {
+                list.append(to_py(py, item)?)?;
+            }
+            list.into_any()
+        }
+        Value::Object(map) => map_to_py(py, map)?.into_any(),
+    })
+}
+
+fn map_to_py<'py>(py: Python<'py>, map: &Map<String, Value>) -> PyResult<Bound<'py, PyDict>> {
+    let dict = PyDict::new(py);
+    for (k, v) in map {
+        dict.set_item(k, to_py(py, v)?)?;
+    }
+    Ok(dict)
+}
+
+/// The operator's allowlist: which plugins may run, pinned by sha256, with
+/// their limits, error policy and grants.
+#[pyclass(module = "wasmhooks._native", frozen)]
+struct Policy {
+    inner: wasmhooks::Policy,
+}
+
+#[pymethods]
+impl Policy {
+    /// Reads and checks an operator config file; relative folders in it
+    /// resolve against the file's folder.
+    #[staticmethod]
+    fn from_file(py: Python<'_>, path: std::path::PathBuf) -> PyResult<Self> {
+        let inner = wasmhooks::Policy::from_file(path).map_err(|e| py_err(py, e))?;
+        Ok(Policy { inner })
+    }
+
+    /// Parses an operator config; relative folders resolve against `base_dir`.
+    #[staticmethod]
+    #[pyo3(signature = (text, base_dir = None))]
+    fn from_toml(
+        py: Python<'_>,
+        text: &str,
+        base_dir: Option<std::path::PathBuf>,
+    ) -> PyResult<Self> {
+        let base = base_dir.unwrap_or_else(|| ".".into());
+        let inner = wasmhooks::Policy::from_toml_str(text, &base).map_err(|e| py_err(py, e))?;
+        Ok(Policy { inner })
+    }
+
+    /// The names of the plugins the operator allows, in the config's order.
+    #[getter]
+    fn plugins(&self) -> Vec<String> {
+        self.inner
+            .plugins()
+            .iter()
+            .map(|p| p.name.clone())
+            .collect()
+    }
+
+    fn __repr__(&self) -> String {
+        format!("Policy(plugins={:?})", self.plugins())
+    }
+}
+
+/// Loads plugins under one operator policy: one wasmtime engine, shared by
+/// every plugin and hook set made through it.
+#[pyclass(module = "wasmhooks._native", frozen)]
+struct Host {
+    inner: wasmhooks::Host,
+}
+
+#[pymethods]
+impl Host {
+    /// A host enforcing `policy`. With `cache_dir`, compiled plugins are
+    /// kept there, so a plugin compiles once rather than at every start.
+    #[new]
+    #[pyo3(signature = (policy, cache_dir = None))]
+    fn new(
+        py: Python<'_>,
+        policy: &Policy,
+        cache_dir: Option<std::path::PathBuf>,
+    ) -> PyResult<Self> {
+        let policy = policy.inner.clone();
+        let inner = py
+            .detach(|| match cache_dir {
+                Some(dir) => wasmhooks::Host::with_compile_cache(policy, dir),
+                None => wasmhooks::Host::new(policy),
+            })
+            .map_err(|e| py_err(py, e))?;
+        Ok(Host { inner })
+    }
+
+    /// Loads a plugin file. Its digest is checked against the policy before
+    /// its bytes reach the compiler.
+    fn load(&self, py: Python<'_>, path: std::path::PathBuf) -> PyResult<Plugin> {
+        let host = self.inner.clone();
+        let plugin = py
+            .detach(move || host.load_file(path))
+            .map_err(|e| py_err(py, e))?;
+        Plugin::new(py, plugin)
+    }
+
+    /// Reads a job bundle's `job.toml` and loads the plugins it lists from
+    /// inside the bundle (regular files, within the operator's size cap;
+    /// symlinks are not followed). Returns the job's config (what every
+    /// plugin's `init` gets) and the `(plugin, config)` pairs in job order.
+    fn load_job<'py>(
+        &self,
+        py: Python<'py>,
+        job_dir: std::path::PathBuf,
+    ) -> PyResult<LoadedJob<'py>> {
+        let host = self.inner.clone();
+        let (job, loaded) = py
+            .detach(move || read_job(&host, &job_dir))
+            .map_err(|e| match e {
+                JobError::Host(e) => py_err(py, e),
+                JobError::Job(m) => LoadError::new_err(m),
+            })?;
+        let mut plugins = Vec::with_capacity(loaded.len());
+        for (plugin, config) in loaded {
+            plugins.push((Plugin::new(py, plugin)?, to_py(py, &config)?));
+        }
+        Ok((to_py(py, &job)?, plugins))
+    }
+
+    /// Loads a plugin from bytes; `name` names them in messages.
+    #[pyo3(signature = (data, name = "<bytes>"))]
+    fn load_bytes(&self, py: Python<'_>, data: Vec<u8>, name: &str) -> PyResult<Plugin> {
+        let host = self.inner.clone();
+        let name = name.to_owned();
+        let plugin = py
+            .detach(move || host.load_bytes(&name, &data))
+            .map_err(|e| py_err(py, e))?;
+        Plugin::new(py, plugin)
+    }
+}
+
+/// A job's config and its `(plugin, config)` pairs, as Python values.
+type LoadedJob<'py> = (Bound<'py, PyAny>, Vec<(Plugin, Bound<'py, PyAny>)>);
+
+enum JobError {
+    Host(wasmhooks::Error),
+    Job(String),
+}
+
+/// Bytes of `job.toml`, at most.
+const MAX_JOB_TOML: u64 = 1 << 20;
+
+/// `job.toml` as JSON, and its plugins loaded from inside the bundle.
+fn read_job(
+    host: &wasmhooks::Host,
+    dir: &std::path::Path,
+) -> Result<(Value, Vec<(wasmhooks::Plugin, Value)>), JobError> {
+    use wasmhooks::files::{Root, relative};
+    let path = dir.join("job.toml");
+    let job = |e: std::io::Error| JobError::Job(format!("{}: {e}", path.display()));
+    let root = Root::open(dir).map_err(job)?;
+    let bytes = root
+        .read(std::path::Path::new("job.toml"), MAX_JOB_TOML)
+        .map_err(job)?;
+    let text =
+        String::from_utf8(bytes).map_err(|e| JobError::Job(format!("{}: {e}", path.display())))?;
+    let config: Value =
+        toml::from_str(&text).map_err(|e| JobError::Job(format!("{}: {e}", path.display())))?;
+    let max = host.policy().job_limits().max_plugin_bytes;
+    let mut plugins = Vec::new();
+    let listed = config
+        .get("plugin")
+        .and_then(Value::as_array)
+        .cloned()
+        .unwrap_or_default();
+    for (i, entry) in listed.iter().enumerate() {
+        let file = entry.get("file").and_then(Value::as_str).ok_or_else(|| {
+            JobError::Job(format!("{}: [[plugin]] {i} has no file", path.display()))
+        })?;
+        let rel = relative("[[plugin]] file", std::path::Path::new(file))
+            .map_err(|m| JobError::Job(format!("{}: {m}", path.display())))?;
+        let full = dir.join(&rel);
+        let bytes = root.read(&rel, max).map_err(|source| {
+            JobError::Host(wasmhooks::Error::Read {
+                path: full.clone(),
+                source,
+            })
+        })?;
+        let plugin = host
+            .load_bytes(&full.display().to_string(), &bytes)
+            .map_err(JobError::Host)?;
+        plugins.push((plugin, entry.get("config").cloned().unwrap_or(Value::Null)));
+    }
+    Ok((config, plugins))
+}
+
+/// A plugin that passed the allowlist and compiled; cheap to share.
+#[pyclass(module = "wasmhooks._native", frozen)]
+struct Plugin {
+    inner: wasmhooks::Plugin,
+    manifest: Py<PyDict>,
+}
+
+impl Plugin {
+    fn new(py: Python<'_>, inner: wasmhooks::Plugin) -> PyResult<Self> {
+        // Its manifest is read once, from a throwaway instance.
+        let probe = inner.clone();
+        let manifest = py
+            .detach(move || probe.manifest())
+            .map_err(|e| py_err(py, e))?;
+        let value = serde_json::to_value(&manifest).unwrap_or(Value::Null);
+        let dict = match &value {
+            Value::Object(map) => map_to_py(py, map)?,
+            _ => PyDict::new(py),
+        };
+        Ok(Plugin {
+            inner,
+            manifest: dict.unbind(),
+        })
+    }
+}
+
+#[pymethods]
+impl Plugin {
+    /// The name the operator allowed it under.
+    #[getter]
+    fn name(&self) -> &str {
+        self.inner.name()
+    }
+
+    /// Its sha256, lowercase hex.
+    #[getter]
+    fn sha256(&self) -> &str {
+        self.inner.digest()
+    }
+
+    /// Where it was loaded from.
+    #[getter]
+    fn file(&self) -> &str {
+        self.inner.file()
+    }
+
+    /// Its manifest: name, version, phases, order, reads, observe,
+    /// rank_zero_only (a copy).
+    #[getter]
+    fn manifest<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyDict>> {
+        self.manifest.bind(py).copy()
+    }
+
+    fn __repr__(&self) -> String {
+        format!("Plugin(name={:?}, sha256={:?})", self.name(), self.sha256())
+    }
+}
+
+/// The live plugins of one job, called phase by phase. Safe to share
+/// between threads: calls are taken one at a time.
+#[pyclass(module = "wasmhooks._native", frozen)]
+struct Hooks {
+    inner: Mutex<Option<wasmhooks::Hooks>>,
+}
+
+impl Hooks {
+    fn lock(&self) -> MutexGuard<'_, Option<wasmhooks::Hooks>> {
+        self.inner.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    fn with<R: Send>(
+        &self,
+        py: Python<'_>,
+        f: impl FnOnce(&mut wasmhooks::Hooks) -> R + Send,
+    ) -> PyResult<R> {
+        py.detach(|| {
+            let mut guard = self.lock();
+            guard.as_mut().map(f)
+        })
+        .ok_or_else(|| PyRuntimeError::new_err("these hooks are closed"))
+    }
+}
+
+#[pymethods]
+impl Hooks {
+    /// Instantiates every plugin with its config and runs its `init`.
+    /// `plugins` is a list of `(plugin, config)` pairs in job order;
+    /// `rank` is this process's rank (`rank-zero-only` plugins run only on 0).
+    #[new]
+    #[pyo3(signature = (job_config, plugins, rank = 0))]
+    fn new(
+        py: Python<'_>,
+        job_config: &Bound<'_, PyAny>,
+        plugins: Vec<(PyRef<'_, Plugin>, Bound<'_, PyAny>)>,
+        rank: u32,
+    ) -> PyResult<Self> {
+        let job = to_value(job_config, "job_config", 0)?;
+        let mut builder = wasmhooks::Hooks::builder(job).rank(rank);
+        for (plugin, config) in &plugins {
+            let place = format!("config of plugin '{}'", plugin.inner.name());
+            builder = builder.plugin(plugin.inner.clone(), to_value(config, &place, 0)?);
+        }
+        let hooks = py.detach(|| builder.start()).map_err(|e| py_err(py, e))?;
+        Ok(Hooks {
+            inner: Mutex::new(Some(hooks)),
+        })
+    }
+
+    /// Calls every plugin subscribed to `phase`, in `order`. `data` is
+    /// updated in place with the merged updates; on an error it is left as
+    /// it was. Raises `PluginError` for a failure under the `fail` policy.
+    fn fire<'py>(
+        &self,
+        py: Python<'py>,
+        phase: &str,
+        data: &Bound<'py, PyDict>,
+    ) -> PyResult<PhaseReport> {
+        let mut map = dict_to_map(data, "", 0)?;
+        let phase = phase.to_owned();
+        let (result, map) = self.with(py, move |hooks| {
+            let result = hooks.fire(&phase, &mut map);
+            (result, map)
+        })?;
+        let report = result.map_err(|e| py_err(py, e))?;
+        // Only what the plugins changed goes back into the dict.
+        for call in &report.calls {
+            if let wasmhooks::Outcome::Applied { set, removed } = &call.outcome {
+                for key in set {
+                    if let Some(value) = map.get(key) {
+                        data.set_item(key, to_py(py, value)?)?;
+                    }
+                }
+                for key in removed {
+                    if !map.contains_key(key) && data.contains(key)? {
+                        data.del_item(key)?;
+                    }
+                }
+            }
+        }
+        PhaseReport::from_report(py, &report)
+    }
+
+    /// The plugins that will be called at `phase`, in call order.
+    fn subscribers(&self, py: Python<'_>, phase: &str) -> PyResult<Vec<String>> {
+        let phase = phase.to_owned();
+        self.with(py, move |hooks| {
+            hooks
+                .subscribers(&phase)
+                .into_iter()
+                .map(str::to_owned)
+                .collect()
+        })
+    }
+
+    /// Each stateful plugin's state, by plugin name, for a checkpoint.
+    fn save_state<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyDict>> {
+        let states = self
+            .with(py, |hooks| hooks.save_states())?
+            .map_err(|e| py_err(py, e))?;
+        let dict = PyDict::new(py);
+        for (name, state) in &states {
+            dict.set_item(name, to_py(py, state)?)?;
+        }
+        Ok(dict)
+    }
+
+    /// Gives each plugin the state `save_state` returned, on resume.
+    fn load_state(&self, py: Python<'_>, states: &Bound<'_, PyDict>) -> PyResult<()> {
+        let map = dict_to_map(states, "state", 0)?;
+        let states: std::collections::BTreeMap<String, Value> = map.into_iter().collect();
+        self.with(py, move |hooks| hooks.load_states(&states))?
+            .map_err(|e| py_err(py, e))
+    }
+
+    /// Per plugin: calls, failures, fuel, time, memory, keys changed,
+    /// observations dropped, whether disabled.
+    fn stats<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyList>> {
+        let stats = self.with(py, |hooks| serde_json::to_value(hooks.stats()))?;
+        let stats = stats.map_err(|e| WasmHooksError::new_err(e.to_string()))?;
+        Ok(to_py(py, &stats)?.cast_into::<PyList>()?)
+    }
+
+    /// Waits up to `timeout` seconds for background observers; returns how
+    /// many observations were still queued (and are now dropped).
+    #[pyo3(signature = (timeout = 10.0))]
+    fn flush(&self, py: Python<'_>, timeout: f64) -> PyResult<u64> {
+        let bound = Duration::try_from_secs_f64(timeout)
+            .map_err(|_| PyValueError::new_err(format!("timeout {timeout} is not a duration")))?;
+        self.with(py, move |hooks| hooks.flush(bound))
+    }
+
+    /// Stops the plugins and joins the observer thread. The hooks cannot be
+    /// used after; closing twice is harmless.
+    fn close(&self, py: Python<'_>) {
+        py.detach(|| drop(self.lock().take()));
+    }
+
+    fn __enter__(slf: Py<Self>) -> Py<Self> {
+        slf
+    }
+
+    #[pyo3(signature = (*_args))]
+    fn __exit__(&self, py: Python<'_>, _args: &Bound<'_, PyTuple>) -> bool {
+        self.close(py);
+        false
+    }
+}
+
+/// What happened at one phase.
+#[pyclass(module = "wasmhooks._native", frozen, get_all)]
+struct PhaseReport {
+    /// The phase.
+    phase: String,
+    /// One dict per plugin called (or passed over), in call order: plugin,
+    /// outcome (`applied`, `failed`, `disabled`, `queued`), set, removed,
+    /// error, fuel, elapsed_us.
+    calls: Py<PyList>,
+    /// The messages of the failures the policy let pass.
+    failures: Vec<String>,
+}
+
+impl PhaseReport {
+    fn from_report(py: Python<'_>, report: &wasmhooks::PhaseReport) -> PyResult<Self> {
+        let calls = serde_json::to_value(&report.calls)
+            .map_err(|e| WasmHooksError::new_err(e.to_string()))?;
+        Ok(PhaseReport {
+            phase: report.phase.clone(),
+            calls: to_py(py, &calls)?.cast_into::<PyList>()?.unbind(),
+            failures: report.failures().map(ToString::to_string).collect(),
+        })
+    }
+}
+
+#[pymethods]
+impl PhaseReport {
+    fn __repr__(&self, py: Python<'_>) -> String {
+        format!(
+            "PhaseReport(phase={:?}, calls={}, failures={})",
+            self.phase,
+            self.calls.bind(py).len(),
+            self.failures.len()
+        )
+    }
+}
+
+/// The version of the `wasmhooks:plugin` WIT package this host implements.
+#[pyfunction]
+fn wit_version() -> &'static str {
+    wasmhooks::WIT_VERSION
+}
+
+/// This module is implemented in Rust over the wasmhooks host.
+#[pymodule]
+fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
+    let py = m.py();
+    m.add_class::<Policy>()?;
+    m.add_class::<Host>()?;
+    m.add_class::<Plugin>()?;
+    m.add_class::<Hooks>()?;
+    m.add_class::<PhaseReport>()?;
+    m.add_function(wrap_pyfunction!(wit_version, m)?)?;
+    m.add("WasmHooksError", py.get_type::<WasmHooksError>())?;
+    m.add("PolicyError", py.get_type::<PolicyError>())?;
+    m.add("LoadError", py.get_type::<LoadError>())?;
+    m.add("PluginError", py.get_type::<PluginError>())?;
+    Ok(())
+}

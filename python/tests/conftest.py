@@ -1,0 +1,55 @@
+"""Fixtures for the Python package's tests: the real plugins built from
+``plugins/`` (by ``cargo xtask test``, before pytest runs), and operator
+configs written as an operator would, pinned by their sha256."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+PLUGINS = Path(os.environ.get("WASMHOOKS_PLUGINS", ROOT / "target/plugins"))
+
+os.environ.setdefault("OMP_NUM_THREADS", "1")
+
+
+def plugin(name: str) -> Path:
+    """A Rust plugin by its file stem (``early_stopping``), or another
+    language's (``python/metrics-collector``)."""
+    rust = PLUGINS / "wasm32-wasip2/release" / f"{name}.wasm"
+    path = rust if rust.exists() else PLUGINS / f"{name}.wasm"
+    if not path.exists():
+        raise FileNotFoundError(f"{path}: build the plugins first (cargo xtask test)")
+    return path
+
+
+def sha256(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def allow(name: str, stem: str, extra: str = "") -> str:
+    """A ``[[plugin]]`` entry allowing the plugin file ``stem`` as ``name``."""
+    return f'[[plugin]]\nname = "{name}"\nsha256 = "{sha256(plugin(stem))}"\n{extra}\n'
+
+
+@pytest.fixture
+def operator(tmp_path: Path):
+    """Writes an operator config from ``[[plugin]]`` entries; returns its path."""
+
+    def write(*entries: str, head: str = "") -> Path:
+        path = tmp_path / "operator.toml"
+        path.write_text(head + "\n" + "\n".join(entries))
+        return path
+
+    return write
+
+
+@pytest.fixture(scope="session")
+def cache_dir() -> Path:
+    """The compile cache the Rust tests use too: plugins compile once."""
+    path = ROOT / "target/tmp/compile-cache"
+    path.mkdir(parents=True, exist_ok=True)
+    return path

@@ -1,0 +1,166 @@
+"""The host's Python API: policy, loading, hooks, values, errors, threads."""
+
+from __future__ import annotations
+
+import threading
+
+import pytest
+from conftest import allow, plugin
+
+import wasmhooks
+from wasmhooks import Hooks, Host, LoadError, PluginError, Policy, PolicyError
+
+
+def test_fire_updates_the_dict_in_place_and_reports(operator, cache_dir):
+    op = operator(
+        allow("adversary", "adversary", 'write = ["count", "result", "seen"]'),
+        allow("metrics-collector", "metrics_collector", 'write = ["metrics"]'),
+    )
+    host = Host(Policy.from_file(op), cache_dir=cache_dir)
+    adversary = host.load(plugin("adversary"))
+    assert adversary.name == "adversary"
+    assert len(adversary.sha256) == 64
+    assert adversary.manifest["phases"] == ["*"]
+    collector = host.load(plugin("metrics_collector"))
+    with Hooks({"name": "t"}, [(adversary, None), (collector, None)]) as hooks:
+        data = {"loss": 0.5, "step": 3, "nested": {"a": [1, 2.5, None, True, "x"]}}
+        report = hooks.fire("count", data)
+        assert data["count"] == 1
+        assert data["nested"] == {"a": [1, 2.5, None, True, "x"]}, "untouched values stay"
+        assert report.phase == "count"
+        assert [c["plugin"] for c in report.calls] == ["adversary", "metrics-collector"]
+        assert report.calls[0]["outcome"]["kind"] == "applied"
+        hooks.fire("count", data)
+        assert data["count"] == 2
+        states = hooks.save_state()
+        assert states["adversary"] == 2
+        hooks.load_state({"adversary": 40})
+        hooks.fire("count", data)
+        assert data["count"] == 41
+        hooks.fire("on_train_end", data)
+        assert data["metrics"]["calls"] == {"count": 3, "on_train_end": 1}
+        assert data["seen"][:2] == ["count", "loss"], "the adversary saw the whole map"
+        stats = {s["plugin"]: s for s in hooks.stats()}
+        assert stats["adversary"]["calls"] == 4
+        assert hooks.subscribers("count") == ["adversary", "metrics-collector"]
+    with pytest.raises(RuntimeError, match="closed"):
+        hooks.fire("count", data)
+
+
+def test_a_failed_call_raises_and_leaves_the_dict_as_it_was(operator, cache_dir):
+    op = operator(allow("adversary", "adversary", 'write = ["count"]\nfuel = 50_000_000'))
+    host = Host(Policy.from_file(op), cache_dir=cache_dir)
+    hooks = Hooks({}, [(host.load(plugin("adversary")), None)])
+    data = {"count": 7, "keep": "me"}
+    with pytest.raises(PluginError) as caught:
+        hooks.fire("loop", data)
+    assert data == {"count": 7, "keep": "me"}
+    err = caught.value
+    assert err.plugin == "adversary"
+    assert err.call == "phase 'loop'"
+    assert "ran out of fuel" in err.cause
+    assert "plugin 'adversary' failed in phase 'loop': ran out of fuel" in str(err)
+    with pytest.raises(PluginError, match="without a grant"):
+        hooks.fire("partly_forbidden", data)
+    assert data == {"count": 7, "keep": "me"}
+    # Under `skip`, the failure is reported and the job goes on.
+    op = operator(allow("adversary", "adversary", 'write = ["count"]\non_error = "skip"'))
+    host = Host(Policy.from_file(op), cache_dir=cache_dir)
+    hooks = Hooks({}, [(host.load(plugin("adversary")), None)])
+    report = hooks.fire("panic", data)
+    assert len(report.failures) == 1 and "crashed" in report.failures[0]
+
+
+def test_bad_input_gets_clear_errors(operator, tmp_path, cache_dir):
+    with pytest.raises(PolicyError, match="unknown field"):
+        Policy.from_toml('[[plugin]]\nname = "a"\nsha256 = "00"\nfule = 1\n')
+    with pytest.raises(PolicyError, match="timeout_ms"):
+        Policy.from_toml("[defaults]\ntimeout_ms = 18446744073709551615\n")
+    host = Host(Policy.from_toml(""), cache_dir=cache_dir)
+    with pytest.raises(LoadError, match="not on the operator's allowlist"):
+        host.load(plugin("adversary"))
+    with pytest.raises(LoadError, match="not a regular file"):
+        host.load("/dev/zero")
+    op = operator(allow("adversary", "adversary", 'write = ["count"]'))
+    host = Host(Policy.from_file(op), cache_dir=cache_dir)
+    adversary = host.load(plugin("adversary"))
+    hooks = Hooks({}, [(adversary, None)])
+    for bad, message in [
+        ({"x": object()}, "x: a object cannot cross"),
+        ({"x": float("nan")}, "x: NaN is not a finite number"),
+        ({"x": 1 << 70}, "does not fit in 64 bits"),
+        ({1: 2}, "keys must be str"),
+    ]:
+        with pytest.raises((TypeError, ValueError), match=message):
+            hooks.fire("count", bad)
+    deep: list = []
+    for _ in range(100):
+        deep = [deep]
+    with pytest.raises(ValueError, match="nested more than 64"):
+        hooks.fire("count", {"x": deep})
+    with pytest.raises(TypeError):
+        Hooks({}, [(adversary, {"bad": object()})])
+
+
+def test_hooks_are_safe_to_share_between_threads(operator, cache_dir):
+    op = operator(allow("adversary", "adversary", 'write = ["count"]'))
+    host = Host(Policy.from_file(op), cache_dir=cache_dir)
+    hooks = Hooks({}, [(host.load(plugin("adversary")), None)])
+    errors: list[BaseException] = []
+
+    def work() -> None:
+        try:
+            for _ in range(50):
+                hooks.fire("count", {})
+        except BaseException as e:  # pragma: no cover - reported below
+            errors.append(e)
+
+    threads = [threading.Thread(target=work) for _ in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not errors
+    data: dict = {}
+    hooks.fire("count", data)
+    assert data["count"] == 201, "every call ran, one at a time"
+
+
+def test_plugins_in_other_languages_run_unchanged(operator, cache_dir):
+    op = operator(
+        allow("metrics-collector-python", "python/metrics-collector", 'write = ["metrics"]'),
+        allow("metrics-collector-go", "go/metrics-collector", 'write = ["metrics"]'),
+    )
+    host = Host(Policy.from_file(op), cache_dir=cache_dir)
+    for stem in ("python/metrics-collector", "go/metrics-collector"):
+        hooks = Hooks({}, [(host.load(plugin(stem)), None)])
+        data = {"loss": 0.25, "step": 1}
+        hooks.fire("on_step_end", data)
+        hooks.fire("on_train_end", data)
+        assert data["metrics"]["calls"] == {"on_step_end": 1, "on_train_end": 1}, stem
+        hooks.close()
+
+
+def test_a_job_bundle_loads_from_inside_its_folder(operator, tmp_path, cache_dir):
+    job = tmp_path / "job"
+    (job / "plugins").mkdir(parents=True)
+    (job / "plugins/vs.wasm").write_bytes(plugin("validate_every").read_bytes())
+    (job / "job.toml").write_text(
+        'name = "j"\n[[plugin]]\nfile = "plugins/vs.wasm"\nconfig = { every_steps = 2 }\n'
+    )
+    op = operator(allow("validate-every", "validate_every", 'write = ["should_evaluate"]'))
+    host = Host(Policy.from_file(op), cache_dir=cache_dir)
+    config, plugins = host.load_job(job)
+    assert config["name"] == "j"
+    assert [(p.name, c) for p, c in plugins] == [("validate-every", {"every_steps": 2})]
+    (job / "job.toml").write_text('name = "j"\n[[plugin]]\nfile = "/etc/passwd"\n')
+    with pytest.raises(LoadError, match="relative path"):
+        host.load_job(job)
+
+
+def test_the_package_ships_its_types():
+    assert wasmhooks.wit_version() == "0.1.0"
+    from importlib.resources import files
+
+    assert (files("wasmhooks") / "py.typed").is_file()
+    assert (files("wasmhooks") / "_native.pyi").is_file()

@@ -1,0 +1,38 @@
+"""Sandboxed WebAssembly callbacks for ML jobs.
+
+The operator allows plugins in a TOML config, pinned by sha256, with limits
+and grants; the host sandboxes each plugin (wasmtime), calls it at each phase
+and merges its updates into the job's data. This package is the Rust host,
+built with PyO3: the same policy, sandbox, reports and plugins as the
+``wasmhooks`` CLI.
+
+- :class:`Policy`, :class:`Host`, :class:`Plugin`, :class:`Hooks`: the host.
+- :mod:`wasmhooks.transformers`: a ``TrainerCallback`` for HF Transformers.
+- :mod:`wasmhooks.lightning`: a ``Callback`` for Lightning.
+"""
+
+from wasmhooks._native import (
+    Hooks,
+    Host,
+    LoadError,
+    PhaseReport,
+    Plugin,
+    PluginError,
+    Policy,
+    PolicyError,
+    WasmHooksError,
+    wit_version,
+)
+
+__all__ = [
+    "Hooks",
+    "Host",
+    "LoadError",
+    "PhaseReport",
+    "Plugin",
+    "PluginError",
+    "Policy",
+    "PolicyError",
+    "WasmHooksError",
+    "wit_version",
+]

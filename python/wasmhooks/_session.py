@@ -1,0 +1,119 @@
+"""What the trainer adapters share: loading the plugins under the operator's
+policy, the job's data map, and the control keys plugins set."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterable, Sequence
+from pathlib import Path
+from typing import Any, Optional, Union
+
+from wasmhooks._native import Hooks, Host, Plugin, Policy
+
+PathLike = Union[str, "os.PathLike[str]"]
+PluginSpec = Union[PathLike, tuple[PathLike, Any]]
+
+#: Keys a plugin sets to ``True`` to steer training, as in HF's ``TrainerControl``.
+CONTROL_KEYS = ("should_training_stop", "should_save", "should_evaluate", "should_log")
+
+
+def default_cache() -> Optional[Path]:
+    """Where compiled plugins are kept, as the CLI keeps them."""
+    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return Path(base) / "wasmhooks"
+
+
+def numbers(values: Optional[dict[str, Any]]) -> dict[str, Any]:
+    """The entries of a metrics or logs dict that cross as host values."""
+    out: dict[str, Any] = {}
+    for key, value in (values or {}).items():
+        if isinstance(value, (bool, int, float, str)) or value is None:
+            out[key] = value
+        elif hasattr(value, "item"):
+            out[key] = value.item()
+    return out
+
+
+class Session:
+    """The plugins of one training run, loaded once (so a bad plugin fails
+    before training starts) and started when the rank is known."""
+
+    def __init__(
+        self,
+        operator: Union[PathLike, Policy],
+        plugins: Optional[Sequence[PluginSpec]] = None,
+        job: Optional[PathLike] = None,
+        cache_dir: Optional[PathLike] = None,
+        job_config: Optional[dict[str, Any]] = None,
+    ) -> None:
+        if (plugins is None) == (job is None):
+            raise ValueError("give either plugins (files, or (file, config) pairs) or job (a bundle folder)")
+        policy = operator if isinstance(operator, Policy) else Policy.from_file(os.fspath(operator))
+        cache = cache_dir if cache_dir is not None else default_cache()
+        self.host = Host(policy, cache_dir=os.fspath(cache) if cache is not None else None)
+        self.pairs: list[tuple[Plugin, Any]]
+        if job is not None:
+            config, self.pairs = self.host.load_job(os.fspath(job))
+            self.job_config: dict[str, Any] = job_config or config
+        else:
+            self.pairs = [self._load(spec) for spec in plugins or []]
+            self.job_config = job_config or {}
+        self.hooks: Optional[Hooks] = None
+        self.data: dict[str, Any] = {}
+
+    def _load(self, spec: PluginSpec) -> tuple[Plugin, Any]:
+        # A pair, or (after a round trip through JSON) a two-item list.
+        if isinstance(spec, (tuple, list)):
+            path, config = spec
+        else:
+            path, config = spec, None
+        return self.host.load(os.fspath(path)), config
+
+    def start(self, rank: int) -> Hooks:
+        if self.hooks is None:
+            self.hooks = Hooks(self.job_config, self.pairs, rank=rank)
+        return self.hooks
+
+    def fire(self, phase: str, values: dict[str, Any]) -> dict[str, Any]:
+        """Fires ``phase`` with ``values`` merged into the run's data map;
+        returns the map as the plugins left it."""
+        if self.hooks is None:
+            raise RuntimeError("the plugins have not started; the trainer's first event starts them")
+        self.data.update(values)
+        self.hooks.fire(phase, self.data)
+        return self.data
+
+    def requested(self, key: str) -> bool:
+        return self.data.get(key) is True
+
+    def take_deletions(self, ours: Iterable[str]) -> list[str]:
+        """The checkpoints a rotation plugin asked to delete, among ``ours``
+        (never anything else a plugin names)."""
+        asked = self.data.pop("checkpoints_to_delete", None)
+        if not isinstance(asked, list):
+            return []
+        ours = set(ours)
+        return [p for p in asked if isinstance(p, str) and p in ours]
+
+    def close(self, flush_timeout: float) -> int:
+        left = 0
+        if self.hooks is not None:
+            left = self.hooks.flush(flush_timeout)
+            self.hooks.close()
+            self.hooks = None
+        return left
+
+
+def any_rank(flags: list[bool]) -> list[bool]:
+    """Each flag true if it is true on any rank, when ``torch.distributed`` is
+    initialized (every rank must call this at the same points)."""
+    try:
+        import torch
+        import torch.distributed as dist
+    except ImportError:  # pragma: no cover - the adapters need torch anyway
+        return flags
+    if not (dist.is_available() and dist.is_initialized()):
+        return flags
+    t = torch.tensor([1.0 if f else 0.0 for f in flags])
+    dist.all_reduce(t, op=dist.ReduceOp.MAX)
+    return [bool(v > 0) for v in t.tolist()]

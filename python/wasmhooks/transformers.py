@@ -1,0 +1,225 @@
+"""wasmhooks in HF Transformers' ``Trainer``: a ``TrainerCallback`` that fires
+the wasmhooks training phases from HF's events, with the plugins sandboxed
+and allowed by the operator.
+
+Each HF event fires the phase of the same name (``on_train_begin``,
+``on_epoch_begin``, ``on_step_begin``, ``on_pre_optimizer_step``,
+``on_optimizer_step``, ``on_substep_end``, ``on_step_end``, ``on_evaluate``,
+``on_predict``, ``on_save``, ``on_log``, ``on_epoch_end``, ``on_train_end``,
+``on_init_end``, ``on_prediction_step``, ``on_push_begin``). The data carries
+``step`` (= ``global_step``), ``epoch``, ``max_steps``, ``num_train_epochs``,
+the numeric logs (``loss``, ``learning_rate``, ...) and metrics
+(``eval_loss``, ...) and the whole ``logs``/``metrics`` dicts, ``best_metric``,
+``best_model_checkpoint``, ``rank``, ``local_rank``, ``world_size``, and at
+``on_save`` the ``checkpoint`` saved and the run's ``checkpoints``.
+
+Plugins steer through HF's ``TrainerControl``: ``should_training_stop``
+(sticky), ``should_save``, ``should_evaluate``, ``should_log`` (for the step);
+``checkpoints_to_delete`` removes checkpoints of this run (on the main
+process). Under ``torch.distributed`` the flags are all-reduced, so a stop on
+any rank stops every rank at the same step. Plugin states travel in HF
+checkpoints (``ExportableState``) and come back on ``resume_from_checkpoint``.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+from collections.abc import Sequence
+from typing import Any, Optional, Union
+
+from transformers import TrainerCallback
+from transformers.trainer_callback import ExportableState
+
+from wasmhooks._native import Policy
+from wasmhooks._session import CONTROL_KEYS, PathLike, PluginSpec, Session, any_rank, numbers
+
+_CHECKPOINT = re.compile(r"^checkpoint-(\d+)$")
+
+
+class WasmHooksCallback(TrainerCallback, ExportableState):
+    """Fires wasmhooks plugins from a ``Trainer``.
+
+    ``operator`` is the operator config (a path, or a :class:`Policy`);
+    ``plugins`` the plugin files (or ``(file, config)`` pairs), or ``job`` a
+    job bundle folder whose ``job.toml`` lists them. ``flush_timeout`` bounds
+    how long ``on_train_end`` waits for background observers.
+    """
+
+    def __init__(
+        self,
+        operator: Union[PathLike, Policy],
+        plugins: Optional[Sequence[PluginSpec]] = None,
+        job: Optional[PathLike] = None,
+        cache_dir: Optional[PathLike] = None,
+        flush_timeout: float = 10.0,
+        plugin_states: Optional[dict[str, Any]] = None,
+    ) -> None:
+        self._session = Session(operator, plugins=plugins, job=job, cache_dir=cache_dir)
+        self.flush_timeout = flush_timeout
+        # What HF restores into a fresh callback (``attributes``), or what
+        # ``on_train_begin`` finds in the resumed ``TrainerState``.
+        self.plugin_states = plugin_states
+        self._export_args = {
+            "operator": os.fspath(operator) if not isinstance(operator, Policy) else None,
+            "plugins": [
+                [os.fspath(p[0]), p[1]] if isinstance(p, tuple) else os.fspath(p)
+                for p in plugins or []
+            ]
+            or None,
+            "job": os.fspath(job) if job is not None else None,
+            "cache_dir": os.fspath(cache_dir) if cache_dir is not None else None,
+            "flush_timeout": flush_timeout,
+        }
+
+    # ExportableState: saved into each HF checkpoint's trainer_state.json.
+    def state(self) -> dict[str, Any]:
+        hooks = self._session.hooks
+        states = hooks.save_state() if hooks is not None else (self.plugin_states or {})
+        args = dict(self._export_args)
+        if args["plugins"] is not None:
+            args["plugins"] = [tuple(p) if isinstance(p, list) else p for p in args["plugins"]]
+        return {"args": args, "attributes": {"plugin_states": states}}
+
+    @property
+    def hooks(self):
+        """The live :class:`wasmhooks.Hooks`, once training started."""
+        return self._session.hooks
+
+    def _values(self, args: Any, state: Any) -> dict[str, Any]:
+        return {
+            "step": int(state.global_step),
+            "global_step": int(state.global_step),
+            "epoch": float(state.epoch or 0.0),
+            "max_steps": int(state.max_steps or 0),
+            "num_train_epochs": float(state.num_train_epochs or 0),
+            "best_metric": state.best_metric,
+            "best_model_checkpoint": state.best_model_checkpoint,
+            "rank": int(args.process_index),
+            "local_rank": int(args.local_process_index),
+            "world_size": int(args.world_size),
+        }
+
+    def _start(self, args: Any, state: Any) -> None:
+        hooks = self._session.start(int(args.process_index))
+        saved = self.plugin_states
+        if saved is None:
+            # Resumed without HF's restore_callback_states_from_checkpoint:
+            # the states are in the TrainerState it loaded all the same.
+            mine = (getattr(state, "stateful_callbacks", None) or {}).get(type(self).__name__)
+            if isinstance(mine, list):
+                mine = mine[0] if mine else None
+            if isinstance(mine, dict):
+                saved = (mine.get("attributes") or {}).get("plugin_states")
+        if saved:
+            hooks.load_state(saved)
+        self.plugin_states = None
+
+    def _fire(self, phase: str, args: Any, state: Any, control: Any, **extra: Any) -> None:
+        if self._session.hooks is None:
+            self._start(args, state)
+        values = self._values(args, state)
+        for key in CONTROL_KEYS:
+            values[key] = bool(getattr(control, key))
+        values.update(extra)
+        self._session.fire(phase, values)
+        for key in CONTROL_KEYS:
+            if self._session.requested(key):
+                setattr(control, key, True)
+
+    def _agree(self, control: Any) -> None:
+        """Every rank takes the same decisions: a stop (or a save or an
+        evaluation, which are collective) asked on one rank is taken on all."""
+        flags = any_rank([bool(getattr(control, k)) for k in CONTROL_KEYS])
+        for key, flag in zip(CONTROL_KEYS, flags):
+            if flag:
+                setattr(control, key, True)
+                self._session.data[key] = True
+
+    def _checkpoints(self, args: Any) -> list[str]:
+        out = args.output_dir
+        if not out or not os.path.isdir(out):
+            return []
+        found = []
+        for name in os.listdir(out):
+            m = _CHECKPOINT.match(name)
+            path = os.path.join(out, name)
+            if m and os.path.isdir(path) and not os.path.islink(path):
+                found.append((int(m.group(1)), path))
+        return [p for _, p in sorted(found)]
+
+    # HF's events, each firing the wasmhooks phase of its name.
+    def on_init_end(self, args, state, control, **kwargs):
+        self._fire("on_init_end", args, state, control)
+
+    def on_train_begin(self, args, state, control, **kwargs):
+        self._fire("on_train_begin", args, state, control)
+
+    def on_epoch_begin(self, args, state, control, **kwargs):
+        self._fire("on_epoch_begin", args, state, control)
+
+    def on_step_begin(self, args, state, control, **kwargs):
+        self._fire("on_step_begin", args, state, control)
+
+    def on_pre_optimizer_step(self, args, state, control, **kwargs):
+        self._fire("on_pre_optimizer_step", args, state, control)
+
+    def on_optimizer_step(self, args, state, control, **kwargs):
+        self._fire("on_optimizer_step", args, state, control)
+
+    def on_substep_end(self, args, state, control, **kwargs):
+        self._fire("on_substep_end", args, state, control)
+
+    def on_step_end(self, args, state, control, **kwargs):
+        self._fire("on_step_end", args, state, control)
+        self._agree(control)
+
+    def on_evaluate(self, args, state, control, metrics=None, **kwargs):
+        metrics = metrics or {}
+        self._fire("on_evaluate", args, state, control, metrics=numbers(metrics), **numbers(metrics))
+        self._agree(control)
+
+    def on_predict(self, args, state, control, metrics=None, **kwargs):
+        metrics = metrics or {}
+        self._fire("on_predict", args, state, control, metrics=numbers(metrics))
+
+    def on_prediction_step(self, args, state, control, **kwargs):
+        self._fire("on_prediction_step", args, state, control)
+
+    def on_log(self, args, state, control, logs=None, **kwargs):
+        logs = numbers(logs)
+        self._fire("on_log", args, state, control, logs=logs, **logs)
+
+    def on_save(self, args, state, control, **kwargs):
+        ours = self._checkpoints(args)
+        saved = os.path.join(args.output_dir, f"checkpoint-{state.global_step}")
+        self._fire("on_save", args, state, control, checkpoint=saved, checkpoints=ours)
+        doomed = self._session.take_deletions(ours)
+        if doomed and state.is_world_process_zero:
+            for path in doomed:
+                shutil.rmtree(path, ignore_errors=True)
+        self._session.data["checkpoints"] = self._checkpoints(args)
+
+    def on_epoch_end(self, args, state, control, **kwargs):
+        self._fire("on_epoch_end", args, state, control)
+        self._agree(control)
+
+    def on_push_begin(self, args, state, control, **kwargs):
+        self._fire("on_push_begin", args, state, control)
+
+    def on_train_end(self, args, state, control, **kwargs):
+        if self._session.hooks is None:
+            return
+        # Observers catch up first, within the bound, so the end is the end.
+        left = self._session.hooks.flush(self.flush_timeout)
+        stopped = control.should_training_stop and state.global_step < state.max_steps
+        self._fire(
+            "on_train_end",
+            args,
+            state,
+            control,
+            train_end_reason="stopped" if stopped else "completed",
+            observations_unflushed=left,
+        )
+        self._session.hooks.flush(self.flush_timeout)
