@@ -177,6 +177,8 @@ fn map_to_py<'py>(py: Python<'py>, map: &Map<String, Value>) -> PyResult<Bound<'
     Ok(dict)
 }
 
+mod traps;
+
 /// The operator's allowlist: which plugins may run, pinned by sha256, with
 /// their limits, error policy and grants.
 #[pyclass(module = "wasmhooks._native", frozen)]
@@ -247,6 +249,8 @@ impl Host {
                 None => wasmhooks::Host::new(policy),
             })
             .map_err(|e| py_err(py, e))?;
+        // The engine has installed wasmtime's trap handlers by now.
+        traps::remember();
         Ok(Host { inner })
     }
 
@@ -452,6 +456,7 @@ impl Hooks {
             let place = format!("config of plugin '{}'", plugin.inner.name());
             builder = builder.plugin(plugin.inner.clone(), to_value(config, &place, 0)?);
         }
+        traps::restore();
         let hooks = py.detach(|| builder.start()).map_err(|e| py_err(py, e))?;
         Ok(Hooks {
             inner: Mutex::new(Some(hooks)),
@@ -595,6 +600,15 @@ impl PhaseReport {
     }
 }
 
+/// Puts back wasmtime's trap handlers where other code reset them to the
+/// default (Lightning's signal connector does, at the end of every `fit`);
+/// returns how many it put back. Without them a plugin's trap would kill
+/// the process instead of failing its call.
+#[pyfunction]
+fn restore_trap_handlers() -> usize {
+    traps::restore()
+}
+
 /// The version of the `wasmhooks:plugin` WIT package this host implements.
 #[pyfunction]
 fn wit_version() -> &'static str {
@@ -611,6 +625,7 @@ fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<Hooks>()?;
     m.add_class::<PhaseReport>()?;
     m.add_function(wrap_pyfunction!(wit_version, m)?)?;
+    m.add_function(wrap_pyfunction!(restore_trap_handlers, m)?)?;
     m.add("WasmHooksError", py.get_type::<WasmHooksError>())?;
     m.add("PolicyError", py.get_type::<PolicyError>())?;
     m.add("LoadError", py.get_type::<LoadError>())?;

@@ -6,7 +6,7 @@ from __future__ import annotations
 import os
 from collections.abc import Iterable, Sequence
 from pathlib import Path
-from typing import Any, Optional, Union
+from typing import Any, Union
 
 from wasmhooks._native import Hooks, Host, Plugin, Policy
 
@@ -17,13 +17,13 @@ PluginSpec = Union[PathLike, tuple[PathLike, Any]]
 CONTROL_KEYS = ("should_training_stop", "should_save", "should_evaluate", "should_log")
 
 
-def default_cache() -> Optional[Path]:
+def default_cache() -> Path | None:
     """Where compiled plugins are kept, as the CLI keeps them."""
     base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
     return Path(base) / "wasmhooks"
 
 
-def numbers(values: Optional[dict[str, Any]]) -> dict[str, Any]:
+def numbers(values: dict[str, Any] | None) -> dict[str, Any]:
     """The entries of a metrics or logs dict that cross as host values."""
     out: dict[str, Any] = {}
     for key, value in (values or {}).items():
@@ -40,14 +40,16 @@ class Session:
 
     def __init__(
         self,
-        operator: Union[PathLike, Policy],
-        plugins: Optional[Sequence[PluginSpec]] = None,
-        job: Optional[PathLike] = None,
-        cache_dir: Optional[PathLike] = None,
-        job_config: Optional[dict[str, Any]] = None,
+        operator: PathLike | Policy,
+        plugins: Sequence[PluginSpec] | None = None,
+        job: PathLike | None = None,
+        cache_dir: PathLike | None = None,
+        job_config: dict[str, Any] | None = None,
     ) -> None:
         if (plugins is None) == (job is None):
-            raise ValueError("give either plugins (files, or (file, config) pairs) or job (a bundle folder)")
+            raise ValueError(
+                "give either plugins (files, or (file, config) pairs) or job (a bundle folder)"
+            )
         policy = operator if isinstance(operator, Policy) else Policy.from_file(os.fspath(operator))
         cache = cache_dir if cache_dir is not None else default_cache()
         self.host = Host(policy, cache_dir=os.fspath(cache) if cache is not None else None)
@@ -58,7 +60,7 @@ class Session:
         else:
             self.pairs = [self._load(spec) for spec in plugins or []]
             self.job_config = job_config or {}
-        self.hooks: Optional[Hooks] = None
+        self.hooks: Hooks | None = None
         self.data: dict[str, Any] = {}
 
     def _load(self, spec: PluginSpec) -> tuple[Plugin, Any]:
@@ -78,7 +80,9 @@ class Session:
         """Fires ``phase`` with ``values`` merged into the run's data map;
         returns the map as the plugins left it."""
         if self.hooks is None:
-            raise RuntimeError("the plugins have not started; the trainer's first event starts them")
+            raise RuntimeError(
+                "the plugins have not started; the trainer's first event starts them"
+            )
         self.data.update(values)
         self.hooks.fire(phase, self.data)
         return self.data

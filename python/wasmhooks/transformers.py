@@ -27,7 +27,7 @@ import os
 import re
 import shutil
 from collections.abc import Sequence
-from typing import Any, Optional, Union
+from typing import Any
 
 from transformers import TrainerCallback
 from transformers.trainer_callback import ExportableState
@@ -49,12 +49,12 @@ class WasmHooksCallback(TrainerCallback, ExportableState):
 
     def __init__(
         self,
-        operator: Union[PathLike, Policy],
-        plugins: Optional[Sequence[PluginSpec]] = None,
-        job: Optional[PathLike] = None,
-        cache_dir: Optional[PathLike] = None,
+        operator: PathLike | Policy,
+        plugins: Sequence[PluginSpec] | None = None,
+        job: PathLike | None = None,
+        cache_dir: PathLike | None = None,
         flush_timeout: float = 10.0,
-        plugin_states: Optional[dict[str, Any]] = None,
+        plugin_states: dict[str, Any] | None = None,
     ) -> None:
         self._session = Session(operator, plugins=plugins, job=job, cache_dir=cache_dir)
         self.flush_timeout = flush_timeout
@@ -102,18 +102,21 @@ class WasmHooksCallback(TrainerCallback, ExportableState):
         }
 
     def _start(self, args: Any, state: Any) -> None:
-        hooks = self._session.start(int(args.process_index))
+        self._session.start(int(args.process_index))
+
+    def _restore(self, state: Any) -> None:
+        """Gives the plugins the states a resumed run's checkpoint holds:
+        set on this callback by HF's own restore, or else found in the
+        ``TrainerState`` HF loaded from the checkpoint."""
         saved = self.plugin_states
         if saved is None:
-            # Resumed without HF's restore_callback_states_from_checkpoint:
-            # the states are in the TrainerState it loaded all the same.
             mine = (getattr(state, "stateful_callbacks", None) or {}).get(type(self).__name__)
             if isinstance(mine, list):
                 mine = mine[0] if mine else None
             if isinstance(mine, dict):
                 saved = (mine.get("attributes") or {}).get("plugin_states")
-        if saved:
-            hooks.load_state(saved)
+        if saved and self._session.hooks is not None:
+            self._session.hooks.load_state(saved)
         self.plugin_states = None
 
     def _fire(self, phase: str, args: Any, state: Any, control: Any, **extra: Any) -> None:
@@ -154,6 +157,9 @@ class WasmHooksCallback(TrainerCallback, ExportableState):
         self._fire("on_init_end", args, state, control)
 
     def on_train_begin(self, args, state, control, **kwargs):
+        if self._session.hooks is None:
+            self._start(args, state)
+        self._restore(state)
         self._fire("on_train_begin", args, state, control)
 
     def on_epoch_begin(self, args, state, control, **kwargs):
@@ -177,7 +183,9 @@ class WasmHooksCallback(TrainerCallback, ExportableState):
 
     def on_evaluate(self, args, state, control, metrics=None, **kwargs):
         metrics = metrics or {}
-        self._fire("on_evaluate", args, state, control, metrics=numbers(metrics), **numbers(metrics))
+        self._fire(
+            "on_evaluate", args, state, control, metrics=numbers(metrics), **numbers(metrics)
+        )
         self._agree(control)
 
     def on_predict(self, args, state, control, metrics=None, **kwargs):

@@ -9,13 +9,15 @@ use anyhow::{Context, bail};
 use sha2::{Digest, Sha256};
 
 mod bench;
+mod python;
 mod toolchains;
 
 const USAGE: &str = "usage: cargo xtask <task>
 
 tasks:
   test      install the wasm32-wasip2 target and the other languages' toolchains,
-            build the guest plugins, run every test
+            build the guest plugins, run every test (Rust, then the Python
+            package's in target/venv)
   toolchains  install the Python, JavaScript, C/Zig and Go plugin toolchains
             into target/toolchains (skipped when already there)
   demo      build the plugins and run the example job: node initialization, then training
@@ -31,7 +33,8 @@ fn main() -> anyhow::Result<()> {
         "test" => {
             wasm_target()?;
             toolchains::install(&root)?;
-            cargo(&root, &["test", "--workspace"])
+            cargo(&root, &["test", "--workspace"])?;
+            python::test(&root)
         }
         "toolchains" => toolchains::install(&root).map(|_| ()),
         "demo" => demo(&root),

@@ -1,0 +1,55 @@
+"""A tiny GPT-2 built from a config (2 layers, hidden 32, vocab 100; no hub
+download) and synthetic data, for the trainer tests."""
+
+from __future__ import annotations
+
+import torch
+from torch.utils.data import Dataset
+
+
+class Tokens(Dataset):
+    """Sequences of a repeating pattern: learnable, so the loss falls."""
+
+    def __init__(self, n: int, length: int = 16, seed: int = 0) -> None:
+        g = torch.Generator().manual_seed(seed)
+        starts = torch.randint(0, 100, (n,), generator=g)
+        steps = torch.randint(1, 4, (n,), generator=g)
+        ids = (starts[:, None] + steps[:, None] * torch.arange(length)[None, :]) % 100
+        self.ids = ids
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+    def __getitem__(self, i: int) -> dict[str, torch.Tensor]:
+        return {"input_ids": self.ids[i], "labels": self.ids[i]}
+
+
+def gpt2():
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    torch.manual_seed(0)
+    config = GPT2Config(n_layer=2, n_embd=32, n_head=2, vocab_size=100, n_positions=32)
+    return GPT2LMHeadModel(config)
+
+
+def training_args(out, **kw):
+    from transformers import TrainingArguments
+
+    base = {
+        "output_dir": str(out),
+        "per_device_train_batch_size": 8,
+        "per_device_eval_batch_size": 8,
+        "learning_rate": 5e-3,
+        "num_train_epochs": 1,
+        "max_steps": 20,
+        "logging_steps": 5,
+        "eval_strategy": "no",
+        "save_strategy": "no",
+        "report_to": [],
+        "use_cpu": True,
+        "disable_tqdm": True,
+        "dataloader_num_workers": 0,
+        "seed": 0,
+    }
+    base.update(kw)
+    return TrainingArguments(**base)
