@@ -5,6 +5,7 @@ downloaded, serves it on loopback, and says READY once it listens.
 GET /health -> 200 "ok"; GET /v1/model -> the model's config, its weight
 count, and the arguments the engine was started with (engine_kwargs).
 """
+
 import argparse
 import json
 import os

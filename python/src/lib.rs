@@ -417,6 +417,9 @@ impl Plugin {
 #[pyclass(module = "wasmhooks._native", frozen)]
 struct Hooks {
     inner: Mutex<Option<wasmhooks::Hooks>>,
+    /// Per phase, the keys its plugins read (`None`: the whole map), so a
+    /// fire converts only what some plugin will see.
+    reads: Mutex<std::collections::HashMap<String, Option<Vec<String>>>>,
 }
 
 impl Hooks {
@@ -460,6 +463,7 @@ impl Hooks {
         let hooks = py.detach(|| builder.start()).map_err(|e| py_err(py, e))?;
         Ok(Hooks {
             inner: Mutex::new(Some(hooks)),
+            reads: Mutex::new(std::collections::HashMap::new()),
         })
     }
 
@@ -472,7 +476,19 @@ impl Hooks {
         phase: &str,
         data: &Bound<'py, PyDict>,
     ) -> PyResult<PhaseReport> {
-        let mut map = dict_to_map(data, "", 0)?;
+        let mut map = match self.keys_read(py, phase)? {
+            None => dict_to_map(data, "", 0)?,
+            Some(keys) => {
+                let mut map = Map::new();
+                for key in keys {
+                    if let Some(value) = data.get_item(&key)? {
+                        let v = to_value(&value, &key, 1)?;
+                        map.insert(key, v);
+                    }
+                }
+                map
+            }
+        };
         let phase = phase.to_owned();
         let (result, map) = self.with(py, move |hooks| {
             let result = hooks.fire(&phase, &mut map);
@@ -495,6 +511,29 @@ impl Hooks {
             }
         }
         PhaseReport::from_report(py, &report)
+    }
+
+    /// The keys the plugins of `phase` read (`None`: every key).
+    fn keys_read(&self, py: Python<'_>, phase: &str) -> PyResult<Option<Vec<String>>> {
+        if let Some(keys) = self
+            .reads
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .get(phase)
+        {
+            return Ok(keys.clone());
+        }
+        let owned = phase.to_owned();
+        let keys = self.with(py, move |hooks| {
+            hooks
+                .keys_read(&owned)
+                .map(|k| k.into_iter().collect::<Vec<_>>())
+        })?;
+        self.reads
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .insert(phase.to_owned(), keys.clone());
+        Ok(keys)
     }
 
     /// The plugins that will be called at `phase`, in call order.
@@ -563,39 +602,51 @@ impl Hooks {
     }
 }
 
-/// What happened at one phase.
-#[pyclass(module = "wasmhooks._native", frozen, get_all)]
+/// What happened at one phase. Its lists are built when asked for, so a
+/// phase nobody inspects costs no Python objects.
+#[pyclass(module = "wasmhooks._native", frozen)]
 struct PhaseReport {
-    /// The phase.
-    phase: String,
-    /// One dict per plugin called (or passed over), in call order: plugin,
-    /// outcome (`applied`, `failed`, `disabled`, `queued`), set, removed,
-    /// error, fuel, elapsed_us.
-    calls: Py<PyList>,
-    /// The messages of the failures the policy let pass.
-    failures: Vec<String>,
+    report: wasmhooks::PhaseReport,
 }
 
 impl PhaseReport {
-    fn from_report(py: Python<'_>, report: &wasmhooks::PhaseReport) -> PyResult<Self> {
-        let calls = serde_json::to_value(&report.calls)
-            .map_err(|e| WasmHooksError::new_err(e.to_string()))?;
+    fn from_report(_py: Python<'_>, report: &wasmhooks::PhaseReport) -> PyResult<Self> {
         Ok(PhaseReport {
-            phase: report.phase.clone(),
-            calls: to_py(py, &calls)?.cast_into::<PyList>()?.unbind(),
-            failures: report.failures().map(ToString::to_string).collect(),
+            report: report.clone(),
         })
     }
 }
 
 #[pymethods]
 impl PhaseReport {
-    fn __repr__(&self, py: Python<'_>) -> String {
+    /// The phase.
+    #[getter]
+    fn phase(&self) -> &str {
+        &self.report.phase
+    }
+
+    /// One dict per plugin called (or passed over), in call order: plugin,
+    /// outcome (`{"kind": "applied", "set": [...], "removed": [...]}`,
+    /// `failed` with `error`, `disabled`, `queued`), fuel, elapsed (µs).
+    #[getter]
+    fn calls<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyList>> {
+        let calls = serde_json::to_value(&self.report.calls)
+            .map_err(|e| WasmHooksError::new_err(e.to_string()))?;
+        Ok(to_py(py, &calls)?.cast_into::<PyList>()?)
+    }
+
+    /// The messages of the failures the policy let pass.
+    #[getter]
+    fn failures(&self) -> Vec<String> {
+        self.report.failures().map(ToString::to_string).collect()
+    }
+
+    fn __repr__(&self) -> String {
         format!(
             "PhaseReport(phase={:?}, calls={}, failures={})",
-            self.phase,
-            self.calls.bind(py).len(),
-            self.failures.len()
+            self.report.phase,
+            self.report.calls.len(),
+            self.report.failures().count()
         )
     }
 }

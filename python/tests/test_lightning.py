@@ -5,27 +5,12 @@ from __future__ import annotations
 import pytest
 import torch
 from conftest import allow, plugin
-from tiny import Tokens, gpt2
+from tiny import Tokens, lightning_module
 
 pl = pytest.importorskip("lightning.pytorch")
 
 from wasmhooks import PluginError  # noqa: E402
 from wasmhooks.lightning import WasmHooksCallback  # noqa: E402
-
-
-class TinyLM(pl.LightningModule):
-    def __init__(self) -> None:
-        super().__init__()
-        self.model = gpt2()
-
-    def training_step(self, batch, batch_idx):
-        return self.model(**batch).loss
-
-    def validation_step(self, batch, batch_idx):
-        self.log("eval_loss", self.model(**batch).loss, prog_bar=False)
-
-    def configure_optimizers(self):
-        return torch.optim.AdamW(self.parameters(), lr=5e-3)
 
 
 def loaders():
@@ -49,7 +34,7 @@ def fit(tmp_path, callback, **kw):
     args.update(kw)
     trainer = pl.Trainer(callbacks=[callback], **args)
     train, val = loaders()
-    trainer.fit(TinyLM(), train, val)
+    trainer.fit(lightning_module(), train, val)
     return trainer
 
 
@@ -110,7 +95,7 @@ def test_plugin_states_travel_in_lightning_checkpoints(operator, tmp_path, cache
         num_sanity_val_steps=0,
     )
     train, val = loaders()
-    trainer.fit(TinyLM(), train, val, ckpt_path=saved[0])
+    trainer.fit(lightning_module(), train, val, ckpt_path=saved[0])
     assert again._session.data["metrics"]["calls"]["on_step_end"] == 12
 
 

@@ -162,3 +162,46 @@ def test_a_stop_on_rank_one_stops_both_ranks(operator, tmp_path, cache_dir):
     assert run.returncode == 0, run.stderr[-4000:]
     ranks = [json.loads((out / f"rank-{r}.json").read_text()) for r in (0, 1)]
     assert ranks == [{"step": 1, "world_size": 2}] * 2, ranks
+
+
+def test_observers_and_plugins_in_other_languages_under_the_trainer(operator, tmp_path, cache_dir):
+    logs = tmp_path / "logs"
+    logs.mkdir()
+    op = operator(
+        allow(
+            "metrics-logger",
+            "metrics_logger",
+            f'readwrite = [{{ host = "{logs}", guest = "/logs" }}]',
+        ),
+        allow("metrics-collector-python", "python/metrics-collector", 'write = ["metrics"]'),
+    )
+    cb = WasmHooksCallback(
+        op,
+        plugins=[
+            (plugin("metrics_logger"), {"path": "/logs/metrics.jsonl"}),
+            plugin("python/metrics-collector"),
+        ],
+        cache_dir=cache_dir,
+    )
+    trainer(tmp_path, cb, max_steps=10, logging_steps=2).train()
+    lines = [json.loads(line) for line in (logs / "metrics.jsonl").read_text().splitlines()]
+    # The logger observes on_log in the background; the end flushes it first.
+    assert [e["event"] for e in lines].count("log") >= 5, lines
+    assert lines[-1]["event"] == "train_end" and lines[-1]["reason"] == "completed"
+    calls = cb._session.data["metrics"]["calls"]
+    assert calls["on_step_end"] == 10, "the Python-language collector counted every step"
+
+
+def test_a_trapping_plugin_under_fail_stops_training_with_its_error(operator, tmp_path, cache_dir):
+    op = operator(allow("adversary", "adversary", ""))
+    cb = WasmHooksCallback(
+        op, plugins=[(plugin("adversary"), {"panic_on": "on_step_begin"})], cache_dir=cache_dir
+    )
+    t = trainer(tmp_path, cb, max_steps=4)
+    with pytest.raises(PluginError, match="adversary panics in on_step_begin") as caught:
+        t.train()
+    assert caught.value.call == "phase 'on_step_begin'"
+    assert t.state.global_step == 0
+    # The host is alive: the plugin, restarted, answers the next call.
+    report = cb.hooks.fire("on_train_end", {})
+    assert report.calls[0]["plugin"] == "adversary"

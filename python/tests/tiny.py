@@ -1,10 +1,28 @@
 """A tiny GPT-2 built from a config (2 layers, hidden 32, vocab 100; no hub
-download) and synthetic data, for the trainer tests."""
+download) and synthetic data, for the trainer tests, the examples and the
+benchmark; and an operator config for the built plugins."""
 
 from __future__ import annotations
 
+import hashlib
+from pathlib import Path
+
 import torch
 from torch.utils.data import Dataset
+
+#: The Rust plugins as ``cargo xtask test`` builds them.
+PLUGINS = Path(__file__).resolve().parents[2] / "target/plugins/wasm32-wasip2/release"
+
+
+def write_operator(path: Path, grants: dict[str, tuple[str, str]]) -> Path:
+    """An operator config allowing each plugin file stem of ``grants`` under
+    its name, pinned by sha256, with its grant lines."""
+    text = ""
+    for stem, (name, grant) in grants.items():
+        digest = hashlib.sha256((PLUGINS / f"{stem}.wasm").read_bytes()).hexdigest()
+        text += f'[[plugin]]\nname = "{name}"\nsha256 = "{digest}"\n{grant}\n\n'
+    path.write_text(text)
+    return path
 
 
 class Tokens(Dataset):
@@ -53,3 +71,24 @@ def training_args(out, **kw):
     }
     base.update(kw)
     return TrainingArguments(**base)
+
+
+def lightning_module():
+    """The tiny GPT-2 as a LightningModule, logging ``eval_loss``."""
+    import lightning.pytorch as pl
+
+    class TinyLM(pl.LightningModule):
+        def __init__(self) -> None:
+            super().__init__()
+            self.model = gpt2()
+
+        def training_step(self, batch, batch_idx):
+            return self.model(**batch).loss
+
+        def validation_step(self, batch, batch_idx):
+            self.log("eval_loss", self.model(**batch).loss)
+
+        def configure_optimizers(self):
+            return torch.optim.AdamW(self.parameters(), lr=5e-3)
+
+    return TinyLM()

@@ -108,16 +108,21 @@ class Session:
         return left
 
 
-def any_rank(flags: list[bool]) -> list[bool]:
-    """Each flag true if it is true on any rank, when ``torch.distributed`` is
-    initialized (every rank must call this at the same points)."""
+def distributed() -> bool:
+    """Whether ``torch.distributed`` is initialized in this process."""
     try:
-        import torch
         import torch.distributed as dist
     except ImportError:  # pragma: no cover - the adapters need torch anyway
-        return flags
-    if not (dist.is_available() and dist.is_initialized()):
-        return flags
+        return False
+    return dist.is_available() and dist.is_initialized()
+
+
+def any_rank(flags: list[bool]) -> list[bool]:
+    """Each flag true if it is true on any rank (every rank must call this at
+    the same points); call only where :func:`distributed` is true."""
+    import torch
+    import torch.distributed as dist
+
     t = torch.tensor([1.0 if f else 0.0 for f in flags])
     dist.all_reduce(t, op=dist.ReduceOp.MAX)
     return [bool(v > 0) for v in t.tolist()]

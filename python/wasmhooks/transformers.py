@@ -33,7 +33,15 @@ from transformers import TrainerCallback
 from transformers.trainer_callback import ExportableState
 
 from wasmhooks._native import Policy
-from wasmhooks._session import CONTROL_KEYS, PathLike, PluginSpec, Session, any_rank, numbers
+from wasmhooks._session import (
+    CONTROL_KEYS,
+    PathLike,
+    PluginSpec,
+    Session,
+    any_rank,
+    distributed,
+    numbers,
+)
 
 _CHECKPOINT = re.compile(r"^checkpoint-(\d+)$")
 
@@ -61,6 +69,8 @@ class WasmHooksCallback(TrainerCallback, ExportableState):
         # What HF restores into a fresh callback (``attributes``), or what
         # ``on_train_begin`` finds in the resumed ``TrainerState``.
         self.plugin_states = plugin_states
+        self._ranks: dict[str, int] | None = None
+        self._distributed = False
         self._export_args = {
             "operator": os.fspath(operator) if not isinstance(operator, Policy) else None,
             "plugins": [
@@ -88,7 +98,16 @@ class WasmHooksCallback(TrainerCallback, ExportableState):
         return self._session.hooks
 
     def _values(self, args: Any, state: Any) -> dict[str, Any]:
+        # HF's rank properties ask accelerate each time: read once a run.
+        ranks = self._ranks
+        if ranks is None:
+            ranks = self._ranks = {
+                "rank": int(args.process_index),
+                "local_rank": int(args.local_process_index),
+                "world_size": int(args.world_size),
+            }
         return {
+            **ranks,
             "step": int(state.global_step),
             "global_step": int(state.global_step),
             "epoch": float(state.epoch or 0.0),
@@ -96,13 +115,12 @@ class WasmHooksCallback(TrainerCallback, ExportableState):
             "num_train_epochs": float(state.num_train_epochs or 0),
             "best_metric": state.best_metric,
             "best_model_checkpoint": state.best_model_checkpoint,
-            "rank": int(args.process_index),
-            "local_rank": int(args.local_process_index),
-            "world_size": int(args.world_size),
         }
 
     def _start(self, args: Any, state: Any) -> None:
         self._session.start(int(args.process_index))
+        # The Trainer has set up torch.distributed, if at all, by now.
+        self._distributed = distributed()
 
     def _restore(self, state: Any) -> None:
         """Gives the plugins the states a resumed run's checkpoint holds:
@@ -134,6 +152,8 @@ class WasmHooksCallback(TrainerCallback, ExportableState):
     def _agree(self, control: Any) -> None:
         """Every rank takes the same decisions: a stop (or a save or an
         evaluation, which are collective) asked on one rank is taken on all."""
+        if not self._distributed:
+            return
         flags = any_rank([bool(getattr(control, k)) for k in CONTROL_KEYS])
         for key, flag in zip(CONTROL_KEYS, flags):
             if flag:

@@ -17,6 +17,11 @@ pub(crate) fn run(root: &Path) -> anyhow::Result<()> {
     if let Err(e) = extism(root) {
         eprintln!("xtask: the Extism baseline did not run, so the table leaves it out: {e:#}");
     }
+    let figures = crate::python::bench(root)?;
+    std::fs::write(
+        root.join("target/tmp/bench-python.json"),
+        figures.to_string(),
+    )?;
     table(root)
 }
 
@@ -256,6 +261,32 @@ pub(crate) fn table(root: &Path) -> anyhow::Result<()> {
         format!("{:.3}% of the step", per_step / 10e6 * 100.0),
         "< 1%",
     );
+    if let Ok(text) = std::fs::read_to_string(root.join("target/tmp/bench-python.json")) {
+        let py: serde_json::Value = serde_json::from_str(&text)?;
+        let e = &py["per_event"];
+        let num = |v: &serde_json::Value| v.as_f64().unwrap_or(0.0);
+        t.row(
+            "HF on_step_end, one wasm plugin through the adapter",
+            fmt_ns(num(&e["wasm_event_ns"])),
+            format!(
+                "{:.1}x the same Python TrainerCallback ({}), paired",
+                num(&e["ratio"]),
+                fmt_ns(num(&e["python_event_ns"]))
+            ),
+            "<= 3x",
+        );
+        let s = &py["per_step"];
+        t.row(
+            "4 plugins on every HF event of a tiny GPT-2 step (1 thread)",
+            format!(
+                "{:.0} µs of a {:.2} ms step",
+                num(&s["plugins_per_step_us"]),
+                num(&s["step_ms"])
+            ),
+            format!("{:.2}% of the step", num(&s["share_of_step"]) * 100.0),
+            "< 1%",
+        );
+    }
     let mut out = String::from("| measure | time | ratio | target |\n|---|---|---|---|\n");
     out.push_str(&t.0);
     out.push('\n');

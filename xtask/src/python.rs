@@ -41,27 +41,81 @@ pub(crate) fn venv(root: &Path) -> anyhow::Result<PathBuf> {
     Ok(python)
 }
 
-/// Builds the package into the environment and runs its checks and tests.
-pub(crate) fn test(root: &Path) -> anyhow::Result<()> {
-    let python = venv(root)?;
-    let bin = python.parent().expect("bin/python").to_owned();
-    let venv = bin.parent().expect("the venv").to_owned();
-    let path = std::env::join_paths(std::iter::once(bin.clone()).chain(std::env::split_paths(
-        &std::env::var_os("PATH").unwrap_or_default(),
-    )))?;
-    let in_venv = |program: &str| {
-        let mut cmd = Command::new(bin.join(program));
-        cmd.current_dir(root.join("python"))
-            .env("VIRTUAL_ENV", &venv)
-            .env("PATH", &path)
+/// Commands run in the environment, from `python/`.
+struct Venv {
+    bin: PathBuf,
+    venv: PathBuf,
+    path: std::ffi::OsString,
+    python_dir: PathBuf,
+}
+
+impl Venv {
+    fn new(root: &Path) -> anyhow::Result<Self> {
+        let python = venv(root)?;
+        let bin = python.parent().expect("bin/python").to_owned();
+        let venv = bin.parent().expect("the venv").to_owned();
+        let path = std::env::join_paths(std::iter::once(bin.clone()).chain(
+            std::env::split_paths(&std::env::var_os("PATH").unwrap_or_default()),
+        ))?;
+        Ok(Venv {
+            bin,
+            venv,
+            path,
+            python_dir: root.join("python"),
+        })
+    }
+
+    fn command(&self, program: &str) -> Command {
+        let mut cmd = Command::new(self.bin.join(program));
+        cmd.current_dir(&self.python_dir)
+            .env("VIRTUAL_ENV", &self.venv)
+            .env("PATH", &self.path)
             .env("OMP_NUM_THREADS", "1");
         cmd
-    };
+    }
+}
+
+/// Builds the package (release) into the environment and measures the HF
+/// adapter against plain Python callbacks; returns the script's figures.
+pub(crate) fn bench(root: &Path) -> anyhow::Result<serde_json::Value> {
+    let venv = Venv::new(root)?;
+    eprintln!("xtask: building the Python package (release) for its benchmark");
+    run(venv
+        .command("maturin")
+        .args(["develop", "--release", "--quiet"]))?;
+    let out = venv
+        .command("python")
+        .arg("bench/adapter.py")
+        .output()
+        .context("run python/bench/adapter.py")?;
+    anyhow::ensure!(
+        out.status.success(),
+        "python/bench/adapter.py failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let text = String::from_utf8_lossy(&out.stdout);
+    let last = text.lines().last().unwrap_or_default();
+    Ok(serde_json::from_str(last)?)
+}
+
+/// Builds the package into the environment and runs its checks and tests.
+pub(crate) fn test(root: &Path) -> anyhow::Result<()> {
+    let v = Venv::new(root)?;
     eprintln!("xtask: building the Python package into the environment");
-    run(in_venv("maturin").args(["develop", "--quiet"]))?;
-    run(in_venv("ruff").args(["check", "."]))?;
-    run(in_venv("ruff").args(["format", "--check", "."]))?;
-    run(in_venv("pytest")
+    run(v.command("maturin").args(["develop", "--quiet"]))?;
+    run(v.command("ruff").args(["check", "."]))?;
+    run(v.command("ruff").args(["format", "--check", "."]))?;
+    // The examples, under the package's ruff settings.
+    for check in ["check", "format"] {
+        let mut cmd = v.command("ruff");
+        cmd.arg(check);
+        if check == "format" {
+            cmd.arg("--check");
+        }
+        run(cmd.args(["--config", "pyproject.toml", "../examples"]))?;
+    }
+    run(v
+        .command("pytest")
         .args(["-q", "-p", "no:cacheprovider", "tests"])
         .env("WASMHOOKS_PLUGINS", root.join("target/plugins")))
 }

@@ -322,6 +322,26 @@ impl Hooks {
             .collect()
     }
 
+    /// The data keys the plugins called at `phase` read, or `None` if one
+    /// of them reads the whole map. An embedder whose data lives elsewhere
+    /// (a Python dict) needs to hand over only these: the others reach no
+    /// plugin at this phase.
+    pub fn keys_read(&mut self, phase: &str) -> Option<BTreeSet<String>> {
+        let route = self.route(phase);
+        let mut keys = BTreeSet::new();
+        for &i in route.iter() {
+            match self.members[i]
+                .manifest
+                .as_ref()
+                .and_then(|m| m.reads.as_ref())
+            {
+                Some(reads) => keys.extend(reads.iter().cloned()),
+                None => return None,
+            }
+        }
+        Some(keys)
+    }
+
     /// Totals per plugin, in job order.
     pub fn stats(&self) -> Vec<PluginStats> {
         let observed = self

@@ -1,0 +1,86 @@
+"""HF Transformers' Trainer with wasmhooks plugins: a tiny GPT-2 (built from a
+config, no download) on synthetic data, with the project's reference
+plugins sandboxed: validate-every asks for evaluation, early-stopping stops
+when eval_loss stalls, checkpoint-policy saves and rotates HF checkpoints,
+and metrics-logger writes JSON lines in the background.
+
+    cargo xtask test                     # once: builds the plugins and target/venv
+    target/venv/bin/python examples/hf-trainer/train.py
+
+It writes an operator config allowing the plugins (pinned by sha256) into
+target/examples/hf-trainer, as an operator would, and trains there.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from pathlib import Path
+
+os.environ.setdefault("OMP_NUM_THREADS", "1")
+ROOT = Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(ROOT / "python/tests"))
+
+from tiny import PLUGINS, Tokens, gpt2, training_args, write_operator  # noqa: E402
+from transformers import Trainer  # noqa: E402
+
+from wasmhooks.transformers import WasmHooksCallback  # noqa: E402
+
+
+def operator(out: Path) -> Path:
+    """The operator's allowlist for the four plugins, with their grants."""
+    return write_operator(
+        out / "operator.toml",
+        {
+            "validate_every": ("validate-every", 'write = ["should_evaluate"]'),
+            "early_stopping": (
+                "early-stopping",
+                'write = ["should_training_stop", "early_stopping"]',
+            ),
+            "checkpoint_policy": (
+                "checkpoint-policy",
+                'write = ["should_save", "checkpoints_to_delete"]',
+            ),
+            "metrics_logger": (
+                "metrics-logger",
+                f'readwrite = [{{ host = "{out}", guest = "/logs" }}]',
+            ),
+        },
+    )
+
+
+def main() -> None:
+    out = ROOT / "target/examples/hf-trainer"
+    out.mkdir(parents=True, exist_ok=True)
+    callback = WasmHooksCallback(
+        operator(out),
+        plugins=[
+            (PLUGINS / "validate_every.wasm", {"every_steps": 5}),
+            (
+                PLUGINS / "early_stopping.wasm",
+                {"monitor": "eval_loss", "patience": 2, "min_delta": 0.01},
+            ),
+            (PLUGINS / "checkpoint_policy.wasm", {"every_steps": 10, "keep_last": 2}),
+            (PLUGINS / "metrics_logger.wasm", {"path": "/logs/metrics.jsonl"}),
+        ],
+    )
+    trainer = Trainer(
+        model=gpt2(),
+        args=training_args(out / "run", max_steps=200, logging_steps=5),
+        train_dataset=Tokens(800),
+        eval_dataset=Tokens(64, seed=1),
+        callbacks=[callback],
+    )
+    trainer.train()
+    data = callback.hooks and callback._session.data
+    print(f"stopped at step {trainer.state.global_step} of 200: {data['train_end_reason']}")
+    print(f"early stopping: {json.dumps(data.get('early_stopping'))}")
+    print(f"checkpoints kept: {sorted(os.listdir(out / 'run'))}")
+    for stat in callback.hooks.stats():
+        print(f"  {stat['plugin']:<20} {stat['calls']:>5} calls {stat['time'] / 1000:>8.2f} ms")
+    print(f"metrics log: {out / 'metrics.jsonl'}")
+
+
+if __name__ == "__main__":
+    main()
