@@ -22,7 +22,7 @@ os.environ.setdefault("OMP_NUM_THREADS", "1")
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT / "python/tests"))
 
-from tiny import PLUGINS, Tokens, gpt2, training_args, write_operator  # noqa: E402
+from tiny import GRANTS, PLUGINS, Tokens, gpt2, training_args, write_operator  # noqa: E402
 from transformers import Trainer  # noqa: E402
 
 from wasmhooks.transformers import WasmHooksCallback  # noqa: E402
@@ -30,24 +30,10 @@ from wasmhooks.transformers import WasmHooksCallback  # noqa: E402
 
 def operator(out: Path) -> Path:
     """The operator's allowlist for the four plugins, with their grants."""
-    return write_operator(
-        out / "operator.toml",
-        {
-            "validate_every": ("validate-every", 'write = ["should_evaluate"]'),
-            "early_stopping": (
-                "early-stopping",
-                'write = ["should_training_stop", "early_stopping"]',
-            ),
-            "checkpoint_policy": (
-                "checkpoint-policy",
-                'write = ["should_save", "checkpoints_to_delete"]',
-            ),
-            "metrics_logger": (
-                "metrics-logger",
-                f'readwrite = [{{ host = "{out}", guest = "/logs" }}]',
-            ),
-        },
-    )
+    logger = ("metrics-logger", f'readwrite = [{{ host = "{out}", guest = "/logs" }}]')
+    stems = ("validate_every", "early_stopping", "checkpoint_policy")
+    grants = {stem: GRANTS[stem] for stem in stems}
+    return write_operator(out / "operator.toml", {**grants, "metrics_logger": logger})
 
 
 def main() -> None:

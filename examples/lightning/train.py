@@ -18,7 +18,7 @@ sys.path.insert(0, str(ROOT / "python/tests"))
 
 import lightning.pytorch as pl  # noqa: E402
 import torch  # noqa: E402
-from tiny import PLUGINS, Tokens, lightning_module, write_operator  # noqa: E402
+from tiny import GRANTS, PLUGINS, Tokens, lightning_module, write_operator  # noqa: E402
 
 from wasmhooks.lightning import WasmHooksCallback  # noqa: E402
 
@@ -28,16 +28,7 @@ def main() -> None:
     out.mkdir(parents=True, exist_ok=True)
     operator = write_operator(
         out / "operator.toml",
-        {
-            "early_stopping": (
-                "early-stopping",
-                'write = ["should_training_stop", "early_stopping"]',
-            ),
-            "checkpoint_policy": (
-                "checkpoint-policy",
-                'write = ["should_save", "checkpoints_to_delete"]',
-            ),
-        },
+        {stem: GRANTS[stem] for stem in ("early_stopping", "checkpoint_policy")},
     )
     callback = WasmHooksCallback(
         operator,

@@ -23,18 +23,12 @@ ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT / "python/tests"))
 
 import torch  # noqa: E402
-from tiny import PLUGINS, Tokens, gpt2, training_args, write_operator  # noqa: E402
+from tiny import GRANTS, PLUGINS, Tokens, gpt2, training_args, write_operator  # noqa: E402
 from transformers import Trainer, TrainerCallback, TrainerControl, TrainerState  # noqa: E402
 
 from wasmhooks.transformers import WasmHooksCallback  # noqa: E402
 
 torch.set_num_threads(1)
-GRANTS = {
-    "validate_every": ("validate-every", 'write = ["should_evaluate"]'),
-    "early_stopping": ("early-stopping", 'write = ["should_training_stop", "early_stopping"]'),
-    "checkpoint_policy": ("checkpoint-policy", 'write = ["should_save", "checkpoints_to_delete"]'),
-    "metrics_collector": ("metrics-collector", 'write = ["metrics"]'),
-}
 
 
 def operator(folder: Path) -> Path:

@@ -14,6 +14,16 @@ from torch.utils.data import Dataset
 PLUGINS = Path(__file__).resolve().parents[2] / "target/plugins/wasm32-wasip2/release"
 
 
+#: The operator's grants for the reference plugins, by file stem: (name,
+#: grant lines). The metrics logger's folder grant is the caller's to give.
+GRANTS = {
+    "validate_every": ("validate-every", 'write = ["should_evaluate"]'),
+    "early_stopping": ("early-stopping", 'write = ["should_training_stop", "early_stopping"]'),
+    "checkpoint_policy": ("checkpoint-policy", 'write = ["should_save", "checkpoints_to_delete"]'),
+    "metrics_collector": ("metrics-collector", 'write = ["metrics"]'),
+}
+
+
 def write_operator(path: Path, grants: dict[str, tuple[str, str]]) -> Path:
     """An operator config allowing each plugin file stem of ``grants`` under
     its name, pinned by sha256, with its grant lines."""

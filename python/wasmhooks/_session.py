@@ -99,14 +99,6 @@ class Session:
         ours = set(ours)
         return [p for p in asked if isinstance(p, str) and p in ours]
 
-    def close(self, flush_timeout: float) -> int:
-        left = 0
-        if self.hooks is not None:
-            left = self.hooks.flush(flush_timeout)
-            self.hooks.close()
-            self.hooks = None
-        return left
-
 
 def distributed() -> bool:
     """Whether ``torch.distributed`` is initialized in this process."""

@@ -96,10 +96,9 @@ fn fetch_one(
 ) -> Result<Fetched, LifecycleError> {
     let rel = safe_path(&file.path)?;
     let io = |e| LifecycleError::io(fetch.dir.path().join(&rel))(e);
-    if fetch.dir.file_len(&rel).map_err(io)?.is_some()
+    if let Some(bytes) = fetch.dir.file_len(&rel).map_err(io)?
         && sha256_file(fetch.dir, &rel)? == file.sha256
     {
-        let bytes = fetch.dir.file_len(&rel).map_err(io)?.unwrap_or(0);
         if bytes > budget {
             return Err(over_budget(&file.path, fetch.max_bytes));
         }
