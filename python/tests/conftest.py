@@ -53,3 +53,36 @@ def cache_dir() -> Path:
     path = ROOT / "target/tmp/compile-cache"
     path.mkdir(parents=True, exist_ok=True)
     return path
+
+
+#: vLLM's two dataclasses Ray Serve LLM imports (see standins/README.md).
+STANDINS = Path(__file__).resolve().parent / "standins"
+
+
+@pytest.fixture(scope="session")
+def ray_cluster():
+    """Two Ray nodes on this machine (``ray.cluster_utils.Cluster``), with
+    this process connected; stopped at the end of the session. Each node
+    has its own resource ``node_a`` or ``node_b`` so a test can tell them
+    apart. Workers find the vLLM stand-ins through ``PYTHONPATH``."""
+    ray = pytest.importorskip("ray")
+    from ray.cluster_utils import Cluster
+
+    paths = [str(STANDINS), os.environ.get("PYTHONPATH", "")]
+    os.environ["PYTHONPATH"] = os.pathsep.join(p for p in paths if p)
+    os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+    import sys
+
+    sys.path.insert(0, str(STANDINS))
+    cluster = Cluster(
+        initialize_head=True,
+        head_node_args={"num_cpus": 2, "resources": {"node_a": 1}, "include_dashboard": False},
+    )
+    try:
+        cluster.add_node(num_cpus=2, resources={"node_b": 1})
+        cluster.wait_for_nodes()
+        ray.init(address=cluster.address, include_dashboard=False, log_to_driver=False)
+        yield cluster
+    finally:
+        ray.shutdown()
+        cluster.shutdown()

@@ -9,6 +9,7 @@ built with PyO3: the same policy, sandbox, reports and plugins as the
 - :class:`Policy`, :class:`Host`, :class:`Plugin`, :class:`Hooks`: the host.
 - :mod:`wasmhooks.transformers`: a ``TrainerCallback`` for HF Transformers.
 - :mod:`wasmhooks.lightning`: a ``Callback`` for Lightning.
+- :mod:`wasmhooks.ray_llm`: a Ray Serve LLM node-init ``CallbackBase``.
 """
 
 from wasmhooks._native import (

@@ -1,0 +1,345 @@
+"""Wasm plugins in Ray Serve LLM's node initialization.
+
+Ray Serve LLM (2.60) lets a deployment name a ``CallbackBase`` subclass in
+``LLMConfig(callback_config=...)``; ``VLLMEngine.start()`` calls its hooks
+around ``initialize_node``. :class:`WasmNodeInitCallback` is such a class:
+it runs the operator's wasm plugins at the wasmhooks node phases and maps the
+data map onto Ray's ``CallbackCtx`` and back.
+
+The mapping, hook by hook:
+
+- ``on_before_node_init`` (in the replica): ``pre_initialization``; then
+  ``pre_placement_group``, ``post_placement_group`` and ``pre_download``;
+  or, when a plugin set ``skip_default``, ``custom_initialization``.
+- ``on_before_download_model_files_distributed`` (in each node's download
+  task): no phase; the node records itself (``node_id``, ``node_ip``,
+  ``node_rank``, what is in its model folder) for ``nodes``.
+- ``on_after_node_init`` (in the replica): ``post_download`` with ``nodes``
+  (when the download ran), ``pre_engine_init``, ``post_initialization``.
+
+No phase fires inside the download tasks because Ray has read the download
+mode before that hook runs: a plugin there could change nothing. Instead
+each node reports to a small actor the replica owns, so ``post_download``
+sees every node (Ray's own context is one-way: what a worker sets is lost).
+``post_engine_init`` never fires here: vLLM starts after the last hook.
+
+Keys and ``CallbackCtx`` fields:
+
+- ``skip_default`` is the inverse of ``ctx.run_init_node``.
+- ``placement_request`` (``{"bundles": [...], "strategy": ...}``) and
+  ``placement_group`` (the real group: its id, strategy, and each bundle's
+  resources and node): a plugin that changes either gets a real new
+  ``ray.util.placement_group``, waited for, in ``ctx.placement_group``.
+- ``worker_node_download_model`` (a ``NodeModelDownloadable`` name) and
+  ``runtime_env`` (the download tasks' runtime env) go back to the ctx.
+- ``engine_kwargs`` set at ``pre_engine_init`` go to the ``LLMConfig``.
+- ``custom_data`` is the ctx's ``custom_data`` (JSON-able values).
+
+Errors: a plugin failure the operator's ``on_error = "fail"`` decides is
+raised whatever ``raise_error_on_callback`` says (the operator is the one
+who is trusted); a plugin the operator lets be skipped never raises; any
+other error (a bad value a plugin left, an infeasible group) follows
+``raise_error_on_callback``.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from pathlib import Path
+from typing import Any
+
+import ray
+from ray.llm._internal.common.callbacks.base import CallbackBase
+from ray.llm._internal.common.utils.download_utils import NodeModelDownloadable
+from ray.util.placement_group import (
+    PlacementGroup,
+    get_current_placement_group,
+    placement_group,
+    placement_group_table,
+    remove_placement_group,
+)
+
+from wasmhooks._native import PluginError
+from wasmhooks._session import PathLike, PluginSpec, Session
+
+logger = logging.getLogger(__name__)
+
+STRATEGIES = ("PACK", "SPREAD", "STRICT_PACK", "STRICT_SPREAD")
+#: Files a node lists of its model folder, at most.
+MAX_LISTED = 10_000
+
+
+@ray.remote(num_cpus=0)
+class _NodeReports:
+    """Collects what each node's download task reports, for the replica."""
+
+    def __init__(self) -> None:
+        self.reports: dict[str, dict[str, Any]] = {}
+
+    def put(self, node_id: str, report: dict[str, Any]) -> None:
+        self.reports[node_id] = report
+
+    def all(self) -> dict[str, dict[str, Any]]:
+        return self.reports
+
+
+class WasmNodeInitCallback(CallbackBase):
+    """Runs wasm plugins at Ray Serve LLM's node-initialization hooks.
+
+    ``callback_kwargs``: ``operator`` (the operator config's path), and
+    either ``job`` (a job bundle folder; its ``[[plugin]]`` list) or
+    ``plugins`` (files, or ``(file, config)`` pairs); optionally
+    ``cache_dir`` (the compile cache) and ``placement_timeout_s``.
+    """
+
+    def __init__(
+        self,
+        llm_config: Any,
+        raise_error_on_callback: bool = True,
+        ctx_kwargs: dict[str, Any] | None = None,
+        *,
+        operator: PathLike,
+        job: PathLike | None = None,
+        plugins: list[PluginSpec] | None = None,
+        cache_dir: PathLike | None = None,
+        placement_timeout_s: float = 60.0,
+        **kwargs: Any,
+    ) -> None:
+        super().__init__(llm_config, raise_error_on_callback, ctx_kwargs, **kwargs)
+        self.placement_timeout_s = placement_timeout_s
+        # Loaded here, so a plugin the operator did not allow fails the
+        # deployment before any node work.
+        self._session: Session | None = Session(
+            operator, plugins=plugins, job=job, cache_dir=cache_dir
+        )
+        self._reports: Any = None
+        self._node_ranks: dict[str, int] = {}
+        self._downloaded = False
+
+    # The plugins' host stays in the replica; the download tasks get the
+    # rest of the callback (Ray pickles it with the LLMConfig).
+    def __getstate__(self) -> dict[str, Any]:
+        state = self.__dict__.copy()
+        state["_session"] = None
+        return state
+
+    def _fire(self, phase: str, values: dict[str, Any]) -> dict[str, Any]:
+        if self._session is None:
+            raise RuntimeError(f"{phase}: the plugins run in the replica, not in this copy")
+        self._session.start(0)
+        return self._session.fire(phase, values)
+
+    def _handle_callback_error(self, method_name: str, e: Exception) -> None:
+        if isinstance(e, PluginError):
+            # The operator's on_error = "fail" decided; Ray's flag cannot undo it.
+            raise e
+        super()._handle_callback_error(method_name, e)
+
+    async def on_before_node_init(self) -> None:
+        engine = self.llm_config.get_engine_config()
+        data = self._fire(
+            "pre_initialization",
+            {
+                "model_id": engine.model_id,
+                "model_source": engine.actual_hf_model_id,
+                "skip_default": not self.ctx.run_init_node,
+                "custom_data": _jsonable(self.ctx.custom_data),
+            },
+        )
+        self._take_custom_data(data)
+        if data.get("skip_default") is True:
+            self.ctx.run_init_node = False
+            self._take_custom_data(self._fire("custom_initialization", {}))
+            return
+        self.ctx.run_init_node = True
+        self._place()
+        data = self._fire(
+            "pre_download",
+            {
+                "worker_node_download_model": _mode_name(self.ctx.worker_node_download_model),
+                "runtime_env": self.ctx.runtime_env,
+            },
+        )
+        mode = data.get("worker_node_download_model")
+        if not isinstance(mode, str) or mode not in NodeModelDownloadable.__members__:
+            raise ValueError(
+                f"worker_node_download_model, as the plugins left it, is {mode!r}; it must be "
+                f"one of {sorted(NodeModelDownloadable.__members__)}"
+            )
+        self.ctx.worker_node_download_model = NodeModelDownloadable[mode]
+        env = data.get("runtime_env")
+        if env is not None and not isinstance(env, dict):
+            raise ValueError(f"runtime_env, as the plugins left it, must be a map, not {env!r}")
+        self.ctx.runtime_env = env
+        self._take_custom_data(data)
+        self._reports = _NodeReports.remote()
+        self._downloaded = True
+
+    def on_before_download_model_files_distributed(self) -> None:
+        # In each node's task (a copy of this callback, without plugins).
+        if self._reports is None:
+            return
+        context = ray.get_runtime_context()
+        node_id = context.get_node_id()
+        path = self.llm_config.get_engine_config().actual_hf_model_id
+        report = {
+            "node_id": node_id,
+            "node_ip": ray.util.get_node_ip_address(),
+            "node_rank": self._node_ranks.get(node_id, -1),
+            "pid": os.getpid(),
+            "model_path": path,
+            **_listing(Path(path)),
+        }
+        ray.get(self._reports.put.remote(node_id, report))
+
+    async def on_after_node_init(self) -> None:
+        if self._downloaded and self._reports is not None:
+            reports = await self._reports.all.remote()
+            ray.kill(self._reports)
+            self._reports = None
+            nodes = sorted(reports.values(), key=lambda r: r["node_rank"])
+            engine = self.llm_config.get_engine_config()
+            self._take_custom_data(
+                self._fire(
+                    "post_download",
+                    {"nodes": nodes, "model_path": engine.actual_hf_model_id},
+                )
+            )
+        kwargs = dict(self.llm_config.engine_kwargs)
+        data = self._fire("pre_engine_init", {"engine_kwargs": _jsonable(kwargs)})
+        left = data.get("engine_kwargs")
+        if not isinstance(left, dict):
+            raise ValueError(f"engine_kwargs, as the plugins left it, must be a map, not {left!r}")
+        changed = {k: v for k, v in left.items() if kwargs.get(k) != v}
+        if changed:
+            self.llm_config.update_engine_kwargs(**changed)
+        self._take_custom_data(self._fire("post_initialization", {}))
+        if self._session is not None and self._session.hooks is not None:
+            self._session.hooks.flush(10.0)
+
+    def _place(self) -> None:
+        pg = self.ctx.placement_group
+        request = _request_of(pg)
+        data = self._fire("pre_placement_group", {"placement_request": request})
+        left = data.get("placement_request")
+        if left != request:
+            self._replace(_as_request(left, "placement_request"))
+        described = _describe(self.ctx.placement_group)
+        data = self._fire("post_placement_group", {"placement_group": described})
+        left = data.get("placement_group")
+        if left != described:
+            self._replace(_as_request(left, "placement_group"))
+            data["placement_group"] = _describe(self.ctx.placement_group)
+        table = placement_group_table(self.ctx.placement_group)
+        nodes = sorted(set(table["bundles_to_node_id"].values()))
+        self._node_ranks = {n: i for i, n in enumerate(nodes)}
+
+    def _replace(self, request: dict[str, Any]) -> None:
+        """A real group for the bundles and strategy the plugins asked for."""
+        new = placement_group(bundles=request["bundles"], strategy=request["strategy"])
+        if not new.wait(self.placement_timeout_s):
+            remove_placement_group(new)
+            raise RuntimeError(
+                f"the placement group the plugins asked for ({request['strategy']}, bundles "
+                f"{request['bundles']}) was not placed in {self.placement_timeout_s:g} s: the "
+                f"cluster lacks the resources ({ray.available_resources()} available)"
+            )
+        old = self.ctx.placement_group
+        current = get_current_placement_group()
+        if old is not None and (current is None or current.id != old.id):
+            remove_placement_group(old)
+        self.ctx.placement_group = new
+
+    def _take_custom_data(self, data: dict[str, Any]) -> None:
+        custom = data.get("custom_data")
+        if isinstance(custom, dict):
+            self.ctx.custom_data.clear()
+            self.ctx.custom_data.update(custom)
+
+
+def _mode_name(mode: Any) -> str:
+    return mode.name if isinstance(mode, NodeModelDownloadable) else str(mode)
+
+
+def _request_of(pg: PlacementGroup) -> dict[str, Any]:
+    table = placement_group_table(pg)
+    return {
+        "bundles": [dict(b) for b in pg.bundle_specs],
+        "strategy": table["strategy"],
+    }
+
+
+def _describe(pg: PlacementGroup) -> dict[str, Any]:
+    """The real group: what Ray placed where."""
+    table = placement_group_table(pg)
+    on = table["bundles_to_node_id"]
+    return {
+        "id": pg.id.hex(),
+        "strategy": table["strategy"],
+        "state": table["state"],
+        "bundles": [
+            {"resources": dict(b), "node_id": on.get(i)} for i, b in enumerate(pg.bundle_specs)
+        ],
+        "nodes": sorted(set(on.values())),
+    }
+
+
+def _as_request(value: Any, key: str) -> dict[str, Any]:
+    """A plugin's placement request or group, checked: bundles of resource
+    maps (or of ``{"resources": {...}}``) and a strategy Ray knows."""
+    if not isinstance(value, dict):
+        raise ValueError(f"{key}, as the plugins left it, must be a map, not {value!r}")
+    strategy = value.get("strategy", "PACK")
+    if strategy not in STRATEGIES:
+        raise ValueError(f"{key}.strategy is {strategy!r}; it must be one of {STRATEGIES}")
+    bundles = value.get("bundles")
+    if not isinstance(bundles, list) or not bundles or len(bundles) > 1024:
+        raise ValueError(f"{key}.bundles must be a list of 1 to 1024 resource maps")
+    out = []
+    for i, bundle in enumerate(bundles):
+        if isinstance(bundle, dict) and isinstance(bundle.get("resources"), dict):
+            bundle = bundle["resources"]
+        ok = isinstance(bundle, dict) and all(
+            isinstance(k, str)
+            and isinstance(v, (int, float))
+            and not isinstance(v, bool)
+            and 0 <= v < 1e9
+            for k, v in bundle.items()
+        )
+        if not ok or not bundle:
+            raise ValueError(f"{key}.bundles[{i}] must map resource names to numbers >= 0")
+        out.append({k: float(v) for k, v in bundle.items()})
+    return {"bundles": out, "strategy": strategy}
+
+
+def _listing(path: Path) -> dict[str, Any]:
+    """What a node has at ``path``: files and bytes, bounded."""
+    if not path.is_dir():
+        return {"model_present": False, "files": [], "bytes": 0}
+    files, total = [], 0
+    for root, _dirs, names in os.walk(path, followlinks=False):
+        for name in names:
+            full = Path(root) / name
+            try:
+                size = full.lstat().st_size
+            except OSError:
+                continue
+            files.append(str(full.relative_to(path)))
+            total += size
+            if len(files) >= MAX_LISTED:
+                return {"model_present": True, "files": sorted(files), "bytes": total}
+    return {"model_present": True, "files": sorted(files), "bytes": total}
+
+
+def _jsonable(value: Any) -> Any:
+    """``value`` with what cannot cross as a host value dropped."""
+    if isinstance(value, dict):
+        return {str(k): _jsonable(v) for k, v in value.items() if _crosses(v)}
+    if isinstance(value, (list, tuple)):
+        return [_jsonable(v) for v in value if _crosses(v)]
+    return value
+
+
+def _crosses(value: Any) -> bool:
+    return value is None or isinstance(value, (bool, int, float, str, list, tuple, dict))
