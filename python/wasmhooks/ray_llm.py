@@ -60,7 +60,7 @@ from ray.util.placement_group import (
     remove_placement_group,
 )
 
-from wasmhooks._native import PluginError
+from wasmhooks._native import PluginError, restore_trap_handlers
 from wasmhooks._session import PathLike, PluginSpec, Session
 
 logger = logging.getLogger(__name__)
@@ -127,6 +127,9 @@ class WasmNodeInitCallback(CallbackBase):
     def _fire(self, phase: str, values: dict[str, Any]) -> dict[str, Any]:
         if self._session is None:
             raise RuntimeError(f"{phase}: the plugins run in the replica, not in this copy")
+        # Code in the same process (Lightning, for one) may have reset the
+        # signal handlers wasmtime's traps need; a trap must be an error.
+        restore_trap_handlers()
         self._session.start(0)
         return self._session.fire(phase, values)
 
