@@ -34,13 +34,15 @@ pub(crate) fn remember() {
     SAVED.get_or_init(|| Saved(SIGNALS.map(|s| (s, current(s)))));
 }
 
-/// Puts back each remembered handler whose signal is at its default now.
+/// Puts back each remembered handler that something else replaced: reset
+/// to the default (Lightning), or taken over by a handler that ends the
+/// process on any fault (Python's `faulthandler`, which Ray enables).
 pub(crate) fn restore() -> usize {
     let Some(saved) = SAVED.get() else { return 0 };
     let mut restored = 0;
     for (signal, action) in &saved.0 {
         let now = current(*signal);
-        if now.sa_sigaction == libc::SIG_DFL && action.sa_sigaction != libc::SIG_DFL {
+        if now.sa_sigaction != action.sa_sigaction && action.sa_sigaction != libc::SIG_DFL {
             // SAFETY: reinstalls the action wasmtime itself installed.
             unsafe { libc::sigaction(*signal, action, std::ptr::null_mut()) };
             restored += 1;
