@@ -12,25 +12,25 @@ use pyo3::types::{PyBool, PyDict, PyFloat, PyInt, PyList, PyString, PyTuple};
 use serde_json::{Map, Number, Value};
 
 pyo3::create_exception!(
-    _native,
+    wasmhooks,
     WasmHooksError,
     PyException,
     "Base class of every wasmhooks error."
 );
 pyo3::create_exception!(
-    _native,
+    wasmhooks,
     PolicyError,
     WasmHooksError,
     "The operator config could not be read or is not valid."
 );
 pyo3::create_exception!(
-    _native,
+    wasmhooks,
     LoadError,
     WasmHooksError,
     "A plugin file could not be read, is not allowed, or does not fit the contract."
 );
 pyo3::create_exception!(
-    _native,
+    wasmhooks,
     PluginError,
     WasmHooksError,
     "A call into a plugin failed under the `fail` policy; `.plugin`, `.call` and `.cause` say who, where and why."
@@ -217,6 +217,38 @@ impl Policy {
             .iter()
             .map(|p| p.name.clone())
             .collect()
+    }
+
+    /// The engines jobs may start, by name: each one's command template,
+    /// `ready_line`, `health_url`, `timeout_s` and `job_args`, for a driver
+    /// that starts them itself (on Ray, inside a placement group).
+    #[getter]
+    fn engines<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyAny>> {
+        let engines: Map<String, Value> = self
+            .inner
+            .engine_names()
+            .filter_map(|name| {
+                let template = self.inner.engine(name)?;
+                Some((name.to_owned(), serde_json::to_value(template).ok()?))
+            })
+            .collect();
+        to_py(py, &Value::Object(engines))
+    }
+
+    /// The operator's bounds on one job (`[job]`), in bytes:
+    /// `max_data_bytes`, `observer_queue_bytes`, `max_download_bytes`,
+    /// `max_file_bytes`, `max_plugin_bytes`.
+    #[getter]
+    fn job_limits<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyAny>> {
+        let l = self.inner.job_limits();
+        let limits = serde_json::json!({
+            "max_data_bytes": l.max_data_bytes,
+            "observer_queue_bytes": l.observer_queue_bytes,
+            "max_download_bytes": l.max_download_bytes,
+            "max_file_bytes": l.max_file_bytes,
+            "max_plugin_bytes": l.max_plugin_bytes,
+        });
+        to_py(py, &limits)
     }
 
     fn __repr__(&self) -> String {

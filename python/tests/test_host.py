@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pickle
 import threading
 
 import pytest
@@ -60,6 +61,11 @@ def test_a_failed_call_raises_and_leaves_the_dict_as_it_was(operator, cache_dir)
     assert err.call == "phase 'loop'"
     assert "ran out of fuel" in err.cause
     assert "plugin 'adversary' failed in phase 'loop': ran out of fuel" in str(err)
+    # It crosses a process boundary (Ray returns a task's error pickled)
+    # as itself, with who, where and why.
+    again = pickle.loads(pickle.dumps(err))
+    assert type(again) is PluginError and str(again) == str(err)
+    assert (again.plugin, again.call, again.cause) == (err.plugin, err.call, err.cause)
     with pytest.raises(PluginError, match="without a grant"):
         hooks.fire("partly_forbidden", data)
     assert data == {"count": 7, "keep": "me"}
