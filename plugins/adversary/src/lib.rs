@@ -20,6 +20,10 @@ struct Adversary {
     panic_on: Option<String>,
     /// From config `state_bytes`: how large a state `save-state` returns.
     state_bytes: Option<usize>,
+    /// From config `only_rank`: act (script or panic) only where the data's
+    /// `rank` (or, in node initialization, `node_rank`) is this one, so one
+    /// rank of a distributed job can misbehave alone.
+    only_rank: Option<u64>,
 }
 
 impl Plugin for Adversary {
@@ -34,6 +38,7 @@ impl Plugin for Adversary {
     fn init(&mut self, _job: &Value, config: &Value) -> Result<(), Error> {
         self.panic_on = config["panic_on"].as_str().map(str::to_owned);
         self.state_bytes = config["state_bytes"].as_u64().map(|n| n as usize);
+        self.only_rank = config["only_rank"].as_u64();
         self.scripted = match &config["updates"] {
             // Crashing on cue is scripted too: quiet everywhere else.
             Value::Null if self.panic_on.is_some() => Value::Object(Default::default()),
@@ -47,6 +52,12 @@ impl Plugin for Adversary {
     }
 
     fn on_phase(&mut self, phase: &str, data: &Data) -> Result<Updates, Error> {
+        if let Some(only) = self.only_rank {
+            let rank = data.get("rank").or_else(|| data.get("node_rank"));
+            if rank.and_then(Value::as_u64) != Some(only) {
+                return Ok(Updates::new());
+            }
+        }
         if self.panic_on.as_deref() == Some(phase) {
             panic!("adversary panics in {phase}, as configured");
         }
