@@ -9,6 +9,8 @@ built with PyO3: the same policy, sandbox, reports and plugins as the
 - :class:`Policy`, :class:`Host`, :class:`Plugin`, :class:`Hooks`: the host.
 - :mod:`wasmhooks.transformers`: a ``TrainerCallback`` for HF Transformers.
 - :mod:`wasmhooks.lightning`: a ``Callback`` for Lightning.
+- :mod:`wasmhooks.ray`: a job bundle's node initialization on a Ray cluster
+  (``python -m wasmhooks.ray run JOB_DIR --operator OP.toml``).
 - :mod:`wasmhooks.ray_llm`: a Ray Serve LLM node-init ``CallbackBase``.
 """
 

@@ -53,19 +53,16 @@ import ray
 from ray.llm._internal.common.callbacks.base import CallbackBase
 from ray.llm._internal.common.utils.download_utils import NodeModelDownloadable
 from ray.util.placement_group import (
-    PlacementGroup,
     get_current_placement_group,
-    placement_group,
-    placement_group_table,
     remove_placement_group,
 )
 
 from wasmhooks._native import PluginError, restore_trap_handlers
 from wasmhooks._session import PathLike, PluginSpec, Session
+from wasmhooks.ray import as_request, describe, node_ranks, place, request_of
 
 logger = logging.getLogger(__name__)
 
-STRATEGIES = ("PACK", "SPREAD", "STRICT_PACK", "STRICT_SPREAD")
 #: Files a node lists of its model folder, at most.
 MAX_LISTED = 10_000
 
@@ -223,31 +220,22 @@ class WasmNodeInitCallback(CallbackBase):
 
     def _place(self) -> None:
         pg = self.ctx.placement_group
-        request = _request_of(pg)
+        request = request_of(pg)
         data = self._fire("pre_placement_group", {"placement_request": request})
         left = data.get("placement_request")
         if left != request:
-            self._replace(_as_request(left, "placement_request"))
-        described = _describe(self.ctx.placement_group)
+            self._replace(as_request(left, "placement_request"))
+        described = describe(self.ctx.placement_group)
         data = self._fire("post_placement_group", {"placement_group": described})
         left = data.get("placement_group")
         if left != described:
-            self._replace(_as_request(left, "placement_group"))
-            data["placement_group"] = _describe(self.ctx.placement_group)
-        table = placement_group_table(self.ctx.placement_group)
-        nodes = sorted(set(table["bundles_to_node_id"].values()))
-        self._node_ranks = {n: i for i, n in enumerate(nodes)}
+            self._replace(as_request(left, "placement_group"))
+            data["placement_group"] = describe(self.ctx.placement_group)
+        self._node_ranks = node_ranks(self.ctx.placement_group)
 
     def _replace(self, request: dict[str, Any]) -> None:
         """A real group for the bundles and strategy the plugins asked for."""
-        new = placement_group(bundles=request["bundles"], strategy=request["strategy"])
-        if not new.wait(self.placement_timeout_s):
-            remove_placement_group(new)
-            raise RuntimeError(
-                f"the placement group the plugins asked for ({request['strategy']}, bundles "
-                f"{request['bundles']}) was not placed in {self.placement_timeout_s:g} s: the "
-                f"cluster lacks the resources ({ray.available_resources()} available)"
-            )
+        new = place(request, self.placement_timeout_s)
         old = self.ctx.placement_group
         current = get_current_placement_group()
         if old is not None and (current is None or current.id != old.id):
@@ -263,57 +251,6 @@ class WasmNodeInitCallback(CallbackBase):
 
 def _mode_name(mode: Any) -> str:
     return mode.name if isinstance(mode, NodeModelDownloadable) else str(mode)
-
-
-def _request_of(pg: PlacementGroup) -> dict[str, Any]:
-    table = placement_group_table(pg)
-    return {
-        "bundles": [dict(b) for b in pg.bundle_specs],
-        "strategy": table["strategy"],
-    }
-
-
-def _describe(pg: PlacementGroup) -> dict[str, Any]:
-    """The real group: what Ray placed where."""
-    table = placement_group_table(pg)
-    on = table["bundles_to_node_id"]
-    return {
-        "id": pg.id.hex(),
-        "strategy": table["strategy"],
-        "state": table["state"],
-        "bundles": [
-            {"resources": dict(b), "node_id": on.get(i)} for i, b in enumerate(pg.bundle_specs)
-        ],
-        "nodes": sorted(set(on.values())),
-    }
-
-
-def _as_request(value: Any, key: str) -> dict[str, Any]:
-    """A plugin's placement request or group, checked: bundles of resource
-    maps (or of ``{"resources": {...}}``) and a strategy Ray knows."""
-    if not isinstance(value, dict):
-        raise ValueError(f"{key}, as the plugins left it, must be a map, not {value!r}")
-    strategy = value.get("strategy", "PACK")
-    if strategy not in STRATEGIES:
-        raise ValueError(f"{key}.strategy is {strategy!r}; it must be one of {STRATEGIES}")
-    bundles = value.get("bundles")
-    if not isinstance(bundles, list) or not bundles or len(bundles) > 1024:
-        raise ValueError(f"{key}.bundles must be a list of 1 to 1024 resource maps")
-    out = []
-    for i, bundle in enumerate(bundles):
-        if isinstance(bundle, dict) and isinstance(bundle.get("resources"), dict):
-            bundle = bundle["resources"]
-        ok = isinstance(bundle, dict) and all(
-            isinstance(k, str)
-            and isinstance(v, (int, float))
-            and not isinstance(v, bool)
-            and 0 <= v < 1e9
-            for k, v in bundle.items()
-        )
-        if not ok or not bundle:
-            raise ValueError(f"{key}.bundles[{i}] must map resource names to numbers >= 0")
-        out.append({k: float(v) for k, v in bundle.items()})
-    return {"bundles": out, "strategy": strategy}
 
 
 def _listing(path: Path) -> dict[str, Any]:

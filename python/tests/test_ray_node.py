@@ -1,0 +1,418 @@
+"""A job bundle's node initialization on a real two-node Ray cluster
+(``ray.cluster_utils.Cluster`` on this machine): real placement groups, a
+download task on each node of the group (from the bundle, which travels as
+the tasks' working_dir, and over loopback HTTP), the example engine started
+as an actor inside the group, and hostile jobs and plugins refused with
+errors that name what went wrong. Nothing is stood in."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import subprocess
+import sys
+import threading
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+
+import pytest
+from conftest import ROOT, allow, plugin
+
+ray = pytest.importorskip("ray")
+
+EXAMPLE = ROOT / "examples/job"
+MODEL_FILES = [("config.json", "model"), ("tokenizer.json", "tokenizer"), ("weights.json", "model")]
+
+
+def digest(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def files_table(source_dir: Path = EXAMPLE / "model") -> str:
+    rows = [
+        f'{{ path = "{name}", sha256 = "{digest(source_dir / name)}", kind = "{kind}" }}'
+        for name, kind in MODEL_FILES
+    ]
+    return "files = [" + ", ".join(rows) + "]"
+
+
+def toml_value(v: object) -> str:
+    """A value as TOML (inline tables for maps)."""
+    if isinstance(v, dict):
+        return "{ " + ", ".join(f"{json.dumps(k)} = {toml_value(x)}" for k, x in v.items()) + " }"
+    if isinstance(v, list):
+        return "[" + ", ".join(toml_value(x) for x in v) + "]"
+    if isinstance(v, bool):
+        return "true" if v else "false"
+    return json.dumps(v)
+
+
+def bundle(tmp_path: Path, plugins: list[tuple[str, object]], node: str = "", engine=True) -> Path:
+    """A job bundle: the example's model and engine, the plugin files, and a
+    job.toml listing them with a ``[node]`` table."""
+    job = tmp_path / "job"
+    shutil.copytree(EXAMPLE / "model", job / "model")
+    shutil.copy(EXAMPLE / "engine.py", job / "engine.py")
+    (job / "plugins").mkdir()
+    text = 'name = "ray-node"\n'
+    for stem, config in plugins:
+        shutil.copy(plugin(stem), job / "plugins" / f"{stem}.wasm")
+        text += f'[[plugin]]\nfile = "plugins/{stem}.wasm"\n'
+        if config is not None:
+            text += f"config = {toml_value(config)}\n"
+    node = node or 'source = "file://model"\ntensor_parallel_size = 2\nstrategy = "SPREAD"\n'
+    text += f'[node]\nmodel_id = "tiny-llm"\nbundle = {{ CPU = 0.5 }}\n{node}\n{files_table()}\n'
+    if engine:
+        text += '[node.engine]\nname = "example"\n'
+    (job / "job.toml").write_text(text)
+    return job
+
+
+ARGV = [sys.executable, "engine.py", "--model-dir", "{model_dir}", "--port", "{port}"]
+ENGINE = f"""
+[engine.example]
+command = {json.dumps(ARGV)}
+health_url = "http://127.0.0.1:{{port}}/health"
+timeout_s = 60
+"""
+
+
+def node_operator(operator, *extra: str) -> Path:
+    return operator(
+        allow("log-phases", "log_phases", 'on_error = "skip"'),
+        allow(
+            "force-download",
+            "force_download",
+            'write = ["local_node_download_model", "worker_node_download_model"]',
+        ),
+        allow("custom-placement-group", "custom_placement_group", 'write = ["placement_group"]'),
+        allow("metrics-collector", "metrics_collector", 'write = ["metrics"]'),
+        *extra,
+        head=ENGINE,
+    )
+
+
+SEED_PLUGINS = [
+    ("log_phases", None),
+    ("force_download", None),
+    ("metrics_collector", None),
+]
+
+
+def live_groups() -> list:
+    return [
+        g for g in ray.util.placement_group_table().values() if g["state"] in ("CREATED", "PENDING")
+    ]
+
+
+def alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    return Path(f"/proc/{pid}/stat").read_text().split()[2] != "Z"
+
+
+def test_spread_group_downloads_on_each_node_and_starts_the_engine(ray_cluster, operator, tmp_path):
+    from wasmhooks.ray import initialize_node
+
+    spread = {"strategy": "STRICT_SPREAD", "bundles": [{"CPU": 0.5}, {"CPU": 0.5}]}
+    # The adversary marks node 1's pre_download, and only node 1's.
+    note = {"only_rank": 1, "updates": {"pre_download": {"node_note": "node 1 was here"}}}
+    plugins = [*SEED_PLUGINS, ("custom_placement_group", spread), ("adversary", note)]
+    job = bundle(
+        tmp_path,
+        plugins,
+        node=('source = "file://model"\ntensor_parallel_size = 2\nstrategy = "PACK"\n'),
+    )
+    op = node_operator(operator, allow("adversary", "adversary", 'write = ["node_note"]'))
+    cache = tmp_path / "node-cache"
+    with initialize_node(job, op, cache_dir=cache) as first:
+        data = first.data
+        # The plugin's group replaced the PACK one: a real STRICT_SPREAD group.
+        table = ray.util.placement_group_table(first.placement_group)
+        assert table["strategy"] == "STRICT_SPREAD" and table["state"] == "CREATED"
+        on = set(table["bundles_to_node_id"].values())
+        assert len(on) == 2
+        assert data["placement_group"]["id"] == first.placement_group.id.hex()
+
+        # One download task a node, each into its own cache, every file checked.
+        nodes = data["nodes"]
+        assert [n["node_rank"] for n in nodes] == [0, 1]
+        assert {n["node_id"] for n in nodes} == on
+        assert nodes[0]["node_id"] == table["bundles_to_node_id"][0]
+        assert nodes[0]["dir"] != nodes[1]["dir"]
+        for n in nodes:
+            assert n["mode"] == "MODEL_AND_TOKENIZER"
+            assert n["cache_hits"] == 0 and n["bytes_downloaded"] > 0
+            assert Path(n["dir"]).is_relative_to(cache / f"node-{n['node_id']}")
+            for name, _ in MODEL_FILES:
+                assert digest(Path(n["dir"]) / name) == digest(EXAMPLE / "model" / name)
+        # Each node's plugins ran there, with the node's own keys.
+        assert nodes[1]["updates"] == {"node_note": "node 1 was here"}
+        assert nodes[0]["updates"] == {}
+        assert "node_note" not in data
+        assert data["download_result"]["dir"] == nodes[0]["dir"]
+
+        # The engine runs as an actor in bundle 0 and serves the model.
+        engine = data["engine"]
+        assert engine["node_id"] == table["bundles_to_node_id"][0]
+        import requests
+
+        served = requests.get(engine["url"].replace("/health", "/v1/model"), timeout=5).json()
+        assert served["config"]["model_type"]
+        assert served["kwargs"]["tensor-parallel-size"] == "2"
+        assert alive(engine["pid"])
+        # The driver's collector saw every phase once.
+        counts = json.dumps(data["metrics"])
+        for phase in [
+            "pre_initialization",
+            "post_placement_group",
+            "post_download",
+            "post_engine_init",
+        ]:
+            assert phase in counts
+        written = json.loads((job / "output/node.json").read_text())
+        assert written["engine"]["pid"] == engine["pid"]
+    assert not alive(engine["pid"])
+    assert not live_groups()
+
+    # Again: every node finds every file in its cache.
+    with initialize_node(job, op, cache_dir=cache) as second:
+        for n in second.data["nodes"]:
+            assert n["cache_hits"] == 3 and n["bytes_downloaded"] == 0
+    assert not live_groups()
+
+
+class RangeHandler(BaseHTTPRequestHandler):
+    """Serves a folder over loopback HTTP with byte ranges, counting what it sends."""
+
+    root: Path
+    sent: list[int]
+
+    def do_GET(self):
+        path = self.root / self.path.lstrip("/")
+        if not path.is_file():
+            self.send_error(404)
+            return
+        body = path.read_bytes()
+        start = 0
+        rng = self.headers.get("Range")
+        if rng and rng.startswith("bytes="):
+            start = int(rng[6:].split("-")[0])
+            self.send_response(206)
+            self.send_header("Content-Range", f"bytes {start}-{len(body) - 1}/{len(body)}")
+        else:
+            self.send_response(200)
+        self.send_header("Content-Length", str(len(body) - start))
+        self.end_headers()
+        self.wfile.write(body[start:])
+        self.sent.append(len(body) - start)
+
+    def log_message(self, *args):
+        pass
+
+
+def test_http_downloads_resume_on_each_node(ray_cluster, operator, tmp_path):
+    from wasmhooks.ray import initialize_node
+
+    handler = type("H", (RangeHandler,), {"root": EXAMPLE / "model", "sent": []})
+    server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        url = f"http://127.0.0.1:{server.server_address[1]}"
+        job = bundle(
+            tmp_path,
+            SEED_PLUGINS,
+            node=f'source = "{url}"\ntensor_parallel_size = 2\nstrategy = "STRICT_SPREAD"\n',
+            engine=False,
+        )
+        cache = tmp_path / "node-cache"
+        # Half of weights.json is already on each node, from a cut transfer.
+        weights = (EXAMPLE / "model/weights.json").read_bytes()
+        for node in ray.nodes():
+            part = cache / f"node-{node['NodeID']}/models/tiny-llm/weights.json.part"
+            part.parent.mkdir(parents=True)
+            part.write_bytes(weights[: len(weights) // 2])
+        with initialize_node(job, node_operator(operator), cache_dir=cache) as result:
+            nodes = result.data["nodes"]
+        assert len(nodes) == 2
+        for n in nodes:
+            got = {f["path"]: f for f in n["files"]}
+            assert got["weights.json"]["resumed_bytes"] == len(weights) // 2
+            assert digest(Path(n["dir"]) / "weights.json") == digest(EXAMPLE / "model/weights.json")
+        # Each node fetched only the rest of weights.json.
+        assert handler.sent.count(len(weights) - len(weights) // 2) == 2
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+def test_skip_default_runs_custom_initialization_only(ray_cluster, operator, tmp_path):
+    from wasmhooks.ray import initialize_node
+
+    job = bundle(tmp_path, [("replace_init", None), ("metrics_collector", None)])
+    grants = 'write = ["skip_default", "placement_group", "runtime_env", "extra_init_kwargs"]'
+    op = node_operator(operator, allow("replace-init", "replace_init", grants))
+    with initialize_node(job, op, cache_dir=tmp_path / "c") as result:
+        assert result.skipped_default
+        assert result.placement_group is None and result.engine is None
+        assert "nodes" not in result.data
+        assert list(result.timings) == [
+            "pre_initialization",
+            "custom_initialization",
+            "post_initialization",
+        ]
+
+
+def test_a_plugin_failing_on_one_node_names_itself(ray_cluster, operator, tmp_path):
+    from wasmhooks import PluginError
+    from wasmhooks.ray import initialize_node
+
+    job = bundle(tmp_path, [("adversary", {"panic_on": "pre_download", "only_rank": 1})])
+    op = node_operator(operator, allow("adversary", "adversary", 'on_error = "fail"'))
+    with pytest.raises(PluginError) as err:
+        initialize_node(job, op, cache_dir=tmp_path / "c")
+    assert err.value.plugin == "adversary"
+    assert "pre_download" in str(err.value) and "panics" in str(err.value)
+    assert not live_groups()
+
+
+@pytest.mark.parametrize(
+    ("script", "message"),
+    [
+        ({"download_dir": "/etc/wasmhooks-escape"}, "download_dir"),
+        ({"download_dir": "../../../escape"}, "download_dir"),
+        ({"model_source": "file:///etc"}, "model_source"),
+        ({"model_source": "file://../.."}, "model_source"),
+        ({"model_source": "ftp://example"}, "model_source"),
+        ({"worker_node_download_model": "EVERYTHING"}, "download_model"),
+        ({"local_node_download_model": 7}, "download_model"),
+        ({"download_dir": 12}, "download_dir must be a string"),
+    ],
+)
+def test_hostile_keys_at_pre_download_are_refused(ray_cluster, operator, tmp_path, script, message):
+    from wasmhooks.ray import NodeInitError, initialize_node
+
+    job = bundle(tmp_path, [("adversary", {"updates": {"pre_download": script}})], engine=False)
+    op = node_operator(operator, allow("adversary", "adversary", 'write = ["*"]'))
+    cache = tmp_path / "c"
+    with pytest.raises(NodeInitError, match=message):
+        initialize_node(job, op, cache_dir=cache)
+    assert not Path("/etc/wasmhooks-escape").exists()
+    assert not (tmp_path / "escape").exists() and not (cache / "escape").exists()
+    assert not live_groups()
+
+
+@pytest.mark.parametrize(
+    ("node", "message"),
+    [
+        ('source = "file:///etc"', "source"),
+        ('source = "file://../model"', "source"),
+        ('source = "file://model"\ntensor_parallel_size = 0', "tensor_parallel_size"),
+        ('source = "file://model"\ntensor_parallel_size = 100000', "tensor_parallel_size"),
+        ('source = "file://model"\nstrategy = "ANYWHERE"', "strategy"),
+        ('source = "file://model"\noutput = "/tmp/node.json"', "output"),
+        ('source = "file://model"\nretries = -1', "retries"),
+        ('source = "file://model"\ncommand = "rm -rf /"', "unknown fields"),
+    ],
+)
+def test_hostile_node_tables_are_refused_before_ray(operator, tmp_path, node, message):
+    from wasmhooks.ray import NodeInitError, _Run
+
+    job = bundle(tmp_path, SEED_PLUGINS, node=node)
+    with pytest.raises(NodeInitError, match=message):
+        _Run(job, node_operator(operator), None, 1.0)
+
+
+def test_hostile_files_are_refused(operator, tmp_path):
+    from wasmhooks.ray import NodeInitError, _Run
+
+    job = bundle(tmp_path, SEED_PLUGINS)
+    text = (job / "job.toml").read_text().replace('"config.json"', '"../../etc/passwd"', 1)
+    (job / "job.toml").write_text(text)
+    with pytest.raises((NodeInitError, ValueError), match=r"files\[0\]\.path"):
+        _Run(job, node_operator(operator), None, 1.0)
+
+
+@pytest.mark.parametrize("kind", ["symlink", "fifo"])
+def test_a_bundle_with_a_symlink_or_fifo_does_not_travel(ray_cluster, operator, tmp_path, kind):
+    from wasmhooks._files import JobPathError
+    from wasmhooks.ray import initialize_node
+
+    job = bundle(tmp_path, SEED_PLUGINS, engine=False)
+    if kind == "symlink":
+        (job / "model/secret").symlink_to("/etc/passwd")
+    else:
+        os.mkfifo(job / "model/pipe")
+    with pytest.raises(JobPathError, match="a job bundle holds only files and folders"):
+        initialize_node(job, node_operator(operator), cache_dir=tmp_path / "c")
+    assert not live_groups()
+
+
+def test_an_engine_the_operator_does_not_name_is_refused_first(operator, tmp_path):
+    from wasmhooks.ray import NodeInitError, _Run
+
+    job = bundle(tmp_path, SEED_PLUGINS)
+    text = (job / "job.toml").read_text().replace('name = "example"', 'name = "sh"')
+    (job / "job.toml").write_text(text)
+    with pytest.raises(NodeInitError, match="not an engine the operator allows"):
+        _Run(job, node_operator(operator), None, 1.0)
+
+
+def test_a_group_the_cluster_cannot_place_says_so(ray_cluster, operator, tmp_path):
+    from wasmhooks.ray import NodeInitError, initialize_node
+
+    gpu = {"strategy": "SPREAD", "bundles": [{"CPU": 1, "GPU": 1}]}
+    job = bundle(tmp_path, [("custom_placement_group", gpu)], engine=False)
+    with pytest.raises(NodeInitError, match="lacks the resources"):
+        initialize_node(
+            job, node_operator(operator), cache_dir=tmp_path / "c", placement_timeout_s=2
+        )
+    assert not live_groups()
+
+
+def test_the_cli_runs_a_bundle_on_the_cluster(ray_cluster, operator, tmp_path):
+    job = bundle(tmp_path, SEED_PLUGINS)
+    out = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "wasmhooks.ray",
+            "run",
+            str(job),
+            "--operator",
+            str(node_operator(operator)),
+            "--address",
+            ray_cluster.address,
+            "--cache",
+            str(tmp_path / "c"),
+            "--json",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env={**os.environ, "RAY_USAGE_STATS_ENABLED": "0"},
+    )
+    assert out.returncode == 0, out.stderr[-3000:]
+    data = json.loads(out.stdout)
+    assert len(data["nodes"]) == 2 and data["engine"]["ready_ms"] >= 0
+    assert not alive(data["engine"]["pid"])
+
+    bad = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "wasmhooks.ray",
+            "run",
+            str(tmp_path / "missing"),
+            "--operator",
+            str(node_operator(operator)),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert bad.returncode == 1 and "error:" in bad.stderr
