@@ -4,6 +4,7 @@ policy, the job's data map, and the control keys plugins set."""
 from __future__ import annotations
 
 import os
+import sys
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any, Union
@@ -98,6 +99,26 @@ class Session:
             return []
         ours = set(ours)
         return [p for p in asked if isinstance(p, str) and p in ours]
+
+
+def ray_train_ranks() -> dict[str, int] | None:
+    """The ranks Ray Train gave this worker (``rank``, ``local_rank``,
+    ``world_size``, ``node_rank``), inside a Ray Train training function;
+    ``None`` elsewhere. Ray is not imported for a run that does not use it."""
+    if "ray.train" not in sys.modules:
+        return None
+    try:
+        import ray.train
+
+        ctx = ray.train.get_context()
+        return {
+            "rank": int(ctx.get_world_rank()),
+            "local_rank": int(ctx.get_local_rank()),
+            "world_size": int(ctx.get_world_size()),
+            "node_rank": int(ctx.get_node_rank()),
+        }
+    except (RuntimeError, AttributeError, ValueError):
+        return None
 
 
 def distributed() -> bool:

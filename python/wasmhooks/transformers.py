@@ -19,6 +19,12 @@ Plugins steer through HF's ``TrainerControl``: ``should_training_stop``
 process). Under ``torch.distributed`` the flags are all-reduced, so a stop on
 any rank stops every rank at the same step. Plugin states travel in HF
 checkpoints (``ExportableState``) and come back on ``resume_from_checkpoint``.
+
+Under Ray Train (``ray.train.torch.TorchTrainer`` with Ray's
+``RayTrainReportCallback``) ranks come from Ray Train's context (with
+``node_rank``), torch.distributed is Ray's process group, so the flags are
+agreed across Ray's workers, and the plugin states ride in the HF checkpoint
+Ray Train reports, so ``ray.train.get_checkpoint()`` brings them back.
 """
 
 from __future__ import annotations
@@ -41,6 +47,7 @@ from wasmhooks._session import (
     any_rank,
     distributed,
     numbers,
+    ray_train_ranks,
 )
 
 _CHECKPOINT = re.compile(r"^checkpoint-(\d+)$")
@@ -101,7 +108,8 @@ class WasmHooksCallback(TrainerCallback, ExportableState):
         # HF's rank properties ask accelerate each time: read once a run.
         ranks = self._ranks
         if ranks is None:
-            ranks = self._ranks = {
+            # In a Ray Train worker, Ray's context is the word on ranks.
+            ranks = self._ranks = ray_train_ranks() or {
                 "rank": int(args.process_index),
                 "local_rank": int(args.local_process_index),
                 "world_size": int(args.world_size),
@@ -118,7 +126,7 @@ class WasmHooksCallback(TrainerCallback, ExportableState):
         }
 
     def _start(self, args: Any, state: Any) -> None:
-        self._session.start(int(args.process_index))
+        self._session.start(self._values(args, state)["rank"])
         # The Trainer has set up torch.distributed, if at all, by now.
         self._distributed = distributed()
 
