@@ -53,6 +53,9 @@ def start(config) -> object:
 
     async def run():
         callback = config.get_or_create_callback()
+        # Serve places the replica in the group before start() runs, so
+        # Ray's initialize_node finds it placed.
+        assert callback.ctx.placement_group.wait(60)
         await callback.run_callback("on_before_node_init")
         if callback.ctx.run_init_node:
             await initialize_node(config)

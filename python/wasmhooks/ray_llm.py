@@ -19,8 +19,9 @@ The mapping, hook by hook:
 
 No phase fires inside the download tasks because Ray has read the download
 mode before that hook runs: a plugin there could change nothing. Instead
-each node reports to a small actor the replica owns, so ``post_download``
-sees every node (Ray's own context is one-way: what a worker sets is lost).
+each node leaves a report in Ray's internal key-value store under a key of
+this initialization, which the replica reads and deletes, so
+``post_download`` sees every node (Ray's own context is one-way: what a worker sets is lost).
 ``post_engine_init`` never fires here: vLLM starts after the last hook.
 
 Keys and ``CallbackCtx`` fields:
@@ -44,12 +45,20 @@ other error (a bad value a plugin left, an infeasible group) follows
 
 from __future__ import annotations
 
+import json
 import logging
 import os
+import uuid
 from pathlib import Path
 from typing import Any
 
 import ray
+from ray.experimental.internal_kv import (
+    _internal_kv_del,
+    _internal_kv_get,
+    _internal_kv_list,
+    _internal_kv_put,
+)
 from ray.llm._internal.common.callbacks.base import CallbackBase
 from ray.llm._internal.common.utils.download_utils import NodeModelDownloadable
 from ray.util.placement_group import (
@@ -67,18 +76,11 @@ logger = logging.getLogger(__name__)
 MAX_LISTED = 10_000
 
 
-@ray.remote(num_cpus=0)
-class _NodeReports:
-    """Collects what each node's download task reports, for the replica."""
-
-    def __init__(self) -> None:
-        self.reports: dict[str, dict[str, Any]] = {}
-
-    def put(self, node_id: str, report: dict[str, Any]) -> None:
-        self.reports[node_id] = report
-
-    def all(self) -> dict[str, dict[str, Any]]:
-        return self.reports
+#: Where the download tasks leave their reports: Ray's internal key-value
+#: store (the GCS), which Ray's own libraries keep such state in. A report is
+#: one small write per node, against the second or so an actor would take
+#: to start for every initialization.
+KV_NAMESPACE = "wasmhooks"
 
 
 class WasmNodeInitCallback(CallbackBase):
@@ -110,7 +112,7 @@ class WasmNodeInitCallback(CallbackBase):
         self._session: Session | None = Session(
             operator, plugins=plugins, job=job, cache_dir=cache_dir
         )
-        self._reports: Any = None
+        self._reports: str | None = None
         self._node_ranks: dict[str, int] = {}
         self._downloaded = False
 
@@ -173,7 +175,7 @@ class WasmNodeInitCallback(CallbackBase):
             raise ValueError(f"runtime_env, as the plugins left it, must be a map, not {env!r}")
         self.ctx.runtime_env = env
         self._take_custom_data(data)
-        self._reports = _NodeReports.remote()
+        self._reports = f"node-reports/{uuid.uuid4().hex}/"
         self._downloaded = True
 
     def on_before_download_model_files_distributed(self) -> None:
@@ -191,14 +193,17 @@ class WasmNodeInitCallback(CallbackBase):
             "model_path": path,
             **_listing(Path(path)),
         }
-        ray.get(self._reports.put.remote(node_id, report))
+        _internal_kv_put(self._reports + node_id, json.dumps(report), namespace=KV_NAMESPACE)
 
     async def on_after_node_init(self) -> None:
         if self._downloaded and self._reports is not None:
-            reports = await self._reports.all.remote()
-            ray.kill(self._reports)
+            keys = _internal_kv_list(self._reports, namespace=KV_NAMESPACE)
+            reports = [_internal_kv_get(k, namespace=KV_NAMESPACE) for k in keys]
+            _internal_kv_del(self._reports, del_by_prefix=True, namespace=KV_NAMESPACE)
             self._reports = None
-            nodes = sorted(reports.values(), key=lambda r: r["node_rank"])
+            nodes = sorted(
+                (json.loads(r) for r in reports if r is not None), key=lambda r: r["node_rank"]
+            )
             engine = self.llm_config.get_engine_config()
             self._take_custom_data(
                 self._fire(
