@@ -168,3 +168,48 @@ fn inspect_reads_the_manifest_of_a_plugin_not_yet_allowed() {
     let info = host("").inspect(&empty).unwrap();
     assert!(info.problem.unwrap().contains("does not implement"));
 }
+
+#[test]
+fn the_compile_cache_maps_entries_and_recompiles_a_damaged_one() {
+    let cache = tempfile::tempdir().unwrap();
+    let digest = digest(plugins::METRICS_COLLECTOR);
+    let policy = || {
+        Policy::from_toml_str(
+            &allow("metrics-collector", plugins::METRICS_COLLECTOR, ""),
+            Path::new("."),
+        )
+        .unwrap()
+    };
+    let host = Host::with_compile_cache(policy(), cache.path()).unwrap();
+    host.load_file(plugins::METRICS_COLLECTOR).unwrap();
+    // One entry, named by the plugin's digest and the engine's settings.
+    let entries: Vec<_> = std::fs::read_dir(cache.path())
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .collect();
+    assert_eq!(entries.len(), 1, "{entries:?}");
+    let entry = &entries[0];
+    let name = entry.file_name().unwrap().to_string_lossy().into_owned();
+    assert!(
+        name.starts_with(&digest) && name.ends_with(".cwasm"),
+        "{name}"
+    );
+
+    // A new host (a new process) maps it: the plugin runs as before.
+    let again = Host::with_compile_cache(policy(), cache.path()).unwrap();
+    let plugin = again.load_file(plugins::METRICS_COLLECTOR).unwrap();
+    assert_eq!(plugin.manifest().unwrap().name, "metrics-collector");
+
+    // An entry cut short is compiled again and replaced, not trusted. (It is
+    // put in place by a rename, as the host writes entries: truncating a
+    // file in place under a host that maps it is what the cache folder's
+    // owner must never do.)
+    let whole = std::fs::read(entry).unwrap();
+    let cut = cache.path().join("cut");
+    std::fs::write(&cut, &whole[..whole.len() / 3]).unwrap();
+    std::fs::rename(&cut, entry).unwrap();
+    let third = Host::with_compile_cache(policy(), cache.path()).unwrap();
+    let plugin = third.load_file(plugins::METRICS_COLLECTOR).unwrap();
+    assert_eq!(plugin.manifest().unwrap().name, "metrics-collector");
+    assert_eq!(std::fs::read(entry).unwrap().len(), whole.len());
+}

@@ -80,7 +80,8 @@ impl Host {
             file: file.clone(),
             reason,
         })?;
-        let component = loading::compile_component(&self.shared, &policy.name, &file, &bytes)?;
+        let component =
+            loading::compile_component(&self.shared, &policy.name, &file, &bytes, &sha256)?;
         let ty = component.component_type();
         let engine = &self.shared.engine;
         let exports = ty

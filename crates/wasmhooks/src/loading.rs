@@ -1,8 +1,10 @@
 //! Loading: read a `.wasm`, check its digest against the operator's
 //! allowlist before anything else, compile it, and check it fits the world.
 
+use std::io::Write;
 use std::path::Path;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use sha2::{Digest, Sha256};
 use wasmtime::component::Component;
@@ -111,7 +113,7 @@ impl Host {
             file: file.to_owned(),
             reason,
         })?;
-        let (_, pre) = compile(&self.shared, &policy.name, file, bytes)?;
+        let (_, pre) = compile(&self.shared, &policy.name, file, bytes, &digest)?;
         Ok(Plugin {
             inner: Arc::new(PluginInner {
                 policy,
@@ -144,14 +146,16 @@ impl Host {
     }
 }
 
-/// Compiles bytes and matches them against the `wasmhooks:plugin` world.
+/// Compiles bytes (whose sha256 is `sha256`) and matches them against the
+/// `wasmhooks:plugin` world.
 pub(crate) fn compile(
     shared: &Shared,
     name: &str,
     file: &str,
     bytes: &[u8],
+    sha256: &str,
 ) -> Result<(Component, PluginPre<PluginState>), Error> {
-    let component = compile_component(shared, name, file, bytes)?;
+    let component = compile_component(shared, name, file, bytes, sha256)?;
     let pre = pre(shared, name, file, &component)?;
     Ok((component, pre))
 }
@@ -173,11 +177,15 @@ pub(crate) fn pre(
     PluginPre::new(instance_pre).map_err(wrong)
 }
 
+/// Compiles bytes whose sha256 is `sha256` (already known to every caller:
+/// hashing an interpreter's 18 MB again would cost tens of milliseconds),
+/// or maps them from the compile cache.
 pub(crate) fn compile_component(
     shared: &Shared,
     name: &str,
     file: &str,
     bytes: &[u8],
+    sha256: &str,
 ) -> Result<Component, Error> {
     let invalid = |reason: String| Error::Invalid {
         name: name.to_owned(),
@@ -196,7 +204,62 @@ pub(crate) fn compile_component(
                 .into(),
         ));
     }
-    Component::from_binary(&shared.engine, bytes).map_err(|e| invalid(format!("{e:#}")))
+    let Some(cache) = &shared.compile_cache else {
+        return Component::from_binary(&shared.engine, bytes)
+            .map_err(|e| invalid(format!("{e:#}")));
+    };
+    let entry = cache
+        .dir
+        .join(format!("{sha256}-{}.cwasm", cache.engine_hash));
+    if entry.is_file() {
+        match deserialize(shared, &entry) {
+            Ok(component) => return Ok(component),
+            // Cut short or from another build: compiled again below.
+            Err(e) => {
+                tracing::debug!(entry = %entry.display(), "compile cache entry refused: {e:#}")
+            }
+        }
+    }
+    let compiled = shared
+        .engine
+        .precompile_component(bytes)
+        .map_err(|e| invalid(format!("{e:#}")))?;
+    // Written to a file of its own beside the entry and renamed over it: a
+    // mapped entry is never truncated or written in place (that would be a
+    // SIGBUS in whoever maps it), and a reader never maps half a file. If
+    // the folder cannot be written, the plugin still loads.
+    static WRITES: AtomicU64 = AtomicU64::new(0);
+    let partial = entry.with_extension(format!(
+        "{}-{}.part",
+        std::process::id(),
+        WRITES.fetch_add(1, Ordering::Relaxed)
+    ));
+    let stored = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .open(&partial)
+        .and_then(|mut f| f.write_all(&compiled))
+        .and_then(|()| std::fs::rename(&partial, &entry));
+    match stored {
+        Ok(()) => deserialize(shared, &entry),
+        Err(e) => {
+            tracing::debug!(entry = %entry.display(), "compile cache not written: {e}");
+            let _ = std::fs::remove_file(&partial);
+            Component::from_binary(&shared.engine, bytes)
+        }
+    }
+    .map_err(|e| invalid(format!("{e:#}")))
+}
+
+/// Maps a compile cache entry.
+#[allow(unsafe_code)]
+fn deserialize(shared: &Shared, entry: &Path) -> wasmtime::Result<Component> {
+    // SAFETY: wasmtime requires the file to be its own output for this
+    // engine's settings. The compile cache folder is the host's and trusted
+    // like its binary (`Host::with_compile_cache`); entries are written only
+    // by `precompile_component` above, renamed into place whole, and
+    // wasmtime checks the header, version and settings of what it maps.
+    unsafe { Component::deserialize_file(&shared.engine, entry) }
 }
 
 /// Functions one component may define across its core modules. Compile time
