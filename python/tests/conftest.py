@@ -35,6 +35,19 @@ def allow(name: str, stem: str, extra: str = "") -> str:
     return f'[[plugin]]\nname = "{name}"\nsha256 = "{sha256(plugin(stem))}"\n{extra}\n'
 
 
+def node_grants() -> list[str]:
+    """The operator's entries for the node-initialization seed plugins."""
+    return [
+        allow(
+            "force-download",
+            "force_download",
+            'write = ["local_node_download_model", "worker_node_download_model"]',
+        ),
+        allow("custom-placement-group", "custom_placement_group", 'write = ["placement_group"]'),
+        allow("metrics-collector", "metrics_collector", 'write = ["metrics"]'),
+    ]
+
+
 @pytest.fixture
 def operator(tmp_path: Path):
     """Writes an operator config from ``[[plugin]]`` entries; returns its path."""

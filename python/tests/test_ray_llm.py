@@ -15,7 +15,7 @@ import json
 from pathlib import Path
 
 import pytest
-from conftest import allow, plugin
+from conftest import allow, node_grants, plugin
 
 ray = pytest.importorskip("ray")
 
@@ -66,16 +66,7 @@ def start(config) -> object:
 
 
 def node_operator(operator, extra: str = ""):
-    return operator(
-        allow(
-            "force-download",
-            "force_download",
-            'write = ["local_node_download_model", "worker_node_download_model"]',
-        ),
-        allow("custom-placement-group", "custom_placement_group", 'write = ["placement_group"]'),
-        allow("metrics-collector", "metrics_collector", 'write = ["metrics"]'),
-        extra,
-    )
+    return operator(*node_grants(), extra)
 
 
 def test_plugins_replace_the_group_and_see_every_node(ray_cluster, operator, tmp_path, cache_dir):

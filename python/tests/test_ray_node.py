@@ -18,7 +18,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
-from conftest import ROOT, allow, plugin
+from conftest import ROOT, allow, node_grants, plugin
 
 ray = pytest.importorskip("ray")
 
@@ -82,13 +82,7 @@ timeout_s = 60
 def node_operator(operator, *extra: str) -> Path:
     return operator(
         allow("log-phases", "log_phases", 'on_error = "skip"'),
-        allow(
-            "force-download",
-            "force_download",
-            'write = ["local_node_download_model", "worker_node_download_model"]',
-        ),
-        allow("custom-placement-group", "custom_placement_group", 'write = ["placement_group"]'),
-        allow("metrics-collector", "metrics_collector", 'write = ["metrics"]'),
+        *node_grants(),
         *extra,
         head=ENGINE,
     )

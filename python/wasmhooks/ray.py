@@ -103,14 +103,8 @@ class NodeInitError(RuntimeError):
 # Placement groups (shared with :mod:`wasmhooks.ray_llm`).
 
 
-def request_of(pg: PlacementGroup) -> dict[str, Any]:
-    """A group's request: its bundles and strategy."""
-    table = placement_group_table(pg)
-    return {"bundles": [dict(b) for b in pg.bundle_specs], "strategy": table["strategy"]}
-
-
 def describe(pg: PlacementGroup) -> dict[str, Any]:
-    """The real group: what Ray placed where."""
+    """The real group: what Ray placed where (one call to Ray's GCS)."""
     table = placement_group_table(pg)
     on = table["bundles_to_node_id"]
     return {
@@ -124,12 +118,21 @@ def describe(pg: PlacementGroup) -> dict[str, Any]:
     }
 
 
-def node_ranks(pg: PlacementGroup) -> dict[str, int]:
-    """The group's nodes, numbered in bundle order: the node of bundle 0 is 0."""
-    on = placement_group_table(pg)["bundles_to_node_id"]
+def request_of(described: dict[str, Any]) -> dict[str, Any]:
+    """A described group's request: its bundles and strategy."""
+    return {
+        "bundles": [b["resources"] for b in described["bundles"]],
+        "strategy": described["strategy"],
+    }
+
+
+def node_ranks(described: dict[str, Any]) -> dict[str, int]:
+    """A described group's nodes, numbered in bundle order: the node of
+    bundle 0 is 0."""
     ranks: dict[str, int] = {}
-    for i in sorted(on):
-        ranks.setdefault(on[i], len(ranks))
+    for bundle in described["bundles"]:
+        if bundle["node_id"] is not None:
+            ranks.setdefault(bundle["node_id"], len(ranks))
     return ranks
 
 
@@ -691,7 +694,9 @@ class _Run:
             new = place(asked, self.placement_timeout_s)
             remove_placement_group(self.result.placement_group)
             self.result.placement_group = new
-            self.session.data["placement_group"] = describe(new)
+            described = describe(new)
+            self.session.data["placement_group"] = described
+        self.ranks = node_ranks(described)
 
     def _ship_bundle(self) -> None:
         """The bundle, packed once into the object store for every node;
@@ -707,7 +712,7 @@ class _Run:
     def _download(self) -> dict[str, Any]:
         """One download task a node; returns node 0's result."""
         spec = self.spec
-        ranks = node_ranks(self.result.placement_group)
+        ranks = self.ranks
         self._ship_bundle()
         self.session.data.update(
             {

@@ -45,6 +45,7 @@ other error (a bad value a plugin left, an infeasible group) follows
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 import os
@@ -56,7 +57,6 @@ import ray
 from ray.experimental.internal_kv import (
     _internal_kv_del,
     _internal_kv_get,
-    _internal_kv_list,
     _internal_kv_put,
 )
 from ray.llm._internal.common.callbacks.base import CallbackBase
@@ -196,47 +196,73 @@ class WasmNodeInitCallback(CallbackBase):
         _internal_kv_put(self._reports + node_id, json.dumps(report), namespace=KV_NAMESPACE)
 
     async def on_after_node_init(self) -> None:
-        if self._downloaded and self._reports is not None:
-            keys = _internal_kv_list(self._reports, namespace=KV_NAMESPACE)
-            reports = [_internal_kv_get(k, namespace=KV_NAMESPACE) for k in keys]
-            _internal_kv_del(self._reports, del_by_prefix=True, namespace=KV_NAMESPACE)
-            self._reports = None
-            nodes = sorted(
-                (json.loads(r) for r in reports if r is not None), key=lambda r: r["node_rank"]
+        cleanup = None
+        try:
+            if self._downloaded and self._reports is not None:
+                cleanup = await self._node_reports()
+            kwargs = dict(self.llm_config.engine_kwargs)
+            data = self._fire("pre_engine_init", {"engine_kwargs": _jsonable(kwargs)})
+            left = data.get("engine_kwargs")
+            if not isinstance(left, dict):
+                raise ValueError(
+                    f"engine_kwargs, as the plugins left it, must be a map, not {left!r}"
+                )
+            changed = {k: v for k, v in left.items() if kwargs.get(k) != v}
+            if changed:
+                self.llm_config.update_engine_kwargs(**changed)
+            self._take_custom_data(self._fire("post_initialization", {}))
+            if self._session is not None and self._session.hooks is not None:
+                self._session.hooks.flush(10.0)
+        finally:
+            if cleanup is not None:
+                await cleanup
+
+    async def _node_reports(self) -> asyncio.Future[Any]:
+        """Fires ``post_download`` with every node's report; returns the
+        deletion of the reports, under way while the plugins run."""
+        prefix = self._reports
+        assert prefix is not None
+        self._reports = None
+        # Every node of the group reported under its id; read at once.
+        reports = await asyncio.gather(
+            *(
+                asyncio.to_thread(_internal_kv_get, prefix + node, namespace=KV_NAMESPACE)
+                for node in self._node_ranks
             )
-            engine = self.llm_config.get_engine_config()
+        )
+        cleanup = asyncio.ensure_future(
+            asyncio.to_thread(_internal_kv_del, prefix, del_by_prefix=True, namespace=KV_NAMESPACE)
+        )
+        nodes = sorted(
+            (json.loads(r) for r in reports if r is not None), key=lambda r: r["node_rank"]
+        )
+        engine = self.llm_config.get_engine_config()
+        try:
             self._take_custom_data(
                 self._fire(
-                    "post_download",
-                    {"nodes": nodes, "model_path": engine.actual_hf_model_id},
+                    "post_download", {"nodes": nodes, "model_path": engine.actual_hf_model_id}
                 )
             )
-        kwargs = dict(self.llm_config.engine_kwargs)
-        data = self._fire("pre_engine_init", {"engine_kwargs": _jsonable(kwargs)})
-        left = data.get("engine_kwargs")
-        if not isinstance(left, dict):
-            raise ValueError(f"engine_kwargs, as the plugins left it, must be a map, not {left!r}")
-        changed = {k: v for k, v in left.items() if kwargs.get(k) != v}
-        if changed:
-            self.llm_config.update_engine_kwargs(**changed)
-        self._take_custom_data(self._fire("post_initialization", {}))
-        if self._session is not None and self._session.hooks is not None:
-            self._session.hooks.flush(10.0)
+        except BaseException:
+            await cleanup
+            raise
+        return cleanup
 
     def _place(self) -> None:
-        pg = self.ctx.placement_group
-        request = request_of(pg)
+        described = describe(self.ctx.placement_group)
+        request = request_of(described)
         data = self._fire("pre_placement_group", {"placement_request": request})
         left = data.get("placement_request")
         if left != request:
             self._replace(as_request(left, "placement_request"))
-        described = describe(self.ctx.placement_group)
+            described = describe(self.ctx.placement_group)
         data = self._fire("post_placement_group", {"placement_group": described})
         left = data.get("placement_group")
         if left != described:
             self._replace(as_request(left, "placement_group"))
-            data["placement_group"] = describe(self.ctx.placement_group)
-        self._node_ranks = node_ranks(self.ctx.placement_group)
+            described = describe(self.ctx.placement_group)
+            data["placement_group"] = described
+        self._node_ranks = node_ranks(described)
 
     def _replace(self, request: dict[str, Any]) -> None:
         """A real group for the bundles and strategy the plugins asked for."""
