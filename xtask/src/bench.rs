@@ -286,6 +286,27 @@ pub(crate) fn table(root: &Path) -> anyhow::Result<()> {
             format!("{:.2}% of the step", num(&s["share_of_step"]) * 100.0),
             "< 1%",
         );
+        if py["ray_llm_ratio"].is_number() {
+            t.row(
+                "Ray Serve LLM node init (2 Ray nodes), 3 wasm plugins",
+                fmt_ns(num(&py["ray_llm_wasm_ms"]) * 1e6),
+                format!(
+                    "{:.3}x the same callbacks in Python ({}), paired",
+                    num(&py["ray_llm_ratio"]),
+                    fmt_ns(num(&py["ray_llm_python_ms"]) * 1e6)
+                ),
+                "<= 1.05x",
+            );
+            t.row(
+                "wasmhooks.ray.initialize_node (2 Ray nodes, cached files)",
+                fmt_ns(num(&py["initialize_node_ms"]) * 1e6),
+                format!(
+                    "{:.2}x Ray's initialize_node with Python callbacks",
+                    num(&py["initialize_node_ratio"])
+                ),
+                "",
+            );
+        }
     }
     let mut out = String::from("| measure | time | ratio | target |\n|---|---|---|---|\n");
     out.push_str(&t.0);

@@ -75,27 +75,37 @@ impl Venv {
     }
 }
 
-/// Builds the package (release) into the environment and measures the HF
-/// adapter against plain Python callbacks; returns the script's figures.
+/// Builds the package (release) into the environment and runs its
+/// benchmarks: the HF adapter against plain Python callbacks, and node
+/// initialization on a local Ray cluster against Ray's own with a Python
+/// callback; returns their figures, one object.
 pub(crate) fn bench(root: &Path) -> anyhow::Result<serde_json::Value> {
     let venv = Venv::new(root)?;
-    eprintln!("xtask: building the Python package (release) for its benchmark");
+    eprintln!("xtask: building the Python package (release) for its benchmarks");
     run(venv
         .command("maturin")
         .args(["develop", "--release", "--quiet"]))?;
-    let out = venv
-        .command("python")
-        .arg("bench/adapter.py")
-        .output()
-        .context("run python/bench/adapter.py")?;
-    anyhow::ensure!(
-        out.status.success(),
-        "python/bench/adapter.py failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let text = String::from_utf8_lossy(&out.stdout);
-    let last = text.lines().last().unwrap_or_default();
-    Ok(serde_json::from_str(last)?)
+    let mut figures = serde_json::Map::new();
+    for script in ["bench/adapter.py", "bench/ray_node.py"] {
+        eprintln!("xtask: python {script}");
+        let out = venv
+            .command("python")
+            .arg(script)
+            .output()
+            .with_context(|| format!("run python/{script}"))?;
+        anyhow::ensure!(
+            out.status.success(),
+            "python/{script} failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let text = String::from_utf8_lossy(&out.stdout);
+        let last = text.lines().last().unwrap_or_default();
+        let serde_json::Value::Object(more) = serde_json::from_str(last)? else {
+            anyhow::bail!("python/{script} printed no JSON object last");
+        };
+        figures.extend(more);
+    }
+    Ok(serde_json::Value::Object(figures))
 }
 
 /// Builds the package into the environment and runs its checks and tests.
