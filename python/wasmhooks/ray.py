@@ -47,6 +47,7 @@ from __future__ import annotations
 import argparse
 import hashlib
 import json
+import logging
 import os
 import re
 import signal
@@ -78,6 +79,8 @@ from wasmhooks._native import Policy, WasmHooksError, restore_trap_handlers
 from wasmhooks._session import PathLike, Session, default_cache
 
 __all__ = ["NodeInit", "NodeInitError", "initialize_node", "main"]
+
+logger = logging.getLogger(__name__)
 
 STRATEGIES = ("PACK", "SPREAD", "STRICT_PACK", "STRICT_SPREAD")
 MAX_BUNDLES = 1024
@@ -560,6 +563,11 @@ class NodeInit:
         if self.engine is not None:
             try:
                 ray.get(self.engine.stop.remote(), timeout=30)
+            except ray.exceptions.RayError as e:
+                # Its actor is gone already (and the engine with it, by
+                # PR_SET_PDEATHSIG): nothing to stop, and an error being
+                # raised must not be hidden by this one.
+                logger.warning("the engine's actor did not stop cleanly: %s", e)
             finally:
                 ray.kill(self.engine)
                 self.engine = None
@@ -595,8 +603,9 @@ def initialize_node(
     sent to every node). ``address`` is passed to ``ray.init`` when this
     process is not connected yet (``None``: Ray's own default).
     ``cache_dir`` is the folder, on every node, under which each node keeps
-    its own ``node-<id>/models`` (downloads) and ``node-<id>/compiled``
-    (compiled plugins); by default ``~/.cache/wasmhooks/ray``.
+    its own ``node-<id>/bundles`` (the job bundle, unpacked),
+    ``node-<id>/models`` (downloads) and ``node-<id>/compiled`` (compiled
+    plugins); by default ``~/.cache/wasmhooks/ray``.
     """
     run = _Run(Path(job_dir).resolve(), Path(operator).resolve(), cache_dir, placement_timeout_s)
     if not ray.is_initialized():
