@@ -182,10 +182,16 @@ def place(request: dict[str, Any], timeout_s: float) -> PlacementGroup:
     pg = placement_group(bundles=request["bundles"], strategy=request["strategy"])
     if not pg.wait(timeout_s):
         remove_placement_group(pg)
+        # What the cluster has, without the resources Ray makes for groups.
+        has = {
+            k: v
+            for k, v in sorted(ray.cluster_resources().items())
+            if "_group_" not in k and not k.startswith("node:") and k != "object_store_memory"
+        }
         raise NodeInitError(
             f"the placement group ({request['strategy']}, bundles {request['bundles']}) was not "
-            f"placed in {timeout_s:g} s: the cluster lacks the resources "
-            f"({ray.available_resources()} available)"
+            f"placed in {timeout_s:g} s: the cluster lacks the resources (it has {has} in all, "
+            f"on {sum(n['Alive'] for n in ray.nodes())} node(s))"
         )
     return pg
 
