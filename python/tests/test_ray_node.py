@@ -410,3 +410,72 @@ def test_the_cli_runs_a_bundle_on_the_cluster(ray_cluster, operator, tmp_path):
         timeout=120,
     )
     assert bad.returncode == 1 and "error:" in bad.stderr
+
+
+def test_a_planted_symlink_or_fifo_in_a_node_cache_is_replaced_not_followed(
+    ray_cluster, operator, tmp_path
+):
+    from wasmhooks.ray import initialize_node
+
+    job = bundle(tmp_path, SEED_PLUGINS, engine=False)
+    cache = tmp_path / "node-cache"
+    target = tmp_path / "outside.json"
+    target.write_text("not the model")
+    for node in ray.nodes():
+        folder = cache / f"node-{node['NodeID']}/models/tiny-llm"
+        folder.mkdir(parents=True)
+        (folder / "config.json").symlink_to(target)
+        os.mkfifo(folder / "tokenizer.json")
+    with initialize_node(job, node_operator(operator), cache_dir=cache) as result:
+        for n in result.data["nodes"]:
+            assert n["cache_hits"] == 0
+            for name in ("config.json", "tokenizer.json"):
+                path = Path(n["dir"]) / name
+                assert path.is_file() and not path.is_symlink()
+                assert digest(path) == digest(EXAMPLE / "model" / name)
+    assert target.read_text() == "not the model"
+
+
+@pytest.mark.parametrize("source", ["file", "http"])
+def test_a_file_over_the_operators_cap_is_refused(ray_cluster, operator, tmp_path, source):
+    from wasmhooks.ray import NodeInitError, initialize_node
+
+    big = tmp_path / "big"
+    big.mkdir()
+    for name, _ in MODEL_FILES:
+        (big / name).write_bytes(b"x" * (2 << 20) if name == "weights.json" else b"{}")
+    server = None
+    if source == "http":
+        handler = type("H", (RangeHandler,), {"root": big, "sent": []})
+        server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
+        threading.Thread(target=server.serve_forever, daemon=True).start()
+        where = f"http://127.0.0.1:{server.server_address[1]}"
+    else:
+        where = "file://big"
+    try:
+        job = bundle(
+            tmp_path,
+            SEED_PLUGINS,
+            engine=False,
+            node=(
+                f'source = "{where}"\ntensor_parallel_size = 2\nstrategy = "SPREAD"\nretries = 0\n'
+            ),
+        )
+        if source == "file":
+            shutil.copytree(big, job / "big")
+        text = (job / "job.toml").read_text()
+        for name, _ in MODEL_FILES:
+            text = text.replace(digest(EXAMPLE / "model" / name), digest(big / name))
+        (job / "job.toml").write_text(text)
+        op = operator(
+            allow("log-phases", "log_phases", 'on_error = "skip"'),
+            *node_grants(),
+            head="[job]\nmax_file_mib = 1\n",
+        )
+        with pytest.raises(NodeInitError, match=r"weights\.json.*1048576"):
+            initialize_node(job, op, cache_dir=tmp_path / "c")
+    finally:
+        if server is not None:
+            server.shutdown()
+            server.server_close()
+    assert not live_groups()

@@ -136,11 +136,17 @@ class Root:
             raise
 
     def size(self, rel: PurePosixPath) -> int | None:
-        """The size of the regular file ``rel``; ``None`` if there is none."""
+        """The size of the regular file ``rel``; ``None`` if there is none
+        (or a symlink, a FIFO or a device stands there: never followed or
+        read, and replaced by the next :meth:`rename` onto it)."""
         try:
             fd = self._open(rel, os.O_RDONLY)
         except (FileNotFoundError, NotADirectoryError):
             return None
+        except OSError as e:
+            if e.errno == errno.ELOOP:
+                return None
+            raise
         try:
             st = os.fstat(fd)
             return st.st_size if stat.S_ISREG(st.st_mode) else None
