@@ -479,3 +479,16 @@ def test_a_file_over_the_operators_cap_is_refused(ray_cluster, operator, tmp_pat
             server.shutdown()
             server.server_close()
     assert not live_groups()
+
+
+def test_a_symlinked_output_folder_is_not_followed(ray_cluster, operator, tmp_path):
+    from wasmhooks.ray import NodeInitError, initialize_node
+
+    job = bundle(tmp_path, SEED_PLUGINS, engine=False)
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    (job / "output").symlink_to(outside)
+    with pytest.raises(NodeInitError, match=r"\[node\] output.*a symlink"):
+        initialize_node(job, node_operator(operator), cache_dir=tmp_path / "c")
+    assert list(outside.iterdir()) == []
+    assert not live_groups()

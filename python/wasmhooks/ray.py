@@ -677,8 +677,11 @@ class _Run:
             self.fire("post_initialization", {})
             self.session.hooks.flush(10.0)
             text = json.dumps(self.session.data, indent=2, default=str).encode()
-            with Root(self.job) as root:
-                root.write_atomic(self.spec.output, text)
+            try:
+                with Root(self.job) as root:
+                    root.write_atomic(self.spec.output, text)
+            except OSError as e:
+                raise NodeInitError(f"[node] output = {str(self.spec.output)!r}: {e}") from None
         except BaseException:
             self.result.stop()
             raise
@@ -719,7 +722,10 @@ class _Run:
         follows no link. The download cache and the output stay behind."""
         spec = self.spec
         skip = (spec.cache_dir, spec.output.parent if spec.output.parent.parts else spec.output)
-        data = pack(self.job, skip, MAX_BUNDLE_BYTES)
+        try:
+            data = pack(self.job, skip, MAX_BUNDLE_BYTES)
+        except OSError as e:
+            raise NodeInitError(f"the job bundle {self.job} cannot travel: {e}") from None
         self.bundle_sha256 = hashlib.sha256(data).hexdigest()
         # In a list, so a node that has it unpacked does not fetch it.
         self.bundle = [ray.put(data)]
