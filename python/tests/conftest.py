@@ -5,7 +5,9 @@ configs written as an operator would, pinned by their sha256."""
 from __future__ import annotations
 
 import hashlib
+import json
 import os
+import shutil
 from pathlib import Path
 
 import pytest
@@ -33,6 +35,31 @@ def sha256(path: Path) -> str:
 def allow(name: str, stem: str, extra: str = "") -> str:
     """A ``[[plugin]]`` entry allowing the plugin file ``stem`` as ``name``."""
     return f'[[plugin]]\nname = "{name}"\nsha256 = "{sha256(plugin(stem))}"\n{extra}\n'
+
+
+def toml_value(v: object) -> str:
+    """A value as TOML (inline tables for maps)."""
+    if isinstance(v, dict):
+        return "{ " + ", ".join(f"{json.dumps(k)} = {toml_value(x)}" for k, x in v.items()) + " }"
+    if isinstance(v, list):
+        return "[" + ", ".join(toml_value(x) for x in v) + "]"
+    if isinstance(v, bool):
+        return "true" if v else "false"
+    return json.dumps(v)
+
+
+def job_bundle(job: Path, plugins: list[tuple[str, object]], extra: str = "") -> Path:
+    """A job bundle in ``job``: the plugin files (by stem, with their
+    configs) copied in and listed in its job.toml, then ``extra``."""
+    (job / "plugins").mkdir(parents=True, exist_ok=True)
+    text = f'name = "{job.name}"\n'
+    for stem, config in plugins:
+        shutil.copy(plugin(stem), job / "plugins" / f"{stem}.wasm")
+        text += f'[[plugin]]\nfile = "plugins/{stem}.wasm"\n'
+        if config is not None:
+            text += f"config = {toml_value(config)}\n"
+    (job / "job.toml").write_text(text + extra)
+    return job
 
 
 def node_grants() -> list[str]:

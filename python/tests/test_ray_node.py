@@ -18,7 +18,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
-from conftest import ROOT, allow, node_grants, plugin
+from conftest import ROOT, allow, job_bundle, node_grants
 
 ray = pytest.importorskip("ray")
 
@@ -38,35 +38,17 @@ def files_table(source_dir: Path = EXAMPLE / "model") -> str:
     return "files = [" + ", ".join(rows) + "]"
 
 
-def toml_value(v: object) -> str:
-    """A value as TOML (inline tables for maps)."""
-    if isinstance(v, dict):
-        return "{ " + ", ".join(f"{json.dumps(k)} = {toml_value(x)}" for k, x in v.items()) + " }"
-    if isinstance(v, list):
-        return "[" + ", ".join(toml_value(x) for x in v) + "]"
-    if isinstance(v, bool):
-        return "true" if v else "false"
-    return json.dumps(v)
-
-
 def bundle(tmp_path: Path, plugins: list[tuple[str, object]], node: str = "", engine=True) -> Path:
     """A job bundle: the example's model and engine, the plugin files, and a
     job.toml listing them with a ``[node]`` table."""
     job = tmp_path / "job"
     shutil.copytree(EXAMPLE / "model", job / "model")
     shutil.copy(EXAMPLE / "engine.py", job / "engine.py")
-    (job / "plugins").mkdir()
-    text = 'name = "ray-node"\n'
-    for stem, config in plugins:
-        shutil.copy(plugin(stem), job / "plugins" / f"{stem}.wasm")
-        text += f'[[plugin]]\nfile = "plugins/{stem}.wasm"\n'
-        if config is not None:
-            text += f"config = {toml_value(config)}\n"
     node = node or 'source = "file://model"\ntensor_parallel_size = 2\nstrategy = "SPREAD"\n'
-    text += f'[node]\nmodel_id = "tiny-llm"\nbundle = {{ CPU = 0.5 }}\n{node}\n{files_table()}\n'
+    text = f'[node]\nmodel_id = "tiny-llm"\nbundle = {{ CPU = 0.5 }}\n{node}\n{files_table()}\n'
     if engine:
         text += '[node.engine]\nname = "example"\n'
-    (job / "job.toml").write_text(text)
+    job_bundle(job, plugins, text)
     return job
 
 

@@ -9,12 +9,11 @@ in Ray Train's checkpoints and come back when a run resumes from one."""
 from __future__ import annotations
 
 import json
-import shutil
 import sys
 from pathlib import Path
 
 import pytest
-from conftest import allow, plugin
+from conftest import allow, job_bundle
 
 ray = pytest.importorskip("ray")
 pytest.importorskip("transformers")
@@ -78,19 +77,6 @@ def train_loop(config: dict) -> None:
     )
 
 
-def job_bundle(tmp_path: Path, name: str, plugins: list[tuple[str, object]]) -> Path:
-    job = tmp_path / name
-    (job / "plugins").mkdir(parents=True)
-    text = f'name = "{name}"\n'
-    for stem, config in plugins:
-        shutil.copy(plugin(stem), job / "plugins" / f"{stem}.wasm")
-        text += f'[[plugin]]\nfile = "plugins/{stem}.wasm"\n'
-        if config is not None:
-            text += f"config = {config}\n"
-    (job / "job.toml").write_text(text)
-    return job
-
-
 def fit(tmp_path: Path, name: str, config: dict, checkpoint=None):
     from ray.train import RunConfig, ScalingConfig
     from ray.train.torch import TorchConfig, TorchTrainer
@@ -124,7 +110,7 @@ def test_hf_trainer_under_ray_train(ray_cluster, operator, tmp_path, cache_dir):
     base = {"operator": str(op), "cache": str(cache_dir)}
 
     # 8 steps, a checkpoint every 4: both workers finish, with Ray's ranks.
-    job = job_bundle(tmp_path, "job-a", [("metrics_collector", None), ("log_phases", None)])
+    job = job_bundle(tmp_path / "job-a", [("metrics_collector", None), ("log_phases", None)])
     result, ranks = fit(tmp_path, "a", {**base, "job": str(job), "max_steps": 8})
     assert [r["step"] for r in ranks] == [8, 8]
     assert [r["ranks"]["rank"] for r in ranks] == [0, 1]
@@ -143,9 +129,10 @@ def test_hf_trainer_under_ray_train(ray_cluster, operator, tmp_path, cache_dir):
 
     # Resumed from Ray's checkpoint, with a plugin asking rank 1 alone to stop:
     # both workers stop at the first step, and the collector counts on from 8.
-    stop = "{ only_rank = 1, updates = { on_step_end = { should_training_stop = true } } }"
+    stop = {"only_rank": 1, "updates": {"on_step_end": {"should_training_stop": True}}}
     job = job_bundle(
-        tmp_path, "job-b", [("metrics_collector", None), ("log_phases", None), ("adversary", stop)]
+        tmp_path / "job-b",
+        [("metrics_collector", None), ("log_phases", None), ("adversary", stop)],
     )
     _, ranks = fit(
         tmp_path, "b", {**base, "job": str(job), "max_steps": 16}, checkpoint=result.checkpoint

@@ -57,7 +57,7 @@ class Fetch:
 
     source: str
     dest: Root
-    job: Root | None
+    job: Root
     retries: int
     stall_s: float
     max_bytes: int
@@ -131,8 +131,6 @@ def _transfer(f: ModelFile, fetch: Fetch, part: PurePosixPath, budget: int) -> t
     """Writes the file's bytes to ``part``; returns its size and the bytes
     reused from an earlier partial transfer."""
     if fetch.source.startswith("file://"):
-        if fetch.job is None:
-            raise FetchError("a file:// source needs the job's folder")
         base = fetch.source[len("file://") :]
         rel = relative("model_source", base) / f.path if base not in ("", ".") else f.path
         with fetch.job.open_read(rel, budget) as src, fetch.dest.open_write(part) as out:

@@ -317,10 +317,9 @@ def confine_source(source: Any, field_name: str, base: str | None = None) -> str
 # In each node's download task.
 
 
-def _node_bundle(spec: dict[str, Any], bundle: list[Any]) -> tuple[Root, str]:
+def _node_bundle(spec: dict[str, Any], bundle: list[Any], node_id: str) -> tuple[Root, str]:
     """This node's cache folder, and the job bundle unpacked in it (fetched
     from the object store only if this node has not unpacked it before)."""
-    node_id = ray.get_runtime_context().get_node_id()
     node_cache = Root(spec["cache_root"], create=True).dir(
         PurePosixPath(f"node-{node_id}"), create=True
     )
@@ -336,7 +335,7 @@ def _node_download(spec: dict[str, Any], bundle: list[Any]) -> dict[str, Any]:
     node_id = ray.get_runtime_context().get_node_id()
     rank = spec["ranks"][node_id]
     restore_trap_handlers()
-    node_cache, job = _node_bundle(spec, bundle)
+    node_cache, job = _node_bundle(spec, bundle, node_id)
     models = node_cache.dir(PurePosixPath("models"), create=True)
     policy = Policy.from_toml(spec["operator"], spec["operator_base"])
     session = Session(policy, job=job, cache_dir=os.path.join(node_cache.path, "compiled"))
@@ -437,7 +436,8 @@ class _Engine:
     ) -> dict[str, Any]:
         """Starts the engine in the job's bundle on this node, as the CLI
         starts it in the job's folder, and waits until it is ready."""
-        _, cwd = _node_bundle(spec, bundle)
+        node_id = ray.get_runtime_context().get_node_id()
+        _, cwd = _node_bundle(spec, bundle, node_id)
         with socket.socket() as s:
             s.bind(("127.0.0.1", 0))
             port = s.getsockname()[1]
@@ -508,7 +508,7 @@ class _Engine:
             "argv": argv,
             "ready_ms": int((time.monotonic() - started) * 1000),
             "url": url,
-            "node_id": ray.get_runtime_context().get_node_id(),
+            "node_id": node_id,
             "node_ip": ray.util.get_node_ip_address(),
         }
 
