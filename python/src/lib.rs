@@ -184,6 +184,11 @@ mod traps;
 #[pyclass(module = "wasmhooks._native", frozen)]
 struct Policy {
     inner: wasmhooks::Policy,
+    /// The TOML and the folder its relative paths resolve against, so a
+    /// policy pickles (to a Ray task or a daft worker) as the text it was
+    /// read from and is checked again where it lands.
+    text: String,
+    base: std::path::PathBuf,
 }
 
 #[pymethods]
@@ -192,8 +197,22 @@ impl Policy {
     /// resolve against the file's folder.
     #[staticmethod]
     fn from_file(py: Python<'_>, path: std::path::PathBuf) -> PyResult<Self> {
-        let inner = wasmhooks::Policy::from_file(path).map_err(|e| py_err(py, e))?;
-        Ok(Policy { inner })
+        // Read once and parse that text: the text kept for pickling is the
+        // text checked, whatever happens to the file afterwards.
+        let named = |message: String| wasmhooks::Error::Policy {
+            source_name: path.display().to_string(),
+            message,
+        };
+        let text = std::fs::read_to_string(&path).map_err(|e| py_err(py, named(e.to_string())))?;
+        let base = path
+            .parent()
+            .unwrap_or(std::path::Path::new("."))
+            .to_owned();
+        let inner = wasmhooks::Policy::from_toml_str(&text, &base).map_err(|e| match e {
+            wasmhooks::Error::Policy { message, .. } => py_err(py, named(message)),
+            other => py_err(py, other),
+        })?;
+        Ok(Policy { inner, text, base })
     }
 
     /// Parses an operator config; relative folders resolve against `base_dir`.
@@ -206,7 +225,43 @@ impl Policy {
     ) -> PyResult<Self> {
         let base = base_dir.unwrap_or_else(|| ".".into());
         let inner = wasmhooks::Policy::from_toml_str(text, &base).map_err(|e| py_err(py, e))?;
-        Ok(Policy { inner })
+        Ok(Policy {
+            inner,
+            text: text.to_owned(),
+            base,
+        })
+    }
+
+    fn __reduce__<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyAny>> {
+        let from_toml = py.get_type::<Policy>().getattr("from_toml")?;
+        (from_toml, (self.text.as_str(), self.base.as_path()))
+            .into_pyobject(py)
+            .map(Bound::into_any)
+    }
+
+    /// The folders the operator granted plugin `name`: `{"read": [(host,
+    /// guest), ...], "readwrite": [...]}`, for a runner that writes or reads
+    /// a file a plugin names by its guest path (and must keep it inside).
+    fn folders<'py>(&self, py: Python<'py>, name: &str) -> PyResult<Bound<'py, PyAny>> {
+        let plugin = self
+            .inner
+            .plugins()
+            .iter()
+            .find(|p| p.name == name)
+            .ok_or_else(|| {
+                PolicyError::new_err(format!("the operator allows no plugin {name:?}"))
+            })?;
+        let pairs = |grants: &[wasmhooks::DirGrant]| -> Vec<(String, String)> {
+            grants
+                .iter()
+                .map(|g| (g.host.to_string_lossy().into_owned(), g.guest.clone()))
+                .collect()
+        };
+        let out = serde_json::json!({
+            "read": pairs(&plugin.grants.read),
+            "readwrite": pairs(&plugin.grants.read_write),
+        });
+        to_py(py, &out)
     }
 
     /// The names of the plugins the operator allows, in the config's order.

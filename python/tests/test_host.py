@@ -170,3 +170,25 @@ def test_the_package_ships_its_types():
 
     assert (files("wasmhooks") / "py.typed").is_file()
     assert (files("wasmhooks") / "_native.pyi").is_file()
+
+
+def test_a_policy_pickles_as_the_text_it_was_read_from(operator, tmp_path):
+    """A policy crosses to a Ray task or a daft worker and is checked again
+    there; relative folders still resolve against the config's folder."""
+    op = operator(
+        allow(
+            "metrics-logger", "metrics_logger", 'readwrite = [{ host = "logs", guest = "/logs" }]'
+        )
+    )
+    policy = Policy.from_file(op)
+    op.write_text("garbage that would not parse")
+    again = pickle.loads(pickle.dumps(policy))
+    assert again.plugins == ["metrics-logger"]
+    assert again.folders("metrics-logger") == {
+        "read": [],
+        "readwrite": [[f"{tmp_path}/logs", "/logs"]],
+    }
+    with pytest.raises(PolicyError, match='allows no plugin "nobody"'):
+        again.folders("nobody")
+    with pytest.raises(PolicyError, match=f"operator config {op}"):
+        Policy.from_file(op)

@@ -52,7 +52,7 @@ pub use files::read_regular;
 pub use inspect::Inspection;
 pub use loading::{Plugin, sha256_hex};
 pub use manifest::{ALL_PHASES, Manifest};
-pub use policy::{EngineTemplate, JobLimits, OnError, PluginPolicy, Policy};
+pub use policy::{DirGrant, EngineTemplate, JobLimits, OnError, PluginPolicy, Policy};
 pub use text::clean as clean_text;
 
 /// The version of the `wasmhooks:plugin` WIT package this host implements.
