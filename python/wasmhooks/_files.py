@@ -196,7 +196,7 @@ class Root:
             os.close(a)
             os.close(b)
 
-    def write_atomic(self, rel: PurePosixPath, data: bytes) -> None:
+    def write_atomic(self, rel: PurePosixPath, data: bytes | memoryview) -> None:
         """Writes ``data`` to a fresh file beside ``rel`` and renames it over ``rel``."""
         tmp = rel.with_name(f".{rel.name}.{os.getpid()}.tmp")
         self.remove(tmp)

@@ -38,6 +38,7 @@ impl Plugin for PipelineLogger {
             .order(10)
             .reads([
                 "pipeline",
+                "nodes",
                 "node",
                 "batch",
                 "cache_hit",

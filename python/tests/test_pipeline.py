@@ -1,0 +1,368 @@
+"""The pipeline lifecycle on daft: real DataFrames of 100k rows, the cache
+plugins built from plugins/, files in real folders; one test on daft's Ray
+runner against the local Ray cluster."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import daft
+import numpy as np
+import pyarrow as pa
+import pytest
+from conftest import allow, job_bundle, plugin
+from daft import DataType
+from features import expected, pipeline, transactions
+
+from wasmhooks import PluginError
+from wasmhooks.pipeline import Node, Pipeline, PipelineError, PipelineRunner, node
+
+ROWS = 100_000
+CACHE_KEYS = ["cache_signature", "cache_hit", "skip_execution", "cached_path"]
+
+
+def grants(tmp_path: Path, adversary: str = "") -> list[str]:
+    """The operator's entries: the cache plugins sharing one read-write
+    folder, the logger with its own, and the adversary if asked for."""
+    (tmp_path / "cache").mkdir(exist_ok=True)
+    (tmp_path / "logs").mkdir(exist_ok=True)
+    cache = f'readwrite = [{{ host = "{tmp_path}/cache", guest = "/cache" }}]'
+    entries = [
+        allow("cache-check", "cache_check", f"write = {json.dumps(CACHE_KEYS)}\n{cache}"),
+        allow("cache-store", "cache_store", f'write = ["cache_store"]\n{cache}'),
+        allow("cache-stats", "cache_stats", 'write = ["cache_stats"]'),
+        allow(
+            "pipeline-logger",
+            "pipeline_logger",
+            f'readwrite = [{{ host = "{tmp_path}/logs", guest = "/logs" }}]',
+        ),
+    ]
+    if adversary:
+        entries.append(allow("adversary", "adversary", adversary))
+    return entries
+
+
+CACHE = [
+    (plugin("cache_check"), {"dir": "/cache"}),
+    (plugin("cache_store"), {"dir": "/cache"}),
+    plugin("cache_stats"),
+]
+LOGGER = (plugin("pipeline_logger"), {"path": "/logs/pipeline.jsonl"})
+
+
+def events(tmp_path: Path) -> list[dict]:
+    lines = (tmp_path / "logs/pipeline.jsonl").read_text().splitlines()
+    return [json.loads(line) for line in lines]
+
+
+def check_features(out: daft.DataFrame, cols: dict[str, np.ndarray]) -> None:
+    table = out.to_arrow()
+    for name, want in expected(cols).items():
+        got = table.column(name).to_numpy()
+        if want.dtype.kind == "f":
+            np.testing.assert_allclose(got, want, rtol=1e-12)
+        else:
+            assert list(got) == list(want), name
+
+
+def test_second_run_reads_every_node_from_the_cache_and_a_changed_input_reruns_its_descendants(
+    operator, tmp_path, cache_dir
+):
+    op = operator(*grants(tmp_path))
+    cols = transactions(ROWS)
+    with PipelineRunner(pipeline(), op, [*CACHE, LOGGER], cache_dir=cache_dir) as runner:
+        out = runner.run(daft.from_pydict(cols))
+        check_features(out, cols)
+        first = runner.report
+        assert first.outcomes() == dict.fromkeys(
+            ["log_amount", "unit_price", "category_upper", "merchant_clean", "score"], "computed"
+        )
+        stats = first.data["cache_stats"]
+        assert (stats["hits"], stats["misses"], stats["stores"]) == (0, 5, 5)
+        stored = sorted(p.name for p in (tmp_path / "cache").iterdir())
+        assert len(stored) == 10 and sum(n.endswith(".arrow") for n in stored) == 5
+
+        out = runner.run(daft.from_pydict(cols))
+        check_features(out, cols)
+        assert set(runner.report.outcomes().values()) == {"cached"}
+        stats = runner.report.data["cache_stats"]
+        assert (stats["hits"], stats["misses"], stats["stores"]) == (5, 0, 0)
+        assert stats["bytes_read"] == first.data["cache_stats"]["bytes_written"] > 0
+
+        # Only qty changes: unit_price and score (its descendant) rerun.
+        changed = {**cols, "qty": (cols["qty"] + 1) % 10}
+        out = runner.run(daft.from_pydict(changed))
+        check_features(out, changed)
+        assert runner.report.outcomes() == {
+            "log_amount": "cached",
+            "unit_price": "computed",
+            "category_upper": "cached",
+            "merchant_clean": "cached",
+            "score": "computed",
+        }
+    # The logger ran in the background on every phase, and saw every batch.
+    assert {c["kind"] for c in first.calls if c["plugin"] == "pipeline-logger"} == {"queued"}
+    seen = events(tmp_path)
+    kinds = {e["event"] for e in seen}
+    assert {"on_pipeline_begin", "on_node_begin", "on_batch_begin", "on_batch_end"} <= kinds
+    assert {"on_cache_miss", "on_cache_store", "on_cache_hit", "on_pipeline_end"} <= kinds
+    queries = [e for e in seen if e["event"] == "on_query_end"]
+    assert queries, "daft's own query events reach subscribers"
+    assert ["score"] in [q["nodes"] for q in queries] and all(q["query"]["id"] for q in queries)
+    batches = [e for e in seen if e["event"] == "on_batch_end" and e["node"] == "log_amount"]
+    assert sum(e["batch"]["rows"] for e in batches) == ROWS
+
+
+def test_plugins_run_by_order_not_by_listing(operator, tmp_path, cache_dir):
+    """The adversary (order 0) is listed after cache-check (order 25) and
+    clears skip_execution at on_node_begin: it runs first, so cache-check's
+    hit stands. At on_cache_check, after cache-check, clearing it vetoes."""
+    op = operator(*grants(tmp_path, 'write = ["skip_execution"]'))
+    cols = transactions(ROWS)
+    df = daft.from_pydict(cols)
+    with PipelineRunner(pipeline(), op, CACHE[:2], cache_dir=cache_dir) as warm:
+        warm.run(df)
+    early = {"updates": {"on_node_begin": {"skip_execution": False}}}
+    plugins = [*CACHE[:2], (plugin("adversary"), early)]
+    with PipelineRunner(pipeline(), op, plugins, cache_dir=cache_dir) as runner:
+        runner.run(df)
+        assert set(runner.report.outcomes().values()) == {"cached"}
+        order = [c["plugin"] for c in runner.report.calls if c["phase"] == "on_node_begin"]
+        assert order[:2] == ["adversary", "cache-check"]
+    veto = {"updates": {"on_cache_check": {"skip_execution": None}}}
+    plugins = [*CACHE[:2], (plugin("adversary"), veto)]
+    with PipelineRunner(pipeline(), op, plugins, cache_dir=cache_dir) as runner:
+        check_features(runner.run(df), cols)
+        assert set(runner.report.outcomes().values()) == {"computed"}
+
+
+def failing_pipeline() -> Pipeline:
+    @node(inputs=["amount"], dtype=DataType.float64())
+    def broken(amount):
+        raise ValueError("the model server is down")
+
+    @node(inputs=["broken"], dtype=DataType.float64())
+    def after(broken):
+        return broken.to_arrow()
+
+    return Pipeline([broken, after], name="failing")
+
+
+def test_a_failing_node_fires_the_error_phases_and_fails_the_run(operator, tmp_path, cache_dir):
+    op = operator(*grants(tmp_path))
+    with PipelineRunner(failing_pipeline(), op, [LOGGER], cache_dir=cache_dir) as runner:
+        with pytest.raises(PipelineError, match=r"node 'broken' failed.*model server is down") as e:
+            runner.run(daft.from_pydict({"amount": [1.0, 2.0]}))
+        assert e.value.node == "broken"
+        assert runner.report.data["status"] == "error"
+        assert runner.report.data["error"]["message"] == "the model server is down"
+    seen = [e["event"] for e in events(tmp_path)]
+    assert seen[-3:] == ["on_node_error", "on_pipeline_error", "on_pipeline_end"]
+    assert "after" not in {e.get("node") for e in events(tmp_path)}
+
+
+def test_a_plugin_may_let_the_run_go_on_with_nulls(operator, tmp_path, cache_dir):
+    op = operator(*grants(tmp_path, 'write = ["error_action"]'))
+    ignore = {"updates": {"on_node_error": {"error_action": "ignore"}}}
+    plugins = [(plugin("adversary"), ignore)]
+    with PipelineRunner(failing_pipeline(), op, plugins, cache_dir=cache_dir) as runner:
+        table = runner.run(daft.from_pydict({"amount": [1.0, 2.0]})).to_arrow()
+        assert runner.report.outcomes() == {"broken": "ignored", "after": "computed"}
+    assert table.column("broken").null_count == 2 and table.column("after").null_count == 2
+
+
+@pytest.mark.parametrize("on_error", ["fail", "skip"])
+def test_the_operator_decides_when_a_plugin_fails_at_on_node_error(
+    operator, tmp_path, cache_dir, on_error
+):
+    op = operator(*grants(tmp_path, f'on_error = "{on_error}"'))
+    plugins = [(plugin("adversary"), {"panic_on": "on_node_error"})]
+    with PipelineRunner(failing_pipeline(), op, plugins, cache_dir=cache_dir) as runner:
+        expected_error = PluginError if on_error == "fail" else PipelineError
+        with pytest.raises(expected_error) as e:
+            runner.run(daft.from_pydict({"amount": [1.0]}))
+    if on_error == "fail":
+        assert e.value.plugin == "adversary" and "on_node_error" in str(e.value)
+        assert "model server is down" in str(e.value.__cause__)
+
+
+HOSTILE = [
+    ({"skip_execution": True, "cached_path": "/etc/passwd"}, "outside its grants"),
+    ({"skip_execution": True, "cached_path": "/cache/../../etc/passwd"}, "no '..'"),
+    ({"skip_execution": True, "cached_path": "/cache/junk.arrow"}, "ArrowInvalid"),
+    ({"skip_execution": True, "cached_path": "/cache/link.arrow"}, "OSError"),
+    ({"skip_execution": True, "cached_path": "/cache/fifo.arrow"}, "OSError"),
+    ({"skip_execution": True, "cached_path": "/cache/other.arrow"}, "rows, not"),
+    ({"skip_execution": True, "cached_value": [1, "x"]}, "ArrowInvalid|ArrowTypeError"),
+    ({"skip_execution": True}, "no plugin of this phase set it"),
+]
+
+
+@pytest.mark.parametrize(("script", "reason"), HOSTILE)
+def test_a_hostile_cache_entry_is_a_miss_and_the_node_is_computed(
+    operator, tmp_path, cache_dir, script, reason
+):
+    """A plugin's path outside its grants, a `..`, garbage bytes, a symlink
+    out of the folder, a FIFO, a column of the wrong length, a value of the
+    wrong type: each is a miss with the reason, never a read outside."""
+    cache = tmp_path / "cache"
+    cache.mkdir()
+    (cache / "junk.arrow").write_bytes(b"ARROW1\x00\x00" + os.urandom(512))
+    (tmp_path / "secret.arrow").write_bytes(b"not for plugins")
+    (cache / "link.arrow").symlink_to(tmp_path / "secret.arrow")
+    os.mkfifo(cache / "fifo.arrow")
+    other = pa.table({"x": pa.array([1.0] * 3)})
+    with pa.ipc.new_file(cache / "other.arrow", other.schema) as w:
+        w.write_table(other)
+    readwrite = f'readwrite = [{{ host = "{cache}", guest = "/cache" }}]'
+    op = operator(*grants(tmp_path, f'write = ["*"]\n{readwrite}'))
+    plugins = [
+        (
+            plugin("adversary"),
+            {"updates": {"on_node_begin": {**script, "cache_signature": "0" * 64}}},
+        )
+    ]
+    cols = {"amount": np.arange(10, dtype=float), "qty": np.ones(10, dtype=int)}
+    one = Pipeline([n for n in pipeline().nodes if n.name == "unit_price"])
+    with PipelineRunner(one, op, plugins, cache_dir=cache_dir) as runner:
+        out = runner.run(daft.from_pydict(cols)).to_arrow()
+        assert runner.report.outcomes() == {"unit_price": "computed"}
+        misses = [c for c in runner.report.calls if c["phase"] == "on_cache_miss"]
+        assert misses, "the miss was fired"
+        assert __import__("re").search(reason, runner.report.data["cache_miss_reason"])
+    assert out.column("unit_price").to_pylist() == list(np.arange(10, dtype=float))
+
+
+def test_a_store_path_outside_the_grant_writes_nothing(operator, tmp_path, cache_dir):
+    cache = tmp_path / "cache"
+    cache.mkdir()
+    readwrite = f'readwrite = [{{ host = "{cache}", guest = "/cache" }}]'
+    op = operator(*grants(tmp_path, f'write = ["*"]\n{readwrite}'))
+    for path in ["/cache/../escaped.arrow", "/elsewhere/x.arrow", "/cache"]:
+        script = {"updates": {"on_node_end": {"cache_store": path}}}
+        one = Pipeline([n for n in pipeline().nodes if n.name == "log_amount"])
+        with PipelineRunner(one, op, [(plugin("adversary"), script)], cache_dir=cache_dir) as r:
+            r.run(daft.from_pydict({"amount": [1.0, 2.0]}))
+            assert "cache_store_error" in r.report.data, path
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["cache", "logs", "operator.toml"]
+    assert list(cache.iterdir()) == []
+
+
+def test_a_bundle_lists_its_pipeline_and_the_program_supplies_the_functions(
+    operator, tmp_path, cache_dir
+):
+    import features
+
+    nodes = [
+        {"name": n.name, "inputs": list(n.inputs), "dtype": dtype, "version": "1"}
+        for n, dtype in [
+            (features.log_amount, "float64"),
+            (features.unit_price, "float64"),
+            (features.category_upper, "string"),
+            (features.merchant_clean, "string"),
+            (features.score, "float64"),
+        ]
+    ]
+    text = '[pipeline]\nname = "bundled"\n' + "".join(
+        "[[pipeline.node]]\n" + "".join(f"{k} = {json.dumps(v)}\n" for k, v in n.items())
+        for n in nodes
+    )
+    job = job_bundle(
+        tmp_path / "job",
+        [("cache_check", {"dir": "/cache"}), ("cache_store", {"dir": "/cache"})],
+        text,
+    )
+    op = operator(*grants(tmp_path))
+    functions = {n.name: n.fn for n in features.NODES}
+    cols = transactions(1000)
+    with PipelineRunner(None, op, job=job, functions=functions, cache_dir=cache_dir) as runner:
+        assert runner.pipeline.name == "bundled"
+        check_features(runner.run(daft.from_pydict(cols)), cols)
+        runner.run(daft.from_pydict(cols))
+        assert set(runner.report.outcomes().values()) == {"cached"}
+
+    bad = text.replace('dtype = "string"', 'dtype = "tensor"')
+    job_bundle(tmp_path / "job", [], bad)
+    with pytest.raises(PipelineError, match=r"pipeline.node\[2\].dtype = 'tensor'"):
+        PipelineRunner(None, op, job=job, functions=functions, cache_dir=cache_dir)
+    with pytest.raises(PipelineError, match=r"pipeline.node\[0\].function = 'log_amount': no such"):
+        PipelineRunner(None, op, job=job, functions={}, cache_dir=cache_dir)
+
+
+def test_malformed_pipelines_are_refused_naming_the_nodes():
+    def f(x):
+        return x
+
+    a = Node("a", f, ("b",), DataType.int64())
+    b = Node("b", f, ("a",), DataType.int64())
+    with pytest.raises(PipelineError, match="a, b depend on each other in a cycle"):
+        Pipeline([a, b])
+    with pytest.raises(PipelineError, match="two nodes are named 'a'"):
+        Pipeline([a, a])
+    p = Pipeline([Node("y", f, ("x",), DataType.int64())])
+    assert p.sources == ("x",)
+
+
+RAY_SCRIPT = """
+import json, os, sys
+import daft, ray
+ray.init(address=sys.argv[1], log_to_driver=False)
+daft.set_runner_ray(address=sys.argv[1])
+from features import pipeline, transactions, expected
+from wasmhooks.pipeline import PipelineRunner
+plugins = json.loads(sys.argv[3])
+cols = transactions(int(sys.argv[4]))
+out = []
+with PipelineRunner(pipeline(), sys.argv[2], plugins, cache_dir=sys.argv[5], partitions=4) as r:
+    for _ in range(2):
+        table = r.run(daft.from_pydict(cols)).to_arrow()
+        want = expected(cols)
+        floats = [k for k, v in want.items() if v.dtype.kind == "f"]
+        ok = all(abs(table.column(k).to_numpy() - want[k]).max() < 1e-9 for k in floats)
+        ok = ok and table.column("merchant_clean").to_pylist() == list(want["merchant_clean"])
+        report = r.report
+        mode = report.data["mode"]
+        out.append({"outcomes": report.outcomes(), "mode": mode, "ok": ok, "pid": os.getpid()})
+print(json.dumps(out))
+ray.shutdown()
+"""
+
+
+def test_the_same_pipeline_on_daft_s_ray_runner(ray_cluster, operator, tmp_path, cache_dir):
+    """daft's runner is fixed per process, so the Ray run is a driver of its
+    own on the session's two-node cluster; batch hooks fire in Ray workers."""
+    op = operator(*grants(tmp_path))
+    plugins = [[str(p), c] for p, c in [*CACHE[:2], LOGGER]]
+    env = {
+        **os.environ,
+        "PYTHONPATH": os.pathsep.join(
+            [str(Path(__file__).parent), os.environ.get("PYTHONPATH", "")]
+        ),
+    }
+    run = subprocess.run(
+        [
+            sys.executable,
+            "-c",
+            RAY_SCRIPT,
+            ray_cluster.address,
+            str(op),
+            json.dumps(plugins),
+            str(ROWS),
+            str(cache_dir),
+        ],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert run.returncode == 0, run.stderr[-4000:]
+    first, second = json.loads(run.stdout.strip().splitlines()[-1])
+    assert first["mode"] == "ray" and first["ok"] and second["ok"]
+    assert set(first["outcomes"].values()) == {"computed"}
+    assert set(second["outcomes"].values()) == {"cached"}
+    workers = {e["batch"]["worker"] for e in events(tmp_path) if e["event"] == "on_batch_begin"}
+    assert workers and all(not w.endswith(f":{first['pid']}") for w in workers)

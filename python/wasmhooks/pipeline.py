@@ -1,0 +1,928 @@
+"""Sandboxed callbacks around the nodes of a data pipeline, run on daft.
+
+A :class:`Pipeline` is a small DAG of named nodes; each node is a Python
+function over columns (it gets one ``daft.Series`` per input and returns a
+column), and its output is a column named after it. :class:`PipelineRunner`
+executes it on a daft DataFrame, one node at a time in dependency order,
+each node as a daft batch UDF (on daft's native runner, or on Ray when
+daft's runner is Ray), and fires the wasmhooks pipeline phases around it:
+
+``on_pipeline_begin``
+    ``pipeline``, ``nodes`` (names in run order), ``mode`` (daft's runner:
+    ``native`` or ``ray``), ``inputs`` (the source columns).
+``on_node_begin``
+    ``node``, ``node_version``, ``inputs``: ``{"columns", "rows",
+    "signature", "signatures"}``. A plugin that sets ``skip_execution`` here
+    skips the node, given where its result lives: ``cached_path`` (an Arrow
+    IPC file under a folder the operator granted that plugin) or
+    ``cached_value`` (the column itself, as a list). Cache plugins also set
+    ``cache_signature`` and ``cache_hit``.
+``on_cache_check``
+    After ``on_node_begin`` when a plugin keyed the node (set
+    ``cache_signature``), before the runner reads anything: the place to
+    veto a hit (remove ``skip_execution``) or to log the lookup.
+``on_cache_hit`` / ``on_cache_miss``
+    The runner read the cached column (``cache_bytes``), or there was none
+    or it was unusable (``cache_miss_reason``; the node is computed).
+``on_batch_begin`` / ``on_batch_end``
+    Around every batch the node's UDF gets, where daft runs it (a Ray
+    worker, on Ray): ``node``, ``batch`` (``index`` within this worker,
+    ``rows``, ``worker``), and at the end ``elapsed_ms``. The plugins that
+    subscribe to them load in the worker from their bytes (compiled once
+    per worker process, from the compile cache); their updates stay there.
+``on_node_end``
+    ``outputs``: ``{"columns", "rows", "signature", "dtype"}``,
+    ``cache_hit``, ``elapsed_ms``. A plugin that sets ``cache_store`` (a
+    path under a folder the operator granted it read-write) has the runner
+    write the result there, then gets ``on_cache_store`` with
+    ``cached_path`` and ``cache_bytes``.
+``on_node_error``
+    The node's function raised: ``error`` (``node``, ``type``,
+    ``message``). A plugin may set ``error_action`` to ``ignore``, and the
+    node's column is nulls and the run goes on (daft's own ``on_error``
+    semantics); otherwise the run fails with :class:`PipelineError`.
+``on_pipeline_error`` / ``on_pipeline_end``
+    The run failed (``error``); the run ended, on every exit path, with
+    ``status`` (``ok`` or ``error``) and ``elapsed_ms``.
+
+daft's own query events (its ``Subscriber`` API) are surfaced as
+``on_query_begin``, ``on_query_end``, ``on_operator_begin`` and
+``on_operator_end`` (``query``: its id, an operator's name, a duration;
+``nodes``: the nodes the query computes) for plugins that subscribe to
+them; they only observe (a fresh map each, so updates change nothing).
+
+The nodes of one level (none needs another's output) begin one after the
+other, are computed together in one daft query, and end one after the
+other; each node's keys are its own at its end phases.
+
+Bulk data never crosses the sandbox: the runner hashes columns, reads and
+writes cached columns and hands plugins names, counts and signatures. A
+path a plugin leaves is untrusted: it must lie under a folder the operator
+granted that very plugin, is opened without following a symlink, and a
+cached file must be a valid Arrow file of one column of the node's type
+and row count, within the operator's ``max_file_mib``, or it is a miss.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import os
+import socket
+import threading
+import time
+import uuid
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import PurePosixPath
+from typing import Any
+
+import blake3
+import daft
+import pyarrow as pa
+from daft import DataType
+from daft.subscribers import Subscriber
+
+from wasmhooks._files import JobPathError, Root, relative
+from wasmhooks._native import Hooks, Host, Plugin, PluginError, Policy, WasmHooksError
+from wasmhooks._session import PathLike, PluginSpec, Session, default_cache
+
+#: The pipeline lifecycle's phases, in the order a successful node sees them.
+PHASES = (
+    "on_pipeline_begin",
+    "on_node_begin",
+    "on_cache_check",
+    "on_cache_hit",
+    "on_cache_miss",
+    "on_batch_begin",
+    "on_batch_end",
+    "on_node_end",
+    "on_cache_store",
+    "on_node_error",
+    "on_pipeline_error",
+    "on_pipeline_end",
+)
+#: daft's query events, surfaced for plugins that subscribe; observe-only.
+QUERY_PHASES = ("on_query_begin", "on_query_end", "on_operator_begin", "on_operator_end")
+#: Keys that describe one node; cleared before the next node begins, so a
+#: plugin's ``skip_execution`` for one node never skips another.
+NODE_KEYS = (
+    "node",
+    "node_version",
+    "inputs",
+    "outputs",
+    "skip_execution",
+    "cached_path",
+    "cached_value",
+    "cache_signature",
+    "cache_hit",
+    "cache_store",
+    "cache_bytes",
+    "cache_miss_reason",
+    "error",
+    "error_action",
+    "elapsed_ms",
+)
+#: daft types a job.toml may name for a node's output.
+DTYPES = {
+    "bool": DataType.bool,
+    "int32": DataType.int32,
+    "int64": DataType.int64,
+    "float32": DataType.float32,
+    "float64": DataType.float64,
+    "string": DataType.string,
+    "binary": DataType.binary,
+}
+
+
+class PipelineError(WasmHooksError):
+    """A pipeline is malformed, or a node failed; ``node`` names it (``None``
+    for the pipeline as a whole)."""
+
+    def __init__(self, message: str, node: str | None = None) -> None:
+        super().__init__(message)
+        self.node = node
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (PipelineError, (str(self), self.node))
+
+
+def code_version(fn: Callable[..., Any]) -> str:
+    """A digest of ``fn``'s code (bytecode, constants, names), the default
+    node version: editing the function misses the cache. Pass ``version``
+    to a node to keep its cache across Python versions or cosmetic edits."""
+    code = getattr(fn, "__code__", None)
+    if code is None:
+        return hashlib.sha256(repr(fn).encode()).hexdigest()[:16]
+    h = hashlib.sha256()
+    h.update(code.co_code)
+    h.update(repr(code.co_consts).encode())
+    h.update(repr(code.co_names).encode())
+    return h.hexdigest()[:16]
+
+
+@dataclass(frozen=True)
+class Node:
+    """One node: ``fn(*series)`` over the columns ``inputs`` (source columns
+    or other nodes' outputs), returning a column of ``dtype`` named ``name``
+    (a ``daft.Series``, a pyarrow array, a NumPy array or a list)."""
+
+    name: str
+    fn: Callable[..., Any]
+    inputs: tuple[str, ...]
+    dtype: DataType
+    version: str = ""
+    batch_size: int | None = None
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.name, str) or not self.name or len(self.name) > 128:
+            raise PipelineError(f"a node's name must be 1 to 128 characters, not {self.name!r}")
+        object.__setattr__(self, "inputs", tuple(self.inputs))
+        if not self.inputs:
+            raise PipelineError(f"node {self.name!r} has no inputs", self.name)
+        if not self.version:
+            object.__setattr__(self, "version", code_version(self.fn))
+        if self.batch_size is not None and not 1 <= self.batch_size <= 1 << 24:
+            raise PipelineError(f"node {self.name!r}: batch_size must be 1 to 2^24", self.name)
+
+
+def node(
+    *,
+    inputs: Sequence[str],
+    dtype: DataType,
+    name: str | None = None,
+    version: str = "",
+    batch_size: int | None = None,
+) -> Callable[[Callable[..., Any]], Node]:
+    """Declares a function a pipeline node: ``@node(inputs=["x"], dtype=DataType.float64())``."""
+
+    def wrap(fn: Callable[..., Any]) -> Node:
+        return Node(name or fn.__name__, fn, tuple(inputs), dtype, version, batch_size)
+
+    return wrap
+
+
+class Pipeline:
+    """Nodes in dependency order. An input no node produces is a source
+    column the DataFrame must have; a cycle or two nodes of one name are
+    refused, naming them."""
+
+    def __init__(self, nodes: Iterable[Node], name: str = "pipeline") -> None:
+        self.name = name
+        declared = list(nodes)
+        by_name: dict[str, Node] = {}
+        for n in declared:
+            if n.name in by_name:
+                raise PipelineError(f"two nodes are named {n.name!r}", n.name)
+            by_name[n.name] = n
+        self.sources = tuple(
+            dict.fromkeys(i for n in declared for i in n.inputs if i not in by_name)
+        )
+        # Kahn's algorithm, taking nodes in declaration order where free.
+        done: set[str] = set()
+        order: list[Node] = []
+        levels: list[tuple[Node, ...]] = []
+        pending = list(declared)
+        while pending:
+            ready = [n for n in pending if all(i in done or i not in by_name for i in n.inputs)]
+            if not ready:
+                stuck = ", ".join(n.name for n in pending)
+                raise PipelineError(f"the nodes {stuck} depend on each other in a cycle")
+            for n in ready:
+                order.append(n)
+                done.add(n.name)
+            levels.append(tuple(ready))
+            pending = [n for n in pending if n.name not in done]
+        self.nodes: tuple[Node, ...] = tuple(order)
+        #: The nodes by depth: each level needs only sources and earlier levels.
+        self.levels: tuple[tuple[Node, ...], ...] = tuple(levels)
+
+    @classmethod
+    def from_job(
+        cls, job_config: Mapping[str, Any], functions: Mapping[str, Callable[..., Any]]
+    ) -> Pipeline:
+        """The ``[pipeline]`` a job bundle lists, with each node's function
+        taken from ``functions`` by name. A job names functions, it never
+        brings code: the program that runs the pipeline supplies it."""
+        table = job_config.get("pipeline")
+        if not isinstance(table, dict):
+            raise PipelineError("job.toml has no [pipeline] table")
+        entries = table.get("node")
+        if not isinstance(entries, list) or not entries:
+            raise PipelineError("job.toml: [[pipeline.node]] must list at least one node")
+        if len(entries) > 1000:
+            raise PipelineError("job.toml: [[pipeline.node]] lists over 1000 nodes")
+        nodes = []
+        for i, e in enumerate(entries):
+            where = f"job.toml: pipeline.node[{i}]"
+            if not isinstance(e, dict):
+                raise PipelineError(f"{where} must be a table")
+            name = _field(e, "name", str, where)
+            fname = _field(e, "function", str, where, name)
+            if fname not in functions:
+                known = ", ".join(sorted(functions)) or "none"
+                raise PipelineError(f"{where}.function = {fname!r}: no such function ({known})")
+            inputs = _field(e, "inputs", list, where)
+            if not all(isinstance(x, str) and x for x in inputs):
+                raise PipelineError(f"{where}.inputs must be a list of column names")
+            dtype = _field(e, "dtype", str, where)
+            if dtype not in DTYPES:
+                raise PipelineError(f"{where}.dtype = {dtype!r}: one of {', '.join(DTYPES)}")
+            batch = e.get("batch_size")
+            if batch is not None and (isinstance(batch, bool) or not isinstance(batch, int)):
+                raise PipelineError(f"{where}.batch_size must be an integer")
+            version = _field(e, "version", str, where, "")
+            nodes.append(Node(name, functions[fname], inputs, DTYPES[dtype](), version, batch))
+        name = table.get("name", job_config.get("name", "pipeline"))
+        return cls(nodes, name=str(name))
+
+
+def _field(table: dict[str, Any], key: str, kind: type, where: str, default: Any = None) -> Any:
+    value = table.get(key, default)
+    if not isinstance(value, kind):
+        raise PipelineError(f"{where}.{key} must be a {kind.__name__}, not {value!r:.80}")
+    return value
+
+
+def column_signature(column: pa.ChunkedArray | pa.Array) -> str:
+    """A content signature of a column: the BLAKE3 of its Arrow IPC form
+    (type and values, not how it happens to be chunked). BLAKE3 because a
+    fully cached run is mostly this hashing, and it is about 3x SHA-256 per
+    core and uses every core on a large column, while staying a
+    cryptographic hash: no input can be made to hit another's entry."""
+    if isinstance(column, pa.ChunkedArray):
+        column = column.combine_chunks()
+    batch = pa.record_batch([column], names=["c"])
+    sink = pa.BufferOutputStream()
+    with pa.ipc.new_stream(sink, batch.schema) as w:
+        w.write_batch(batch)
+    return blake3.blake3(sink.getvalue(), max_threads=blake3.blake3.AUTO).hexdigest()
+
+
+def _signatures(table: pa.Table, columns: Sequence[str]) -> dict[str, str]:
+    """Each column's :func:`column_signature`, in threads (Arrow and BLAKE3
+    let go of the GIL, so columns hash side by side)."""
+    if len(columns) < 2:
+        return {c: column_signature(table.column(c)) for c in columns}
+    workers = min(len(columns), os.cpu_count() or 1, 8)
+    with ThreadPoolExecutor(workers, thread_name_prefix="wasmhooks-hash") as pool:
+        sigs = pool.map(lambda c: column_signature(table.column(c)), columns)
+        return dict(zip(columns, sigs))
+
+
+def _read_all(f: Any) -> pa.Buffer:
+    """The rest of ``f`` (bounded by its caller) in one Arrow buffer: read
+    straight into it, a copy, never a mapping (a plugin with the folder's
+    grant may truncate the file, and a mapped page past the end is a
+    SIGBUS)."""
+    size = os.fstat(f.fileno()).st_size
+    buf = pa.allocate_buffer(size)
+    view = memoryview(buf)
+    done = 0
+    while done < size:
+        n = f.readinto(view[done:])
+        if not n:
+            raise OSError(f"the file shrank while read ({done} of {size} bytes)")
+        done += n
+    return buf
+
+
+def _digest(*parts: str) -> str:
+    h = hashlib.sha256()
+    for p in parts:
+        h.update(len(p).to_bytes(8, "little"))
+        h.update(p.encode())
+    return h.hexdigest()
+
+
+@dataclass
+class NodeRun:
+    """What happened to one node: ``computed``, ``cached`` or ``ignored``
+    (it failed and a plugin let the run go on with nulls)."""
+
+    outcome: str
+    rows: int
+    elapsed_ms: float
+    signature: str
+
+
+@dataclass
+class _Pending:
+    """A node between its begin and its end phases: its keys of the data
+    map, and its column once cached, computed, or failed."""
+
+    node: Node
+    signature: str
+    keys: dict[str, Any]
+    column: Any
+    outcome: str
+
+
+@dataclass
+class PipelineReport:
+    """One run: each node's :class:`NodeRun`, the data map as the plugins
+    left it, and the wall time."""
+
+    nodes: dict[str, NodeRun] = field(default_factory=dict)
+    data: dict[str, Any] = field(default_factory=dict)
+    elapsed_ms: float = 0.0
+    #: Every plugin call in the driver, in order: ``phase``, ``plugin`` and
+    #: the outcome's ``kind`` (``applied``, ``queued`` for an observer,
+    #: ``failed``, ``disabled``).
+    calls: list[dict[str, str]] = field(default_factory=list)
+
+    def outcomes(self) -> dict[str, str]:
+        return {name: run.outcome for name, run in self.nodes.items()}
+
+
+@dataclass(frozen=True)
+class _WorkerPlugins:
+    """The plugins a batch UDF fires in its worker: their bytes (checked
+    against the operator's digests again where they load), configs, the job
+    config and the policy. Pickled into the UDF, so they reach Ray workers."""
+
+    policy: Policy
+    plugins: tuple[tuple[bytes, str, Any], ...]
+    job_config: Any
+    cache_dir: str | None
+    key: str
+
+
+@dataclass
+class _Worker:
+    """One runner's batch hooks in one process, and its batch counters."""
+
+    hooks: Hooks
+    batches: dict[str, int] = field(default_factory=dict)
+
+    def next_batch(self, node: str) -> int:
+        index = self.batches.get(node, 0)
+        self.batches[node] = index + 1
+        return index
+
+
+#: Batch hooks per process, by :attr:`_WorkerPlugins.key`: loaded by the
+#: first batch a process runs, reused by the rest; the newest 8 are kept.
+_WORKERS: dict[str, _Worker] = {}
+_WORKER_LOCK = threading.Lock()
+
+
+def _worker(spec: _WorkerPlugins) -> _Worker:
+    with _WORKER_LOCK:
+        worker = _WORKERS.get(spec.key)
+        if worker is None:
+            host = Host(spec.policy, cache_dir=spec.cache_dir)
+            pairs = [(host.load_bytes(b, name), config) for b, name, config in spec.plugins]
+            worker = _Worker(Hooks(spec.job_config, pairs, rank=0))
+            while len(_WORKERS) >= 8:
+                # Dropped, not closed: a runner may still hold its hooks.
+                _WORKERS.pop(next(iter(_WORKERS)))
+            _WORKERS[spec.key] = worker
+        return worker
+
+
+def _flush_workers(timeout: float) -> None:
+    """Waits for the observers of this process's batch hooks (the native
+    runner runs batches here); Ray workers' observers finish on their own."""
+    with _WORKER_LOCK:
+        workers = list(_WORKERS.values())
+    for w in workers:
+        w.hooks.flush(timeout)
+
+
+def _as_arrow(value: Any, rows: int, name: str) -> pa.Array:
+    if isinstance(value, daft.Series):
+        value = value.to_arrow()
+    elif not isinstance(value, (pa.Array, pa.ChunkedArray)):
+        value = pa.array(value)
+    if len(value) != rows:
+        raise PipelineError(f"node {name!r} returned {len(value)} rows for {rows}", name)
+    return value
+
+
+def _run_batch(
+    fn: Callable[..., Any],
+    name: str,
+    spec: _WorkerPlugins | None,
+    pipeline: str,
+    mode: str,
+    cols: tuple[daft.Series, ...],
+) -> pa.Array | pa.ChunkedArray:
+    """One batch of a node, in whichever process daft runs it."""
+    rows = len(cols[0])
+    if spec is None:
+        return _as_arrow(fn(*cols), rows, name)
+    worker = _worker(spec)
+    with _WORKER_LOCK:
+        index = worker.next_batch(name)
+    hooks = worker.hooks
+    batch = {"index": index, "rows": rows, "worker": f"{socket.gethostname()}:{os.getpid()}"}
+    data: dict[str, Any] = {"pipeline": pipeline, "node": name, "mode": mode, "batch": batch}
+    hooks.fire("on_batch_begin", data)
+    start = time.perf_counter()
+    out = _as_arrow(fn(*cols), rows, name)
+    data["elapsed_ms"] = (time.perf_counter() - start) * 1e3
+    hooks.fire("on_batch_end", data)
+    return out
+
+
+def _batch_udf(node: Node, spec: _WorkerPlugins | None, pipeline: str, mode: str) -> Any:
+    """The node's function as a daft batch UDF, firing the batch phases
+    around each batch when some plugin subscribes to them."""
+    fn, name = node.fn, node.name
+
+    # Only module-level names inside: cloudpickle sends this closure by
+    # value, and the module's locks and caches must stay per process.
+    def run(*cols: daft.Series) -> Any:
+        return _run_batch(fn, name, spec, pipeline, mode, cols)
+
+    run.__name__ = run.__qualname__ = name
+    return daft.func.batch(return_dtype=node.dtype, batch_size=node.batch_size)(run)
+
+
+class _QueryEvents(Subscriber):
+    """daft's query events, fired as observe-only phases: each gets a fresh
+    map, so a plugin's updates there change nothing."""
+
+    def __init__(self, hooks: Hooks, phases: set[str], base: Callable[[], dict[str, Any]]):
+        self.hooks, self.phases, self.base = hooks, phases, base
+        self.failures: list[str] = []
+
+    def _fire(self, phase: str, query: dict[str, Any]) -> None:
+        if phase not in self.phases:
+            return
+        try:
+            self.hooks.fire(phase, {**self.base(), "query": query})
+        except WasmHooksError as e:  # daft's thread must not raise; the run reports it
+            self.failures.append(str(e))
+
+    def on_query_started(self, event: Any) -> None:
+        self._fire("on_query_begin", {"id": event.query_id})
+
+    def on_query_finished(self, event: Any) -> None:
+        self._fire("on_query_end", {"id": event.query_id, "duration_ms": event.duration_ms})
+
+    def on_operator_start(self, event: Any) -> None:
+        q = {"id": event.query_id, "operator": event.name, "operator_id": event.node_id}
+        self._fire("on_operator_begin", q)
+
+    def on_operator_end(self, event: Any) -> None:
+        q = {"id": event.query_id, "operator": event.name, "operator_id": event.node_id}
+        self._fire("on_operator_end", q)
+
+    def on_optimization_started(self, event: Any) -> None:
+        pass
+
+    def on_optimization_completed(self, event: Any) -> None:
+        pass
+
+    def on_execution_started(self, event: Any) -> None:
+        pass
+
+    def on_execution_finished(self, event: Any) -> None:
+        pass
+
+    def on_query_heartbeat(self, event: Any) -> None:
+        pass
+
+    def on_stats(self, event: Any) -> None:
+        pass
+
+    def on_process_stats(self, event: Any) -> None:
+        pass
+
+
+class PipelineRunner:
+    """Runs a :class:`Pipeline` on daft with wasmhooks plugins.
+
+    ``operator`` is the operator's config (a path or a :class:`Policy`);
+    the plugins come as files (or ``(file, config)`` pairs) or as a job
+    bundle folder (``job``), loaded once, here, so a bad plugin fails
+    before any data moves. ``cache_dir`` keeps compiled plugins.
+    ``partitions`` splits the input for daft's Ray runner (the native
+    runner ignores it)."""
+
+    def __init__(
+        self,
+        pipeline: Pipeline | None,
+        operator: PathLike | Policy,
+        plugins: Sequence[PluginSpec] | None = None,
+        *,
+        job: PathLike | None = None,
+        functions: Mapping[str, Callable[..., Any]] | None = None,
+        cache_dir: PathLike | None = None,
+        partitions: int | None = None,
+        flush_timeout_s: float = 10.0,
+    ) -> None:
+        self.policy = (
+            operator if isinstance(operator, Policy) else Policy.from_file(os.fspath(operator))
+        )
+        cache = cache_dir if cache_dir is not None else default_cache()
+        self.cache_dir = os.fspath(cache) if cache is not None else None
+        self.session = Session(self.policy, plugins, job, self.cache_dir)
+        if pipeline is None:
+            if job is None or functions is None:
+                raise PipelineError("give a pipeline, or a job bundle and its functions")
+            pipeline = Pipeline.from_job(self.session.job_config, functions)
+        self.pipeline = pipeline
+        self.hooks = self.session.start(rank=0)
+        self.partitions = partitions
+        self.flush_timeout_s = flush_timeout_s
+        self.max_file_bytes = int(self.policy.job_limits["max_file_bytes"])
+        self.report = PipelineReport()
+        self._workers = self._worker_plugins()
+        if self._workers is not None:
+            # Batches daft runs in this process use these very hooks: one
+            # instance of each plugin here, as in any worker.
+            with _WORKER_LOCK:
+                _WORKERS[self._workers.key] = _Worker(self.hooks)
+        self._query_phases = {p for p in QUERY_PHASES if self.hooks.subscribers(p)}
+        #: The nodes of the daft query running now, for the query events.
+        self._running: list[str] = []
+
+    def _worker_plugins(self) -> _WorkerPlugins | None:
+        names = set(self.hooks.subscribers("on_batch_begin"))
+        names |= set(self.hooks.subscribers("on_batch_end"))
+        if not names:
+            return None
+        chosen: list[tuple[Plugin, Any]] = [
+            (p, c) for p, c in self.session.pairs if p.name in names
+        ]
+        plugins = []
+        cap = int(self.policy.job_limits["max_plugin_bytes"])
+        for p, config in chosen:
+            # A job's file: read as a regular file within the cap, never
+            # through a symlink; the worker checks its digest again.
+            folder, name = os.path.split(p.file)
+            with Root(folder) as root, root.open_read(PurePosixPath(name), cap) as f:
+                plugins.append((f.read(), p.name, config))
+        # Per runner: its own instances here, fresh ones in a worker.
+        key = _digest(uuid.uuid4().hex, *(p.sha256 + repr(c) for p, c in chosen))
+        return _WorkerPlugins(
+            self.policy, tuple(plugins), self.session.job_config, self.cache_dir, key
+        )
+
+    def close(self) -> None:
+        if self._workers is not None:
+            with _WORKER_LOCK:
+                _WORKERS.pop(self._workers.key, None)
+        self.hooks.close()
+
+    def __enter__(self) -> PipelineRunner:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # -- the run ---------------------------------------------------------
+
+    def run(self, df: daft.DataFrame) -> daft.DataFrame:
+        """Runs every node over ``df``; returns its columns with each node's
+        output added. :attr:`report` tells what each node did."""
+        start = time.perf_counter()
+        self.report = report = PipelineReport()
+        mode = daft.runners.get_or_create_runner().name
+        missing = [c for c in self.pipeline.sources if c not in df.column_names]
+        if missing:
+            raise PipelineError(f"the DataFrame has no column {', '.join(map(repr, missing))}")
+        table = df.to_arrow()
+        data = self.session.data
+        for key in [*NODE_KEYS, "status", "cache_stats"]:
+            data.pop(key, None)
+        signatures = _signatures(table, self.pipeline.sources)
+        base = {"pipeline": self.pipeline.name, "mode": mode}
+        status, failure = "error", None
+        events = _QueryEvents(
+            self.hooks, self._query_phases, lambda: {**base, "nodes": self._running}
+        )
+        alias = f"wasmhooks-{id(self)}"
+        if self._query_phases:
+            daft.attach_subscriber(alias, events)
+        try:
+            self._fire(
+                "on_pipeline_begin",
+                {
+                    **base,
+                    "nodes": [n.name for n in self.pipeline.nodes],
+                    "inputs": self._inputs(self.pipeline.sources, table.num_rows, signatures),
+                },
+            )
+            for level in self.pipeline.levels:
+                for n, column, run in self._level(level, table, signatures, mode):
+                    report.nodes[n.name] = run
+                    signatures[n.name] = run.signature
+                    if n.name in table.column_names:
+                        table = table.drop_columns([n.name])
+                    table = table.append_column(pa.field(n.name, column.type), column)
+            status = "ok"
+        except BaseException as e:
+            failure = e
+            error = {"node": None, "type": type(e).__name__, "message": str(e)[:2000]}
+            data.setdefault("error", error)
+            with _noted(e):
+                self._fire("on_pipeline_error", {})
+            raise
+        finally:
+            if self._query_phases:
+                daft.detach_subscriber(alias)
+            report.elapsed_ms = (time.perf_counter() - start) * 1e3
+            with _noted(failure):
+                self._fire("on_pipeline_end", {"status": status, "elapsed_ms": report.elapsed_ms})
+            self.hooks.flush(self.flush_timeout_s)
+            _flush_workers(self.flush_timeout_s)
+            report.data = dict(data)
+        if events.failures:
+            report.data["query_event_failures"] = events.failures
+        return daft.from_arrow(table)
+
+    def _fire(self, phase: str, values: dict[str, Any]) -> Any:
+        """Fires ``phase`` (when a plugin subscribes) with ``values`` merged
+        into the run's data map; returns the phase report."""
+        data = self.session.data
+        data.update(values)
+        report = self.hooks.fire(phase, data)
+        self.report.calls.extend(
+            {
+                "phase": phase,
+                "plugin": c["plugin"],
+                "kind": (c.get("outcome") or {}).get("kind", ""),
+            }
+            for c in report.calls
+        )
+        return report
+
+    @staticmethod
+    def _inputs(columns: Sequence[str], rows: int, sigs: Mapping[str, str]) -> dict[str, Any]:
+        mine = {c: sigs[c] for c in columns}
+        combined = _digest(*(f"{c}={s}" for c, s in mine.items()))
+        return {"columns": list(columns), "rows": rows, "signature": combined, "signatures": mine}
+
+    def _level(
+        self, level: Sequence[Node], table: pa.Table, sigs: Mapping[str, str], mode: str
+    ) -> list[tuple[Node, pa.Array | pa.ChunkedArray, NodeRun]]:
+        """The nodes of one level (none needs another's output): each one's
+        begin phases, then the ones not cached computed together in one
+        daft query, then each one's end phases."""
+        start = time.perf_counter()
+        pending = [self._begin(n, table, sigs) for n in level]
+        todo = [p for p in pending if p.column is None]
+        if todo:
+            results = self._compute([p.node for p in todo], table, mode)
+            for p in todo:
+                p.column = results[p.node.name]
+        elapsed = (time.perf_counter() - start) * 1e3
+        return [self._end(p, table.num_rows, elapsed) for p in pending]
+
+    def _begin(self, n: Node, table: pa.Table, sigs: Mapping[str, str]) -> _Pending:
+        data = self.session.data
+        for key in NODE_KEYS:
+            data.pop(key, None)
+        inputs = self._inputs(n.inputs, table.num_rows, sigs)
+        signature = _digest("node", n.name, n.version, inputs["signature"])
+        begin = self._fire(
+            "on_node_begin", {"node": n.name, "node_version": n.version, "inputs": inputs}
+        )
+        column = None
+        reports = [begin]
+        if "cache_signature" in data:
+            reports.insert(0, self._fire("on_cache_check", {}))
+        if data.get("skip_execution") is True:
+            column, reason, size = self._cached(n, table.num_rows, reports)
+            if column is not None:
+                self._fire("on_cache_hit", {"cache_hit": True, "cache_bytes": size})
+            else:
+                self._fire("on_cache_miss", {"cache_hit": False, "cache_miss_reason": reason})
+        elif "cache_signature" in data:
+            reason = "no entry"
+            self._fire("on_cache_miss", {"cache_hit": False, "cache_miss_reason": reason})
+        if column is None:
+            data.pop("skip_execution", None)
+        keys = {k: data[k] for k in NODE_KEYS if k in data}
+        return _Pending(n, signature, keys, column, "cached" if column is not None else "computed")
+
+    def _end(self, p: _Pending, rows: int, elapsed: float) -> tuple[Node, Any, NodeRun]:
+        data = self.session.data
+        n = p.node
+        # The node's own keys again: other nodes of its level began since.
+        for key in NODE_KEYS:
+            data.pop(key, None)
+        data.update(p.keys)
+        column = p.column
+        if isinstance(column, BaseException):
+            column = self._failed(n, rows, column)
+            p.outcome = "ignored"
+        outputs = {
+            "columns": [n.name],
+            "rows": len(column),
+            "signature": p.signature,
+            "dtype": str(n.dtype),
+        }
+        end = self._fire(
+            "on_node_end",
+            {"outputs": outputs, "cache_hit": p.outcome == "cached", "elapsed_ms": elapsed},
+        )
+        if p.outcome == "computed" and isinstance(data.get("cache_store"), str):
+            self._store(n, column, [end])
+        return n, column, NodeRun(p.outcome, len(column), elapsed, p.signature)
+
+    def _compute(
+        self, nodes: Sequence[Node], table: pa.Table, mode: str
+    ) -> dict[str, pa.Array | pa.ChunkedArray | Exception]:
+        """Each node's column (or what it raised): one daft query for all of
+        them; if that fails, each again alone, so the failure is the right
+        node's and the others keep their results."""
+        if len(nodes) > 1:
+            try:
+                return self._query(nodes, table, mode)
+            except Exception:
+                pass
+        out: dict[str, Any] = {}
+        for n in nodes:
+            try:
+                out.update(self._query([n], table, mode))
+            except Exception as e:
+                out[n.name] = e
+        return out
+
+    def _query(
+        self, nodes: Sequence[Node], table: pa.Table, mode: str
+    ) -> dict[str, pa.Array | pa.ChunkedArray]:
+        inputs = list(dict.fromkeys(c for n in nodes for c in n.inputs))
+        df = daft.from_arrow(table.select(inputs))
+        if self.partitions and mode == "ray":
+            df = df.into_partitions(self.partitions)
+        exprs = [
+            _batch_udf(n, self._workers, self.pipeline.name, mode)(*map(daft.col, n.inputs)).alias(
+                n.name
+            )
+            for n in nodes
+        ]
+        self._running = [n.name for n in nodes]
+        try:
+            out = df.select(*exprs).to_arrow()
+        finally:
+            self._running = []
+        columns = {}
+        for n in nodes:
+            column = out.column(n.name)
+            if len(column) != table.num_rows:
+                raise PipelineError(
+                    f"node {n.name!r} gave {len(column)} rows for {table.num_rows}", n.name
+                )
+            columns[n.name] = column
+        return columns
+
+    def _failed(self, n: Node, rows: int, e: Exception) -> pa.Array:
+        """Fires ``on_node_error``; nulls if a plugin says ``ignore``, else
+        :class:`PipelineError` (a plugin's own failure there, under the
+        operator's ``fail``, is the error raised, the node's as its cause)."""
+        data = self.session.data
+        cause = e.__cause__ if type(e).__name__ == "UDFException" and e.__cause__ else e
+        error = {"node": n.name, "type": type(cause).__name__, "message": str(cause)[:2000]}
+        try:
+            self._fire("on_node_error", {"error": error})
+        except PluginError as pe:
+            raise pe from e
+        if data.get("error_action") == "ignore":
+            return pa.nulls(rows, type=n.dtype.to_arrow_dtype())
+        raise PipelineError(
+            f"node {n.name!r} failed: {error['type']}: {error['message']}", n.name
+        ) from e
+
+    # -- the cache: files plugins name, kept inside their grants -----------
+
+    def _granted(
+        self, reports: Sequence[Any], key: str, writable: bool
+    ) -> tuple[str, str, PurePosixPath]:
+        """The plugin that last set ``key`` (``reports``: newest phase
+        first), the host folder its guest path falls in, and the path below
+        it."""
+        value = self.session.data.get(key)
+        setter = None
+        for report in reports:
+            for call in reversed(report.calls):
+                outcome = call.get("outcome") or {}
+                if key in (outcome.get("set") or []):
+                    setter = call["plugin"]
+                    break
+            if setter is not None:
+                break
+        if setter is None:
+            raise JobPathError(f"{key}: no plugin of this phase set it")
+        if not isinstance(value, str) or not value.startswith("/") or len(value) > 4096:
+            raise JobPathError(
+                f"{key} = {value!r:.200} from {setter!r} is not an absolute guest path"
+            )
+        folders = self.policy.folders(setter)
+        grants = folders["readwrite"] + ([] if writable else folders["read"])
+        path = PurePosixPath(value)
+        for host, guest in sorted(grants, key=lambda g: -len(g[1])):
+            try:
+                rest = path.relative_to(PurePosixPath(guest))
+            except ValueError:
+                continue
+            return setter, host, relative(f"{key} (from {setter!r})", str(rest))
+        kind = "read-write " if writable else ""
+        raise JobPathError(f"{key} = {value!r:.200} from {setter!r} is outside its {kind}grants")
+
+    def _cached(
+        self, n: Node, rows: int, reports: Sequence[Any]
+    ) -> tuple[pa.Array | pa.ChunkedArray | None, str, int]:
+        """The cached column, or ``None`` with why not; and its size."""
+        data = self.session.data
+        want = n.dtype.to_arrow_dtype()
+        try:
+            if "cached_value" in data:
+                column = pa.array(data["cached_value"], type=want)
+                size = column.nbytes
+            else:
+                _, host, rel = self._granted(reports, "cached_path", writable=False)
+                with Root(host) as root, root.open_read(rel, self.max_file_bytes) as f:
+                    raw = _read_all(f)
+                size = raw.size
+                table = pa.ipc.open_file(raw).read_all()
+                table.validate(full=True)
+                if table.num_columns != 1:
+                    return None, f"{table.num_columns} columns, not 1", size
+                column = table.column(0)
+            if len(column) != rows:
+                return None, f"{len(column)} rows, not {rows}", size
+            if column.type != want:
+                return None, f"type {column.type}, not {want}", size
+            return column, "", size
+        except (OSError, ValueError, TypeError, pa.ArrowException) as e:
+            return None, f"{type(e).__name__}: {str(e)[:300]}", 0
+
+    def _store(self, n: Node, column: pa.Array | pa.ChunkedArray, reports: Sequence[Any]) -> None:
+        data = self.session.data
+        try:
+            _, host, rel = self._granted(reports, "cache_store", writable=True)
+            table = pa.table({n.name: column})
+            sink = pa.BufferOutputStream()
+            with pa.ipc.new_file(sink, table.schema) as w:
+                w.write_table(table)
+            raw = sink.getvalue()
+            if raw.size > self.max_file_bytes:
+                raise OSError(f"{raw.size} bytes, over the operator's max_file_mib")
+            with Root(host) as root:
+                root.write_atomic(rel, memoryview(raw))
+        except (OSError, ValueError) as e:
+            # A cache that cannot be written costs a recomputation, not the run.
+            data["cache_store_error"] = f"{type(e).__name__}: {str(e)[:300]}"
+            return
+        self._fire("on_cache_store", {"cached_path": data["cache_store"], "cache_bytes": raw.size})
+
+
+@contextlib.contextmanager
+def _noted(primary: BaseException | None) -> Any:
+    """Runs a fire on a path that is already failing: a plugin error there
+    is noted on the error in flight rather than replacing it."""
+    try:
+        yield
+    except WasmHooksError as e:
+        if primary is None:
+            raise
+        note = getattr(primary, "add_note", None)  # Python 3.11+
+        if note is not None:
+            note(f"and then: {e}")
