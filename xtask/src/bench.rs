@@ -308,12 +308,45 @@ pub(crate) fn table(root: &Path) -> anyhow::Result<()> {
             );
         }
     }
+    if let Ok(text) = std::fs::read_to_string(root.join("target/tmp/bench-python.json")) {
+        pipeline_rows(&mut t, &serde_json::from_str(&text)?);
+    }
     let mut out = String::from("| measure | time | ratio | target |\n|---|---|---|---|\n");
     out.push_str(&t.0);
     out.push('\n');
     out.push_str(&languages_table(root)?);
     std::io::Write::write_all(&mut std::io::stdout(), out.as_bytes())?;
     Ok(())
+}
+
+/// The daft pipeline's rows: hooks on every batch against no plugins, and
+/// a fully cached run against the first.
+fn pipeline_rows(t: &mut Rows, py: &serde_json::Value) {
+    let num = |key: &str| py[key].as_f64().unwrap_or(0.0);
+    if !py["pipeline_hooks_ratio"].is_number() {
+        return;
+    }
+    t.row(
+        "daft pipeline, 1M rows, 5 nodes: hooks on every phase and batch",
+        fmt_ns(num("pipeline_hooks_ms") * 1e6),
+        format!(
+            "{:.3}x the same runner without plugins ({}), paired; daft alone {}",
+            num("pipeline_hooks_ratio"),
+            fmt_ns(num("pipeline_bare_ms") * 1e6),
+            fmt_ns(num("pipeline_daft_alone_ms") * 1e6)
+        ),
+        "< 1.02x",
+    );
+    t.row(
+        "daft pipeline, 1M rows: every node from the cache plugins",
+        fmt_ns(num("pipeline_cached_ms") * 1e6),
+        format!(
+            "{:.1}% of the first run ({})",
+            num("pipeline_cached_share") * 100.0,
+            fmt_ns(num("pipeline_first_ms") * 1e6)
+        ),
+        "< 10%",
+    );
 }
 
 const MIB: f64 = 1024.0 * 1024.0;
