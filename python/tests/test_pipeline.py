@@ -366,3 +366,18 @@ def test_the_same_pipeline_on_daft_s_ray_runner(ray_cluster, operator, tmp_path,
     assert set(second["outcomes"].values()) == {"cached"}
     workers = {e["batch"]["worker"] for e in events(tmp_path) if e["event"] == "on_batch_begin"}
     assert workers and all(not w.endswith(f":{first['pid']}") for w in workers)
+
+
+def test_the_example_runs_cold_warm_and_after_a_change():
+    """examples/pipeline/run.py, as the README runs it."""
+    run = subprocess.run(
+        [sys.executable, str(Path(__file__).parents[2] / "examples/pipeline/run.py")],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert run.returncode == 0, run.stderr[-4000:]
+    lines = {line.split("  ")[0].strip(): line for line in run.stdout.splitlines()}
+    assert '"risk": "cached"' in lines["warm"]
+    assert '"unit_price": "computed"' in lines["qty changed"]
+    assert '"merchant_key": "cached"' in lines["qty changed"]

@@ -12,6 +12,8 @@ built with PyO3: the same policy, sandbox, reports and plugins as the
 - :mod:`wasmhooks.ray`: a job bundle's node initialization on a Ray cluster
   (``python -m wasmhooks.ray run JOB_DIR --operator OP.toml``).
 - :mod:`wasmhooks.ray_llm`: a Ray Serve LLM node-init ``CallbackBase``.
+- :mod:`wasmhooks.pipeline`: a DAG of nodes on daft with node, batch and
+  cache phases; caching as plugins.
 """
 
 from wasmhooks._native import (
