@@ -252,6 +252,13 @@ def test_a_store_path_outside_the_grant_writes_nothing(operator, tmp_path, cache
     assert list(cache.iterdir()) == []
 
 
+def pipeline_toml(nodes: list[dict]) -> str:
+    return '[pipeline]\nname = "bundled"\n' + "".join(
+        "[[pipeline.node]]\n" + "".join(f"{k} = {json.dumps(v)}\n" for k, v in n.items())
+        for n in nodes
+    )
+
+
 def test_a_bundle_lists_its_pipeline_and_the_program_supplies_the_functions(
     operator, tmp_path, cache_dir
 ):
@@ -267,10 +274,7 @@ def test_a_bundle_lists_its_pipeline_and_the_program_supplies_the_functions(
             (features.score, "float64"),
         ]
     ]
-    text = '[pipeline]\nname = "bundled"\n' + "".join(
-        "[[pipeline.node]]\n" + "".join(f"{k} = {json.dumps(v)}\n" for k, v in n.items())
-        for n in nodes
-    )
+    text = pipeline_toml(nodes)
     job = job_bundle(
         tmp_path / "job",
         [("cache_check", {"dir": "/cache"}), ("cache_store", {"dir": "/cache"})],
@@ -291,6 +295,16 @@ def test_a_bundle_lists_its_pipeline_and_the_program_supplies_the_functions(
         PipelineRunner(None, op, job=job, functions=functions, cache_dir=cache_dir)
     with pytest.raises(PipelineError, match=r"pipeline.node\[0\].function = 'log_amount': no such"):
         PipelineRunner(None, op, job=job, functions={}, cache_dir=cache_dir)
+    for field, value, message in [
+        ("inputs", ["c" * 300], r"node\[0\].inputs must list 1 to 256"),
+        ("inputs", [], r"node\[0\].inputs must list 1 to 256"),
+        ("version", 3, r"node\[0\].version must be a str"),
+        ("name", "n" * 300, r"node\[0\].name: at most 256"),
+        ("batch_size", 0, "batch_size must be 1 to 2"),
+    ]:
+        job_bundle(tmp_path / "job", [], pipeline_toml([{**nodes[0], field: value}]))
+        with pytest.raises(PipelineError, match=message):
+            PipelineRunner(None, op, job=job, functions=functions, cache_dir=cache_dir)
 
 
 def test_malformed_pipelines_are_refused_naming_the_nodes():

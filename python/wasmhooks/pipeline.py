@@ -264,8 +264,10 @@ class Pipeline:
                 known = ", ".join(sorted(functions)) or "none"
                 raise PipelineError(f"{where}.function = {fname!r}: no such function ({known})")
             inputs = _field(e, "inputs", list, where)
-            if not all(isinstance(x, str) and x for x in inputs):
-                raise PipelineError(f"{where}.inputs must be a list of column names")
+            if not 0 < len(inputs) <= 256 or not all(
+                isinstance(x, str) and 0 < len(x) <= 256 for x in inputs
+            ):
+                raise PipelineError(f"{where}.inputs must list 1 to 256 column names")
             dtype = _field(e, "dtype", str, where)
             if dtype not in DTYPES:
                 raise PipelineError(f"{where}.dtype = {dtype!r}: one of {', '.join(DTYPES)}")
@@ -274,14 +276,16 @@ class Pipeline:
                 raise PipelineError(f"{where}.batch_size must be an integer")
             version = _field(e, "version", str, where, "")
             nodes.append(Node(name, functions[fname], inputs, DTYPES[dtype](), version, batch))
-        name = table.get("name", job_config.get("name", "pipeline"))
-        return cls(nodes, name=str(name))
+        name = _field(table, "name", str, "job.toml: pipeline", job_config.get("name", "pipeline"))
+        return cls(nodes, name=name)
 
 
 def _field(table: dict[str, Any], key: str, kind: type, where: str, default: Any = None) -> Any:
     value = table.get(key, default)
     if not isinstance(value, kind):
         raise PipelineError(f"{where}.{key} must be a {kind.__name__}, not {value!r:.80}")
+    if isinstance(value, str) and len(value) > 256:
+        raise PipelineError(f"{where}.{key}: at most 256 characters")
     return value
 
 
