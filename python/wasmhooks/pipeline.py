@@ -515,27 +515,6 @@ class _QueryEvents(Subscriber):
         q = {"id": event.query_id, "operator": event.name, "operator_id": event.node_id}
         self._fire("on_operator_end", q)
 
-    def on_optimization_started(self, event: Any) -> None:
-        pass
-
-    def on_optimization_completed(self, event: Any) -> None:
-        pass
-
-    def on_execution_started(self, event: Any) -> None:
-        pass
-
-    def on_execution_finished(self, event: Any) -> None:
-        pass
-
-    def on_query_heartbeat(self, event: Any) -> None:
-        pass
-
-    def on_stats(self, event: Any) -> None:
-        pass
-
-    def on_process_stats(self, event: Any) -> None:
-        pass
-
 
 class PipelineRunner:
     """Runs a :class:`Pipeline` on daft with wasmhooks plugins.
