@@ -73,7 +73,6 @@ import threading
 import time
 import uuid
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import PurePosixPath
 from typing import Any
@@ -305,14 +304,9 @@ def column_signature(column: pa.ChunkedArray | pa.Array) -> str:
 
 
 def _signatures(table: pa.Table, columns: Sequence[str]) -> dict[str, str]:
-    """Each column's :func:`column_signature`, in threads (Arrow and BLAKE3
-    let go of the GIL, so columns hash side by side)."""
-    if len(columns) < 2:
-        return {c: column_signature(table.column(c)) for c in columns}
-    workers = min(len(columns), os.cpu_count() or 1, 8)
-    with ThreadPoolExecutor(workers, thread_name_prefix="wasmhooks-hash") as pool:
-        sigs = pool.map(lambda c: column_signature(table.column(c)), columns)
-        return dict(zip(columns, sigs))
+    """Each column's :func:`column_signature`. One column at a time: BLAKE3
+    already spreads a large one over every core."""
+    return {c: column_signature(table.column(c)) for c in columns}
 
 
 def _read_all(f: Any) -> pa.Buffer:
