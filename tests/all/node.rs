@@ -410,9 +410,11 @@ fn a_plugin_that_removes_or_mistypes_a_key_the_host_reads_gets_an_error_not_a_pa
             err.contains(key) && err.contains("a plugin removed it"),
             "{err}"
         );
+        // A mistyped value is refused at merge, by the key schema.
         let err = scripted_failure(dir.path(), &cfg, json!({"pre_download": {key: 3}}));
         assert!(
-            err.contains(key) && err.contains("must be a string"),
+            err.contains(&format!("set '{key}' to the int 3, but {key} must be"))
+                && err.contains("(the key schema)"),
             "{err}"
         );
     }

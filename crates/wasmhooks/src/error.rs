@@ -163,6 +163,18 @@ pub enum Cause {
         /// The patterns the operator granted, comma-separated, or `nothing`.
         allowed: String,
     },
+    /// A value did not have the type the key schema gives its key (boxed:
+    /// every error carries a `Cause`, and this one is the largest).
+    #[error("{0}")]
+    WrongType(Box<TypeMismatch>),
+    /// The plugin wrote a key only the host provides, under a pattern grant.
+    #[error(
+        "tried to write '{key}', which the host provides; only a grant naming it exactly allows that"
+    )]
+    HostKey {
+        /// The key.
+        key: String,
+    },
     /// A value was not valid JSON.
     #[error("returned invalid JSON for key '{key}': {reason}")]
     InvalidJson {
@@ -228,4 +240,16 @@ fn humanize(d: Duration) -> String {
     } else {
         format!("{:.1} s", d.as_secs_f64())
     }
+}
+
+/// A value of the wrong type for its key, as the key schema says.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("set '{key}' to {found}, but {key} must be {expected} (the key schema)")]
+pub struct TypeMismatch {
+    /// The key.
+    pub key: String,
+    /// The type the schema gives it, in words.
+    pub expected: String,
+    /// What the plugin gave, in words.
+    pub found: String,
 }

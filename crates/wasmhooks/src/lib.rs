@@ -40,6 +40,7 @@ mod loading;
 mod manifest;
 pub mod policy;
 mod sandbox;
+pub mod schema;
 mod text;
 
 pub use dispatch::{
@@ -47,7 +48,7 @@ pub use dispatch::{
     PluginStats,
 };
 pub use engine::Host;
-pub use error::{CallError, Cause, Error};
+pub use error::{CallError, Cause, Error, TypeMismatch};
 pub use files::read_regular;
 pub use inspect::Inspection;
 pub use loading::{Plugin, sha256_hex};

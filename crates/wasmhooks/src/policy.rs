@@ -227,6 +227,12 @@ impl Grants {
         self.write.iter().any(|p| p.matches(key))
     }
 
+    /// Whether a write grant names `key` exactly (not by `*` or a prefix):
+    /// what a key only the host provides needs.
+    pub fn names(&self, key: &str) -> bool {
+        self.write.iter().any(|p| p.as_str() == key)
+    }
+
     /// The write grants, for messages.
     pub fn describe_write(&self) -> String {
         if self.write.is_empty() {

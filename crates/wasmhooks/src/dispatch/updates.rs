@@ -4,10 +4,11 @@
 use serde_json::Value;
 
 use crate::bindings::types::Update;
-use crate::error::Cause;
+use crate::error::{Cause, TypeMismatch};
 use crate::policy::PluginPolicy;
 
 use crate::manifest::MAX_KEY;
+use crate::schema::{KeySpec, schema};
 use crate::text::clean;
 
 /// A checked change to the data map.
@@ -63,10 +64,20 @@ pub(crate) fn check(
                 Update::Remove(k) => k,
             };
             check_key(key)?;
-            if !policy.grants.may_write(key) {
+            let spec = schema().key(key);
+            // A plugin's own namespace (`<name>.anything`) needs no grant.
+            let own = key
+                .strip_prefix(policy.name.as_str())
+                .is_some_and(|rest| rest.starts_with('.'));
+            if !own && !policy.grants.may_write(key) {
                 return Err(Cause::ForbiddenKey {
                     key: clean(key, MAX_KEY),
                     allowed: policy.grants.describe_write(),
+                });
+            }
+            if spec.is_some_and(KeySpec::host_only) && !policy.grants.names(key) {
+                return Err(Cause::HostKey {
+                    key: clean(key, MAX_KEY),
                 });
             }
             Ok(match update {
@@ -76,6 +87,15 @@ pub(crate) fn check(
                             key: clean(&e.key, MAX_KEY),
                             reason: err.to_string(),
                         })?;
+                    if let Some(spec) = spec {
+                        spec.check(&value).map_err(|found| {
+                            Cause::WrongType(Box::new(TypeMismatch {
+                                key: e.key.clone(),
+                                expected: spec.type_name(),
+                                found,
+                            }))
+                        })?;
+                    }
                     Change::Set(e.key, value)
                 }
                 Update::Remove(k) => Change::Remove(k),
@@ -159,6 +179,33 @@ mod tests {
     /// No list of updates a plugin returns panics the check, and what it
     /// accepts is exactly what the grants allow.
     #[test]
+    fn the_key_schema_types_known_keys_and_keeps_host_keys_to_exact_grants() {
+        let all = PluginPolicy::new("p", "00".repeat(32)).allow_write(["*"]);
+        let err = check(vec![set("should_training_stop", "\"yes\"")], &all).unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "set 'should_training_stop' to the string \"yes\", but should_training_stop \
+             must be a bool (the key schema)"
+        );
+        assert!(check(vec![set("should_training_stop", "true")], &all).is_ok());
+        assert!(check(vec![set("unlisted", "\"anything\"")], &all).is_ok());
+        // `rank` is the host's: `*` does not cover it, naming it does.
+        let err = check(vec![set("rank", "3")], &all).unwrap_err();
+        assert!(
+            matches!(err, Cause::HostKey { ref key } if key == "rank"),
+            "{err}"
+        );
+        assert!(check(vec![Update::Remove("rank".into())], &all).is_err());
+        let named = PluginPolicy::new("p", "00".repeat(32)).allow_write(["rank"]);
+        assert!(check(vec![set("rank", "3")], &named).is_ok());
+        // Its own namespace needs no grant; another plugin's does.
+        let none = PluginPolicy::new("p", "00".repeat(32));
+        assert!(check(vec![set("p.best", "1")], &none).is_ok());
+        assert!(check(vec![set("px.best", "1")], &none).is_err());
+        assert!(check(vec![set("q.best", "1")], &none).is_err());
+    }
+
+    #[test]
     fn no_update_list_panics_the_check() {
         use proptest::prelude::*;
         let update = prop_oneof![
@@ -179,7 +226,9 @@ mod tests {
                 if let Ok((changes, sizes)) = check(updates, &policy()) {
                     prop_assert_eq!(changes.len(), sizes.len());
                     for c in &changes {
-                        prop_assert!(c.key() == "a" || c.key().starts_with("m."));
+                        // Granted, or in the plugin's own namespace.
+                        let key = c.key();
+                        prop_assert!(key == "a" || key.starts_with("m.") || key.starts_with("p."));
                     }
                 }
                 Ok(())
