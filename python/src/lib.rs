@@ -753,6 +753,17 @@ fn wit_version() -> &'static str {
     wasmhooks::WIT_VERSION
 }
 
+/// The key schema (`wit/keys.toml`) this host checks updates against:
+/// `{"lifecycle": {name: {"doc", "phases": [{"name", "doc"}]}}, "key":
+/// {name: {"type", "values", "null", "lifecycles", "provided", "set",
+/// "effect", "doc"}}}`.
+#[pyfunction]
+fn schema(py: Python<'_>) -> PyResult<Bound<'_, PyAny>> {
+    let value = serde_json::to_value(wasmhooks::schema::schema())
+        .map_err(|e| WasmHooksError::new_err(e.to_string()))?;
+    to_py(py, &value)
+}
+
 /// This module is implemented in Rust over the wasmhooks host.
 #[pymodule]
 fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
@@ -763,6 +774,7 @@ fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<Hooks>()?;
     m.add_class::<PhaseReport>()?;
     m.add_function(wrap_pyfunction!(wit_version, m)?)?;
+    m.add_function(wrap_pyfunction!(schema, m)?)?;
     m.add_function(wrap_pyfunction!(restore_trap_handlers, m)?)?;
     m.add("WasmHooksError", py.get_type::<WasmHooksError>())?;
     m.add("PolicyError", py.get_type::<PolicyError>())?;

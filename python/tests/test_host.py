@@ -192,3 +192,33 @@ def test_a_policy_pickles_as_the_text_it_was_read_from(operator, tmp_path):
         again.folders("nobody")
     with pytest.raises(PolicyError, match=f"operator config {op}"):
         Policy.from_file(op)
+
+
+def test_the_key_schema_types_updates_at_merge(operator, cache_dir):
+    """A mistyped value of a key the schema lists fails the call, naming the
+    key and both types, and the dict is left as it was; a key the host
+    provides needs a grant naming it; a plugin's own namespace needs none."""
+    s = wasmhooks.schema()
+    assert s["key"]["should_training_stop"]["type"] == "bool"
+    assert "on_cache_hit" in [p["name"] for p in s["lifecycle"]["pipeline"]["phases"]]
+    # `r*` covers `rank` as a pattern, which is not enough for a host key.
+    op = operator(allow("adversary", "adversary", 'write = ["should_training_stop", "r*"]'))
+    host = Host(Policy.from_file(op), cache_dir=cache_dir)
+    adversary = host.load(plugin("adversary"))
+    script = {
+        "updates": {
+            "typo": {"should_training_stop": "yes"},
+            "host": {"rank": 1},
+            "own": {"adversary.best": 0.5},
+        }
+    }
+    with Hooks({}, [(adversary, script)]) as hooks:
+        data = {"step": 3}
+        with pytest.raises(PluginError, match="should_training_stop must be a bool") as e:
+            hooks.fire("typo", data)
+        assert 'the string "yes"' in e.value.cause
+        assert data == {"step": 3}
+        with pytest.raises(PluginError, match="'rank', which the host provides"):
+            hooks.fire("host", data)
+        hooks.fire("own", data)
+        assert data["adversary.best"] == 0.5

@@ -26,6 +26,7 @@ from wasmhooks._native import (
     Policy,
     PolicyError,
     WasmHooksError,
+    schema,
     wit_version,
 )
 
@@ -39,5 +40,6 @@ __all__ = [
     "Policy",
     "PolicyError",
     "WasmHooksError",
+    "schema",
     "wit_version",
 ]

@@ -35,6 +35,7 @@
 extern crate self as wasmhooks_sdk;
 
 mod data;
+pub mod keys;
 pub mod log;
 mod manifest;
 

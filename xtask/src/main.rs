@@ -24,7 +24,9 @@ tasks:
   plugins   install the toolchains, build the guest plugins in plugins/ and the
             templates in sdk/ (into target/plugins)
   bench     run the benchmarks (criterion) and print the table of ratios
-  bench-table  print that table again from the last run";
+  bench-table  print that table again from the last run
+  schema    remake what wit/keys.toml feeds: the README's key tables and the
+            Rust SDK's keys module (sdk/src/keys.rs)";
 
 fn main() -> anyhow::Result<()> {
     let task = std::env::args().nth(1).unwrap_or_default();
@@ -44,6 +46,15 @@ fn main() -> anyhow::Result<()> {
         }
         "bench" => bench::run(&root),
         "bench-table" => bench::table(&root),
+        // The schema module's test compares them; told to, it rewrites them.
+        "schema" => run(cargo_command(&root).env("UPDATE_EXPECT", "1").args([
+            "test",
+            "-q",
+            "-p",
+            "wasmhooks",
+            "--lib",
+            "schema::",
+        ])),
         _ => {
             eprintln!("{USAGE}");
             if task.is_empty() {

@@ -70,6 +70,13 @@ enum Command {
     Call(call::CallArgs),
     /// Run a job bundle: its node initialization and training, with its plugins.
     Run(run::RunArgs),
+    /// Print the key schema: every lifecycle's phases, and the keys the host
+    /// provides and plugins may set, with their types (as markdown tables).
+    Schema {
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 /// Logs go to stderr; stdout is for results.
@@ -145,6 +152,15 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         } => check::check(&operator, &files, json),
         Command::Call(call) => call::call(call),
         Command::Run(args) => run::run(args),
+        Command::Schema { json } => {
+            let schema = wasmhooks::schema::schema();
+            if json {
+                print_json(schema)?;
+            } else {
+                print(&schema.markdown())?;
+            }
+            Ok(ExitCode::SUCCESS)
+        }
     }
 }
 
