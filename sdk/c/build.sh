@@ -20,13 +20,13 @@ wit-bindgen c "$wit" --world plugin --out-dir "$work" >/dev/null
 # Both with a 1 MiB stack (zig gives wasm 16 MiB by default).
 if [ -f "$src/plugin.zig" ]; then
   # Zig reads the C declarations through translate-c.
-  zig translate-c -target wasm32-wasi -lc -I"$work" "$work/plugin.h" >"$work/plugin_h.zig"
+  zig translate-c -target wasm32-wasi -lc -I"$work" -I"$here" "$work/plugin.h" >"$work/plugin_h.zig"
   cp "$src"/*.zig "$work/"
   zig build-exe "$work/plugin.zig" "$work/plugin.c" "$work/plugin_component_type.o" \
-    -target wasm32-wasi -lc -I"$work" -fno-entry -rdynamic -mexec-model=reactor \
+    -target wasm32-wasi -lc -I"$work" -I"$here" -fno-entry -rdynamic -mexec-model=reactor \
     --stack 1048576 -O ReleaseSmall -femit-bin="$work/core.wasm" --cache-dir "$work/zig-cache"
 else
-  zig cc -target wasm32-wasi -mexec-model=reactor -Os -Wl,-z,stack-size=1048576 -I"$work" \
+  zig cc -target wasm32-wasi -mexec-model=reactor -Os -Wl,-z,stack-size=1048576 -I"$work" -I"$here" \
     "$src"/*.c "$work/plugin.c" "$work/plugin_component_type.o" -o "$work/core.wasm"
 fi
 wasm-tools component new "$work/core.wasm" \

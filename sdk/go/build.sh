@@ -21,7 +21,7 @@ trap 'rm -rf "$work"' EXIT
 wit-bindgen go "$wit" --world plugin --out-dir "$work" >/dev/null
 cp -R "$src"/. "$work/"
 mkdir -p "$work/wasmhooks"
-cp "$here/wasmhooks/gc.go" "$work/wasmhooks/"
+cp "$here"/wasmhooks/*.go "$work/wasmhooks/"
 cd "$work"
 if [ -n "${WASMHOOKS_GO_PKG:-}" ]; then
   go mod edit -replace "go.bytecodealliance.org/pkg=$WASMHOOKS_GO_PKG"

@@ -12,7 +12,7 @@ work=$(mktemp -d)
 trap 'rm -rf "$work"' EXIT
 # The engine reads modules only under the folder it is started in.
 cp -R "$1"/. "$work/"
-cp "$here/wasmhooks.js" "$work/"
+cp "$here/wasmhooks.js" "$here/keys.js" "$work/"
 cd "$work"
 # A plugin has no use for wasi:http, so the engine leaves it out.
 componentize-js plugin.js --wit "$wit" --world-name plugin \

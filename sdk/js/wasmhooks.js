@@ -8,6 +8,9 @@
 // the phase, and merges nothing.
 import { log as hostLog } from "wasmhooks:plugin/log@0.1.0";
 
+/** The key schema's phase and key names: `keys.SHOULD_SAVE`, `keys.phases.PRE_DOWNLOAD`. */
+export * as keys from "./keys.js";
+
 /** The value of an update that removes its key from the data map. */
 export const REMOVE = Symbol("remove");
 

@@ -12,5 +12,5 @@ trap 'rm -rf "$work"' EXIT
 # Copies, so that bytecode caches stay out of the source folders.
 mkdir "$work/app" "$work/sdk"
 cp -R "$1"/. "$work/app/"
-cp "$here/wasmhooks.py" "$work/sdk/"
+cp "$here/wasmhooks.py" "$here/wasmhooks_keys.py" "$work/sdk/"
 componentize-py -d "$wit" -w plugin componentize -p "$work/app" -p "$work/sdk" app -o "$2"

@@ -22,12 +22,13 @@ the plugin's name and the phase, and merges nothing.
 
 import json
 
+import wasmhooks_keys as keys
 from componentize_py_types import Err
 from wit_world import exports
 from wit_world.imports import log as _log
 from wit_world.imports import types
 
-__all__ = ["Plugin", "PluginError", "REMOVE", "export", "log"]
+__all__ = ["REMOVE", "Plugin", "PluginError", "export", "keys", "log"]
 
 REMOVE = object()
 """The value of an update that removes its key from the data map."""

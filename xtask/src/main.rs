@@ -25,8 +25,8 @@ tasks:
             templates in sdk/ (into target/plugins)
   bench     run the benchmarks (criterion) and print the table of ratios
   bench-table  print that table again from the last run
-  schema    remake what wit/keys.toml feeds: the README's key tables and the
-            Rust SDK's keys module (sdk/src/keys.rs)";
+  schema    remake what wit/keys.toml feeds: the README's key tables and each
+            SDK's constants (sdk/src/keys.rs, sdk/*/..keys..)";
 
 fn main() -> anyhow::Result<()> {
     let task = std::env::args().nth(1).unwrap_or_default();

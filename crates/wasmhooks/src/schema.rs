@@ -339,6 +339,140 @@ mod tests {
         out
     }
 
+    /// Each phase (lifecycle, name, doc) and each key (name, one line).
+    fn names(s: &Schema) -> (Vec<(&str, &str, &str)>, Vec<(&str, String)>) {
+        let phases = s
+            .lifecycles
+            .iter()
+            .flat_map(|(l, lc)| {
+                lc.phases
+                    .iter()
+                    .map(move |p| (l.as_str(), p.name.as_str(), p.doc.as_str()))
+            })
+            .collect();
+        let keys = s
+            .keys
+            .iter()
+            .map(|(k, spec)| {
+                let words: Vec<&str> = [spec.doc.as_deref(), spec.effect.as_deref()]
+                    .into_iter()
+                    .flatten()
+                    .collect();
+                (
+                    k.as_str(),
+                    format!("{}; {}.", spec.type_name(), words.join("; ")),
+                )
+            })
+            .collect();
+        (phases, keys)
+    }
+
+    const MADE: &str = "Made by `cargo xtask schema` from wit/keys.toml; do not edit.";
+
+    /// The Python SDK's constants: `wasmhooks.keys.SHOULD_SAVE`,
+    /// `wasmhooks.keys.phases.PRE_DOWNLOAD`.
+    fn python_constants(s: &Schema) -> String {
+        let (phases, keys) = names(s);
+        let mut out = format!(
+            "\"\"\"The phase and key names of the key schema, as constants.\n\n{MADE}\n\"\"\"\n\n\n\
+             class phases:\n    \"\"\"Phases, by lifecycle.\"\"\"\n\n"
+        );
+        for (l, name, doc) in phases {
+            let _ = writeln!(
+                out,
+                "    {} = {name:?}\n    \"\"\"{l}: {doc}.\"\"\"\n",
+                name.to_uppercase()
+            );
+        }
+        for (key, words) in keys {
+            let _ = writeln!(
+                out,
+                "\n{} = {key:?}\n\"\"\"{words}\"\"\"",
+                key.to_uppercase()
+            );
+        }
+        out
+    }
+
+    /// The JavaScript SDK's constants: `keys.SHOULD_SAVE`, `keys.phases.PRE_DOWNLOAD`.
+    fn js_constants(s: &Schema) -> String {
+        let (phases, keys) = names(s);
+        let mut out = format!(
+            "// The phase and key names of the key schema, as constants.\n// {MADE}\n\n\
+             /** Phases, by lifecycle. */\nexport const phases = Object.freeze({{\n"
+        );
+        for (l, name, doc) in phases {
+            let _ = writeln!(
+                out,
+                "  /** {l}: {doc}. */\n  {}: {name:?},",
+                name.to_uppercase()
+            );
+        }
+        out.push_str("});\n");
+        for (key, words) in keys {
+            let _ = writeln!(
+                out,
+                "\n/** {words} */\nexport const {} = {key:?};",
+                key.to_uppercase()
+            );
+        }
+        out
+    }
+
+    /// The C SDK's header: `WASMHOOKS_KEY_SHOULD_SAVE`, `WASMHOOKS_PHASE_PRE_DOWNLOAD`.
+    fn c_constants(s: &Schema) -> String {
+        let (phases, keys) = names(s);
+        let mut out = format!(
+            "// The phase and key names of the key schema, as constants.\n// {MADE}\n\
+             #ifndef WASMHOOKS_KEYS_H\n#define WASMHOOKS_KEYS_H\n\n"
+        );
+        for (l, name, doc) in phases {
+            let _ = writeln!(
+                out,
+                "// {l}: {doc}.\n#define WASMHOOKS_PHASE_{} {name:?}",
+                name.to_uppercase()
+            );
+        }
+        for (key, words) in keys {
+            let _ = writeln!(
+                out,
+                "\n// {words}\n#define WASMHOOKS_KEY_{} {key:?}",
+                key.to_uppercase()
+            );
+        }
+        out.push_str("\n#endif\n");
+        out
+    }
+
+    /// The Go SDK's constants, in package wasmhooks: `wasmhooks.KeyShouldSave`,
+    /// `wasmhooks.PhasePreDownload`.
+    fn go_constants(s: &Schema) -> String {
+        let camel = |name: &str| -> String {
+            name.split('_')
+                .map(|w| {
+                    let mut c = w.chars();
+                    c.next()
+                        .map(|f| f.to_uppercase().chain(c).collect::<String>())
+                        .unwrap_or_default()
+                })
+                .collect()
+        };
+        let (phases, keys) = names(s);
+        let mut out = format!(
+            "// The phase and key names of the key schema, as constants.\n// {MADE}\n\n\
+             package wasmhooks\n\n// Phases, by lifecycle.\nconst (\n"
+        );
+        for (l, name, doc) in phases {
+            let _ = writeln!(out, "\t// {l}: {doc}.\n\tPhase{} = {name:?}", camel(name));
+        }
+        out.push_str(")\n\n// Keys.\nconst (\n");
+        for (key, words) in keys {
+            let _ = writeln!(out, "\t// {words}\n\tKey{} = {key:?}", camel(key));
+        }
+        out.push_str(")\n");
+        out
+    }
+
     /// `actual` as `path` holds it; with `UPDATE_EXPECT=1` (what `cargo
     /// xtask schema` sets) the file is rewritten instead.
     fn in_step(path: &str, holds: impl Fn(&str) -> Option<String>, make: impl Fn(&str) -> String) {
@@ -376,12 +510,22 @@ mod tests {
                 format!("{}{}\n{}", &text[..a], tables.trim_end(), &text[b..])
             },
         );
-        let constants = rust_constants(schema());
-        in_step(
-            "../../sdk/src/keys.rs",
-            |text| (text == constants).then(String::new),
-            |_| constants.clone(),
-        );
+        for (path, made) in [
+            ("../../sdk/src/keys.rs", rust_constants(schema())),
+            (
+                "../../sdk/python/wasmhooks_keys.py",
+                python_constants(schema()),
+            ),
+            ("../../sdk/js/keys.js", js_constants(schema())),
+            ("../../sdk/c/wasmhooks_keys.h", c_constants(schema())),
+            ("../../sdk/go/wasmhooks/keys.go", go_constants(schema())),
+        ] {
+            in_step(
+                path,
+                |text| (text == made).then(String::new),
+                |_| made.clone(),
+            );
+        }
     }
 
     #[test]

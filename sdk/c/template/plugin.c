@@ -9,6 +9,7 @@
 #include <string.h>
 
 #include "plugin.h"
+#include "wasmhooks_keys.h" // the key schema's names: WASMHOOKS_KEY_*, WASMHOOKS_PHASE_*
 
 typedef exports_wasmhooks_plugin_hooks_failure_t failure_t;
 
@@ -18,7 +19,7 @@ void exports_wasmhooks_plugin_hooks_describe(exports_wasmhooks_plugin_hooks_mani
   plugin_string_dup(&ret->version, "0.1.0");
   ret->phases.len = 1;
   ret->phases.ptr = malloc(sizeof(plugin_string_t));
-  plugin_string_dup(&ret->phases.ptr[0], "pre_download");
+  plugin_string_dup(&ret->phases.ptr[0], WASMHOOKS_PHASE_PRE_DOWNLOAD);
   ret->reads.is_some = true; // reads no keys: the phase is enough
 }
 
@@ -43,7 +44,7 @@ bool exports_wasmhooks_plugin_hooks_on_phase(plugin_string_t *phase,
   ret->len = 1;
   ret->ptr = malloc(sizeof *ret->ptr);
   ret->ptr[0].tag = WASMHOOKS_PLUGIN_TYPES_UPDATE_SET;
-  plugin_string_dup(&ret->ptr[0].val.set.key, "local_node_download_model");
+  plugin_string_dup(&ret->ptr[0].val.set.key, WASMHOOKS_KEY_LOCAL_NODE_DOWNLOAD_MODEL);
   plugin_string_dup(&ret->ptr[0].val.set.value, "\"MODEL_AND_TOKENIZER\"");
   return true;
 }

@@ -24,7 +24,7 @@ func Describe() Manifest {
 	return Manifest{
 		Name:    "hello-go",
 		Version: "0.1.0",
-		Phases:  []string{"pre_download"},
+		Phases:  []string{wasmhooks.PhasePreDownload},
 		Reads:   witTypes.Some([]string{}), // no keys: the phase is enough
 		Observe: []string{},
 	}
@@ -37,7 +37,7 @@ func Init(jobConfig string, pluginConfig string) result {
 func OnPhase(phase string, data []Entry) witTypes.Result[[]Update, Failure] {
 	defer wasmhooks.Collect()
 	wasmhooks_plugin_log.Log(Level_Info, "hello from Go at "+phase)
-	set := MakeUpdateSet(Entry{Key: "local_node_download_model", Value: `"MODEL_AND_TOKENIZER"`})
+	set := MakeUpdateSet(Entry{Key: wasmhooks.KeyLocalNodeDownloadModel, Value: `"MODEL_AND_TOKENIZER"`})
 	return witTypes.Ok[[]Update, Failure]([]Update{set})
 }
 

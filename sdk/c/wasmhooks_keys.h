@@ -1,0 +1,263 @@
+// The phase and key names of the key schema, as constants.
+// Made by `cargo xtask schema` from wit/keys.toml; do not edit.
+#ifndef WASMHOOKS_KEYS_H
+#define WASMHOOKS_KEYS_H
+
+// node: before anything; a plugin may replace the default steps.
+#define WASMHOOKS_PHASE_PRE_INITIALIZATION "pre_initialization"
+// node: instead of the download, placement and engine steps, when a plugin set skip_default.
+#define WASMHOOKS_PHASE_CUSTOM_INITIALIZATION "custom_initialization"
+// node: before the model's files are fetched; on Ray, in each node's task.
+#define WASMHOOKS_PHASE_PRE_DOWNLOAD "pre_download"
+// node: after the files are fetched.
+#define WASMHOOKS_PHASE_POST_DOWNLOAD "post_download"
+// node: before the placement group is made.
+#define WASMHOOKS_PHASE_PRE_PLACEMENT_GROUP "pre_placement_group"
+// node: after it is made.
+#define WASMHOOKS_PHASE_POST_PLACEMENT_GROUP "post_placement_group"
+// node: before the engine starts.
+#define WASMHOOKS_PHASE_PRE_ENGINE_INIT "pre_engine_init"
+// node: once the engine answers.
+#define WASMHOOKS_PHASE_POST_ENGINE_INIT "post_engine_init"
+// node: at the end; the map is the node's output.
+#define WASMHOOKS_PHASE_POST_INITIALIZATION "post_initialization"
+// pipeline: before the first node.
+#define WASMHOOKS_PHASE_ON_PIPELINE_BEGIN "on_pipeline_begin"
+// pipeline: before a node; a plugin may skip it with a cached result.
+#define WASMHOOKS_PHASE_ON_NODE_BEGIN "on_node_begin"
+// pipeline: after on_node_begin when a plugin keyed the node; a hit may be vetoed.
+#define WASMHOOKS_PHASE_ON_CACHE_CHECK "on_cache_check"
+// pipeline: the runner read the cached column.
+#define WASMHOOKS_PHASE_ON_CACHE_HIT "on_cache_hit"
+// pipeline: no usable entry; the node is computed.
+#define WASMHOOKS_PHASE_ON_CACHE_MISS "on_cache_miss"
+// pipeline: before each batch of a node, where daft runs it.
+#define WASMHOOKS_PHASE_ON_BATCH_BEGIN "on_batch_begin"
+// pipeline: after each batch.
+#define WASMHOOKS_PHASE_ON_BATCH_END "on_batch_end"
+// pipeline: after a node, computed or cached.
+#define WASMHOOKS_PHASE_ON_NODE_END "on_node_end"
+// pipeline: after the runner wrote a result where a plugin asked.
+#define WASMHOOKS_PHASE_ON_CACHE_STORE "on_cache_store"
+// pipeline: a node's function raised.
+#define WASMHOOKS_PHASE_ON_NODE_ERROR "on_node_error"
+// pipeline: the run failed.
+#define WASMHOOKS_PHASE_ON_PIPELINE_ERROR "on_pipeline_error"
+// pipeline: on every exit path.
+#define WASMHOOKS_PHASE_ON_PIPELINE_END "on_pipeline_end"
+// pipeline: daft started a query; observe-only.
+#define WASMHOOKS_PHASE_ON_QUERY_BEGIN "on_query_begin"
+// pipeline: daft finished a query; observe-only.
+#define WASMHOOKS_PHASE_ON_QUERY_END "on_query_end"
+// pipeline: an operator of daft's plan started; observe-only.
+#define WASMHOOKS_PHASE_ON_OPERATOR_BEGIN "on_operator_begin"
+// pipeline: an operator of daft's plan finished; observe-only.
+#define WASMHOOKS_PHASE_ON_OPERATOR_END "on_operator_end"
+// training: once, before the first step.
+#define WASMHOOKS_PHASE_ON_TRAIN_BEGIN "on_train_begin"
+// training: at the start of each epoch.
+#define WASMHOOKS_PHASE_ON_EPOCH_BEGIN "on_epoch_begin"
+// training: before each optimizer step's batches.
+#define WASMHOOKS_PHASE_ON_STEP_BEGIN "on_step_begin"
+// training: before the forward pass; reference trainer.
+#define WASMHOOKS_PHASE_ON_BEFORE_FORWARD "on_before_forward"
+// training: after the backward pass, with the gradient norm.
+#define WASMHOOKS_PHASE_ON_AFTER_BACKWARD "on_after_backward"
+// training: before the optimizer steps; HF.
+#define WASMHOOKS_PHASE_ON_PRE_OPTIMIZER_STEP "on_pre_optimizer_step"
+// training: after the optimizer steps.
+#define WASMHOOKS_PHASE_ON_OPTIMIZER_STEP "on_optimizer_step"
+// training: after each step; control flags are read here.
+#define WASMHOOKS_PHASE_ON_STEP_END "on_step_end"
+// training: when metrics are logged.
+#define WASMHOOKS_PHASE_ON_LOG "on_log"
+// training: after an evaluation, with its metrics.
+#define WASMHOOKS_PHASE_ON_EVALUATE "on_evaluate"
+// training: after a checkpoint is written.
+#define WASMHOOKS_PHASE_ON_SAVE "on_save"
+// training: at the end of each epoch.
+#define WASMHOOKS_PHASE_ON_EPOCH_END "on_epoch_end"
+// training: on every exit path: completion, a stop, an error.
+#define WASMHOOKS_PHASE_ON_TRAIN_END "on_train_end"
+
+// a map; index (within the worker), rows, worker.
+#define WASMHOOKS_KEY_BATCH "batch"
+
+// a number or null; HF: the best metric so far.
+#define WASMHOOKS_KEY_BEST_METRIC "best_metric"
+
+// an int; bytes read from, or written to, the cache.
+#define WASMHOOKS_KEY_CACHE_BYTES "cache_bytes"
+
+// a bool; whether the node's result came from the cache.
+#define WASMHOOKS_KEY_CACHE_HIT "cache_hit"
+
+// a string; why there was no usable entry.
+#define WASMHOOKS_KEY_CACHE_MISS_REASON "cache_miss_reason"
+
+// a string; the key of the node's cache entry; on_cache_check and the miss or hit phases follow.
+#define WASMHOOKS_KEY_CACHE_SIGNATURE "cache_signature"
+
+// a string; a path under the plugin's read-write grant: the runner writes the node's result there.
+#define WASMHOOKS_KEY_CACHE_STORE "cache_store"
+
+// a string; an Arrow file under a folder the operator granted the plugin: the node's cached column.
+#define WASMHOOKS_KEY_CACHED_PATH "cached_path"
+
+// a list; the node's cached column itself.
+#define WASMHOOKS_KEY_CACHED_VALUE "cached_value"
+
+// a string; the checkpoint just written.
+#define WASMHOOKS_KEY_CHECKPOINT "checkpoint"
+
+// a list; the job's checkpoints, oldest first.
+#define WASMHOOKS_KEY_CHECKPOINTS "checkpoints"
+
+// a list; checkpoints of this run to delete (others are ignored).
+#define WASMHOOKS_KEY_CHECKPOINTS_TO_DELETE "checkpoints_to_delete"
+
+// a map; Ray Serve LLM: the callback context's custom_data, passed back to Ray.
+#define WASMHOOKS_KEY_CUSTOM_DATA "custom_data"
+
+// a string; the folder the files go to, inside the job's (or the node's) cache.
+#define WASMHOOKS_KEY_DOWNLOAD_DIR "download_dir"
+
+// a map; what the (first) node fetched: mode, folder, files, bytes, cache hits.
+#define WASMHOOKS_KEY_DOWNLOAD_RESULT "download_result"
+
+// a number; wall time of the batch, the node's level, or the run.
+#define WASMHOOKS_KEY_ELAPSED_MS "elapsed_ms"
+
+// a map; the running engine: pid, port, url, node.
+#define WASMHOOKS_KEY_ENGINE "engine"
+
+// a map; arguments for the engine (Ray Serve LLM: the engine's kwargs).
+#define WASMHOOKS_KEY_ENGINE_KWARGS "engine_kwargs"
+
+// a number; the epoch (HF: fractional within an epoch).
+#define WASMHOOKS_KEY_EPOCH "epoch"
+
+// a map; node, type and message of what failed.
+#define WASMHOOKS_KEY_ERROR "error"
+
+// one of "raise", "ignore"; ignore: the node's column is nulls and the run goes on.
+#define WASMHOOKS_KEY_ERROR_ACTION "error_action"
+
+// a number; the evaluation accuracy (reference trainer).
+#define WASMHOOKS_KEY_EVAL_ACCURACY "eval_accuracy"
+
+// a number; the evaluation loss.
+#define WASMHOOKS_KEY_EVAL_LOSS "eval_loss"
+
+// a number; the gradients' norm.
+#define WASMHOOKS_KEY_GRAD_NORM "grad_norm"
+
+// a map; columns, rows, signature (of them all) and signatures (each column's).
+#define WASMHOOKS_KEY_INPUTS "inputs"
+
+// a number; reference trainer: the optimizer's learning rate from the next step.
+#define WASMHOOKS_KEY_LEARNING_RATE "learning_rate"
+
+// one of "NONE", "TOKENIZER_ONLY", "MODEL_AND_TOKENIZER"; what the local node downloads.
+#define WASMHOOKS_KEY_LOCAL_NODE_DOWNLOAD_MODEL "local_node_download_model"
+
+// an int; its rank on its machine.
+#define WASMHOOKS_KEY_LOCAL_RANK "local_rank"
+
+// a map; what was logged, by name.
+#define WASMHOOKS_KEY_LOGS "logs"
+
+// a number; the step's (or the logged) training loss.
+#define WASMHOOKS_KEY_LOSS "loss"
+
+// an int; the steps the run will take at most.
+#define WASMHOOKS_KEY_MAX_STEPS "max_steps"
+
+// a string; daft's runner: native or ray.
+#define WASMHOOKS_KEY_MODE "mode"
+
+// a string; the job's model id.
+#define WASMHOOKS_KEY_MODEL_ID "model_id"
+
+// a string; where the files come from: file://PATH inside the job, or http(s)://.
+#define WASMHOOKS_KEY_MODEL_SOURCE "model_source"
+
+// a string; the node's name.
+#define WASMHOOKS_KEY_NODE "node"
+
+// a string; the Ray node running this download task.
+#define WASMHOOKS_KEY_NODE_ID "node_id"
+
+// a string; its address.
+#define WASMHOOKS_KEY_NODE_IP "node_ip"
+
+// an int; its rank in the group; 0 holds bundle 0, where the engine starts.
+#define WASMHOOKS_KEY_NODE_RANK "node_rank"
+
+// a string; the node's code version (given, or a digest of its code).
+#define WASMHOOKS_KEY_NODE_VERSION "node_version"
+
+// a list; node initialization on Ray: every node's download result; a pipeline: its nodes in run order.
+#define WASMHOOKS_KEY_NODES "nodes"
+
+// a map; columns, rows, signature, dtype.
+#define WASMHOOKS_KEY_OUTPUTS "outputs"
+
+// a string; the pipeline's name.
+#define WASMHOOKS_KEY_PIPELINE "pipeline"
+
+// a map; replaces the group the host made (on Ray, a real new group).
+#define WASMHOOKS_KEY_PLACEMENT_GROUP "placement_group"
+
+// a map; the group to make: bundles (resource maps) and strategy (PACK, SPREAD, STRICT_PACK, STRICT_SPREAD).
+#define WASMHOOKS_KEY_PLACEMENT_REQUEST "placement_request"
+
+// a map; daft's query id, operator and duration.
+#define WASMHOOKS_KEY_QUERY "query"
+
+// an int; this process's global rank.
+#define WASMHOOKS_KEY_RANK "rank"
+
+// a string; the checkpoint the run resumed from.
+#define WASMHOOKS_KEY_RESUMED_FROM "resumed_from"
+
+// a map; Ray Serve LLM: the runtime_env the download tasks get.
+#define WASMHOOKS_KEY_RUNTIME_ENV "runtime_env"
+
+// a bool; true: an evaluation runs after this step.
+#define WASMHOOKS_KEY_SHOULD_EVALUATE "should_evaluate"
+
+// a bool; true: metrics are logged after this step.
+#define WASMHOOKS_KEY_SHOULD_LOG "should_log"
+
+// a bool; true: a checkpoint is written after this step.
+#define WASMHOOKS_KEY_SHOULD_SAVE "should_save"
+
+// a bool; true: training stops after this step (sticky; on every rank).
+#define WASMHOOKS_KEY_SHOULD_TRAINING_STOP "should_training_stop"
+
+// a bool; true: custom_initialization replaces the download, placement and engine steps.
+#define WASMHOOKS_KEY_SKIP_DEFAULT "skip_default"
+
+// a bool; true, with cached_path or cached_value: the node is not computed.
+#define WASMHOOKS_KEY_SKIP_EXECUTION "skip_execution"
+
+// one of "ok", "error"; how the run ended.
+#define WASMHOOKS_KEY_STATUS "status"
+
+// an int; optimizer steps done.
+#define WASMHOOKS_KEY_STEP "step"
+
+// a string; completed, stopped by a plugin, or error.
+#define WASMHOOKS_KEY_TRAIN_END_REASON "train_end_reason"
+
+// a string; the error that ended the run.
+#define WASMHOOKS_KEY_TRAIN_ERROR "train_error"
+
+// one of "NONE", "TOKENIZER_ONLY", "MODEL_AND_TOKENIZER"; what the other nodes download.
+#define WASMHOOKS_KEY_WORKER_NODE_DOWNLOAD_MODEL "worker_node_download_model"
+
+// an int; how many processes train.
+#define WASMHOOKS_KEY_WORLD_SIZE "world_size"
+
+#endif
