@@ -49,7 +49,7 @@ pub use serde_json::{self, Value, json};
 #[allow(unsafe_code, missing_docs, unused_qualifications, clippy::all)]
 pub mod bindings {
     wit_bindgen::generate!({
-        path: "../wit",
+        path: "../wit/v0.1.0",
         world: "plugin",
         pub_export_macro: true,
         export_macro_name: "__export_plugin_world",

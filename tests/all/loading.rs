@@ -99,6 +99,50 @@ fn a_component_of_another_world_is_refused() {
     );
 }
 
+/// A component exporting the hooks at `version`, as a plugin built against
+/// that version of the WIT package would.
+fn hooks_at(version: &str) -> Vec<u8> {
+    wat::parse_str(format!(
+        r#"(component
+            (core module $m (func (export "f")))
+            (core instance $i (instantiate $m))
+            (func $f (canon lift (core func $i "f")))
+            (instance $hooks (export "describe" (func $f)))
+            (export "wasmhooks:plugin/hooks@{version}" (instance $hooks)))"#
+    ))
+    .unwrap()
+}
+
+#[test]
+fn a_plugin_built_for_a_version_this_host_does_not_run_is_told_which_it_does() {
+    let bytes = hooks_at("0.9.0");
+    let err = pinned("future", &bytes)
+        .load_bytes("future.wasm", &bytes)
+        .unwrap_err();
+    assert!(matches!(err, Error::UnsupportedVersion { .. }), "{err}");
+    assert_eq!(
+        err.to_string(),
+        format!(
+            "plugin 'future': future.wasm targets wasmhooks:plugin@0.9.0, which this host does \
+             not run; it runs {}",
+            wasmhooks::WIT_VERSIONS.join(", ")
+        )
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("future.wasm");
+    std::fs::write(&file, &bytes).unwrap();
+    let info = host("").inspect(&file).unwrap();
+    assert_eq!(info.wit_version.as_deref(), Some("0.9.0"));
+    assert!(
+        info.problem
+            .unwrap()
+            .contains("targets wasmhooks:plugin@0.9.0")
+    );
+    // A plugin of a version this host runs says so too.
+    let info = host("").inspect(plugins::FORCE_DOWNLOAD).unwrap();
+    assert_eq!(info.wit_version.as_deref(), Some(wasmhooks::WIT_VERSION));
+}
+
 #[test]
 fn a_plugin_must_carry_the_name_the_operator_allowed() {
     let host = host(&allow("downloader", plugins::FORCE_DOWNLOAD, ""));

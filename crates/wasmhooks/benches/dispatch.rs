@@ -82,7 +82,7 @@ fn data(keys: usize) -> DataMap {
 }
 
 mod raw {
-    wasmtime::component::bindgen!({ path: "../../wit", world: "plugin" });
+    wasmtime::component::bindgen!({ path: "../../wit/v0.1.0", world: "plugin" });
 
     use wasmtime::component::ResourceTable;
     use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};

@@ -68,10 +68,26 @@ pub enum Error {
         name: String,
         /// The file.
         file: String,
-        /// The world expected, with its version.
-        world: &'static str,
+        /// The interface expected, with the versions this host links.
+        world: String,
         /// What is missing or mistyped.
         reason: String,
+    },
+    /// The component was built against a version of the WIT package this
+    /// host does not link.
+    #[error(
+        "plugin '{name}': {file} targets wasmhooks:plugin@{targets}, which this host does not \
+         run; it runs {supported}"
+    )]
+    UnsupportedVersion {
+        /// The plugin's allowed name.
+        name: String,
+        /// The file.
+        file: String,
+        /// The version the plugin exports its hooks at.
+        targets: String,
+        /// The versions this host links, comma-separated.
+        supported: String,
     },
     /// The plugin's manifest is unusable or contradicts the operator config.
     #[error("plugin '{name}': bad manifest: {reason}")]

@@ -41,6 +41,9 @@ pub struct Inspection {
     pub sha256: String,
     /// The operator's name for it, if the policy lists this digest.
     pub allowed_as: Option<String>,
+    /// The version of the `wasmhooks:plugin` package it was built against
+    /// (the version of the hooks it exports), if it exports them.
+    pub wit_version: Option<String>,
     /// The versioned interfaces it exports.
     pub exports: Vec<String>,
     /// The versioned interfaces it imports.
@@ -101,6 +104,7 @@ impl Host {
             size: bytes.len(),
             sha256,
             allowed_as: allowed.map(|p| p.name),
+            wit_version: crate::bindings::targeted_version(&component, engine),
             exports,
             imports,
             manifest,

@@ -56,5 +56,10 @@ pub use manifest::{ALL_PHASES, Manifest};
 pub use policy::{DirGrant, EngineTemplate, JobLimits, OnError, PluginPolicy, Policy};
 pub use text::clean as clean_text;
 
-/// The version of the `wasmhooks:plugin` WIT package this host implements.
-pub const WIT_VERSION: &str = "0.1.0";
+/// The newest version of the `wasmhooks:plugin` WIT package this host
+/// implements (and the one the SDKs in this repository build against).
+pub const WIT_VERSION: &str = bindings::v0_1_0::VERSION;
+
+/// Every version of the `wasmhooks:plugin` WIT package this host runs
+/// plugins of, each frozen in `wit/v<version>/`.
+pub const WIT_VERSIONS: &[&str] = bindings::SUPPORTED;

@@ -10,7 +10,7 @@ use sha2::{Digest, Sha256};
 use wasmtime::component::Component;
 
 use crate::Error;
-use crate::bindings::{PluginPre, WORLD};
+use crate::bindings::{self, HOOKS, PluginPre, SUPPORTED};
 use crate::engine::{Host, Shared};
 use crate::policy::PluginPolicy;
 use crate::sandbox::PluginState;
@@ -167,11 +167,23 @@ pub(crate) fn pre(
     file: &str,
     component: &Component,
 ) -> Result<PluginPre<PluginState>, Error> {
-    let wrong = |e: wasmtime::Error| Error::WrongInterface {
-        name: name.to_owned(),
-        file: file.to_owned(),
-        world: WORLD,
-        reason: crate::text::clean(&format!("{e:#}"), crate::text::MESSAGE),
+    let wrong = |e: wasmtime::Error| {
+        // Built against a version this host does not link: say so, rather
+        // than which import or export failed to match.
+        match bindings::targeted_version(component, &shared.engine) {
+            Some(version) if !SUPPORTED.contains(&version.as_str()) => Error::UnsupportedVersion {
+                name: name.to_owned(),
+                file: file.to_owned(),
+                targets: crate::text::clean(&version, 64),
+                supported: SUPPORTED.join(", "),
+            },
+            _ => Error::WrongInterface {
+                name: name.to_owned(),
+                file: file.to_owned(),
+                world: format!("{HOOKS}@{}", SUPPORTED.join(" or @")),
+                reason: crate::text::clean(&format!("{e:#}"), crate::text::MESSAGE),
+            },
+        }
     };
     let instance_pre = shared.linker.instantiate_pre(component).map_err(wrong)?;
     PluginPre::new(instance_pre).map_err(wrong)

@@ -339,8 +339,11 @@ mod tests {
         out
     }
 
-    /// Each phase (lifecycle, name, doc) and each key (name, one line).
-    fn names(s: &Schema) -> (Vec<(&str, &str, &str)>, Vec<(&str, String)>) {
+    /// A phase: its lifecycle, name and doc.
+    type PhaseLine<'a> = (&'a str, &'a str, &'a str);
+
+    /// Each phase and each key (name, one line about it).
+    fn names(s: &Schema) -> (Vec<PhaseLine<'_>>, Vec<(&str, String)>) {
         let phases = s
             .lifecycles
             .iter()

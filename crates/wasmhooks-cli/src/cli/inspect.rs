@@ -24,11 +24,18 @@ pub fn inspect(file: &Path, operator: Option<&Path>, json: bool) -> anyhow::Resu
                 .map_or("no".into(), |n| format!("yes, as '{n}'"));
             writeln!(out, "allowed   {allowed}")?;
         }
-        writeln!(out, "world     wasmhooks:plugin@{}", wasmhooks::WIT_VERSION)?;
         // Every string below is the plugin's to choose: printed escaped,
         // so none can forge a line (a fake "allowed yes") or drive the
         // terminal.
         let show = |s: &str| clean(s, 4096);
+        let targets = info
+            .wit_version
+            .as_deref()
+            .map_or("no wasmhooks:plugin hooks".into(), |v| {
+                format!("wasmhooks:plugin@{}", show(v))
+            });
+        let runs = wasmhooks::WIT_VERSIONS.join(", ");
+        writeln!(out, "targets   {targets} (this host runs {runs})")?;
         let list = |l: &[String]| show(&l.join(", "));
         if let Some(m) = &info.manifest {
             writeln!(out, "name      {} {}", show(&m.name), show(&m.version))?;
