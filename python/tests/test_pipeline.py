@@ -395,3 +395,18 @@ def test_the_example_runs_cold_warm_and_after_a_change():
     assert '"risk": "cached"' in lines["warm"]
     assert '"unit_price": "computed"' in lines["qty changed"]
     assert '"merchant_key": "cached"' in lines["qty changed"]
+
+
+def test_a_plugin_failing_at_on_pipeline_end_fails_the_run_after_the_flush(
+    operator, tmp_path, cache_dir
+):
+    op = operator(*grants(tmp_path, 'on_error = "fail"'))
+    plugins = [(plugin("adversary"), {"panic_on": "on_pipeline_end"}), LOGGER]
+    one = Pipeline([n for n in pipeline().nodes if n.name == "log_amount"])
+    with PipelineRunner(one, op, plugins, cache_dir=cache_dir) as runner:
+        with pytest.raises(PluginError, match="on_pipeline_end"):
+            runner.run(daft.from_pydict({"amount": [1.0, 2.0]}))
+        assert runner.report.data["status"] == "ok"
+        assert runner.report.outcomes() == {"log_amount": "computed"}
+    # The observers were flushed all the same.
+    assert "on_node_end" in [e["event"] for e in events(tmp_path)]

@@ -596,7 +596,9 @@ class PipelineRunner:
 
     def run(self, df: daft.DataFrame) -> daft.DataFrame:
         """Runs every node over ``df``; returns its columns with each node's
-        output added. :attr:`report` tells what each node did."""
+        output added. :attr:`report` tells what each node did. The input is
+        materialized once (its source columns are hashed for the cache
+        signatures), and each level of nodes is one daft query over it."""
         start = time.perf_counter()
         self.report = report = PipelineReport()
         mode = daft.runners.get_or_create_runner().name
@@ -644,11 +646,15 @@ class PipelineRunner:
             if self._query_phases:
                 daft.detach_subscriber(alias)
             report.elapsed_ms = (time.perf_counter() - start) * 1e3
-            with _noted(failure):
-                self._fire("on_pipeline_end", {"status": status, "elapsed_ms": report.elapsed_ms})
-            self.hooks.flush(self.flush_timeout_s)
-            _flush_workers(self.flush_timeout_s)
-            report.data = dict(data)
+            try:
+                with _noted(failure):
+                    end = {"status": status, "elapsed_ms": report.elapsed_ms}
+                    self._fire("on_pipeline_end", end)
+            finally:
+                # Even when a plugin fails at on_pipeline_end.
+                self.hooks.flush(self.flush_timeout_s)
+                _flush_workers(self.flush_timeout_s)
+                report.data = dict(data)
         if events.failures:
             report.data["query_event_failures"] = events.failures
         return daft.from_arrow(table)
