@@ -52,6 +52,7 @@ fn py_err(py: Python<'_>, err: wasmhooks::Error) -> PyErr {
         | E::DigestMismatch { .. }
         | E::Invalid { .. }
         | E::WrongInterface { .. }
+        | E::UnsupportedVersion { .. }
         | E::Manifest { .. }
         | E::Grant { .. } => LoadError::new_err(message),
         E::Call(call) => plugin_error(py, &call),
@@ -747,10 +748,16 @@ fn restore_trap_handlers() -> usize {
     traps::restore()
 }
 
-/// The version of the `wasmhooks:plugin` WIT package this host implements.
+/// The newest version of the `wasmhooks:plugin` WIT package this host implements.
 #[pyfunction]
 fn wit_version() -> &'static str {
     wasmhooks::WIT_VERSION
+}
+
+/// Every version of the `wasmhooks:plugin` WIT package this host runs plugins of.
+#[pyfunction]
+fn wit_versions() -> Vec<&'static str> {
+    wasmhooks::WIT_VERSIONS.to_vec()
 }
 
 /// The key schema (`wit/keys.toml`) this host checks updates against:
@@ -774,6 +781,7 @@ fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<Hooks>()?;
     m.add_class::<PhaseReport>()?;
     m.add_function(wrap_pyfunction!(wit_version, m)?)?;
+    m.add_function(wrap_pyfunction!(wit_versions, m)?)?;
     m.add_function(wrap_pyfunction!(schema, m)?)?;
     m.add_function(wrap_pyfunction!(restore_trap_handlers, m)?)?;
     m.add("WasmHooksError", py.get_type::<WasmHooksError>())?;

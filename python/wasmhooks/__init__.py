@@ -28,6 +28,7 @@ from wasmhooks._native import (
     WasmHooksError,
     schema,
     wit_version,
+    wit_versions,
 )
 
 __all__ = [
@@ -42,4 +43,5 @@ __all__ = [
     "WasmHooksError",
     "schema",
     "wit_version",
+    "wit_versions",
 ]
