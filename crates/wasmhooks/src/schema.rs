@@ -192,16 +192,12 @@ impl Schema {
                 } else {
                     phases(&spec.set)
                 };
-                let words: Vec<&str> = [spec.doc.as_deref(), spec.effect.as_deref()]
-                    .into_iter()
-                    .flatten()
-                    .collect();
                 let _ = writeln!(
                     out,
                     "| `{key}` | {} | {} | {set} | {} |",
                     spec.type_name(),
                     phases(&spec.provided),
-                    words.join("; ")
+                    spec.meaning()
                 );
             }
             out.push('\n');
@@ -214,6 +210,15 @@ impl KeySpec {
     /// Whether only the host sets it.
     pub fn host_only(&self) -> bool {
         self.set.is_empty()
+    }
+
+    /// What it means and what setting it does, in one line.
+    pub fn meaning(&self) -> String {
+        let words: Vec<&str> = [self.doc.as_deref(), self.effect.as_deref()]
+            .into_iter()
+            .flatten()
+            .collect();
+        words.join("; ")
     }
 
     /// The type in words, for messages and tables: `a bool`, `one of "a", "b"`.
@@ -309,142 +314,117 @@ mod tests {
         assert!(s.key("best_metric").unwrap().check(&json!(null)).is_ok());
     }
 
-    /// The Rust SDK's constants, one per phase and key.
-    fn rust_constants(s: &Schema) -> String {
-        let mut out = String::from(
-            "//! The phase and key names of the key schema (`wit/keys.toml`), as\n\
-             //! constants. Made by `cargo xtask schema`; do not edit.\n\n\
-             /// Phases, by lifecycle.\npub mod phases {\n",
-        );
-        for (name, lifecycle) in &s.lifecycles {
+    /// One SDK's constants file: `header`, then a line per phase (its
+    /// lifecycle, name and doc), `between`, a line per key (its name and
+    /// what it is), and `footer`.
+    fn constants(
+        s: &Schema,
+        header: &str,
+        phase: impl Fn(&str, &str, &str) -> String,
+        between: &str,
+        key: impl Fn(&str, &str) -> String,
+        footer: &str,
+    ) -> String {
+        let mut out = header.to_owned();
+        for (l, lifecycle) in &s.lifecycles {
             for p in &lifecycle.phases {
-                let _ = writeln!(out, "    /// {name}: {}.", p.doc);
-                let _ = writeln!(
-                    out,
-                    "    pub const {}: &str = {:?};",
-                    p.name.to_uppercase(),
-                    p.name
-                );
+                out.push_str(&phase(l, &p.name, &p.doc));
             }
         }
-        out.push_str("}\n");
-        for (key, spec) in &s.keys {
-            let words: Vec<&str> = [spec.doc.as_deref(), spec.effect.as_deref()]
-                .into_iter()
-                .flatten()
-                .collect();
-            let _ = writeln!(out, "\n/// {}; {}.", spec.type_name(), words.join("; "));
-            let _ = writeln!(out, "pub const {}: &str = {key:?};", key.to_uppercase());
+        out.push_str(between);
+        for (name, spec) in &s.keys {
+            out.push_str(&key(
+                name,
+                &format!("{}; {}.", spec.type_name(), spec.meaning()),
+            ));
         }
+        out.push_str(footer);
         out
-    }
-
-    /// A phase: its lifecycle, name and doc.
-    type PhaseLine<'a> = (&'a str, &'a str, &'a str);
-
-    /// Each phase and each key (name, one line about it).
-    fn names(s: &Schema) -> (Vec<PhaseLine<'_>>, Vec<(&str, String)>) {
-        let phases = s
-            .lifecycles
-            .iter()
-            .flat_map(|(l, lc)| {
-                lc.phases
-                    .iter()
-                    .map(move |p| (l.as_str(), p.name.as_str(), p.doc.as_str()))
-            })
-            .collect();
-        let keys = s
-            .keys
-            .iter()
-            .map(|(k, spec)| {
-                let words: Vec<&str> = [spec.doc.as_deref(), spec.effect.as_deref()]
-                    .into_iter()
-                    .flatten()
-                    .collect();
-                (
-                    k.as_str(),
-                    format!("{}; {}.", spec.type_name(), words.join("; ")),
-                )
-            })
-            .collect();
-        (phases, keys)
     }
 
     const MADE: &str = "Made by `cargo xtask schema` from wit/keys.toml; do not edit.";
 
+    /// The Rust SDK's constants: `keys::SHOULD_SAVE`, `keys::phases::PRE_DOWNLOAD`.
+    fn rust_constants(s: &Schema) -> String {
+        constants(
+            s,
+            "//! The phase and key names of the key schema (`wit/keys.toml`), as\n\
+             //! constants. Made by `cargo xtask schema`; do not edit.\n\n\
+             /// Phases, by lifecycle.\npub mod phases {\n",
+            |l, name, doc| {
+                let upper = name.to_uppercase();
+                format!("    /// {l}: {doc}.\n    pub const {upper}: &str = {name:?};\n")
+            },
+            "}\n",
+            |key, words| {
+                let upper = key.to_uppercase();
+                format!("\n/// {words}\npub const {upper}: &str = {key:?};\n")
+            },
+            "",
+        )
+    }
+
     /// The Python SDK's constants: `wasmhooks.keys.SHOULD_SAVE`,
     /// `wasmhooks.keys.phases.PRE_DOWNLOAD`.
     fn python_constants(s: &Schema) -> String {
-        let (phases, keys) = names(s);
-        let mut out = format!(
-            "\"\"\"The phase and key names of the key schema, as constants.\n\n{MADE}\n\"\"\"\n\n\n\
-             class phases:\n    \"\"\"Phases, by lifecycle.\"\"\"\n\n"
-        );
-        for (l, name, doc) in phases {
-            let _ = writeln!(
-                out,
-                "    {} = {name:?}\n    \"\"\"{l}: {doc}.\"\"\"\n",
-                name.to_uppercase()
-            );
-        }
-        for (key, words) in keys {
-            let _ = writeln!(
-                out,
-                "\n{} = {key:?}\n\"\"\"{words}\"\"\"",
-                key.to_uppercase()
-            );
-        }
-        out
+        constants(
+            s,
+            &format!(
+                "\"\"\"The phase and key names of the key schema, as constants.\n\n{MADE}\n\"\"\"\n\n\n\
+                 class phases:\n    \"\"\"Phases, by lifecycle.\"\"\"\n\n"
+            ),
+            |l, name, doc| {
+                let upper = name.to_uppercase();
+                format!("    {upper} = {name:?}\n    \"\"\"{l}: {doc}.\"\"\"\n\n")
+            },
+            "",
+            |key, words| format!("\n{} = {key:?}\n\"\"\"{words}\"\"\"\n", key.to_uppercase()),
+            "",
+        )
     }
 
     /// The JavaScript SDK's constants: `keys.SHOULD_SAVE`, `keys.phases.PRE_DOWNLOAD`.
     fn js_constants(s: &Schema) -> String {
-        let (phases, keys) = names(s);
-        let mut out = format!(
-            "// The phase and key names of the key schema, as constants.\n// {MADE}\n\n\
-             /** Phases, by lifecycle. */\nexport const phases = Object.freeze({{\n"
-        );
-        for (l, name, doc) in phases {
-            let _ = writeln!(
-                out,
-                "  /** {l}: {doc}. */\n  {}: {name:?},",
-                name.to_uppercase()
-            );
-        }
-        out.push_str("});\n");
-        for (key, words) in keys {
-            let _ = writeln!(
-                out,
-                "\n/** {words} */\nexport const {} = {key:?};",
-                key.to_uppercase()
-            );
-        }
-        out
+        constants(
+            s,
+            &format!(
+                "// The phase and key names of the key schema, as constants.\n// {MADE}\n\n\
+                 /** Phases, by lifecycle. */\nexport const phases = Object.freeze({{\n"
+            ),
+            |l, name, doc| {
+                format!(
+                    "  /** {l}: {doc}. */\n  {}: {name:?},\n",
+                    name.to_uppercase()
+                )
+            },
+            "});\n",
+            |key, words| {
+                let upper = key.to_uppercase();
+                format!("\n/** {words} */\nexport const {upper} = {key:?};\n")
+            },
+            "",
+        )
     }
 
     /// The C SDK's header: `WASMHOOKS_KEY_SHOULD_SAVE`, `WASMHOOKS_PHASE_PRE_DOWNLOAD`.
     fn c_constants(s: &Schema) -> String {
-        let (phases, keys) = names(s);
-        let mut out = format!(
-            "// The phase and key names of the key schema, as constants.\n// {MADE}\n\
-             #ifndef WASMHOOKS_KEYS_H\n#define WASMHOOKS_KEYS_H\n\n"
-        );
-        for (l, name, doc) in phases {
-            let _ = writeln!(
-                out,
-                "// {l}: {doc}.\n#define WASMHOOKS_PHASE_{} {name:?}",
-                name.to_uppercase()
-            );
-        }
-        for (key, words) in keys {
-            let _ = writeln!(
-                out,
-                "\n// {words}\n#define WASMHOOKS_KEY_{} {key:?}",
-                key.to_uppercase()
-            );
-        }
-        out.push_str("\n#endif\n");
-        out
+        constants(
+            s,
+            &format!(
+                "// The phase and key names of the key schema, as constants.\n// {MADE}\n\
+                 #ifndef WASMHOOKS_KEYS_H\n#define WASMHOOKS_KEYS_H\n\n"
+            ),
+            |l, name, doc| {
+                let upper = name.to_uppercase();
+                format!("// {l}: {doc}.\n#define WASMHOOKS_PHASE_{upper} {name:?}\n")
+            },
+            "",
+            |key, words| {
+                let upper = key.to_uppercase();
+                format!("\n// {words}\n#define WASMHOOKS_KEY_{upper} {key:?}\n")
+            },
+            "\n#endif\n",
+        )
     }
 
     /// The Go SDK's constants, in package wasmhooks: `wasmhooks.KeyShouldSave`,
@@ -460,20 +440,17 @@ mod tests {
                 })
                 .collect()
         };
-        let (phases, keys) = names(s);
-        let mut out = format!(
-            "// The phase and key names of the key schema, as constants.\n// {MADE}\n\n\
-             package wasmhooks\n\n// Phases, by lifecycle.\nconst (\n"
-        );
-        for (l, name, doc) in phases {
-            let _ = writeln!(out, "\t// {l}: {doc}.\n\tPhase{} = {name:?}", camel(name));
-        }
-        out.push_str(")\n\n// Keys.\nconst (\n");
-        for (key, words) in keys {
-            let _ = writeln!(out, "\t// {words}\n\tKey{} = {key:?}", camel(key));
-        }
-        out.push_str(")\n");
-        out
+        constants(
+            s,
+            &format!(
+                "// The phase and key names of the key schema, as constants.\n// {MADE}\n\n\
+                 package wasmhooks\n\n// Phases, by lifecycle.\nconst (\n"
+            ),
+            |l, name, doc| format!("\t// {l}: {doc}.\n\tPhase{} = {name:?}\n", camel(name)),
+            ")\n\n// Keys.\nconst (\n",
+            |key, words| format!("\t// {words}\n\tKey{} = {key:?}\n", camel(key)),
+            ")\n",
+        )
     }
 
     /// `actual` as `path` holds it; with `UPDATE_EXPECT=1` (what `cargo
