@@ -53,7 +53,10 @@ class Session:
             )
         policy = operator if isinstance(operator, Policy) else Policy.from_file(os.fspath(operator))
         cache = cache_dir if cache_dir is not None else default_cache()
-        self.host = Host(policy, cache_dir=os.fspath(cache) if cache is not None else None)
+        #: The operator's policy and the compile cache, as resolved here.
+        self.policy = policy
+        self.cache_dir = os.fspath(cache) if cache is not None else None
+        self.host = Host(policy, cache_dir=self.cache_dir)
         self.pairs: list[tuple[Plugin, Any]]
         if job is not None:
             config, self.pairs = self.host.load_job(os.fspath(job))

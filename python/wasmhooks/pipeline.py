@@ -85,7 +85,7 @@ from daft.subscribers import Subscriber
 
 from wasmhooks._files import JobPathError, Root, relative
 from wasmhooks._native import Hooks, Host, Plugin, PluginError, Policy, WasmHooksError
-from wasmhooks._session import PathLike, PluginSpec, Session, default_cache
+from wasmhooks._session import PathLike, PluginSpec, Session
 
 #: The pipeline lifecycle's phases, in the order a successful node sees them.
 PHASES = (
@@ -532,12 +532,9 @@ class PipelineRunner:
         partitions: int | None = None,
         flush_timeout_s: float = 10.0,
     ) -> None:
-        self.policy = (
-            operator if isinstance(operator, Policy) else Policy.from_file(os.fspath(operator))
-        )
-        cache = cache_dir if cache_dir is not None else default_cache()
-        self.cache_dir = os.fspath(cache) if cache is not None else None
-        self.session = Session(self.policy, plugins, job, self.cache_dir)
+        self.session = Session(operator, plugins, job, cache_dir)
+        self.policy = self.session.policy
+        self.cache_dir = self.session.cache_dir
         if pipeline is None:
             if job is None or functions is None:
                 raise PipelineError("give a pipeline, or a job bundle and its functions")
