@@ -8,6 +8,8 @@ import hashlib
 import json
 import os
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -60,6 +62,19 @@ def job_bundle(job: Path, plugins: list[tuple[str, object]], extra: str = "") ->
             text += f"config = {toml_value(config)}\n"
     (job / "job.toml").write_text(text + extra)
     return job
+
+
+def run_python(
+    *args: str, env: dict[str, str] | None = None, timeout: float = 300, ok: bool = True
+) -> subprocess.CompletedProcess[str]:
+    """This Python on ``args``, its output captured; with ``ok``, a failure
+    fails the test with the end of its stderr."""
+    run = subprocess.run(
+        [sys.executable, *args], env=env, capture_output=True, text=True, timeout=timeout
+    )
+    if ok:
+        assert run.returncode == 0, run.stderr[-4000:]
+    return run
 
 
 def node_grants() -> list[str]:

@@ -6,15 +6,13 @@ from __future__ import annotations
 
 import json
 import os
-import subprocess
-import sys
 from pathlib import Path
 
 import daft
 import numpy as np
 import pyarrow as pa
 import pytest
-from conftest import allow, job_bundle, plugin
+from conftest import allow, job_bundle, plugin, run_python
 from daft import DataType
 from features import expected, pipeline, transactions
 
@@ -357,23 +355,8 @@ def test_the_same_pipeline_on_daft_s_ray_runner(ray_cluster, operator, tmp_path,
             [str(Path(__file__).parent), os.environ.get("PYTHONPATH", "")]
         ),
     }
-    run = subprocess.run(
-        [
-            sys.executable,
-            "-c",
-            RAY_SCRIPT,
-            ray_cluster.address,
-            str(op),
-            json.dumps(plugins),
-            str(ROWS),
-            str(cache_dir),
-        ],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
-    assert run.returncode == 0, run.stderr[-4000:]
+    args = [ray_cluster.address, str(op), json.dumps(plugins), str(ROWS), str(cache_dir)]
+    run = run_python("-c", RAY_SCRIPT, *args, env=env)
     first, second = json.loads(run.stdout.strip().splitlines()[-1])
     assert first["mode"] == "ray" and first["ok"] and second["ok"]
     assert set(first["outcomes"].values()) == {"computed"}
@@ -384,13 +367,7 @@ def test_the_same_pipeline_on_daft_s_ray_runner(ray_cluster, operator, tmp_path,
 
 def test_the_example_runs_cold_warm_and_after_a_change():
     """examples/pipeline/run.py, as the README runs it."""
-    run = subprocess.run(
-        [sys.executable, str(Path(__file__).parents[2] / "examples/pipeline/run.py")],
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
-    assert run.returncode == 0, run.stderr[-4000:]
+    run = run_python(str(Path(__file__).parents[2] / "examples/pipeline/run.py"))
     lines = {line.split("  ")[0].strip(): line for line in run.stdout.splitlines()}
     assert '"risk": "cached"' in lines["warm"]
     assert '"unit_price": "computed"' in lines["qty changed"]

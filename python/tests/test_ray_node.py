@@ -11,14 +11,13 @@ import hashlib
 import json
 import os
 import shutil
-import subprocess
 import sys
 import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
-from conftest import ROOT, allow, job_bundle, node_grants
+from conftest import ROOT, allow, job_bundle, node_grants, run_python
 
 from wasmhooks import PluginError
 
@@ -355,45 +354,27 @@ def test_a_group_the_cluster_cannot_place_says_so(ray_cluster, operator, tmp_pat
 
 def test_the_cli_runs_a_bundle_on_the_cluster(ray_cluster, operator, tmp_path):
     job = bundle(tmp_path, SEED_PLUGINS)
-    out = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "wasmhooks.ray",
-            "run",
-            str(job),
-            "--operator",
-            str(node_operator(operator)),
-            "--address",
-            ray_cluster.address,
-            "--cache",
-            str(tmp_path / "c"),
-            "--json",
-        ],
-        capture_output=True,
-        text=True,
-        timeout=300,
+    out = run_python(
+        "-m",
+        "wasmhooks.ray",
+        "run",
+        str(job),
+        "--operator",
+        str(node_operator(operator)),
+        "--address",
+        ray_cluster.address,
+        "--cache",
+        str(tmp_path / "c"),
+        "--json",
         env={**os.environ, "RAY_USAGE_STATS_ENABLED": "0"},
     )
-    assert out.returncode == 0, out.stderr[-3000:]
     data = json.loads(out.stdout)
     assert len(data["nodes"]) == 2 and data["engine"]["ready_ms"] >= 0
     assert not alive(data["engine"]["pid"])
 
-    bad = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "wasmhooks.ray",
-            "run",
-            str(tmp_path / "missing"),
-            "--operator",
-            str(node_operator(operator)),
-        ],
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
+    missing = str(tmp_path / "missing")
+    op = str(node_operator(operator))
+    bad = run_python("-m", "wasmhooks.ray", "run", missing, "--operator", op, timeout=120, ok=False)
     assert bad.returncode == 1 and "error:" in bad.stderr
 
 

@@ -7,7 +7,7 @@ import json
 import os
 
 import pytest
-from conftest import allow, plugin
+from conftest import allow, plugin, run_python
 from tiny import Tokens, gpt2, training_args
 
 transformers = pytest.importorskip("transformers")
@@ -131,8 +131,6 @@ def test_a_hostile_plugin_fails_or_is_skipped_by_the_operator_s_policy(
 
 
 def test_a_stop_on_rank_one_stops_both_ranks(operator, tmp_path, cache_dir):
-    import subprocess
-    import sys
     from pathlib import Path
 
     op = operator(allow("adversary", "adversary", 'write = ["should_training_stop"]'))
@@ -140,26 +138,19 @@ def test_a_stop_on_rank_one_stops_both_ranks(operator, tmp_path, cache_dir):
     out.mkdir()
     job = Path(__file__).with_name("ddp_job.py")
     env = dict(os.environ, OMP_NUM_THREADS="1")
-    run = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "torch.distributed.run",
-            "--standalone",
-            "--nproc-per-node",
-            "2",
-            str(job),
-            str(op),
-            str(plugin("adversary")),
-            str(out),
-            str(cache_dir),
-        ],
+    run_python(
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        "--nproc-per-node",
+        "2",
+        str(job),
+        str(op),
+        str(plugin("adversary")),
+        str(out),
+        str(cache_dir),
         env=env,
-        capture_output=True,
-        text=True,
-        timeout=300,
     )
-    assert run.returncode == 0, run.stderr[-4000:]
     ranks = [json.loads((out / f"rank-{r}.json").read_text()) for r in (0, 1)]
     assert ranks == [{"step": 1, "world_size": 2}] * 2, ranks
 
