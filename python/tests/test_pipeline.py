@@ -387,3 +387,50 @@ def test_a_plugin_failing_at_on_pipeline_end_fails_the_run_after_the_flush(
         assert runner.report.outcomes() == {"log_amount": "computed"}
     # The observers were flushed all the same.
     assert "on_node_end" in [e["event"] for e in events(tmp_path)]
+
+
+def test_missing_inputs_and_oversized_or_mislabelled_cache_entries_are_named(
+    operator, tmp_path, cache_dir
+):
+    """A DataFrame without a source column and a bundle without [pipeline]
+    are errors naming them; a cached file over the operator's max_file_mib
+    is a miss; a signature that is not one (`../x`) makes cache-store ask
+    for nothing."""
+    cache = tmp_path / "cache"
+    cache.mkdir()
+    (cache / "big.arrow").write_bytes(b"\0" * (2 << 20))
+    readwrite = f'readwrite = [{{ host = "{cache}", guest = "/cache" }}]'
+    op = operator(
+        *grants(tmp_path, f'write = ["*"]\n{readwrite}'), head="[job]\nmax_file_mib = 1\n"
+    )
+    one = Pipeline([n for n in pipeline().nodes if n.name == "log_amount"])
+    with PipelineRunner(one, op, [], cache_dir=cache_dir) as runner:
+        with pytest.raises(PipelineError, match="the DataFrame has no column 'amount'"):
+            runner.run(daft.from_pydict({"qty": [1]}))
+    big = {"skip_execution": True, "cached_path": "/cache/big.arrow", "cache_signature": "0" * 64}
+    plugins = [(plugin("adversary"), {"updates": {"on_node_begin": big}})]
+    with PipelineRunner(one, op, plugins, cache_dir=cache_dir) as runner:
+        runner.run(daft.from_pydict({"amount": [1.0]}))
+        assert runner.report.outcomes() == {"log_amount": "computed"}
+        assert "over the 1048576 cap" in runner.report.data["cache_miss_reason"]
+    sneaky = {"cache_signature": "../../escaped"}
+    plugins = [
+        (plugin("adversary"), {"updates": {"on_node_begin": sneaky}}),
+        (plugin("cache_store"), {"dir": "/cache"}),
+    ]
+    with PipelineRunner(one, op, plugins, cache_dir=cache_dir) as runner:
+        runner.run(daft.from_pydict({"amount": [1.0]}))
+        assert "cache_store" not in runner.report.data
+    assert sorted(p.name for p in cache.iterdir()) == ["big.arrow"]
+    assert not (tmp_path / "escaped.arrow").exists()
+
+    job = job_bundle(tmp_path / "job", [], "")
+    with pytest.raises(PipelineError, match=r"job.toml has no \[pipeline\] table"):
+        PipelineRunner(None, op, job=job, functions={}, cache_dir=cache_dir)
+
+
+def test_cache_plugins_without_their_folder_fail_to_start_naming_it(operator, tmp_path, cache_dir):
+    op = operator(*grants(tmp_path))
+    nowhere = [(plugin("cache_check"), {"dir": "/nowhere"})]
+    with pytest.raises(PluginError, match='cache folder "/nowhere" is not there'):
+        PipelineRunner(pipeline(), op, nowhere, cache_dir=cache_dir)
