@@ -6,7 +6,7 @@
 # WASMHOOKS_WIT overrides the WIT folder.
 set -eu
 here=$(cd "$(dirname "$0")" && pwd)
-wit=$(cd "${WASMHOOKS_WIT:-$here/../../wit/v0.1.0}" && pwd)
+wit=$(cd "${WASMHOOKS_WIT:-$here/../../wit/v0.2.0}" && pwd)
 out=$(cd "$(dirname "$2")" && pwd)/$(basename "$2")
 work=$(mktemp -d)
 trap 'rm -rf "$work"' EXIT

@@ -2,11 +2,12 @@
 //
 // `definePlugin({...})` takes the manifest fields and the callbacks a plugin
 // needs and returns the `hooks` object the component exports. Data values
-// arrive as JavaScript values (decoded from JSON) and `onPhase` returns an
-// object of new values, with `REMOVE` to delete a key. A thrown error
+// arrive as JavaScript values (numbers, strings, booleans and null as they
+// crossed, lists and maps decoded from JSON) and `onPhase` returns an object
+// of new values, with `REMOVE` to delete a key. A thrown error
 // becomes the call's error: the host reports it with the plugin's name and
 // the phase, and merges nothing.
-import { log as hostLog } from "wasmhooks:plugin/log@0.1.0";
+import { log as hostLog } from "wasmhooks:plugin/log@0.2.0";
 
 /** The key schema's phase and key names: `keys.SHOULD_SAVE`, `keys.phases.PRE_DOWNLOAD`. */
 export * as keys from "./keys.js";
@@ -32,15 +33,49 @@ function guard(callback) {
   }
 }
 
+// A value as the host sent it, as a JavaScript value.
+function lift(value) {
+  switch (value.tag) {
+    case "null":
+      return null;
+    case "integer":
+      return Number(value.val);
+    case "json":
+      return JSON.parse(value.val);
+    default:
+      return value.val;
+  }
+}
+
+// A value to send: scalars as themselves, the rest as JSON text.
+function lower(value) {
+  if (value === null || value === undefined) return { tag: "null" };
+  switch (typeof value) {
+    case "boolean":
+      return { tag: "boolean", val: value };
+    case "number":
+      return Number.isSafeInteger(value)
+        ? { tag: "integer", val: BigInt(value) }
+        : { tag: "float", val: value };
+    case "string":
+      return { tag: "text", val: value };
+    default:
+      return { tag: "json", val: JSON.stringify(value) };
+  }
+}
+
 export function definePlugin(plugin) {
+  // What the host refers to by position: the manifest's phases and keys.
+  const phases = plugin.phases ?? ["*"];
+  const reads = plugin.reads ?? undefined;
   return {
     describe() {
       return {
         name: plugin.name,
         version: plugin.version ?? "0.1.0",
-        phases: plugin.phases ?? ["*"],
+        phases,
         order: plugin.order ?? 0,
-        reads: plugin.reads ?? undefined,
+        reads,
         observe: plugin.observe ?? [],
         rankZeroOnly: plugin.rankZeroOnly ?? false,
       };
@@ -50,12 +85,20 @@ export function definePlugin(plugin) {
     },
     onPhase(phase, data) {
       return guard(() => {
-        const values = Object.fromEntries(data.map(({ key, value }) => [key, JSON.parse(value)]));
-        const changes = plugin.onPhase?.(phase, values) ?? {};
+        const name = phase.tag === "listed" ? phases[phase.val] : phase.val;
+        const values = {};
+        if (data.tag === "listed") {
+          data.val.forEach((value, i) => {
+            if (value !== undefined) values[reads[i]] = lift(value);
+          });
+        } else {
+          for (const { key, value } of data.val) values[key] = lift(value);
+        }
+        const changes = plugin.onPhase?.(name, values) ?? {};
         return Object.entries(changes).map(([key, value]) =>
           value === REMOVE
             ? { tag: "remove", val: key }
-            : { tag: "set", val: { key, value: JSON.stringify(value) } },
+            : { tag: "set", val: { key, value: lower(value) } },
         );
       });
     },

@@ -6,7 +6,7 @@
 # WIT folder.
 set -eu
 here=$(cd "$(dirname "$0")" && pwd)
-wit=${WASMHOOKS_WIT:-$here/../../wit/v0.1.0}
+wit=${WASMHOOKS_WIT:-$here/../../wit/v0.2.0}
 work=$(mktemp -d)
 trap 'rm -rf "$work"' EXIT
 # Copies, so that bytecode caches stay out of the source folders.

@@ -3,8 +3,9 @@
 A plugin is a subclass of `Plugin` with class attributes for its manifest and
 methods for the callbacks it needs; `export(MyPlugin())` turns it into the
 `Hooks` class that componentize-py exports. Data values arrive as Python
-objects (decoded from JSON) and updates are a dict of new values, with
-`REMOVE` to delete a key, so a callback reads like a Python one::
+objects (numbers, strings, booleans and None as they crossed, lists and maps
+decoded from JSON) and updates are a dict of new values, with `REMOVE` to
+delete a key, so a callback reads like a Python one::
 
     class ForceDownload(Plugin):
         name = "force-download"
@@ -80,16 +81,42 @@ def _failure(error):
     return Err(types.Failure(text))
 
 
+def _lift(value):
+    """A value as the host sent it, as a Python object."""
+    if isinstance(value, types.Value_Json):
+        return json.loads(value.value)
+    if isinstance(value, types.Value_Null):
+        return None
+    return value.value
+
+
+def _lower(value):
+    """A value to send: scalars as themselves, the rest as JSON text."""
+    if value is None:
+        return types.Value_Null()
+    if isinstance(value, bool):
+        return types.Value_Boolean(value)
+    if isinstance(value, int) and -(2**63) <= value < 2**63:
+        return types.Value_Integer(value)
+    if isinstance(value, float):
+        return types.Value_Float(value)
+    if isinstance(value, str):
+        return types.Value_Text(value)
+    return types.Value_Json(json.dumps(value))
+
+
 def export(plugin):
     """The `Hooks` class componentize-py exports, calling `plugin`."""
+    # What the host refers to by position: the manifest's phases and keys.
+    phases = list(plugin.phases)
+    reads = None if plugin.reads is None else list(plugin.reads)
 
     class Hooks(exports.Hooks):
         def describe(self):
-            reads = None if plugin.reads is None else list(plugin.reads)
             return types.Manifest(
                 plugin.name,
                 plugin.version,
-                list(plugin.phases),
+                phases,
                 plugin.order,
                 reads,
                 list(plugin.observe),
@@ -104,12 +131,23 @@ def export(plugin):
 
         def on_phase(self, phase, data):
             try:
-                values = {entry.key: json.loads(entry.value) for entry in data}
+                if isinstance(phase, types.Phase_Listed):
+                    phase = phases[phase.value]
+                else:
+                    phase = phase.value
+                if isinstance(data, types.Data_Listed):
+                    values = {
+                        key: _lift(value)
+                        for key, value in zip(reads, data.value)
+                        if value is not None
+                    }
+                else:
+                    values = {entry.key: _lift(entry.value) for entry in data.value}
                 changes = plugin.on_phase(phase, values) or {}
                 return [
                     types.Update_Remove(key)
                     if value is REMOVE
-                    else types.Update_Set(types.Entry(key, json.dumps(value)))
+                    else types.Update_Set(types.Entry(key, _lower(value)))
                     for key, value in changes.items()
                 ]
             except Exception as error:

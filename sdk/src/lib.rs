@@ -49,7 +49,7 @@ pub use serde_json::{self, Value, json};
 #[allow(unsafe_code, missing_docs, unused_qualifications, clippy::all)]
 pub mod bindings {
     wit_bindgen::generate!({
-        path: "../wit/v0.1.0",
+        path: "../wit/v0.2.0",
         world: "plugin",
         pub_export_macro: true,
         export_macro_name: "__export_plugin_world",
@@ -159,13 +159,13 @@ macro_rules! export_plugin {
                 }
 
                 fn on_phase(
-                    phase: ::std::string::String,
-                    data: ::std::vec::Vec<$crate::bindings::wasmhooks::plugin::types::Entry>,
+                    phase: $crate::bindings::wasmhooks::plugin::types::Phase,
+                    data: $crate::bindings::wasmhooks::plugin::types::Data,
                 ) -> ::core::result::Result<
                     ::std::vec::Vec<$crate::bindings::wasmhooks::plugin::types::Update>,
                     $crate::bindings::wasmhooks::plugin::types::Failure,
                 > {
-                    $crate::__private::on_phase::<$ty>(&phase, data)
+                    $crate::__private::on_phase::<$ty>(phase, data)
                 }
 
                 fn save_state() -> ::core::option::Option<::std::string::String> {
@@ -189,9 +189,11 @@ macro_rules! export_plugin {
 #[doc(hidden)]
 pub mod __private {
     use std::any::Any;
-    use std::cell::RefCell;
+    use std::cell::{OnceCell, RefCell};
+    use std::rc::Rc;
 
     use crate::bindings::wasmhooks::plugin::types as wit;
+    use crate::data::Reads;
     use crate::{Data, Error, Plugin, Value};
 
     pub use wit_bindgen;
@@ -199,6 +201,8 @@ pub mod __private {
     thread_local! {
         // One plugin per component, so one slot: the plugin's value.
         static STATE: RefCell<Option<Box<dyn Any>>> = const { RefCell::new(None) };
+        // What its manifest lists, which the host refers to by position.
+        static DECLARED: OnceCell<Declared> = const { OnceCell::new() };
     }
 
     fn with<T: Plugin, R>(f: impl FnOnce(&mut T) -> R) -> R {
@@ -231,13 +235,36 @@ pub mod __private {
         with::<T, _>(|p| p.init(&job, &config)).map_err(failure)
     }
 
+    /// The manifest's phases and keys, read once.
+    struct Declared {
+        phases: Vec<String>,
+        reads: Rc<Reads>,
+    }
+
     pub fn on_phase<T: Plugin>(
-        phase: &str,
-        entries: Vec<wit::Entry>,
+        phase: wit::Phase,
+        data: wit::Data,
     ) -> Result<Vec<wit::Update>, wit::Failure> {
-        let data = Data::from_entries(entries).map_err(failure)?;
-        let updates = with::<T, _>(|p| p.on_phase(phase, &data)).map_err(failure)?;
-        Ok(updates.into_wit())
+        DECLARED.with(|declared| {
+            let declared = declared.get_or_init(|| {
+                let manifest = T::manifest().into_wit();
+                Declared {
+                    phases: manifest.phases,
+                    reads: Rc::new(Reads::new(manifest.reads.unwrap_or_default())),
+                }
+            });
+            let phase = match &phase {
+                wit::Phase::Named(name) => name.as_str(),
+                wit::Phase::Listed(i) => declared.phases.get(*i as usize).ok_or_else(|| {
+                    failure(Error::new(format!(
+                        "the host passed phase #{i}, past the manifest's list"
+                    )))
+                })?,
+            };
+            let data = Data::from_wit(declared.reads.clone(), data).map_err(failure)?;
+            let updates = with::<T, _>(|p| p.on_phase(phase, &data)).map_err(failure)?;
+            Ok(updates.into_wit())
+        })
     }
 
     pub fn save_state<T: Plugin>() -> Option<String> {

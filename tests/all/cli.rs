@@ -121,7 +121,7 @@ fn inspect_shows_the_manifest_and_interfaces() {
         "name      log-phases",
         "phases    *",
         "ranks     zero only",
-        "wasmhooks:plugin/hooks@0.1.0",
+        "wasmhooks:plugin/hooks@0.2.0",
     ] {
         assert!(text.contains(want), "{want} missing from\n{text}");
     }

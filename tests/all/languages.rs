@@ -144,6 +144,21 @@ fn metrics_collectors_in_every_language_agree_with_the_rust_one() {
         json!({"eval_loss": 0.75, "loss": 2.5 / 3.0, "step": 3.0})
     );
     assert_eq!(expected["after_resume"]["calls"]["on_step_end"], 4.0);
+    // Both contracts are in play: collectors built against the frozen 0.1.0
+    // (C, Zig and Go, whose SDKs have not moved) run unchanged beside those
+    // built against the newest (Rust, Python, JavaScript), with the same
+    // figures.
+    let versions: std::collections::BTreeSet<String> = collectors
+        .iter()
+        .map(|&(name, path)| {
+            let host = host(&allow(name, path, ""));
+            host.inspect(path).unwrap().wit_version.unwrap()
+        })
+        .collect();
+    assert_eq!(
+        versions.iter().map(String::as_str).collect::<Vec<_>>(),
+        wasmhooks::WIT_VERSIONS
+    );
     for &(name, path) in &collectors[1..] {
         let plugin = load(name, path);
         assert_eq!(reads(&plugin), rust_reads, "{name}");

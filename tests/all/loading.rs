@@ -185,14 +185,18 @@ fn inspect_reads_the_manifest_of_a_plugin_not_yet_allowed() {
     assert_eq!(info.sha256, digest(plugins::METRICS_COLLECTOR));
     assert_eq!(info.allowed_as, None);
     assert!(
-        info.exports
-            .contains(&"wasmhooks:plugin/hooks@0.1.0".to_owned()),
+        info.exports.contains(&format!(
+            "wasmhooks:plugin/hooks@{}",
+            wasmhooks::WIT_VERSION
+        )),
         "{:?}",
         info.exports
     );
     assert!(
-        info.imports
-            .contains(&"wasmhooks:plugin/types@0.1.0".to_owned()),
+        info.imports.contains(&format!(
+            "wasmhooks:plugin/types@{}",
+            wasmhooks::WIT_VERSION
+        )),
         "{:?}",
         info.imports
     );

@@ -82,7 +82,7 @@ fn data(keys: usize) -> DataMap {
 }
 
 mod raw {
-    wasmtime::component::bindgen!({ path: "../../wit/v0.1.0", world: "plugin" });
+    wasmtime::component::bindgen!({ path: "../../wit/v0.2.0", world: "plugin" });
 
     use wasmtime::component::ResourceTable;
     use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
@@ -150,21 +150,26 @@ fn raw_store(engine: &wasmtime::Engine, metered: bool) -> wasmtime::Store<raw::S
 /// A store and the bench plugin instantiated in it, as plain wasmtime has them.
 type RawInstance = (wasmtime::Store<raw::State>, raw::Plugin);
 
-/// The entry the bench plugin reads, as the raw calls pass it.
-fn raw_entries() -> [raw::wasmhooks::plugin::types::Entry; 1] {
-    [raw::wasmhooks::plugin::types::Entry {
-        key: "loss".into(),
-        value: "0.5".into(),
-    }]
+/// The value the bench plugin reads (it lists one key, `loss`), as the raw
+/// calls pass it.
+fn raw_entries() -> raw::wasmhooks::plugin::types::Data {
+    use raw::wasmhooks::plugin::types::{Data, Value};
+    Data::Listed(vec![Some(Value::Float(0.5))])
+}
+
+/// The phase of the raw calls: the bench plugin's first (and only) listed
+/// phase, `on_step_end`, by position as the host passes it.
+fn raw_phase() -> raw::wasmhooks::plugin::types::Phase {
+    raw::wasmhooks::plugin::types::Phase::Listed(0)
 }
 
 /// One raw `on-phase` call to each instance.
-fn call_raw(instances: &mut [RawInstance], entries: &[raw::wasmhooks::plugin::types::Entry]) {
+fn call_raw(instances: &mut [RawInstance], entries: &raw::wasmhooks::plugin::types::Data) {
     for (store, plugin) in instances {
         let _ = black_box(
             plugin
                 .wasmhooks_plugin_hooks()
-                .call_on_phase(&mut *store, "on_step_end", entries)
+                .call_on_phase(&mut *store, &raw_phase(), entries)
                 .expect("call"),
         );
     }

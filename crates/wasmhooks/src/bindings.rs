@@ -1,50 +1,329 @@
-//! Generated bindings, one module per version of the `wasmhooks:plugin` WIT
-//! package this host links. Each released version is frozen in
-//! `wit/v<version>/` and keeps its own bindings here, so a plugin built
-//! against it runs unchanged on later hosts. Private: the public API speaks
-//! in its own types (`Manifest`, `DataMap`), so a WIT change does not ripple
-//! into every embedder.
+//! The plugin interface, one module per version of the `wasmhooks:plugin`
+//! WIT package this host links. Each released version is frozen in
+//! `wit/v<version>/` and keeps its own generated bindings, its own `log`
+//! host and its own conversions here, so a plugin built against it runs
+//! unchanged on later hosts. The rest of the crate speaks in the host's own
+//! terms ([`Input`], [`Update`], `Manifest`), so a new version changes this
+//! module and nothing else.
 
-/// `wasmhooks:plugin@0.1.0`, frozen in `wit/v0.1.0/`.
-pub(crate) mod v0_1_0 {
-    wasmtime::component::bindgen!({
-        path: "../../wit/v0.1.0",
-        world: "plugin",
-    });
+/// The parts of the interface no version has changed yet (`log`, the
+/// manifest, `init`): written once, expanded in each version's module over
+/// its own generated types.
+macro_rules! unchanged_since_0_1_0 {
+    () => {
+        impl types::Host for crate::capabilities::log::PluginLog {}
 
-    pub(crate) use self::wasmhooks::plugin::{log, types};
+        impl log::Host for crate::capabilities::log::PluginLog {
+            fn log(&mut self, level: types::Level, message: String) {
+                use crate::capabilities::log::Level;
+                self.record(
+                    match level {
+                        types::Level::Trace => Level::Trace,
+                        types::Level::Debug => Level::Debug,
+                        types::Level::Info => Level::Info,
+                        types::Level::Warn => Level::Warn,
+                        types::Level::Error => Level::Error,
+                    },
+                    message,
+                );
+            }
+        }
 
-    /// The version: the one place it is written on the host's side (a test
-    /// checks it against the WIT's `package` line).
-    pub(crate) const VERSION: &str = "0.1.0";
+        pub(super) fn add_to_linker(
+            linker: &mut wasmtime::component::Linker<PluginState>,
+        ) -> wasmtime::Result<()> {
+            use crate::capabilities::log::PluginLog;
+            use wasmtime::component::HasSelf;
+            fn get(state: &mut PluginState) -> &mut PluginLog {
+                &mut state.log
+            }
+            log::add_to_linker::<_, HasSelf<PluginLog>>(linker, get)?;
+            types::add_to_linker::<_, HasSelf<PluginLog>>(linker, get)
+        }
+
+        pub(super) fn describe(
+            p: &Plugin,
+            store: &mut Store<PluginState>,
+        ) -> wasmtime::Result<crate::manifest::Manifest> {
+            let m = p.wasmhooks_plugin_hooks().call_describe(store)?;
+            Ok(crate::manifest::Manifest {
+                name: m.name,
+                version: m.version,
+                phases: m.phases,
+                order: m.order,
+                reads: m.reads,
+                observe: m.observe,
+                rank_zero_only: m.rank_zero_only,
+            })
+        }
+
+        pub(super) fn init(
+            p: &Plugin,
+            store: &mut Store<PluginState>,
+            job: &str,
+            config: &str,
+        ) -> super::Called<()> {
+            // The generated signature takes the WIT `json` alias as `&String`.
+            let (job, config) = (job.to_owned(), config.to_owned());
+            Ok(p.wasmhooks_plugin_hooks()
+                .call_init(store, &job, &config)?
+                .map_err(|f| f.message))
+        }
+
+        pub(super) fn save_state(
+            p: &Plugin,
+            store: &mut Store<PluginState>,
+        ) -> wasmtime::Result<Option<String>> {
+            p.wasmhooks_plugin_hooks().call_save_state(store)
+        }
+
+        pub(super) fn load_state(
+            p: &Plugin,
+            store: &mut Store<PluginState>,
+            state: &str,
+        ) -> super::Called<()> {
+            Ok(p.wasmhooks_plugin_hooks()
+                .call_load_state(store, &state.to_owned())?
+                .map_err(|f| f.message))
+        }
+    };
 }
+use unchanged_since_0_1_0;
 
-pub(crate) use v0_1_0::{Plugin, PluginPre, log, types};
+mod v0_1_0;
+mod v0_2_0;
+
+use serde_json::Value;
+use wasmtime::Store;
+use wasmtime::component::{Component, InstancePre, Linker};
+
+use crate::manifest::Manifest;
+use crate::sandbox::PluginState;
+
+/// The newest version: the one the SDKs in this repository build against.
+pub(crate) const NEWEST: &str = v0_2_0::VERSION;
 
 /// Every version this host runs plugins of, oldest first.
-pub(crate) const SUPPORTED: &[&str] = &[v0_1_0::VERSION];
+pub(crate) const SUPPORTED: &[&str] = &[v0_1_0::VERSION, v0_2_0::VERSION];
 
 /// The interface a plugin exports, without its version.
 pub(crate) const HOOKS: &str = "wasmhooks:plugin/hooks";
 
 /// The version of the hooks interface a component exports, if it exports
 /// one at all: what it was built against.
-pub(crate) fn targeted_version(
-    component: &wasmtime::component::Component,
-    engine: &wasmtime::Engine,
-) -> Option<String> {
+pub(crate) fn targeted_version(component: &Component, engine: &wasmtime::Engine) -> Option<String> {
     component
         .component_type()
         .exports(engine)
         .find_map(|(name, _)| Some(name.strip_prefix(HOOKS)?.strip_prefix('@')?.to_owned()))
 }
 
+/// Adds every version's imports (today, `log`) to the plugin linker. The
+/// versions' interfaces have distinct names, so one linker serves them all.
+pub(crate) fn add_to_linker(linker: &mut Linker<PluginState>) -> wasmtime::Result<()> {
+    v0_1_0::add_to_linker(linker)?;
+    v0_2_0::add_to_linker(linker)
+}
+
+/// What a plugin is called with at a phase, in the host's terms.
+pub(crate) enum Input {
+    /// The plugin lists the keys it reads: one value per listed key, in
+    /// the manifest's order, `None` where the map lacks it.
+    Listed(Vec<Option<Value>>),
+    /// The plugin reads the whole map.
+    Whole(Vec<(String, Value)>),
+}
+
+impl Input {
+    /// About how many bytes it holds, for bounding the observer's queue.
+    pub(crate) fn bytes(&self) -> usize {
+        match self {
+            Input::Listed(values) => values.iter().flatten().map(value_bytes).sum(),
+            Input::Whole(entries) => entries.iter().map(|(k, v)| k.len() + value_bytes(v)).sum(),
+        }
+    }
+}
+
+/// About how many bytes a value takes as JSON text, without writing it
+/// (and without recursion: a value may nest deeply).
+pub(crate) fn value_bytes(value: &Value) -> usize {
+    let mut total = 0;
+    let mut stack = vec![value];
+    while let Some(v) = stack.pop() {
+        total += match v {
+            Value::Null | Value::Bool(_) => 5,
+            Value::Number(_) => 8,
+            Value::String(s) => s.len() + 2,
+            Value::Array(items) => {
+                stack.extend(items);
+                2 + items.len()
+            }
+            Value::Object(map) => {
+                stack.extend(map.values());
+                map.keys().map(|k| k.len() + 4).sum::<usize>() + 2
+            }
+        };
+    }
+    total
+}
+
+/// A change a plugin asked for, before the host checks it.
+#[derive(Debug)]
+pub(crate) enum Update {
+    Set(String, Incoming),
+    Remove(String),
+}
+
+/// A value as a plugin returned it.
+#[derive(Debug)]
+pub(crate) enum Incoming {
+    /// JSON text, still to be parsed.
+    Json(String),
+    /// A scalar that crossed typed.
+    Value(Value),
+    /// A float JSON cannot hold (NaN or an infinity).
+    NotFinite(f64),
+}
+
+impl Incoming {
+    /// The bytes it counts for against the update and data-map limits.
+    pub(crate) fn bytes(&self) -> usize {
+        match self {
+            Incoming::Json(text) => text.len(),
+            Incoming::Value(v) => value_bytes(v),
+            Incoming::NotFinite(_) => 8,
+        }
+    }
+}
+
+/// A compiled plugin matched against the version of the world it targets.
+pub(crate) enum Pre {
+    V0_1_0(v0_1_0::PluginPre<PluginState>),
+    V0_2_0(v0_2_0::PluginPre<PluginState>),
+}
+
+/// A live instance's exports, as bound for its version.
+pub(crate) enum Bound {
+    V0_1_0(v0_1_0::Plugin),
+    V0_2_0(v0_2_0::Plugin),
+}
+
+/// Why a version could not be bound: the host links no such version, or
+/// the component does not fit the world of the version it names.
+pub(crate) enum Mismatch {
+    Unsupported(String),
+    Wrong(wasmtime::Error),
+}
+
+impl Pre {
+    /// Matches an instantiable component against the world of the version
+    /// it targets.
+    pub(crate) fn new(
+        instance: InstancePre<PluginState>,
+        version: Option<&str>,
+    ) -> Result<Self, Mismatch> {
+        match version {
+            Some(v0_1_0::VERSION) => v0_1_0::PluginPre::new(instance)
+                .map(Pre::V0_1_0)
+                .map_err(Mismatch::Wrong),
+            Some(v0_2_0::VERSION) | None => v0_2_0::PluginPre::new(instance)
+                .map(Pre::V0_2_0)
+                .map_err(Mismatch::Wrong),
+            Some(other) => Err(Mismatch::Unsupported(other.to_owned())),
+        }
+    }
+
+    pub(crate) fn instantiate(&self, store: &mut Store<PluginState>) -> wasmtime::Result<Bound> {
+        Ok(match self {
+            Pre::V0_1_0(pre) => Bound::V0_1_0(pre.instantiate(store)?),
+            Pre::V0_2_0(pre) => Bound::V0_2_0(pre.instantiate(store)?),
+        })
+    }
+}
+
+/// A call's result: a trap (outer), or the plugin's own failure message.
+pub(crate) type Called<T> = wasmtime::Result<Result<T, String>>;
+
+impl Bound {
+    pub(crate) fn describe(&self, store: &mut Store<PluginState>) -> wasmtime::Result<Manifest> {
+        match self {
+            Bound::V0_1_0(p) => v0_1_0::describe(p, store),
+            Bound::V0_2_0(p) => v0_2_0::describe(p, store),
+        }
+    }
+
+    pub(crate) fn init(
+        &self,
+        store: &mut Store<PluginState>,
+        job: &str,
+        config: &str,
+    ) -> Called<()> {
+        match self {
+            Bound::V0_1_0(p) => v0_1_0::init(p, store, job, config),
+            Bound::V0_2_0(p) => v0_2_0::init(p, store, job, config),
+        }
+    }
+
+    /// `manifest` is the plugin's own, whose lists (phases, and the keys
+    /// `Input::Listed` follows) a version may refer to by position.
+    pub(crate) fn on_phase(
+        &self,
+        store: &mut Store<PluginState>,
+        manifest: &Manifest,
+        phase: &str,
+        input: &Input,
+    ) -> Called<Vec<Update>> {
+        match self {
+            Bound::V0_1_0(p) => v0_1_0::on_phase(p, store, phase, manifest.reads.as_deref(), input),
+            Bound::V0_2_0(p) => v0_2_0::on_phase(p, store, &manifest.phases, phase, input),
+        }
+    }
+
+    pub(crate) fn save_state(
+        &self,
+        store: &mut Store<PluginState>,
+    ) -> wasmtime::Result<Option<String>> {
+        match self {
+            Bound::V0_1_0(p) => v0_1_0::save_state(p, store),
+            Bound::V0_2_0(p) => v0_2_0::save_state(p, store),
+        }
+    }
+
+    pub(crate) fn load_state(&self, store: &mut Store<PluginState>, state: &str) -> Called<()> {
+        match self {
+            Bound::V0_1_0(p) => v0_1_0::load_state(p, store, state),
+            Bound::V0_2_0(p) => v0_2_0::load_state(p, store, state),
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     #[test]
     fn each_version_constant_matches_its_frozen_wit() {
-        let wit = include_str!("../../../wit/v0.1.0/plugin.wit");
-        let package = format!("package wasmhooks:plugin@{};", super::v0_1_0::VERSION);
-        assert!(wit.lines().any(|l| l.trim() == package), "{package}");
+        for (version, wit) in [
+            (
+                super::v0_1_0::VERSION,
+                include_str!("../../../wit/v0.1.0/plugin.wit"),
+            ),
+            (
+                super::v0_2_0::VERSION,
+                include_str!("../../../wit/v0.2.0/plugin.wit"),
+            ),
+        ] {
+            let package = format!("package wasmhooks:plugin@{version};");
+            assert!(wit.lines().any(|l| l.trim() == package), "{package}");
+        }
+        assert_eq!(super::SUPPORTED.last(), Some(&super::NEWEST));
+    }
+
+    #[test]
+    fn value_bytes_is_near_the_json_length() {
+        let v = serde_json::json!({"a": [1, 2.5, "xyz", null], "bb": {"c": true}});
+        let (estimate, real) = (super::value_bytes(&v), v.to_string().len());
+        assert!(
+            estimate >= real / 2 && estimate <= real * 2,
+            "{estimate} vs {real}"
+        );
     }
 }

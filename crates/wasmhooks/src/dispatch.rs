@@ -15,7 +15,7 @@ use serde::Serialize;
 use serde_json::Value;
 
 use crate::Error;
-use crate::bindings::types::Entry;
+use crate::bindings::Input;
 use crate::error::CallError;
 use crate::instance::Usage;
 use crate::loading::Plugin;
@@ -133,15 +133,18 @@ impl DataBytes {
     /// The total after `changes`, without applying them.
     fn after(&self, changes: &[Change], sizes: &[usize]) -> usize {
         let mut total = self.total;
-        let mut seen: HashMap<&str, usize> = HashMap::new();
-        for (change, &size) in changes.iter().zip(sizes) {
+        for (i, (change, &size)) in changes.iter().zip(sizes).enumerate() {
             let key = change.key();
-            let old = seen
-                .get(key)
-                .copied()
-                .unwrap_or_else(|| self.by_key.get(key).copied().unwrap_or(0));
+            // What the key takes now: as an earlier change of this call
+            // left it (calls change a few keys, so a scan beats a map),
+            // else as the map holds it.
+            let old = changes[..i]
+                .iter()
+                .zip(sizes)
+                .rev()
+                .find(|(c, _)| c.key() == key)
+                .map_or_else(|| self.by_key.get(key).copied().unwrap_or(0), |(_, &s)| s);
             total = total.saturating_sub(old).saturating_add(size);
-            seen.insert(key, size);
         }
         total
     }
@@ -149,9 +152,12 @@ impl DataBytes {
     fn apply(&mut self, changes: &[Change], sizes: &[usize], total: usize) {
         for (change, &size) in changes.iter().zip(sizes) {
             match change {
-                Change::Set(key, _) => {
-                    self.by_key.insert(key.clone(), size);
-                }
+                Change::Set(key, _) => match self.by_key.get_mut(key.as_str()) {
+                    Some(old) => *old = size,
+                    None => {
+                        self.by_key.insert(key.clone(), size);
+                    }
+                },
                 Change::Remove(key) => {
                     self.by_key.remove(key);
                 }
@@ -384,16 +390,16 @@ impl Hooks {
                 .manifest
                 .as_ref()
                 .expect("routed plugins have manifests");
-            let entries = entries_for(manifest, data);
+            let input = input_for(manifest, data);
             let result = match &mut member.place {
-                Place::Here(slot) => slot.call(&self.job, phase, &entries, false),
+                Place::Here(slot) => slot.call(&self.job, phase, &input, false),
                 Place::Observer(slot) => {
                     let observer = self
                         .observer
                         .as_mut()
                         .expect("observed plugins have a worker");
                     if manifest.observes(phase) {
-                        observer.observe(*slot, phase, entries);
+                        observer.observe(*slot, phase, input);
                         report.calls.push(CallReport {
                             plugin: member.name.clone(),
                             outcome: Outcome::Queued,
@@ -402,7 +408,7 @@ impl Hooks {
                         });
                         continue;
                     }
-                    observer.call(*slot, phase, entries).unwrap_or_else(|| {
+                    observer.call(*slot, phase, input).unwrap_or_else(|| {
                         Err(CallError {
                             plugin: member.name.clone(),
                             call: format!("phase '{phase}'"),
@@ -532,19 +538,12 @@ impl Hooks {
     }
 }
 
-/// The entries a plugin reads, as JSON text.
-fn entries_for(manifest: &Manifest, data: &DataMap) -> Vec<Entry> {
-    let entry = |(key, value): (&String, &Value)| Entry {
-        key: key.clone(),
-        value: value.to_string(),
-    };
+/// The values a plugin reads: by position when it lists its keys, so no
+/// key string crosses; the whole map when it does not.
+fn input_for(manifest: &Manifest, data: &DataMap) -> Input {
     match &manifest.reads {
-        None => data.iter().map(entry).collect(),
-        Some(keys) => keys
-            .iter()
-            .filter_map(|k| data.get_key_value(k.as_str()))
-            .map(entry)
-            .collect(),
+        None => Input::Whole(data.iter().map(|(k, v)| (k.clone(), v.clone())).collect()),
+        Some(keys) => Input::Listed(keys.iter().map(|k| data.get(k.as_str()).cloned()).collect()),
     }
 }
 

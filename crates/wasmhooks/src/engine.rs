@@ -96,6 +96,6 @@ fn plugin_linker(engine: &Engine) -> wasmtime::Result<Linker<PluginState>> {
     wasmtime_wasi::p2::add_to_linker_sync(&mut linker)?;
     capabilities::clocks::add_to_linker(&mut linker)?;
     capabilities::filesystem::add_to_linker(&mut linker)?;
-    capabilities::log::add_to_linker(&mut linker, |state| &mut state.log)?;
+    crate::bindings::add_to_linker(&mut linker)?;
     Ok(linker)
 }

@@ -23,7 +23,7 @@ pub(crate) struct Usage {
 pub(crate) struct Instance {
     pub(crate) plugin: Plugin,
     store: Store<PluginState>,
-    hooks: bindings::Plugin,
+    hooks: bindings::Bound,
     pub(crate) manifest: Manifest,
     /// Set when a call trapped: the component may not be entered again.
     pub(crate) poisoned: bool,
@@ -47,12 +47,7 @@ impl Instance {
                 ),
             });
         }
-        // The generated signature takes the WIT `json` alias as `&String`.
-        let (job_config, plugin_config) = (job_config.to_owned(), plugin_config.to_owned());
-        let (result, _) = instance.guarded(|h, s| {
-            h.wasmhooks_plugin_hooks()
-                .call_init(s, &job_config, &plugin_config)
-        });
+        let (result, _) = instance.guarded(|h, s| h.init(s, job_config, plugin_config));
         result
             .and_then(|r| r.map_err(returned))
             .map_err(|cause| instance.error("init", cause))?;
@@ -67,7 +62,7 @@ impl Instance {
         let mut store = Store::new(&shared.engine, PluginState::new(policy)?);
         store.limiter(|state| &mut state.memory);
         store.epoch_deadline_trap();
-        arm(&mut store, policy);
+        arm(&mut store, policy, Instant::now());
         let hooks = plugin.inner.pre.instantiate(&mut store).map_err(|e| {
             let cause = sandbox::classify(&e, store.data(), policy);
             Error::Call(CallError {
@@ -76,9 +71,7 @@ impl Instance {
                 cause,
             })
         })?;
-        let (result, _, _) = guarded(&mut store, &hooks, policy, |h, s| {
-            h.wasmhooks_plugin_hooks().call_describe(s)
-        });
+        let (result, _, _) = guarded(&mut store, &hooks, policy, |h, s| h.describe(s));
         let describe_error = |cause| {
             Error::Call(CallError {
                 plugin: policy.name.clone(),
@@ -86,7 +79,7 @@ impl Instance {
                 cause,
             })
         };
-        let manifest: Manifest = result.map_err(describe_error)?.into();
+        let manifest: Manifest = result.map_err(describe_error)?;
         manifest.validate().map_err(|reason| Error::Manifest {
             name: policy.name.clone(),
             reason,
@@ -127,21 +120,30 @@ impl Instance {
         })
     }
 
-    /// Calls `on-phase` with the given entries; returns the raw updates.
+    /// Calls `on-phase` with the values of the keys it reads; returns the
+    /// updates as it gave them.
     pub(crate) fn on_phase(
         &mut self,
         phase: &str,
-        entries: &[bindings::types::Entry],
-    ) -> (Result<Vec<bindings::types::Update>, Cause>, Usage) {
-        let (result, usage) =
-            self.guarded(|h, s| h.wasmhooks_plugin_hooks().call_on_phase(s, phase, entries));
-        let result = result.and_then(|r| r.map_err(returned));
-        (result, usage)
+        input: &bindings::Input,
+    ) -> (Result<Vec<bindings::Update>, Cause>, Usage) {
+        let Instance {
+            store,
+            hooks,
+            plugin,
+            manifest,
+            poisoned,
+        } = self;
+        let (result, usage, trapped) = guarded(store, hooks, plugin.policy(), |h, s| {
+            h.on_phase(s, manifest, phase, input)
+        });
+        *poisoned |= trapped;
+        (result.and_then(|r| r.map_err(returned)), usage)
     }
 
     /// Calls `save-state`.
     pub(crate) fn save_state(&mut self) -> Result<Option<Value>, Cause> {
-        let (result, _) = self.guarded(|h, s| h.wasmhooks_plugin_hooks().call_save_state(s));
+        let (result, _) = self.guarded(|h, s| h.save_state(s));
         let limit = self.plugin.policy().limits.max_state_bytes;
         match result? {
             None => Ok(None),
@@ -161,7 +163,7 @@ impl Instance {
     /// Calls `load-state`.
     pub(crate) fn load_state(&mut self, state: &Value) -> Result<(), Cause> {
         let text = state.to_string();
-        let (result, _) = self.guarded(|h, s| h.wasmhooks_plugin_hooks().call_load_state(s, &text));
+        let (result, _) = self.guarded(|h, s| h.load_state(s, &text));
         result?.map_err(returned)
     }
 
@@ -169,7 +171,7 @@ impl Instance {
     /// poisons the instance.
     fn guarded<R>(
         &mut self,
-        f: impl FnOnce(&bindings::Plugin, &mut Store<PluginState>) -> wasmtime::Result<R>,
+        f: impl FnOnce(&bindings::Bound, &mut Store<PluginState>) -> wasmtime::Result<R>,
     ) -> (Result<R, Cause>, Usage) {
         let (result, usage, trapped) =
             guarded(&mut self.store, &self.hooks, self.plugin.policy(), f);
@@ -182,12 +184,12 @@ impl Instance {
 /// trapped.
 fn guarded<R>(
     store: &mut Store<PluginState>,
-    hooks: &bindings::Plugin,
+    hooks: &bindings::Bound,
     policy: &PluginPolicy,
-    f: impl FnOnce(&bindings::Plugin, &mut Store<PluginState>) -> wasmtime::Result<R>,
+    f: impl FnOnce(&bindings::Bound, &mut Store<PluginState>) -> wasmtime::Result<R>,
 ) -> (Result<R, Cause>, Usage, bool) {
-    arm(store, policy);
     let start = Instant::now();
+    arm(store, policy, start);
     let result = f(hooks, store);
     let usage = Usage {
         fuel: policy.limits.fuel - store.get_fuel().unwrap_or(0),
@@ -218,10 +220,8 @@ fn guarded<R>(
 }
 
 /// Gives the store a full tank and a new deadline before a call.
-fn arm(store: &mut Store<PluginState>, policy: &PluginPolicy) {
-    store
-        .data_mut()
-        .begin_call(Instant::now() + policy.limits.timeout);
+fn arm(store: &mut Store<PluginState>, policy: &PluginPolicy, now: Instant) {
+    store.data_mut().begin_call(now + policy.limits.timeout);
     // Fuel is on in every engine this crate builds, so this cannot fail.
     let _ = store.set_fuel(policy.limits.fuel);
     store.set_epoch_deadline(EpochTicker::ticks(policy.limits.timeout));
@@ -229,6 +229,6 @@ fn arm(store: &mut Store<PluginState>, policy: &PluginPolicy) {
 
 /// The error a plugin returned, cut and escaped: its every byte is the
 /// plugin's to choose, and it goes to logs and reports.
-fn returned(failure: bindings::types::Failure) -> Cause {
-    Cause::Returned(crate::text::clean(&failure.message, crate::text::MESSAGE))
+fn returned(message: String) -> Cause {
+    Cause::Returned(crate::text::clean(&message, crate::text::MESSAGE))
 }

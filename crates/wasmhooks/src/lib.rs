@@ -58,7 +58,7 @@ pub use text::clean as clean_text;
 
 /// The newest version of the `wasmhooks:plugin` WIT package this host
 /// implements (and the one the SDKs in this repository build against).
-pub const WIT_VERSION: &str = bindings::v0_1_0::VERSION;
+pub const WIT_VERSION: &str = bindings::NEWEST;
 
 /// Every version of the `wasmhooks:plugin` WIT package this host runs
 /// plugins of, each frozen in `wit/v<version>/`.

@@ -10,10 +10,9 @@ use sha2::{Digest, Sha256};
 use wasmtime::component::Component;
 
 use crate::Error;
-use crate::bindings::{self, HOOKS, PluginPre, SUPPORTED};
+use crate::bindings::{self, HOOKS, Pre, SUPPORTED};
 use crate::engine::{Host, Shared};
 use crate::policy::PluginPolicy;
-use crate::sandbox::PluginState;
 
 /// A plugin that passed the allowlist and compiled: ready to instantiate,
 /// as many times as jobs need. Cheap to clone.
@@ -25,7 +24,7 @@ pub struct Plugin {
 pub(crate) struct PluginInner {
     pub(crate) policy: PluginPolicy,
     pub(crate) file: String,
-    pub(crate) pre: PluginPre<PluginState>,
+    pub(crate) pre: Pre,
     pub(crate) shared: Arc<Shared>,
 }
 
@@ -154,39 +153,46 @@ pub(crate) fn compile(
     file: &str,
     bytes: &[u8],
     sha256: &str,
-) -> Result<(Component, PluginPre<PluginState>), Error> {
+) -> Result<(Component, Pre), Error> {
     let component = compile_component(shared, name, file, bytes, sha256)?;
     let pre = pre(shared, name, file, &component)?;
     Ok((component, pre))
 }
 
-/// Matches a compiled component against the `wasmhooks:plugin` world.
+/// Matches a compiled component against the `wasmhooks:plugin` world of
+/// the version it targets.
 pub(crate) fn pre(
     shared: &Shared,
     name: &str,
     file: &str,
     component: &Component,
-) -> Result<PluginPre<PluginState>, Error> {
-    let wrong = |e: wasmtime::Error| {
-        // Built against a version this host does not link: say so, rather
-        // than which import or export failed to match.
-        match bindings::targeted_version(component, &shared.engine) {
-            Some(version) if !SUPPORTED.contains(&version.as_str()) => Error::UnsupportedVersion {
-                name: name.to_owned(),
-                file: file.to_owned(),
-                targets: crate::text::clean(&version, 64),
-                supported: SUPPORTED.join(", "),
-            },
-            _ => Error::WrongInterface {
-                name: name.to_owned(),
-                file: file.to_owned(),
-                world: format!("{HOOKS}@{}", SUPPORTED.join(" or @")),
-                reason: crate::text::clean(&format!("{e:#}"), crate::text::MESSAGE),
-            },
-        }
+) -> Result<Pre, Error> {
+    let version = bindings::targeted_version(component, &shared.engine);
+    let wrong = |e: wasmtime::Error| Error::WrongInterface {
+        name: name.to_owned(),
+        file: file.to_owned(),
+        world: match &version {
+            Some(v) if SUPPORTED.contains(&v.as_str()) => format!("{HOOKS}@{v}"),
+            _ => format!("{HOOKS}@{}", SUPPORTED.join(" or @")),
+        },
+        reason: crate::text::clean(&format!("{e:#}"), crate::text::MESSAGE),
     };
+    // Built against a version this host does not link: say so, rather
+    // than which import or export failed to match.
+    let unsupported = |version: &str| Error::UnsupportedVersion {
+        name: name.to_owned(),
+        file: file.to_owned(),
+        targets: crate::text::clean(version, 64),
+        supported: SUPPORTED.join(", "),
+    };
+    if let Some(v) = version.as_deref().filter(|v| !SUPPORTED.contains(v)) {
+        return Err(unsupported(v));
+    }
     let instance_pre = shared.linker.instantiate_pre(component).map_err(wrong)?;
-    PluginPre::new(instance_pre).map_err(wrong)
+    Pre::new(instance_pre, version.as_deref()).map_err(|m| match m {
+        bindings::Mismatch::Unsupported(v) => unsupported(&v),
+        bindings::Mismatch::Wrong(e) => wrong(e),
+    })
 }
 
 /// Compiles bytes whose sha256 is `sha256` (already known to every caller:

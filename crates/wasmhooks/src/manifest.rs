@@ -2,7 +2,6 @@
 
 use serde::Serialize;
 
-use crate::bindings::types;
 use crate::policy::validate_name;
 use crate::text::clean;
 
@@ -131,20 +130,6 @@ impl Manifest {
             ));
         }
         Ok(())
-    }
-}
-
-impl From<types::Manifest> for Manifest {
-    fn from(m: types::Manifest) -> Self {
-        Manifest {
-            name: m.name,
-            version: m.version,
-            phases: m.phases,
-            order: m.order,
-            reads: m.reads,
-            observe: m.observe,
-            rank_zero_only: m.rank_zero_only,
-        }
     }
 }
 

@@ -1,9 +1,6 @@
 //! `wasmhooks:plugin/log`: plugin messages go to the host's `tracing` log,
-//! tagged with the plugin's name; errors are kept to explain a failed call.
-
-use wasmtime::component::{HasSelf, Linker};
-
-use crate::bindings::{log, types};
+//! tagged with the plugin's name. Each version's import (linked in
+//! `bindings`) lands in [`PluginLog::record`].
 
 /// Longest message kept, in bytes; longer ones are cut.
 const MAX_MESSAGE: usize = 4096;
@@ -36,10 +33,19 @@ impl PluginLog {
     }
 }
 
-impl types::Host for PluginLog {}
+/// Severity of a message, whichever version of the interface it came by.
+#[derive(Debug, Clone, Copy)]
+pub(crate) enum Level {
+    Trace,
+    Debug,
+    Info,
+    Warn,
+    Error,
+}
 
-impl log::Host for PluginLog {
-    fn log(&mut self, level: types::Level, message: String) {
+impl PluginLog {
+    /// Records one message (each version's `log` import lands here).
+    pub(crate) fn record(&mut self, level: Level, message: String) {
         if self.this_call >= MAX_PER_CALL {
             self.dropped += 1;
             return;
@@ -48,26 +54,11 @@ impl log::Host for PluginLog {
         let message = crate::text::clean(&message, MAX_MESSAGE);
         let plugin = self.plugin.as_str();
         match level {
-            types::Level::Trace => {
-                tracing::trace!(target: "wasmhooks::plugin", plugin, "{message}")
-            }
-            types::Level::Debug => {
-                tracing::debug!(target: "wasmhooks::plugin", plugin, "{message}")
-            }
-            types::Level::Info => tracing::info!(target: "wasmhooks::plugin", plugin, "{message}"),
-            types::Level::Warn => tracing::warn!(target: "wasmhooks::plugin", plugin, "{message}"),
-            types::Level::Error => {
-                tracing::error!(target: "wasmhooks::plugin", plugin, "{message}")
-            }
+            Level::Trace => tracing::trace!(target: "wasmhooks::plugin", plugin, "{message}"),
+            Level::Debug => tracing::debug!(target: "wasmhooks::plugin", plugin, "{message}"),
+            Level::Info => tracing::info!(target: "wasmhooks::plugin", plugin, "{message}"),
+            Level::Warn => tracing::warn!(target: "wasmhooks::plugin", plugin, "{message}"),
+            Level::Error => tracing::error!(target: "wasmhooks::plugin", plugin, "{message}"),
         }
     }
-}
-
-/// Adds the `log` import, reaching the state through `get`.
-pub(crate) fn add_to_linker<T: 'static>(
-    linker: &mut Linker<T>,
-    get: fn(&mut T) -> &mut PluginLog,
-) -> wasmtime::Result<()> {
-    log::add_to_linker::<T, HasSelf<PluginLog>>(linker, get)?;
-    types::add_to_linker::<T, HasSelf<PluginLog>>(linker, get)
 }

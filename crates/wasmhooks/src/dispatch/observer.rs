@@ -22,7 +22,7 @@ use serde_json::Value;
 use super::PluginStats;
 use super::slot::{Called, Slot};
 use crate::Error;
-use crate::bindings::types::Entry;
+use crate::bindings::Input;
 use crate::error::CallError;
 
 /// Observations that may wait at once.
@@ -32,7 +32,7 @@ pub(super) enum Job {
     Observe {
         slot: usize,
         phase: String,
-        entries: Vec<Entry>,
+        input: Input,
         /// Its place in the queue, for discarding after a flush timed out.
         seq: u64,
         bytes: usize,
@@ -40,7 +40,7 @@ pub(super) enum Job {
     Call {
         slot: usize,
         phase: String,
-        entries: Vec<Entry>,
+        input: Input,
         reply: mpsc::Sender<Result<Called, CallError>>,
     },
     SaveState {
@@ -127,9 +127,9 @@ impl Observer {
 
     /// Queues an observation; if the queue is full (by count or bytes),
     /// drops it and counts.
-    pub(super) fn observe(&mut self, slot: usize, phase: &str, entries: Vec<Entry>) {
+    pub(super) fn observe(&mut self, slot: usize, phase: &str, input: Input) {
         let Some(tx) = &self.tx else { return };
-        let bytes: usize = entries.iter().map(|e| e.key.len() + e.value.len()).sum();
+        let bytes = input.bytes();
         let queued = self.queued_bytes.load(Ordering::SeqCst);
         if queued.saturating_add(bytes as u64) > self.max_bytes {
             self.dropped[slot].fetch_add(1, Ordering::SeqCst);
@@ -145,7 +145,7 @@ impl Observer {
         let job = Job::Observe {
             slot,
             phase: phase.to_owned(),
-            entries,
+            input,
             seq,
             bytes,
         };
@@ -164,13 +164,13 @@ impl Observer {
         &self,
         slot: usize,
         phase: &str,
-        entries: Vec<Entry>,
+        input: Input,
     ) -> Option<Result<Called, CallError>> {
         let (reply, answer) = mpsc::channel();
         self.send(Job::Call {
             slot,
             phase: phase.to_owned(),
-            entries,
+            input,
             reply,
         });
         answer.recv().ok()
@@ -259,7 +259,7 @@ fn work(job: &str, mut slots: Vec<Slot>, rx: &Receiver<Job>, shared: &Shared) {
             Job::Observe {
                 slot,
                 phase,
-                entries,
+                input,
                 seq,
                 bytes,
             } => {
@@ -276,16 +276,16 @@ fn work(job: &str, mut slots: Vec<Slot>, rx: &Receiver<Job>, shared: &Shared) {
                 }
                 // Fire-and-forget: a failure is logged and counted by the
                 // slot; it cannot stop a job that has moved on.
-                let _ = slots[slot].call(job, &phase, &entries, true);
+                let _ = slots[slot].call(job, &phase, &input, true);
                 publish(slot, &slots);
             }
             Job::Call {
                 slot,
                 phase,
-                entries,
+                input,
                 reply,
             } => {
-                let result = slots[slot].call(job, &phase, &entries, false);
+                let result = slots[slot].call(job, &phase, &input, false);
                 publish(slot, &slots);
                 let _ = reply.send(result);
             }

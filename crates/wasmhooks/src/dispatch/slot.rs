@@ -9,7 +9,7 @@ use serde_json::Value;
 use super::updates::{self, Change};
 use super::{CallReport, Outcome, PluginStats};
 use crate::Error;
-use crate::bindings::types::Entry;
+use crate::bindings::Input;
 use crate::error::{CallError, Cause};
 use crate::instance::Instance;
 use crate::loading::Plugin;
@@ -121,7 +121,7 @@ impl Slot {
         }
     }
 
-    /// One guarded call at `phase` with the entries the plugin reads. On
+    /// One guarded call at `phase` with the values the plugin reads. On
     /// failure the slot counts it and, under `disable`, disables itself;
     /// whether the job goes on is the caller's to decide. Observing calls
     /// return no changes.
@@ -129,7 +129,7 @@ impl Slot {
         &mut self,
         job: &str,
         phase: &str,
-        entries: &[Entry],
+        input: &Input,
         observe: bool,
     ) -> Result<Called, CallError> {
         let name = self.plugin.name().to_owned();
@@ -144,7 +144,7 @@ impl Slot {
         let call = || format!("phase '{phase}'");
         let result = match self.live(job) {
             Ok(Some(instance)) => {
-                let (result, usage) = instance.on_phase(phase, entries);
+                let (result, usage) = instance.on_phase(phase, input);
                 let (memory, peak, written) = (
                     instance.memory_used(),
                     instance.memory_peak(),

@@ -3,7 +3,7 @@
 
 use serde_json::Value;
 
-use crate::bindings::types::Update;
+use crate::bindings::{Incoming, Update};
 use crate::error::{Cause, TypeMismatch};
 use crate::policy::PluginPolicy;
 
@@ -36,11 +36,19 @@ pub(crate) fn check(
     updates: Vec<Update>,
     policy: &PluginPolicy,
 ) -> Result<(Vec<Change>, Vec<usize>), Cause> {
-    let size: usize = updates
+    let sizes: Vec<usize> = updates
         .iter()
         .map(|u| match u {
-            Update::Set(e) => e.key.len() + e.value.len(),
-            Update::Remove(k) => k.len(),
+            Update::Set(key, value) => key.len() + value.bytes(),
+            Update::Remove(_) => 0,
+        })
+        .collect();
+    let size: usize = updates
+        .iter()
+        .zip(&sizes)
+        .map(|(u, size)| match u {
+            Update::Set(..) => *size,
+            Update::Remove(key) => key.len(),
         })
         .sum();
     if size > policy.limits.max_update_bytes {
@@ -49,19 +57,11 @@ pub(crate) fn check(
             limit: policy.limits.max_update_bytes,
         });
     }
-    let sizes = updates
-        .iter()
-        .map(|u| match u {
-            Update::Set(e) => e.key.len() + e.value.len(),
-            Update::Remove(_) => 0,
-        })
-        .collect();
     let changes = updates
         .into_iter()
         .map(|update| {
             let key = match &update {
-                Update::Set(e) => &e.key,
-                Update::Remove(k) => k,
+                Update::Set(key, _) | Update::Remove(key) => key,
             };
             check_key(key)?;
             let spec = schema().key(key);
@@ -81,22 +81,32 @@ pub(crate) fn check(
                 });
             }
             Ok(match update {
-                Update::Set(e) => {
-                    let value =
-                        serde_json::from_str(&e.value).map_err(|err| Cause::InvalidJson {
-                            key: clean(&e.key, MAX_KEY),
-                            reason: err.to_string(),
-                        })?;
+                Update::Set(key, incoming) => {
+                    let value = match incoming {
+                        Incoming::Value(value) => value,
+                        Incoming::Json(text) => {
+                            serde_json::from_str(&text).map_err(|err| Cause::InvalidJson {
+                                key: clean(&key, MAX_KEY),
+                                reason: err.to_string(),
+                            })?
+                        }
+                        Incoming::NotFinite(f) => {
+                            return Err(Cause::InvalidJson {
+                                key: clean(&key, MAX_KEY),
+                                reason: format!("{f} is not a number JSON can hold"),
+                            });
+                        }
+                    };
                     if let Some(spec) = spec {
                         spec.check(&value).map_err(|found| {
                             Cause::WrongType(Box::new(TypeMismatch {
-                                key: e.key.clone(),
+                                key: key.clone(),
                                 expected: spec.type_name(),
                                 found,
                             }))
                         })?;
                     }
-                    Change::Set(e.key, value)
+                    Change::Set(key, value)
                 }
                 Update::Remove(k) => Change::Remove(k),
             })
@@ -124,13 +134,9 @@ fn check_key(key: &str) -> Result<(), Cause> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::bindings::types::Entry;
 
     fn set(key: &str, value: &str) -> Update {
-        Update::Set(Entry {
-            key: key.into(),
-            value: value.into(),
-        })
+        Update::Set(key.into(), Incoming::Json(value.into()))
     }
 
     fn policy() -> PluginPolicy {
@@ -174,6 +180,13 @@ mod tests {
         let big = "1".repeat(2 << 20);
         let err = check(vec![set("a", &big)], &policy()).unwrap_err();
         assert!(matches!(err, Cause::TooLarge { .. }));
+        // A typed value is held to the same bounds and checks.
+        let text = Incoming::Value(Value::String(big));
+        let err = check(vec![Update::Set("a".into(), text)], &policy()).unwrap_err();
+        assert!(matches!(err, Cause::TooLarge { .. }));
+        let nan = Update::Set("a".into(), Incoming::NotFinite(f64::NAN));
+        let err = check(vec![nan], &policy()).unwrap_err();
+        assert!(err.to_string().contains("NaN"), "{err}");
     }
 
     /// No list of updates a plugin returns panics the check, and what it

@@ -1,0 +1,57 @@
+//! `wasmhooks:plugin@0.1.0`, frozen in `wit/v0.1.0/`: every value crosses
+//! as JSON text, with its key.
+
+use serde_json::Value;
+use wasmtime::Store;
+
+use super::{Called, Incoming, Input, Update};
+use crate::sandbox::PluginState;
+
+wasmtime::component::bindgen!({
+    path: "../../wit/v0.1.0",
+    world: "plugin",
+});
+
+use self::wasmhooks::plugin::{log, types};
+
+/// The version: the one place it is written on the host's side (a test
+/// checks it against the WIT's `package` line).
+pub(crate) const VERSION: &str = "0.1.0";
+
+super::unchanged_since_0_1_0!();
+
+pub(super) fn on_phase(
+    p: &Plugin,
+    store: &mut Store<PluginState>,
+    phase: &str,
+    reads: Option<&[String]>,
+    input: &Input,
+) -> Called<Vec<Update>> {
+    let entry = |key: &str, value: &Value| types::Entry {
+        key: key.to_owned(),
+        value: value.to_string(),
+    };
+    let entries: Vec<types::Entry> = match input {
+        Input::Listed(values) => reads
+            .unwrap_or_default()
+            .iter()
+            .zip(values)
+            .filter_map(|(key, value)| Some(entry(key, value.as_ref()?)))
+            .collect(),
+        Input::Whole(all) => all.iter().map(|(k, v)| entry(k, v)).collect(),
+    };
+    let result = p
+        .wasmhooks_plugin_hooks()
+        .call_on_phase(store, phase, &entries)?;
+    Ok(result
+        .map(|updates| {
+            updates
+                .into_iter()
+                .map(|u| match u {
+                    types::Update::Set(e) => Update::Set(e.key, Incoming::Json(e.value)),
+                    types::Update::Remove(key) => Update::Remove(key),
+                })
+                .collect()
+        })
+        .map_err(|f| f.message))
+}
