@@ -67,7 +67,7 @@ function lower(value) {
 export function definePlugin(plugin) {
   // What the host refers to by position: the manifest's phases and keys.
   const phases = plugin.phases ?? ["*"];
-  const reads = plugin.reads ?? undefined;
+  let reads = plugin.reads ?? undefined;
   return {
     describe() {
       return {
@@ -82,6 +82,14 @@ export function definePlugin(plugin) {
     },
     init(jobConfig, pluginConfig) {
       guard(() => plugin.init?.(JSON.parse(jobConfig), JSON.parse(pluginConfig)));
+      // Keys the config decided (`this.reads = [...]` in `init`) replace
+      // the manifest's; values follow their order.
+      const now = plugin.reads ?? undefined;
+      if (now !== undefined && JSON.stringify(now) !== JSON.stringify(reads)) {
+        reads = [...now];
+        return reads;
+      }
+      return undefined;
     },
     onPhase(phase, data) {
       return guard(() => {

@@ -49,7 +49,8 @@ class Plugin:
     phases = ["*"]
     #: Lower runs first among plugins of the same phase.
     order = 0
-    #: Keys the plugin reads; None for the whole map, [] for none.
+    #: Keys the plugin reads; None for the whole map, [] for none. A plugin
+    #: whose keys come from its config sets ``self.reads`` in ``init``.
     reads = None
     #: Phases in which the plugin only observes (called in the background).
     observe = []
@@ -124,10 +125,17 @@ def export(plugin):
             )
 
         def init(self, job_config, plugin_config):
+            nonlocal reads
             try:
                 plugin.init(json.loads(job_config), json.loads(plugin_config))
             except Exception as error:
                 raise _failure(error) from None
+            # Keys the config decided (`self.reads = [...]` in `init`)
+            # replace the manifest's; values follow their order.
+            if plugin.reads is not None and list(plugin.reads) != reads:
+                reads = list(plugin.reads)
+                return reads
+            return None
 
         def on_phase(self, phase, data):
             try:

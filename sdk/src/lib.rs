@@ -122,6 +122,14 @@ pub trait Plugin: Default + 'static {
         Ok(())
     }
 
+    /// The keys to read, when the config decides them (the metric a plugin
+    /// monitors, say); called right after `init`. They replace the
+    /// manifest's `reads`, so a plugin whose keys come from its config is
+    /// not handed the whole map at every call. `None` keeps the manifest's.
+    fn reads(&self) -> Option<Vec<String>> {
+        None
+    }
+
     /// Called at each subscribed phase with the keys the plugin reads.
     fn on_phase(&mut self, phase: &str, data: &Data) -> Result<Updates, Error>;
 
@@ -153,8 +161,10 @@ macro_rules! export_plugin {
                 fn init(
                     job_config: ::std::string::String,
                     plugin_config: ::std::string::String,
-                ) -> ::core::result::Result<(), $crate::bindings::wasmhooks::plugin::types::Failure>
-                {
+                ) -> ::core::result::Result<
+                    ::core::option::Option<::std::vec::Vec<::std::string::String>>,
+                    $crate::bindings::wasmhooks::plugin::types::Failure,
+                > {
                     $crate::__private::init::<$ty>(&job_config, &plugin_config)
                 }
 
@@ -230,15 +240,34 @@ pub mod __private {
         T::manifest().into_wit()
     }
 
-    pub fn init<T: Plugin>(job: &str, config: &str) -> Result<(), wit::Failure> {
+    pub fn init<T: Plugin>(job: &str, config: &str) -> Result<Option<Vec<String>>, wit::Failure> {
         let (job, config) = (parse("job config", job)?, parse("plugin config", config)?);
-        with::<T, _>(|p| p.init(&job, &config)).map_err(failure)
+        let reads = with::<T, _>(|p| p.init(&job, &config).map(|()| p.reads())).map_err(failure)?;
+        // Values will follow these keys' order.
+        if let Some(keys) = &reads {
+            DECLARED.with(|declared| {
+                let _ = declared.set(Declared::new::<T>(Some(keys.clone())));
+            });
+        }
+        Ok(reads)
     }
 
-    /// The manifest's phases and keys, read once.
+    /// The manifest's phases and the keys read (the manifest's, or those
+    /// `init` named), read once.
     struct Declared {
         phases: Vec<String>,
         reads: Rc<Reads>,
+    }
+
+    impl Declared {
+        fn new<T: Plugin>(reads: Option<Vec<String>>) -> Self {
+            let manifest = T::manifest().into_wit();
+            let reads = reads.or(manifest.reads).unwrap_or_default();
+            Declared {
+                phases: manifest.phases,
+                reads: Rc::new(Reads::new(reads)),
+            }
+        }
     }
 
     pub fn on_phase<T: Plugin>(
@@ -246,13 +275,7 @@ pub mod __private {
         data: wit::Data,
     ) -> Result<Vec<wit::Update>, wit::Failure> {
         DECLARED.with(|declared| {
-            let declared = declared.get_or_init(|| {
-                let manifest = T::manifest().into_wit();
-                Declared {
-                    phases: manifest.phases,
-                    reads: Rc::new(Reads::new(manifest.reads.unwrap_or_default())),
-                }
-            });
+            let declared = declared.get_or_init(|| Declared::new::<T>(None));
             let phase = match &phase {
                 wit::Phase::Named(name) => name.as_str(),
                 wit::Phase::Listed(i) => declared.phases.get(*i as usize).ok_or_else(|| {

@@ -180,6 +180,13 @@ fn early_stopping_stops_when_the_metric_stalls() {
             (plugins::EARLY_STOPPING, es),
         ],
     );
+    // The monitored key comes from the config; `init` named it, so the
+    // plugin is handed that key rather than the whole map.
+    let reads: Vec<_> = hooks.manifests().map(|m| m.reads.clone()).collect();
+    assert_eq!(
+        reads,
+        [Some(vec!["step".to_owned()]), Some(vec!["eval_loss".to_owned()])]
+    );
     let out = train(
         &TrainingConfig {
             epochs: 50,

@@ -7,8 +7,8 @@
 //! module and nothing else.
 
 /// The parts of the interface no version has changed yet (`log`, the
-/// manifest, `init`): written once, expanded in each version's module over
-/// its own generated types.
+/// manifest, the state): written once, expanded in each version's module
+/// over its own generated types.
 macro_rules! unchanged_since_0_1_0 {
     () => {
         impl types::Host for crate::capabilities::log::PluginLog {}
@@ -55,19 +55,6 @@ macro_rules! unchanged_since_0_1_0 {
                 observe: m.observe,
                 rank_zero_only: m.rank_zero_only,
             })
-        }
-
-        pub(super) fn init(
-            p: &Plugin,
-            store: &mut Store<PluginState>,
-            job: &str,
-            config: &str,
-        ) -> super::Called<()> {
-            // The generated signature takes the WIT `json` alias as `&String`.
-            let (job, config) = (job.to_owned(), config.to_owned());
-            Ok(p.wasmhooks_plugin_hooks()
-                .call_init(store, &job, &config)?
-                .map_err(|f| f.message))
         }
 
         pub(super) fn save_state(
@@ -252,12 +239,14 @@ impl Bound {
         }
     }
 
+    /// Returns the keys the plugin reads, if its config decided them
+    /// (0.2.0 on; `None` keeps the manifest's).
     pub(crate) fn init(
         &self,
         store: &mut Store<PluginState>,
         job: &str,
         config: &str,
-    ) -> Called<()> {
+    ) -> Called<Option<Vec<String>>> {
         match self {
             Bound::V0_1_0(p) => v0_1_0::init(p, store, job, config),
             Bound::V0_2_0(p) => v0_2_0::init(p, store, job, config),

@@ -171,6 +171,11 @@ pub enum Cause {
     /// The plugin returned an error of its own.
     #[error("returned an error: {0}")]
     Returned(String),
+    /// Restarted after a trap, the plugin described itself (its phases, the
+    /// keys it reads) differently from its first instance, which the hooks
+    /// route and pass values by.
+    #[error("restarted after a trap, it describes itself differently than when it started")]
+    ChangedManifest,
     /// The plugin tried to write a key it has no grant for.
     #[error("tried to write key '{key}' without a grant (it may write: {allowed})")]
     ForbiddenKey {

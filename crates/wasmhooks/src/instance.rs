@@ -30,7 +30,8 @@ pub(crate) struct Instance {
 }
 
 impl Instance {
-    /// Instantiates the plugin, reads its manifest and runs `init`.
+    /// Instantiates the plugin, reads its manifest and runs `init` (which
+    /// may name the keys it reads, now that it knows its config).
     pub(crate) fn start(
         plugin: &Plugin,
         job_config: &str,
@@ -48,9 +49,21 @@ impl Instance {
             });
         }
         let (result, _) = instance.guarded(|h, s| h.init(s, job_config, plugin_config));
-        result
+        let reads = result
             .and_then(|r| r.map_err(returned))
             .map_err(|cause| instance.error("init", cause))?;
+        // Keys its config decided replace the manifest's, held to the same
+        // bounds.
+        if let Some(reads) = reads {
+            instance.manifest.reads = Some(reads);
+            instance
+                .manifest
+                .validate()
+                .map_err(|reason| Error::Manifest {
+                    name: allowed.clone(),
+                    reason: format!("at init: {reason}"),
+                })?;
+        }
         Ok(instance)
     }
 

@@ -38,6 +38,13 @@ impl Plugin for CheckpointPolicy {
         Ok(())
     }
 
+    /// The step, the monitored metric (from the config), and at `on_save`
+    /// the checkpoint saved and the run's checkpoints.
+    fn reads(&self) -> Option<Vec<String>> {
+        let keys = ["step", self.monitor.as_str(), "checkpoint", "checkpoints"];
+        Some(keys.map(str::to_owned).to_vec())
+    }
+
     fn on_phase(&mut self, phase: &str, data: &Data) -> Result<Updates, Error> {
         match phase {
             "on_step_end" => {

@@ -29,7 +29,7 @@ impl Default for EarlyStopping {
 
 impl Plugin for EarlyStopping {
     fn manifest() -> Manifest {
-        // The monitored key is configurable, so it reads the whole map.
+        // The monitored key is configurable: `reads` names it after init.
         Manifest::new("early-stopping", env!("CARGO_PKG_VERSION")).phases(["on_evaluate"])
     }
 
@@ -53,6 +53,10 @@ impl Plugin for EarlyStopping {
             self.min_delta = d.abs();
         }
         Ok(())
+    }
+
+    fn reads(&self) -> Option<Vec<String>> {
+        Some(vec![self.monitor.clone()])
     }
 
     fn on_phase(&mut self, _phase: &str, data: &Data) -> Result<Updates, Error> {

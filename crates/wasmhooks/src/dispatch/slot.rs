@@ -22,6 +22,10 @@ pub(super) struct Slot {
     /// `None` when disabled, or when a trap threw the instance away and it
     /// is to be started afresh at its next call.
     instance: Option<Instance>,
+    /// The manifest the first instance gave (with the keys its `init`
+    /// named), which the hooks route and pass values by: a restarted
+    /// instance must give the same.
+    manifest: Option<Manifest>,
     disabled: Option<CallError>,
     pub(super) stats: PluginStats,
 }
@@ -47,12 +51,14 @@ impl Slot {
             plugin,
             config,
             instance: None,
+            manifest: None,
             disabled: None,
         };
         let manifest = match Instance::start(&slot.plugin, job, &slot.config) {
             Ok(instance) => {
                 let manifest = instance.manifest.clone();
                 slot.instance = Some(instance);
+                slot.manifest = Some(manifest.clone());
                 Some(manifest)
             }
             Err(Error::Call(err)) if slot.plugin.policy().on_error != OnError::Fail => {
@@ -71,7 +77,17 @@ impl Slot {
             return Ok(None);
         }
         if self.instance.is_none() {
-            match Instance::start(&self.plugin, job, &self.config) {
+            let started = Instance::start(&self.plugin, job, &self.config).and_then(|instance| {
+                if self
+                    .manifest
+                    .as_ref()
+                    .is_some_and(|m| *m != instance.manifest)
+                {
+                    return Err(instance.error("init", Cause::ChangedManifest));
+                }
+                Ok(instance)
+            });
+            match started {
                 Ok(instance) => {
                     tracing::info!(
                         plugin = self.plugin.name(),
