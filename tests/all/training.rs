@@ -185,7 +185,10 @@ fn early_stopping_stops_when_the_metric_stalls() {
     let reads: Vec<_> = hooks.manifests().map(|m| m.reads.clone()).collect();
     assert_eq!(
         reads,
-        [Some(vec!["step".to_owned()]), Some(vec!["eval_loss".to_owned()])]
+        [
+            Some(vec!["step".to_owned()]),
+            Some(vec!["eval_loss".to_owned()])
+        ]
     );
     let out = train(
         &TrainingConfig {
