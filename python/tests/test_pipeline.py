@@ -115,6 +115,52 @@ def test_second_run_reads_every_node_from_the_cache_and_a_changed_input_reruns_i
     assert sum(e["batch"]["rows"] for e in batches) == ROWS
 
 
+def test_a_cached_file_changed_between_runs_is_read_again(operator, tmp_path, cache_dir):
+    """The runner keeps the columns it wrote or validated, by their file's
+    identity and times: a file rewritten since (valid or not) is read and
+    checked again, never taken from memory."""
+    op = operator(*grants(tmp_path))
+    cols = {"amount": np.arange(10, dtype=float), "qty": np.ones(10, dtype=int)}
+    one = Pipeline([n for n in pipeline().nodes if n.name == "unit_price"])
+    with PipelineRunner(one, op, CACHE, cache_dir=cache_dir) as runner:
+        runner.run(daft.from_pydict(cols))
+        assert runner.run(daft.from_pydict(cols)).to_arrow().column("unit_price").to_pylist() == [
+            float(x) for x in range(10)
+        ]
+        [stored] = (tmp_path / "cache").glob("*.arrow")
+        # Another valid column of the same length and type, as a plugin
+        # with the folder could leave: the next run reads it.
+        forged = pa.table({"unit_price": pa.array([7.0] * 10)})
+        with pa.ipc.new_file(stored, forged.schema) as w:
+            w.write_table(forged)
+        out = runner.run(daft.from_pydict(cols)).to_arrow()
+        assert runner.report.outcomes() == {"unit_price": "cached"}
+        assert out.column("unit_price").to_pylist() == [7.0] * 10
+        # Garbage in its place: a miss, and the node is computed.
+        stored.write_bytes(b"ARROW1\x00\x00" + os.urandom(64))
+        out = runner.run(daft.from_pydict(cols)).to_arrow()
+        assert runner.report.outcomes() == {"unit_price": "computed"}
+        assert out.column("unit_price").to_pylist() == [float(x) for x in range(10)]
+
+
+def test_a_column_signature_is_its_content_not_its_chunks():
+    from wasmhooks.pipeline import column_signature
+
+    for values, other in [
+        ([1.5, None, 3.0, 4.0], [1.5, None, 3.0, 4.5]),
+        (["a", "bc", None, "d"], ["a", "b", "c", "d"]),
+        ([[1], [2, 3], None, []], [[1], [2, 3], None, [4]]),
+    ]:
+        whole = pa.chunked_array([values])
+        split = pa.chunked_array([values[:1], values[1:3], values[3:]])
+        sliced = pa.array([None, *values])[1:]
+        assert column_signature(whole) == column_signature(split) == column_signature(sliced)
+        assert column_signature(whole) != column_signature(pa.chunked_array([other]))
+    # Same bytes, another type: another signature.
+    ints = pa.array([1, 2], type=pa.int64())
+    assert column_signature(ints) != column_signature(ints.view(pa.float64()))
+
+
 def test_plugins_run_by_order_not_by_listing(operator, tmp_path, cache_dir):
     """The adversary (order 0) is listed after cache-check (order 25) and
     clears skip_execution at on_node_begin: it runs first, so cache-check's
