@@ -16,4 +16,14 @@ pub const METRICS_COLLECTORS: &[(&str, &str, &str)] = &[
     ("js", "metrics-collector-js", METRICS_COLLECTOR_JS),
     ("zig", "metrics-collector-zig", METRICS_COLLECTOR_ZIG),
     ("go", "metrics-collector-go", METRICS_COLLECTOR_GO),
+    (
+        "zig, against wit 0.1.0",
+        "metrics-collector-zig-wit-0-1-0",
+        METRICS_COLLECTOR_ZIG_V0_1_0,
+    ),
+    (
+        "go, against wit 0.1.0",
+        "metrics-collector-go-wit-0-1-0",
+        METRICS_COLLECTOR_GO_V0_1_0,
+    ),
 ];

@@ -10,7 +10,7 @@
 # WIT folder.
 set -eu
 here=$(cd "$(dirname "$0")" && pwd)
-wit=${WASMHOOKS_WIT:-$here/../../wit/v0.1.0}
+wit=${WASMHOOKS_WIT:-$here/../../wit/v0.2.0}
 src=$(cd "$1" && pwd)
 out=$2
 : "${WASI_ADAPTER:?set WASI_ADAPTER to wasi_snapshot_preview1.reactor.wasm}"

@@ -144,10 +144,10 @@ fn metrics_collectors_in_every_language_agree_with_the_rust_one() {
         json!({"eval_loss": 0.75, "loss": 2.5 / 3.0, "step": 3.0})
     );
     assert_eq!(expected["after_resume"]["calls"]["on_step_end"], 4.0);
-    // Both contracts are in play: collectors built against the frozen 0.1.0
-    // (C, Zig and Go, whose SDKs have not moved) run unchanged beside those
-    // built against the newest (Rust, Python, JavaScript), with the same
-    // figures.
+    // Both contracts are in play: the Zig and Go collectors as they were
+    // written against the frozen 0.1.0 (`tests/fixtures/v0.1.0`) run
+    // unchanged beside every language's collector for the newest, with the
+    // same figures.
     let versions: std::collections::BTreeSet<String> = collectors
         .iter()
         .map(|&(name, path)| {

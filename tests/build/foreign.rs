@@ -17,6 +17,11 @@ const EXAMPLES: &[(&str, &str)] = &[
 ];
 /// Languages with a template in `sdk/<language>/template`.
 const TEMPLATES: &[&str] = &["python", "js", "c", "go"];
+/// Plugins as they were written against an older, frozen WIT, kept in
+/// `tests/fixtures/v<version>/<folder>/` and built against that version:
+/// proof that the host still runs them unchanged. (Folder, the language
+/// whose script builds them, the version.)
+const FIXTURES: &[(&str, &str, &str)] = &[("zig", "c", "0.1.0"), ("go", "go", "0.1.0")];
 
 struct Job {
     language: &'static str,
@@ -24,6 +29,8 @@ struct Job {
     out: PathBuf,
     konst: String,
     doc: String,
+    /// The WIT folder to build against, when not the SDK's own.
+    wit: Option<PathBuf>,
 }
 
 /// Builds what is out of date and returns the path constants (Rust code).
@@ -39,6 +46,7 @@ pub fn build(root: &Path) -> String {
             out: root.join(format!("target/plugins/{language}/template.wasm")),
             konst: format!("TEMPLATE_{}", language.to_uppercase()),
             doc: format!("`sdk/{language}/template`, built by `sdk/{language}/build.sh`."),
+            wit: None,
         });
     }
     for &(folder, language) in EXAMPLES {
@@ -57,6 +65,31 @@ pub fn build(root: &Path) -> String {
                 konst: format!("{}_{}", name.replace('-', "_"), folder).to_uppercase(),
                 doc: format!("`plugins/{folder}/{name}`, built by `sdk/{language}/build.sh`."),
                 source,
+                wit: None,
+            });
+        }
+    }
+    for &(folder, language, version) in FIXTURES {
+        let dir = root.join(format!("tests/fixtures/v{version}/{folder}"));
+        println!("cargo:rerun-if-changed={}", dir.display());
+        for entry in std::fs::read_dir(&dir).expect("read a tests/fixtures folder") {
+            let source = entry.expect("list fixtures").path();
+            let name = source
+                .file_name()
+                .expect("a folder")
+                .to_string_lossy()
+                .into_owned();
+            let tag = version.replace('.', "_");
+            jobs.push(Job {
+                language,
+                out: root.join(format!("target/plugins/v{version}/{folder}/{name}.wasm")),
+                konst: format!("{}_{folder}_V{tag}", name.replace('-', "_")).to_uppercase(),
+                doc: format!(
+                    "`tests/fixtures/v{version}/{folder}/{name}`, built against the frozen \
+                     `wit/v{version}` by `sdk/{language}/build.sh`."
+                ),
+                source,
+                wit: Some(root.join(format!("wit/v{version}"))),
             });
         }
     }
@@ -127,6 +160,7 @@ fn run(root: &Path, toolchains: &Path, job: &Job, tools: SystemTime) {
             toolchains.join("wasi_snapshot_preview1.reactor.wasm"),
         )
         .env("WASMHOOKS_GO_PKG", toolchains.join("go-pkg"))
+        .envs(job.wit.iter().map(|wit| ("WASMHOOKS_WIT", wit)))
         .output()
         .expect("run sh");
     assert!(

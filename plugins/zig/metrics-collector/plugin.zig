@@ -68,26 +68,46 @@ export fn exports_wasmhooks_plugin_hooks_describe(ret: *c.exports_wasmhooks_plug
     };
 }
 
-export fn exports_wasmhooks_plugin_hooks_init(job: *c.plugin_string_t, config: *c.plugin_string_t, _: *c.exports_wasmhooks_plugin_hooks_failure_t) bool {
+export fn exports_wasmhooks_plugin_hooks_init(job: *c.plugin_string_t, config: *c.plugin_string_t, ret: *c.plugin_option_list_string_t, _: *c.exports_wasmhooks_plugin_hooks_failure_t) bool {
     c.plugin_string_free(job);
     c.plugin_string_free(config);
+    // The manifest's keys stand: the config adds none.
+    ret.* = .{ .is_some = false, .val = .{ .ptr = null, .len = 0 } };
     return true;
 }
 
 export fn exports_wasmhooks_plugin_hooks_on_phase(
-    phase: *c.plugin_string_t,
-    data: *c.exports_wasmhooks_plugin_hooks_list_entry_t,
+    phase: *c.exports_wasmhooks_plugin_hooks_phase_t,
+    data: *c.exports_wasmhooks_plugin_hooks_data_t,
     ret: *c.exports_wasmhooks_plugin_hooks_list_update_t,
     err: *c.exports_wasmhooks_plugin_hooks_failure_t,
 ) bool {
-    defer c.plugin_string_free(phase);
-    defer c.exports_wasmhooks_plugin_hooks_list_entry_free(data);
+    defer c.exports_wasmhooks_plugin_hooks_phase_free(phase);
+    defer c.exports_wasmhooks_plugin_hooks_data_free(data);
     ret.* = .{ .ptr = null, .len = 0 };
-    onPhase(slice(phase), data.ptr[0..data.len], ret) catch |e| return fail(err, "on_phase", e);
+    // It subscribes to `*`, so phases come by name, and it lists its keys,
+    // so their values come in the order of `reads`.
+    if (phase.tag != c.WASMHOOKS_PLUGIN_TYPES_PHASE_NAMED or data.tag != c.WASMHOOKS_PLUGIN_TYPES_DATA_LISTED)
+        return fail(err, "on_phase", error.UnexpectedShape);
+    const values = data.val.listed;
+    const slots = if (values.len == 0) &[_]c.wasmhooks_plugin_types_option_value_t{} else values.ptr[0..values.len];
+    onPhase(slice(&phase.val.named), slots, ret) catch |e| return fail(err, "on_phase", e);
     return true;
 }
 
-fn onPhase(phase: []const u8, data: []const c.exports_wasmhooks_plugin_hooks_entry_t, ret: *c.exports_wasmhooks_plugin_hooks_list_update_t) !void {
+/// A value as a float, if it is a number: typed, so nothing to parse but a
+/// number past 64 signed bits, which comes as JSON text.
+fn number(value: *const c.wasmhooks_plugin_types_value_t) !?f64 {
+    return switch (value.tag) {
+        c.WASMHOOKS_PLUGIN_TYPES_VALUE_INTEGER => @floatFromInt(value.val.integer),
+        c.WASMHOOKS_PLUGIN_TYPES_VALUE_FLOAT => value.val.float_,
+        c.WASMHOOKS_PLUGIN_TYPES_VALUE_JSON => try std.fmt.parseFloat(f64, slice(&value.val.json)),
+        else => null,
+    };
+}
+
+fn onPhase(phase: []const u8, values: []const c.wasmhooks_plugin_types_option_value_t, ret: *c.exports_wasmhooks_plugin_hooks_list_update_t) !void {
+    if (values.len != reads.len) return error.WrongValueCount;
     const io = std.Io.Threaded.global_single_threaded.io();
     const now = std.Io.Timestamp.now(io, .awake);
     const first = started orelse now;
@@ -95,16 +115,9 @@ fn onPhase(phase: []const u8, data: []const c.exports_wasmhooks_plugin_hooks_ent
     try put(u64, &calls, phase, (calls.map.get(phase) orelse 0) + 1);
     const elapsed: f64 = @floatFromInt(first.durationTo(now).nanoseconds);
     try put(f64, &at_ms, phase, elapsed / 1e6);
-    for (data) |entry| {
-        const parsed = try std.json.parseFromSlice(std.json.Value, gpa, slice(&entry.value), .{});
-        defer parsed.deinit();
-        const number: ?f64 = switch (parsed.value) {
-            .integer => |i| @floatFromInt(i),
-            .float => |f| f,
-            .number_string => |s| try std.fmt.parseFloat(f64, s),
-            else => null,
-        };
-        if (number) |n| try put(f64, &last, slice(&entry.key), n);
+    for (values, reads) |*slot, key| {
+        if (!slot.is_some) continue;
+        if (try number(&slot.val)) |n| try put(f64, &last, key, n);
     }
     if (!std.mem.eql(u8, phase, "post_initialization") and !std.mem.eql(u8, phase, "on_train_end")) return;
 
@@ -114,7 +127,9 @@ fn onPhase(phase: []const u8, data: []const c.exports_wasmhooks_plugin_hooks_ent
     const text = try std.json.Stringify.valueAlloc(gpa, figures, .{});
     defer gpa.free(text);
     const updates = try gpa.alloc(c.exports_wasmhooks_plugin_hooks_update_t, 1);
-    updates[0] = .{ .tag = c.WASMHOOKS_PLUGIN_TYPES_UPDATE_SET, .val = .{ .set = .{ .key = owned("metrics"), .value = owned(text) } } };
+    // The figures are a map: they cross as JSON text.
+    const value: c.wasmhooks_plugin_types_value_t = .{ .tag = c.WASMHOOKS_PLUGIN_TYPES_VALUE_JSON, .val = .{ .json = owned(text) } };
+    updates[0] = .{ .tag = c.WASMHOOKS_PLUGIN_TYPES_UPDATE_SET, .val = .{ .set = .{ .key = owned("metrics"), .value = value } } };
     ret.* = .{ .ptr = updates.ptr, .len = updates.len };
 }
 

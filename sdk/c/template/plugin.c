@@ -23,29 +23,36 @@ void exports_wasmhooks_plugin_hooks_describe(exports_wasmhooks_plugin_hooks_mani
   ret->reads.is_some = true; // reads no keys: the phase is enough
 }
 
+// May name the keys to read once the config is known (ret->is_some);
+// leaving ret->is_some false keeps the manifest's.
 bool exports_wasmhooks_plugin_hooks_init(plugin_string_t *job_config, plugin_string_t *plugin_config,
-                                         failure_t *err) {
+                                         plugin_option_list_string_t *ret, failure_t *err) {
   plugin_string_free(job_config);
   plugin_string_free(plugin_config);
+  ret->is_some = false;
   return true;
 }
 
-bool exports_wasmhooks_plugin_hooks_on_phase(plugin_string_t *phase,
-                                             exports_wasmhooks_plugin_hooks_list_entry_t *data,
+// A phase it lists arrives as its place in `phases` (here 0), and the values
+// of the keys it reads in the order of `reads` (here none), typed.
+bool exports_wasmhooks_plugin_hooks_on_phase(exports_wasmhooks_plugin_hooks_phase_t *phase,
+                                             exports_wasmhooks_plugin_hooks_data_t *data,
                                              exports_wasmhooks_plugin_hooks_list_update_t *ret,
                                              failure_t *err) {
   plugin_string_t message;
   plugin_string_dup(&message, "hello from C");
   wasmhooks_plugin_log_log(WASMHOOKS_PLUGIN_TYPES_LEVEL_INFO, &message);
   plugin_string_free(&message);
-  plugin_string_free(phase);
-  exports_wasmhooks_plugin_hooks_list_entry_free(data);
+  exports_wasmhooks_plugin_hooks_phase_free(phase);
+  exports_wasmhooks_plugin_hooks_data_free(data);
 
   ret->len = 1;
   ret->ptr = malloc(sizeof *ret->ptr);
   ret->ptr[0].tag = WASMHOOKS_PLUGIN_TYPES_UPDATE_SET;
   plugin_string_dup(&ret->ptr[0].val.set.key, WASMHOOKS_KEY_LOCAL_NODE_DOWNLOAD_MODEL);
-  plugin_string_dup(&ret->ptr[0].val.set.value, "\"MODEL_AND_TOKENIZER\"");
+  // A string crosses as itself, not as JSON text.
+  ret->ptr[0].val.set.value.tag = WASMHOOKS_PLUGIN_TYPES_VALUE_TEXT;
+  plugin_string_dup(&ret->ptr[0].val.set.value.val.text, "MODEL_AND_TOKENIZER");
   return true;
 }
 

@@ -34,36 +34,60 @@ var (
 	last = map[string]float64{}
 )
 
+// The keys it reads; the host sends their values in this order.
+var reads = []string{"loss", "eval_loss", "learning_rate", "step"}
+
 func Describe() Manifest {
 	return Manifest{
 		Name:    "metrics-collector-go",
 		Version: "0.1.0",
 		Phases:  []string{"*"},
 		Order:   100,
-		Reads:   witTypes.Some([]string{"loss", "eval_loss", "learning_rate", "step"}),
+		Reads:   witTypes.Some(reads),
 		Observe: []string{},
 	}
 }
 
-func Init(jobConfig string, pluginConfig string) result {
-	return witTypes.Ok[unit, Failure](unit{})
+func Init(jobConfig string, pluginConfig string) witTypes.Result[witTypes.Option[[]string], Failure] {
+	// The manifest's keys stand: the config adds none.
+	return witTypes.Ok[witTypes.Option[[]string], Failure](witTypes.None[[]string]())
 }
 
-func OnPhase(phase string, data []Entry) witTypes.Result[[]Update, Failure] {
+// number is a value as a float, if it is a number.
+func number(value Value) (float64, bool) {
+	switch value.Tag() {
+	case Value_Integer:
+		return float64(value.Integer()), true
+	case Value_Float:
+		return value.Float(), true
+	case Value_Json:
+		// A number outside 64 signed bits.
+		var n float64
+		err := json.Unmarshal([]byte(value.Json()), &n)
+		return n, err == nil
+	}
+	return 0, false
+}
+
+func OnPhase(which Phase, data Data) witTypes.Result[[]Update, Failure] {
 	defer wasmhooks.Collect()
 	now := time.Now()
 	if started.IsZero() {
 		started = now
 	}
+	// It subscribes to `*`, so phases come by name.
+	if which.Tag() != Phase_Named || data.Tag() != Data_Listed {
+		return witTypes.Err[[]Update](Failure{Message: "want a phase by name and listed values"})
+	}
+	phase := which.Named()
 	calls[phase]++
 	atMs[phase] = float64(now.Sub(started).Nanoseconds()) / 1e6
-	for _, entry := range data {
-		var value any
-		if err := json.Unmarshal([]byte(entry.Value), &value); err != nil {
-			return witTypes.Err[[]Update](Failure{Message: "value of " + entry.Key + ": " + err.Error()})
-		}
-		if number, ok := value.(float64); ok {
-			last[entry.Key] = number
+	// Values come in the order of `reads`, typed: no JSON to parse.
+	for i, value := range data.Listed() {
+		if value.IsSome() {
+			if n, ok := number(value.Some()); ok {
+				last[reads[i]] = n
+			}
 		}
 	}
 	if phase != "post_initialization" && phase != "on_train_end" {
@@ -77,7 +101,7 @@ func OnPhase(phase string, data []Entry) witTypes.Result[[]Update, Failure] {
 	if err != nil {
 		return witTypes.Err[[]Update](Failure{Message: err.Error()})
 	}
-	set := MakeUpdateSet(Entry{Key: "metrics", Value: string(figures)})
+	set := MakeUpdateSet(Entry{Key: "metrics", Value: MakeValueJson(string(figures))})
 	return witTypes.Ok[[]Update, Failure]([]Update{set})
 }
 

@@ -30,14 +30,19 @@ func Describe() Manifest {
 	}
 }
 
-func Init(jobConfig string, pluginConfig string) result {
-	return witTypes.Ok[unit, Failure](unit{})
+// Init may return the keys to read when the config decides them; None
+// keeps the manifest's.
+func Init(jobConfig string, pluginConfig string) witTypes.Result[witTypes.Option[[]string], Failure] {
+	return witTypes.Ok[witTypes.Option[[]string], Failure](witTypes.None[[]string]())
 }
 
-func OnPhase(phase string, data []Entry) witTypes.Result[[]Update, Failure] {
+// OnPhase gets a phase it listed by its place in Phases (here 0), and the
+// values of the keys it reads in the order of Reads (here none).
+func OnPhase(phase Phase, data Data) witTypes.Result[[]Update, Failure] {
 	defer wasmhooks.Collect()
-	wasmhooks_plugin_log.Log(Level_Info, "hello from Go at "+phase)
-	set := MakeUpdateSet(Entry{Key: wasmhooks.KeyLocalNodeDownloadModel, Value: `"MODEL_AND_TOKENIZER"`})
+	wasmhooks_plugin_log.Log(Level_Info, "hello from Go at "+wasmhooks.PhasePreDownload)
+	value := MakeValueText("MODEL_AND_TOKENIZER") // a string crosses as itself
+	set := MakeUpdateSet(Entry{Key: wasmhooks.KeyLocalNodeDownloadModel, Value: value})
 	return witTypes.Ok[[]Update, Failure]([]Update{set})
 }
 
