@@ -65,7 +65,7 @@ fn plugin_error(py: Python<'_>, call: &wasmhooks::CallError) -> PyErr {
     let value = err.value(py);
     // Setting attributes on a fresh exception object cannot fail.
     let _ = value.setattr("plugin", &call.plugin);
-    let _ = value.setattr("call", &call.call);
+    let _ = value.setattr("call", call.call.to_string());
     let _ = value.setattr("cause", call.cause.to_string());
     err
 }

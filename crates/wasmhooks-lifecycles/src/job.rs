@@ -187,9 +187,19 @@ pub fn run(
         (Some(config), None) => Some(node::initialize(config, host.policy(), &mut hooks)?),
         _ => None,
     };
+    // Training starts from what initialization left (the engine, the
+    // placement group, the model's files), so its plugins see it.
+    let start = node.as_ref().map(|n| n.data.clone()).unwrap_or_default();
     let training = match &bundle.spec.training {
         None => None,
-        Some(config) => Some(run_training(config, host, &mut hooks, role, spawn_worker)?),
+        Some(config) => Some(run_training(
+            config,
+            host,
+            &mut hooks,
+            role,
+            spawn_worker,
+            start,
+        )?),
     };
     Ok(JobReport {
         job: bundle.spec.name.clone(),
@@ -206,14 +216,15 @@ fn run_training(
     hooks: &mut Hooks,
     role: Option<WorkerRole>,
     spawn_worker: &dyn Fn(WorkerRole) -> Command,
+    start: DataMap,
 ) -> Result<TrainingOutcome, LifecycleError> {
     let limits = host.policy().job_limits();
     if let Some(role) = role {
         let mut collective = Tcp::join(role.rendezvous, role.rank, role.world_size)?;
-        return training::train(config, limits, hooks, &mut collective, DataMap::new());
+        return training::train(config, limits, hooks, &mut collective, start);
     }
     if config.world_size == 1 {
-        return training::train(config, limits, hooks, &mut Solo, DataMap::new());
+        return training::train(config, limits, hooks, &mut Solo, start);
     }
     let (listener, rendezvous) = Tcp::listen()?;
     let mut workers = Workers::default();
@@ -232,7 +243,7 @@ fn run_training(
         Box::new(Tcp::accept_while(listener, config.world_size, || {
             workers.exited()
         })?);
-    let outcome = training::train(config, limits, hooks, collective.as_mut(), DataMap::new());
+    let outcome = training::train(config, limits, hooks, collective.as_mut(), start);
     drop(collective);
     let waited = workers.wait();
     let outcome = outcome?;

@@ -16,7 +16,7 @@ use serde_json::Value;
 
 use crate::Error;
 use crate::bindings::Input;
-use crate::error::CallError;
+use crate::error::{Call, CallError};
 use crate::instance::Usage;
 use crate::loading::Plugin;
 use crate::manifest::Manifest;
@@ -91,7 +91,10 @@ impl HooksBuilder {
             None
         } else {
             let observer = Observer::start(job.clone(), observed, job_limits.observer_queue_bytes)
-                .map_err(|e| Error::Engine(format!("cannot start the observer thread: {e}")))?;
+                .map_err(|source| Error::Thread {
+                    what: "observer",
+                    source,
+                })?;
             Some(observer)
         };
         Ok(Hooks {
@@ -411,8 +414,8 @@ impl Hooks {
                     observer.call(*slot, phase, input).unwrap_or_else(|| {
                         Err(CallError {
                             plugin: member.name.clone(),
-                            call: format!("phase '{phase}'"),
-                            cause: crate::Cause::Trap("the observer worker is gone".into()),
+                            call: Call::Phase(phase.to_owned()),
+                            cause: crate::Cause::Host("the observer worker is gone".into()),
                         })
                     })
                 }
@@ -425,7 +428,7 @@ impl Hooks {
                 }
                 let err = CallError {
                     plugin: self.members[i].name.clone(),
-                    call: format!("phase '{phase}'"),
+                    call: Call::Phase(phase.to_owned()),
                     cause: crate::Cause::DataMapFull {
                         size: total,
                         limit: self.data_bytes.limit,
@@ -569,7 +572,7 @@ mod tests {
     fn every_outcome_serializes() {
         let error = CallError {
             plugin: "p".into(),
-            call: "phase 'x'".into(),
+            call: Call::Phase("x".into()),
             cause: crate::Cause::Returned("no".into()),
         };
         for outcome in [

@@ -55,15 +55,17 @@ impl Host {
     /// trusted like the host binary, since it holds native code.
     pub fn with_compile_cache(policy: Policy, dir: impl Into<PathBuf>) -> Result<Self, Error> {
         let dir = dir.into();
-        std::fs::create_dir_all(&dir)
-            .map_err(|e| Error::Engine(format!("compile cache {}: {e}", dir.display())))?;
+        std::fs::create_dir_all(&dir).map_err(|source| Error::CompileCache {
+            dir: dir.clone(),
+            source,
+        })?;
         Self::build(policy, Some(dir))
     }
 
     fn build(policy: Policy, compile_cache: Option<PathBuf>) -> Result<Self, Error> {
         let mut config = Config::new();
         config.consume_fuel(true).epoch_interruption(true);
-        let engine = Engine::new(&config).map_err(|e| Error::Engine(format!("{e:#}")))?;
+        let engine = Engine::new(&config).map_err(Error::Engine)?;
         let compile_cache = compile_cache.map(|dir| {
             let mut hasher = std::hash::DefaultHasher::new();
             engine.precompile_compatibility_hash().hash(&mut hasher);
@@ -72,8 +74,11 @@ impl Host {
                 engine_hash: format!("{:016x}", hasher.finish()),
             }
         });
-        let linker = plugin_linker(&engine).map_err(|e| Error::Engine(format!("{e:#}")))?;
-        let ticker = EpochTicker::start(&engine).map_err(|e| Error::Engine(e.to_string()))?;
+        let linker = plugin_linker(&engine).map_err(Error::Engine)?;
+        let ticker = EpochTicker::start(&engine).map_err(|source| Error::Thread {
+            what: "epoch ticker",
+            source,
+        })?;
         Ok(Host {
             shared: Arc::new(Shared {
                 engine,

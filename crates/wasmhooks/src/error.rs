@@ -113,9 +113,27 @@ pub enum Error {
     /// The job lists the same plugin twice.
     #[error("plugin '{0}' is listed twice in the job")]
     Duplicate(String),
-    /// The WebAssembly engine could not be set up.
-    #[error("cannot set up the WebAssembly engine: {0}")]
-    Engine(String),
+    /// The WebAssembly engine (or the linker of the plugins' imports) could
+    /// not be set up.
+    #[error("cannot set up the WebAssembly engine: {0:#}")]
+    Engine(#[source] wasmtime::Error),
+    /// The compile cache's folder cannot be created.
+    #[error("cannot use {} as the compile cache: {source}", dir.display())]
+    CompileCache {
+        /// The folder.
+        dir: PathBuf,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// A thread the host needs (the epoch ticker, the observer worker)
+    /// could not be started.
+    #[error("cannot start the {what} thread: {source}")]
+    Thread {
+        /// Which.
+        what: &'static str,
+        /// Why.
+        source: std::io::Error,
+    },
 }
 
 /// A failed call into one plugin: who, where, and why. The data map is left as
@@ -125,10 +143,42 @@ pub enum Error {
 pub struct CallError {
     /// The plugin's name.
     pub plugin: String,
-    /// `init`, `describe`, `save-state`, `load-state` or `phase 'NAME'`.
-    pub call: String,
+    /// Which call failed.
+    pub call: Call,
     /// What went wrong.
     pub cause: Cause,
+}
+
+/// Which call into a plugin failed; displayed as the WIT names it
+/// (`init`, `save-state`, `phase 'on_step_end'`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Call {
+    /// Instantiating the component (its start function, its imports).
+    Instantiation,
+    /// `describe`.
+    Describe,
+    /// `init`.
+    Init,
+    /// `on-phase`, at this phase.
+    Phase(String),
+    /// `save-state`.
+    SaveState,
+    /// `load-state`.
+    LoadState,
+}
+
+impl std::fmt::Display for Call {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Call::Instantiation => f.write_str("instantiation"),
+            Call::Describe => f.write_str("describe"),
+            Call::Init => f.write_str("init"),
+            Call::Phase(phase) => write!(f, "phase '{phase}'"),
+            Call::SaveState => f.write_str("save-state"),
+            Call::LoadState => f.write_str("load-state"),
+        }
+    }
 }
 
 /// Why a plugin call failed.
@@ -171,6 +221,10 @@ pub enum Cause {
     /// The plugin returned an error of its own.
     #[error("returned an error: {0}")]
     Returned(String),
+    /// The host failed the call, not the plugin (its background worker
+    /// stopped, say).
+    #[error("could not be called: {0}")]
+    Host(String),
     /// Restarted after a trap, the plugin described itself (its phases, the
     /// keys it reads) differently from its first instance, which the hooks
     /// route and pass values by.

@@ -7,7 +7,7 @@ use serde_json::Value;
 use wasmtime::Store;
 
 use crate::bindings;
-use crate::error::{CallError, Cause};
+use crate::error::{Call, CallError, Cause};
 use crate::loading::Plugin;
 use crate::manifest::Manifest;
 use crate::sandbox::{self, EpochTicker, PluginState};
@@ -51,7 +51,7 @@ impl Instance {
         let (result, _) = instance.guarded(|h, s| h.init(s, job_config, plugin_config));
         let reads = result
             .and_then(|r| r.map_err(returned))
-            .map_err(|cause| instance.error("init", cause))?;
+            .map_err(|cause| instance.error(Call::Init, cause))?;
         // Keys its config decided replace the manifest's, held to the same
         // bounds.
         if let Some(reads) = reads {
@@ -80,7 +80,7 @@ impl Instance {
             let cause = sandbox::classify(&e, store.data(), policy);
             Error::Call(CallError {
                 plugin: policy.name.clone(),
-                call: "instantiation".into(),
+                call: Call::Instantiation,
                 cause,
             })
         })?;
@@ -88,7 +88,7 @@ impl Instance {
         let describe_error = |cause| {
             Error::Call(CallError {
                 plugin: policy.name.clone(),
-                call: "describe".into(),
+                call: Call::Describe,
                 cause,
             })
         };
@@ -125,10 +125,10 @@ impl Instance {
         self.store.data().bytes_written()
     }
 
-    pub(crate) fn error(&self, call: &str, cause: Cause) -> Error {
+    pub(crate) fn error(&self, call: Call, cause: Cause) -> Error {
         Error::Call(CallError {
             plugin: self.name().to_owned(),
-            call: call.to_owned(),
+            call,
             cause,
         })
     }

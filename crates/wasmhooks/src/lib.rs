@@ -48,7 +48,7 @@ pub use dispatch::{
     PluginStats,
 };
 pub use engine::Host;
-pub use error::{CallError, Cause, Error, TypeMismatch};
+pub use error::{Call, CallError, Cause, Error, TypeMismatch};
 pub use files::read_regular;
 pub use inspect::Inspection;
 pub use loading::{Plugin, sha256_hex};

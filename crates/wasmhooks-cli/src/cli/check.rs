@@ -99,7 +99,7 @@ fn check_file(host: &Host, file: &Path) -> Finding {
                 detail,
             }
         }
-        Err(wasmhooks::Error::Call(e)) if e.call == "init" => Finding {
+        Err(wasmhooks::Error::Call(e)) if e.call == wasmhooks::Call::Init => Finding {
             plugin: name,
             file: Some(file.to_owned()),
             ok: true,

@@ -10,7 +10,7 @@ use super::updates::{self, Change};
 use super::{CallReport, Outcome, PluginStats};
 use crate::Error;
 use crate::bindings::Input;
-use crate::error::{CallError, Cause};
+use crate::error::{Call, CallError, Cause};
 use crate::instance::Instance;
 use crate::loading::Plugin;
 use crate::manifest::Manifest;
@@ -83,7 +83,7 @@ impl Slot {
                     .as_ref()
                     .is_some_and(|m| *m != instance.manifest)
                 {
-                    return Err(instance.error("init", Cause::ChangedManifest));
+                    return Err(instance.error(Call::Init, Cause::ChangedManifest));
                 }
                 Ok(instance)
             });
@@ -128,11 +128,11 @@ impl Slot {
         }
     }
 
-    fn error(&mut self, call: &str, cause: Cause) -> CallError {
+    fn error(&mut self, call: Call, cause: Cause) -> CallError {
         self.drop_if_poisoned();
         CallError {
             plugin: self.plugin.name().to_owned(),
-            call: call.to_owned(),
+            call,
             cause,
         }
     }
@@ -157,7 +157,7 @@ impl Slot {
             });
         }
         // Only a failure needs the label.
-        let call = || format!("phase '{phase}'");
+        let call = || Call::Phase(phase.to_owned());
         let result = match self.live(job) {
             Ok(Some(instance)) => {
                 let (result, usage) = instance.on_phase(phase, input);
@@ -173,11 +173,11 @@ impl Slot {
                 result
                     .and_then(|u| updates::check(u, self.plugin.policy()))
                     .map(|checked| (checked, usage))
-                    .map_err(|cause| self.error(&call(), cause))
+                    .map_err(|cause| self.error(call(), cause))
             }
             Ok(None) => unreachable!("a slot that is not disabled has an instance"),
             Err(Error::Call(e)) => Err(e),
-            Err(other) => Err(self.error(&call(), Cause::Trap(other.to_string()))),
+            Err(other) => Err(self.error(call(), Cause::Host(other.to_string()))),
         };
         match result {
             Ok(((changes, sizes), usage)) => {
@@ -222,7 +222,7 @@ impl Slot {
         };
         instance
             .save_state()
-            .map_err(|cause| Error::Call(self.error("save-state", cause)))
+            .map_err(|cause| Error::Call(self.error(Call::SaveState, cause)))
     }
 
     /// Restores state a checkpoint held.
@@ -232,7 +232,7 @@ impl Slot {
         };
         instance
             .load_state(state)
-            .map_err(|cause| Error::Call(self.error("load-state", cause)))
+            .map_err(|cause| Error::Call(self.error(Call::LoadState, cause)))
     }
 }
 
