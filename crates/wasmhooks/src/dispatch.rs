@@ -20,10 +20,9 @@ use crate::error::{Call, CallError};
 use crate::instance::Usage;
 use crate::loading::Plugin;
 use crate::manifest::Manifest;
-use crate::policy::OnError;
 
 use observer::Observer;
-use slot::{Called, Slot};
+use slot::{Called, Failed, Slot};
 pub use updates::Change;
 
 /// The job's shared data: string keys to JSON values.
@@ -69,7 +68,6 @@ impl HooksBuilder {
         let mut observed = Vec::new();
         for (plugin, config) in self.plugins {
             let name = plugin.name().to_owned();
-            let on_error = plugin.policy().on_error;
             if !names.insert(name.clone()) {
                 return Err(Error::Duplicate(name));
             }
@@ -83,7 +81,6 @@ impl HooksBuilder {
             entries.push(Member {
                 name,
                 manifest,
-                on_error,
                 place,
             });
         }
@@ -176,7 +173,6 @@ impl DataBytes {
 struct Member {
     name: String,
     manifest: Option<Manifest>,
-    on_error: OnError,
     place: Place,
 }
 
@@ -411,13 +407,9 @@ impl Hooks {
                         });
                         continue;
                     }
-                    observer.call(*slot, phase, input).unwrap_or_else(|| {
-                        Err(CallError {
-                            plugin: member.name.clone(),
-                            call: Call::Phase(phase.to_owned()),
-                            cause: crate::Cause::Host("the observer worker is gone".into()),
-                        })
-                    })
+                    observer
+                        .call(*slot, phase, input)
+                        .unwrap_or_else(|| Err(worker_gone(&member.name, phase)))
                 }
             };
             // Updates that would overfill the data map fail the call too.
@@ -426,18 +418,23 @@ impl Hooks {
                 if total <= self.data_bytes.limit {
                     return Ok((called, total));
                 }
-                let err = CallError {
-                    plugin: self.members[i].name.clone(),
+                let member = &mut self.members[i];
+                let error = CallError {
+                    plugin: member.name.clone(),
                     call: Call::Phase(phase.to_owned()),
                     cause: crate::Cause::DataMapFull {
                         size: total,
                         limit: self.data_bytes.limit,
                     },
                 };
-                if let Place::Here(slot) = &mut self.members[i].place {
-                    slot.count_failure(&err);
-                }
-                Err(err)
+                Err(match &mut member.place {
+                    Place::Here(slot) => slot.failed(error, false),
+                    Place::Observer(slot) => self
+                        .observer
+                        .as_ref()
+                        .and_then(|o| o.failed(*slot, error))
+                        .unwrap_or_else(|| worker_gone(&member.name, phase)),
+                })
             });
             match result {
                 Ok((
@@ -457,15 +454,12 @@ impl Hooks {
                     }
                     report.calls.push(call);
                 }
-                Err(err) => {
-                    // The slot has counted it and, under `disable`,
-                    // disabled itself.
-                    if self.members[i].on_error == OnError::Fail {
-                        return Err(Error::Call(err));
-                    }
+                // The slot has applied the operator's policy to it.
+                Err(Failed { error, stops: true }) => return Err(Error::Call(*error)),
+                Err(Failed { error, .. }) => {
                     report.calls.push(CallReport {
-                        plugin: err.plugin.clone(),
-                        outcome: Outcome::Failed { error: err },
+                        plugin: error.plugin.clone(),
+                        outcome: Outcome::Failed { error: *error },
                         fuel: 0,
                         elapsed: Duration::ZERO,
                     });
@@ -538,6 +532,19 @@ impl Hooks {
         let route: Arc<[usize]> = Arc::from(route);
         self.routes.insert(phase.to_owned(), route.clone());
         route
+    }
+}
+
+/// The failure of a call the observer worker could not take, because it
+/// is gone: the host's fault, and it stops the job.
+fn worker_gone(plugin: &str, phase: &str) -> Failed {
+    Failed {
+        error: Box::new(CallError {
+            plugin: plugin.to_owned(),
+            call: Call::Phase(phase.to_owned()),
+            cause: crate::Cause::Host("the observer worker is gone".into()),
+        }),
+        stops: true,
     }
 }
 

@@ -20,7 +20,7 @@ use std::time::{Duration, Instant};
 use serde_json::Value;
 
 use super::PluginStats;
-use super::slot::{Called, Slot};
+use super::slot::{Called, Failed, Slot};
 use crate::Error;
 use crate::bindings::Input;
 use crate::error::CallError;
@@ -41,7 +41,14 @@ pub(super) enum Job {
         slot: usize,
         phase: String,
         input: Input,
-        reply: mpsc::Sender<Result<Called, CallError>>,
+        reply: mpsc::Sender<Result<Called, Failed>>,
+    },
+    /// A failure found after a call returned (its updates would overfill
+    /// the data map): the slot applies the policy to it.
+    Failed {
+        slot: usize,
+        error: CallError,
+        reply: mpsc::Sender<Failed>,
     },
     SaveState {
         slot: usize,
@@ -165,7 +172,7 @@ impl Observer {
         slot: usize,
         phase: &str,
         input: Input,
-    ) -> Option<Result<Called, CallError>> {
+    ) -> Option<Result<Called, Failed>> {
         let (reply, answer) = mpsc::channel();
         self.send(Job::Call {
             slot,
@@ -173,6 +180,14 @@ impl Observer {
             input,
             reply,
         });
+        answer.recv().ok()
+    }
+
+    /// Has the slot apply the error policy to a failure found after its
+    /// call returned; `None` if the worker is gone.
+    pub(super) fn failed(&self, slot: usize, error: CallError) -> Option<Failed> {
+        let (reply, answer) = mpsc::channel();
+        self.send(Job::Failed { slot, error, reply });
         answer.recv().ok()
     }
 
@@ -288,6 +303,11 @@ fn work(job: &str, mut slots: Vec<Slot>, rx: &Receiver<Job>, shared: &Shared) {
                 let result = slots[slot].call(job, &phase, &input, false);
                 publish(slot, &slots);
                 let _ = reply.send(result);
+            }
+            Job::Failed { slot, error, reply } => {
+                let failed = slots[slot].failed(error, false);
+                publish(slot, &slots);
+                let _ = reply.send(failed);
             }
             Job::SaveState { slot, reply } => {
                 let result = slots[slot].save_state(job);

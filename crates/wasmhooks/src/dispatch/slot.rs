@@ -30,6 +30,15 @@ pub(super) struct Slot {
     pub(super) stats: PluginStats,
 }
 
+/// A failed call with what the operator's error policy made of it.
+#[derive(Debug)]
+pub(super) struct Failed {
+    /// Boxed: a failure is rare, and results stay small.
+    pub(super) error: Box<CallError>,
+    /// Whether the job stops (`fail`); else it goes on without this call.
+    pub(super) stops: bool,
+}
+
 /// A successful call: its report and the checked changes to merge, with
 /// the bytes each takes.
 pub(super) struct Called {
@@ -61,11 +70,10 @@ impl Slot {
                 slot.manifest = Some(manifest.clone());
                 Some(manifest)
             }
-            Err(Error::Call(err)) if slot.plugin.policy().on_error != OnError::Fail => {
-                tracing::warn!("{err}; plugin disabled");
-                slot.disable(err);
-                None
-            }
+            Err(Error::Call(err)) => match slot.failed(err, true) {
+                Failed { error, stops: true } => return Err(Error::Call(*error)),
+                Failed { .. } => None,
+            },
             Err(err) => return Err(err),
         };
         Ok((slot, manifest))
@@ -118,13 +126,26 @@ impl Slot {
         self.instance = None;
     }
 
-    /// Counts a failure found after the call returned (its updates would
-    /// overfill the data map), as the slot counts its own.
-    pub(super) fn count_failure(&mut self, err: &CallError) {
+    /// The operator's error policy, applied in this one place to every
+    /// failed call (at start, at a phase, or found after the call returned,
+    /// as updates that would overfill the data map): counts it, logs it,
+    /// disables the plugin under `disable` (and under `skip` when it could
+    /// not even start: there is no instance to go on with), and says
+    /// whether the job stops (`fail`).
+    pub(super) fn failed(&mut self, error: CallError, starting: bool) -> Failed {
         self.stats.failures += 1;
-        if self.plugin.policy().on_error == OnError::Disable {
-            tracing::warn!("{err}; plugin disabled for the rest of the job");
-            self.disable(err.clone());
+        let on_error = self.plugin.policy().on_error;
+        match on_error {
+            OnError::Fail => {}
+            OnError::Skip if !starting => tracing::warn!("{error}; skipped"),
+            OnError::Skip | OnError::Disable => {
+                tracing::warn!("{error}; plugin disabled for the rest of the job");
+                self.disable(error.clone());
+            }
+        }
+        Failed {
+            error: Box::new(error),
+            stops: on_error == OnError::Fail,
         }
     }
 
@@ -137,17 +158,16 @@ impl Slot {
         }
     }
 
-    /// One guarded call at `phase` with the values the plugin reads. On
-    /// failure the slot counts it and, under `disable`, disables itself;
-    /// whether the job goes on is the caller's to decide. Observing calls
-    /// return no changes.
+    /// One guarded call at `phase` with the values the plugin reads. A
+    /// failure comes back with the policy's verdict ([`Slot::failed`]).
+    /// Observing calls return no changes.
     pub(super) fn call(
         &mut self,
         job: &str,
         phase: &str,
         input: &Input,
         observe: bool,
-    ) -> Result<Called, CallError> {
+    ) -> Result<Called, Failed> {
         let name = self.plugin.name().to_owned();
         if self.disabled.is_some() {
             return Ok(Called {
@@ -200,18 +220,7 @@ impl Slot {
                     sizes,
                 })
             }
-            Err(err) => {
-                self.stats.failures += 1;
-                match self.plugin.policy().on_error {
-                    OnError::Fail => {}
-                    OnError::Skip => tracing::warn!("{err}; skipped"),
-                    OnError::Disable => {
-                        tracing::warn!("{err}; plugin disabled for the rest of the job");
-                        self.disable(err.clone());
-                    }
-                }
-                Err(err)
-            }
+            Err(err) => Err(self.failed(err, false)),
         }
     }
 
