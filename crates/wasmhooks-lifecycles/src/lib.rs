@@ -4,12 +4,12 @@
 //! bundles. Each does real work at its default steps and calls the plugins
 //! at every phase through [`Hooks`](wasmhooks::Hooks).
 
+mod driver;
 mod error;
 pub mod job;
 pub mod node;
-mod timing;
 pub mod training;
 
+pub(crate) use driver::Driver;
+pub use driver::{PhaseTime, PhaseTimings};
 pub use error::LifecycleError;
-pub(crate) use timing::Driver;
-pub use timing::{PhaseTime, PhaseTimings};

@@ -9,7 +9,7 @@ use std::path::Path;
 use serde::Serialize;
 
 use crate::Error;
-use crate::engine::Host;
+use crate::host::Host;
 use crate::instance::Instance;
 use crate::loading::{self, CodeCheck, Plugin, PluginInner, check_code, sha256_hex};
 use crate::manifest::Manifest;

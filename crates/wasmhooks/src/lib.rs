@@ -31,9 +31,9 @@
 mod bindings;
 mod capabilities;
 mod dispatch;
-mod engine;
 mod error;
 pub mod files;
+mod host;
 mod inspect;
 mod instance;
 mod loading;
@@ -47,9 +47,9 @@ pub use dispatch::{
     CallReport, Change, DEFAULT_FLUSH, DataMap, Hooks, HooksBuilder, Outcome, PhaseReport,
     PluginStats,
 };
-pub use engine::Host;
 pub use error::{Call, CallError, Cause, Error, TypeMismatch};
 pub use files::read_regular;
+pub use host::Host;
 pub use inspect::Inspection;
 pub use loading::{Plugin, sha256_hex};
 pub use manifest::{ALL_PHASES, Manifest};

@@ -11,7 +11,7 @@ use wasmtime::component::Component;
 
 use crate::Error;
 use crate::bindings::{self, HOOKS, Pre, SUPPORTED};
-use crate::engine::{Host, Shared};
+use crate::host::{Host, Shared};
 use crate::policy::PluginPolicy;
 
 /// A plugin that passed the allowlist and compiled: ready to instantiate,

@@ -28,7 +28,8 @@ use crate::error::CallError;
 /// Observations that may wait at once.
 pub(super) const QUEUE: usize = 1024;
 
-pub(super) enum Job {
+/// What the hooks send the worker.
+pub(super) enum Message {
     Observe {
         slot: usize,
         phase: String,
@@ -65,7 +66,7 @@ pub(super) enum Job {
 }
 
 pub(super) struct Observer {
-    tx: Option<SyncSender<Job>>,
+    tx: Option<SyncSender<Message>>,
     thread: Option<JoinHandle<()>>,
     cancel: Arc<AtomicBool>,
     /// Per slot: observations dropped (queue full, or discarded by a flush
@@ -124,11 +125,11 @@ impl Observer {
         self.dropped[slot].load(Ordering::SeqCst)
     }
 
-    fn send(&self, job: Job) {
+    fn send(&self, message: Message) {
         if let Some(tx) = &self.tx {
             // The worker lives as long as the sender; a failed send means it
             // died, and the reply channel will say so.
-            let _ = tx.send(job);
+            let _ = tx.send(message);
         }
     }
 
@@ -149,7 +150,7 @@ impl Observer {
         }
         let seq = self.next_seq;
         self.next_seq += 1;
-        let job = Job::Observe {
+        let message = Message::Observe {
             slot,
             phase: phase.to_owned(),
             input,
@@ -158,7 +159,7 @@ impl Observer {
         };
         self.pending.fetch_add(1, Ordering::SeqCst);
         self.queued_bytes.fetch_add(bytes as u64, Ordering::SeqCst);
-        if let Err(TrySendError::Full(_) | TrySendError::Disconnected(_)) = tx.try_send(job) {
+        if let Err(TrySendError::Full(_) | TrySendError::Disconnected(_)) = tx.try_send(message) {
             self.pending.fetch_sub(1, Ordering::SeqCst);
             self.queued_bytes.fetch_sub(bytes as u64, Ordering::SeqCst);
             self.dropped[slot].fetch_add(1, Ordering::SeqCst);
@@ -174,7 +175,7 @@ impl Observer {
         input: Input,
     ) -> Option<Result<Called, Failed>> {
         let (reply, answer) = mpsc::channel();
-        self.send(Job::Call {
+        self.send(Message::Call {
             slot,
             phase: phase.to_owned(),
             input,
@@ -187,7 +188,7 @@ impl Observer {
     /// call returned; `None` if the worker is gone.
     pub(super) fn failed(&self, slot: usize, error: CallError) -> Option<Failed> {
         let (reply, answer) = mpsc::channel();
-        self.send(Job::Failed { slot, error, reply });
+        self.send(Message::Failed { slot, error, reply });
         answer.recv().ok()
     }
 
@@ -200,14 +201,14 @@ impl Observer {
 
     pub(super) fn save_state(&self, slot: usize) -> Result<Option<Value>, Error> {
         let (reply, answer) = mpsc::channel();
-        self.send(Job::SaveState { slot, reply });
+        self.send(Message::SaveState { slot, reply });
         answer.recv().unwrap_or(Ok(None))
     }
 
     pub(super) fn load_state(&self, slot: usize, state: &Value) -> Result<(), Error> {
         let (reply, answer) = mpsc::channel();
         let state = state.clone();
-        self.send(Job::LoadState { slot, state, reply });
+        self.send(Message::LoadState { slot, state, reply });
         answer.recv().unwrap_or(Ok(()))
     }
 
@@ -218,9 +219,9 @@ impl Observer {
         let deadline = Instant::now().checked_add(bound);
         let (reply, answer) = mpsc::channel();
         let Some(tx) = &self.tx else { return 0 };
-        let mut job = Job::Flush { reply };
+        let mut message = Message::Flush { reply };
         let waited = loop {
-            match tx.try_send(job) {
+            match tx.try_send(message) {
                 Ok(()) => {
                     let left = deadline.map(|d| d.saturating_duration_since(Instant::now()));
                     break match left {
@@ -229,7 +230,7 @@ impl Observer {
                     };
                 }
                 Err(TrySendError::Full(back)) if deadline.is_none_or(|d| Instant::now() < d) => {
-                    job = back;
+                    message = back;
                     std::thread::sleep(Duration::from_millis(1));
                 }
                 Err(_) => break false,
@@ -265,13 +266,13 @@ struct Shared {
     stats: Arc<Mutex<Vec<PluginStats>>>,
 }
 
-fn work(job: &str, mut slots: Vec<Slot>, rx: &Receiver<Job>, shared: &Shared) {
+fn work(job: &str, mut slots: Vec<Slot>, rx: &Receiver<Message>, shared: &Shared) {
     let publish = |i: usize, slots: &[Slot]| {
         shared.stats.lock().unwrap_or_else(PoisonError::into_inner)[i] = slots[i].stats.clone();
     };
     for message in rx {
         match message {
-            Job::Observe {
+            Message::Observe {
                 slot,
                 phase,
                 input,
@@ -294,7 +295,7 @@ fn work(job: &str, mut slots: Vec<Slot>, rx: &Receiver<Job>, shared: &Shared) {
                 let _ = slots[slot].call(job, &phase, &input, true);
                 publish(slot, &slots);
             }
-            Job::Call {
+            Message::Call {
                 slot,
                 phase,
                 input,
@@ -304,22 +305,22 @@ fn work(job: &str, mut slots: Vec<Slot>, rx: &Receiver<Job>, shared: &Shared) {
                 publish(slot, &slots);
                 let _ = reply.send(result);
             }
-            Job::Failed { slot, error, reply } => {
+            Message::Failed { slot, error, reply } => {
                 let failed = slots[slot].failed(error, false);
                 publish(slot, &slots);
                 let _ = reply.send(failed);
             }
-            Job::SaveState { slot, reply } => {
+            Message::SaveState { slot, reply } => {
                 let result = slots[slot].save_state(job);
                 publish(slot, &slots);
                 let _ = reply.send(result);
             }
-            Job::LoadState { slot, state, reply } => {
+            Message::LoadState { slot, state, reply } => {
                 let result = slots[slot].load_state(job, &state);
                 publish(slot, &slots);
                 let _ = reply.send(result);
             }
-            Job::Flush { reply } => {
+            Message::Flush { reply } => {
                 let _ = reply.send(());
             }
         }

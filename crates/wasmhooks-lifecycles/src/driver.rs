@@ -1,4 +1,5 @@
-//! Firing phases for a lifecycle, and the time spent in each.
+//! The driver of a lifecycle: it fires phases over the data map and keeps
+//! the time spent in each.
 
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
