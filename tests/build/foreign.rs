@@ -49,47 +49,45 @@ pub fn build(root: &Path) -> String {
             wit: None,
         });
     }
-    for &(folder, language) in EXAMPLES {
-        let dir = root.join("plugins").join(folder);
-        println!("cargo:rerun-if-changed={}", dir.display());
-        for entry in std::fs::read_dir(&dir).expect("read a plugins/<language> folder") {
+    // Each plugin folder of `plugins/<folder>`, built against the newest
+    // WIT, and of `tests/fixtures/v<version>/<folder>`, against that one.
+    let examples = EXAMPLES
+        .iter()
+        .map(|&(folder, language)| (folder, language, None));
+    let fixtures = FIXTURES
+        .iter()
+        .map(|&(folder, language, version)| (folder, language, Some(version)));
+    for (folder, language, version) in examples.chain(fixtures) {
+        let (dir, out, tag) = match version {
+            None => (
+                format!("plugins/{folder}"),
+                format!("target/plugins/{folder}"),
+                String::new(),
+            ),
+            Some(v) => (
+                format!("tests/fixtures/v{v}/{folder}"),
+                format!("target/plugins/v{v}/{folder}"),
+                format!("_V{}", v.replace('.', "_")),
+            ),
+        };
+        println!("cargo:rerun-if-changed={}", root.join(&dir).display());
+        for entry in std::fs::read_dir(root.join(&dir)).expect("read a plugin folder") {
             let source = entry.expect("list plugins").path();
             let name = source
                 .file_name()
                 .expect("a folder")
                 .to_string_lossy()
                 .into_owned();
-            jobs.push(Job {
-                language,
-                out: root.join(format!("target/plugins/{folder}/{name}.wasm")),
-                konst: format!("{}_{}", name.replace('-', "_"), folder).to_uppercase(),
-                doc: format!("`plugins/{folder}/{name}`, built by `sdk/{language}/build.sh`."),
-                source,
-                wit: None,
+            let against = version.map_or(String::new(), |v| {
+                format!(", against the frozen `wit/v{v}`")
             });
-        }
-    }
-    for &(folder, language, version) in FIXTURES {
-        let dir = root.join(format!("tests/fixtures/v{version}/{folder}"));
-        println!("cargo:rerun-if-changed={}", dir.display());
-        for entry in std::fs::read_dir(&dir).expect("read a tests/fixtures folder") {
-            let source = entry.expect("list fixtures").path();
-            let name = source
-                .file_name()
-                .expect("a folder")
-                .to_string_lossy()
-                .into_owned();
-            let tag = version.replace('.', "_");
             jobs.push(Job {
                 language,
-                out: root.join(format!("target/plugins/v{version}/{folder}/{name}.wasm")),
-                konst: format!("{}_{folder}_V{tag}", name.replace('-', "_")).to_uppercase(),
-                doc: format!(
-                    "`tests/fixtures/v{version}/{folder}/{name}`, built against the frozen \
-                     `wit/v{version}` by `sdk/{language}/build.sh`."
-                ),
+                out: root.join(format!("{out}/{name}.wasm")),
+                konst: format!("{}_{folder}{tag}", name.replace('-', "_")).to_uppercase(),
+                doc: format!("`{dir}/{name}`, built by `sdk/{language}/build.sh`{against}."),
                 source,
-                wit: Some(root.join(format!("wit/v{version}"))),
+                wit: version.map(|v| root.join(format!("wit/v{v}"))),
             });
         }
     }
