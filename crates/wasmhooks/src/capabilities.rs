@@ -1,6 +1,12 @@
-//! Host capabilities a plugin imports beyond WASI. Each is an `add_to_linker`
-//! over a view of the store state, so more can be added side by side.
+//! Host capabilities, each a module that owns its part of the operator's
+//! policy, its linking and its checks: `folders` (read and read-write
+//! grants, with quotas), `env` (environment variables by name), `log`
+//! (messages into the host's log), `clocks` (a monotonic clock the deadline
+//! cuts short) and `filesystem` (WASI's `open-at`, refusing what is not a
+//! file or a folder). Each takes only what it needs of the policy.
 
 pub(crate) mod clocks;
+pub(crate) mod env;
 pub(crate) mod filesystem;
+pub(crate) mod folders;
 pub(crate) mod log;

@@ -10,9 +10,11 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use wasmtime::component::ResourceTable;
-use wasmtime_wasi::{FsPerms, WasiCtx, WasiCtxBuilder, WasiCtxView, WasiView};
+use wasmtime_wasi::{WasiCtx, WasiCtxBuilder, WasiCtxView, WasiView};
 
 use crate::capabilities::clocks::{DeadlineView, MonotonicClock};
+use crate::capabilities::env;
+use crate::capabilities::folders::Folders;
 use crate::capabilities::log::PluginLog;
 use crate::policy::PluginPolicy;
 use crate::{Cause, Error};
@@ -23,25 +25,12 @@ pub(crate) use ticker::EpochTicker;
 
 /// Entries a read-write folder may hold; past this the quota check would
 /// take longer than the calls it guards.
-const MAX_QUOTA_ENTRIES: usize = 10_000;
-
-/// A read-write folder and its quota, checked after every call.
-pub(crate) struct Quota {
-    guest: String,
-    root: crate::files::Root,
-    limit: u64,
-    /// What it held when the plugin started.
-    start: u64,
-    /// What it held after the last check.
-    now: u64,
-}
-
 /// Everything a plugin's store holds.
 pub(crate) struct PluginState {
     wasi: WasiCtx,
     table: ResourceTable,
     pub(crate) memory: MemoryCap,
-    pub(crate) quotas: Vec<Quota>,
+    pub(crate) folders: Folders,
     pub(crate) log: PluginLog,
     pub(crate) stderr: Output,
     clock: MonotonicClock,
@@ -82,44 +71,14 @@ impl PluginState {
             .allow_udp(false)
             .allow_ip_name_lookup(false);
         let grants = &policy.grants;
-        let mut quotas = Vec::new();
-        let dirs = (grants.read.iter().map(|d| (d, FsPerms::ReadOnly)))
-            .chain(grants.read_write.iter().map(|d| (d, FsPerms::ReadWrite)));
-        for (dir, perms) in dirs {
-            let grant_error = |reason: String| Error::Grant {
-                name: policy.name.clone(),
-                what: match perms {
-                    FsPerms::ReadOnly => format!("read access to {}", dir.host.display()),
-                    FsPerms::ReadWrite => format!("read-write access to {}", dir.host.display()),
-                },
-                reason,
-            };
-            if !dir.host.is_dir() {
-                return Err(grant_error("no such folder".into()));
-            }
-            wasi.preopened_dir(&dir.host, &dir.guest, perms)
-                .map_err(|e| grant_error(e.to_string()))?;
-            if perms == FsPerms::ReadWrite {
-                let root =
-                    crate::files::Root::open(&dir.host).map_err(|e| grant_error(e.to_string()))?;
-                let held = root
-                    .usage(MAX_QUOTA_ENTRIES)
-                    .map_err(|e| grant_error(e.to_string()))?
-                    .bytes;
-                quotas.push(Quota {
-                    guest: dir.guest.clone(),
-                    root,
-                    limit: policy.limits.readwrite_quota_bytes,
-                    start: held,
-                    now: held,
-                });
-            }
-        }
-        for name in &policy.grants.env {
-            if let Ok(value) = std::env::var(name) {
-                wasi.env(name, value);
-            }
-        }
+        let folders = Folders::grant(
+            &mut wasi,
+            &policy.name,
+            &grants.read,
+            &grants.read_write,
+            policy.limits.readwrite_quota_bytes,
+        )?;
+        env::grant(&mut wasi, &grants.env);
         let mut table = ResourceTable::new();
         // Every file, folder, stream and pollable a plugin holds is an entry;
         // files are descriptors of the host process as well, shared with the
@@ -129,7 +88,7 @@ impl PluginState {
             wasi: wasi.build(),
             table,
             memory: MemoryCap::new(policy.limits.memory_bytes),
-            quotas,
+            folders,
             log: PluginLog::new(&policy.name),
             stderr,
             clock,
@@ -146,44 +105,14 @@ impl PluginState {
         self.stderr.begin_call();
     }
 
-    /// Checks every read-write folder against its quota after a call: what
-    /// a call wrote past it fails the call (and every later one, until the
-    /// folder is back under).
+    /// Checks the read-write folders' quotas after a call.
     pub(crate) fn check_quotas(&mut self) -> Result<(), Cause> {
-        for q in &mut self.quotas {
-            let usage = q
-                .root
-                .usage(MAX_QUOTA_ENTRIES)
-                .map_err(|e| Cause::QuotaExceeded {
-                    folder: q.guest.clone(),
-                    used: format!("something the host cannot count ({e})"),
-                    limit: format!("{} bytes", q.limit),
-                })?;
-            q.now = usage.bytes;
-            if usage.entries > MAX_QUOTA_ENTRIES {
-                return Err(Cause::QuotaExceeded {
-                    folder: q.guest.clone(),
-                    used: format!("more than {MAX_QUOTA_ENTRIES} entries"),
-                    limit: format!("{MAX_QUOTA_ENTRIES} entries"),
-                });
-            }
-            if usage.bytes > q.limit {
-                return Err(Cause::QuotaExceeded {
-                    folder: q.guest.clone(),
-                    used: format!("{} bytes", usage.bytes),
-                    limit: format!("{} bytes", q.limit),
-                });
-            }
-        }
-        Ok(())
+        self.folders.check()
     }
 
-    /// Bytes the plugin's read-write folders grew by since it started.
+    /// Bytes its read-write folders grew by since it started.
     pub(crate) fn bytes_written(&self) -> u64 {
-        self.quotas
-            .iter()
-            .map(|q| q.now.saturating_sub(q.start))
-            .sum()
+        self.folders.bytes_written()
     }
 }
 
