@@ -3,7 +3,7 @@
 //! with Python values converted straight to the host's values (no JSON
 //! text) and the GIL released while plugins run.
 
-use std::sync::{Mutex, MutexGuard, PoisonError};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::Duration;
 
 use pyo3::exceptions::{PyException, PyRuntimeError, PyTypeError, PyValueError};
@@ -507,12 +507,36 @@ struct Hooks {
     inner: Mutex<Option<wasmhooks::Hooks>>,
     /// Per phase, the keys its plugins read (`None`: the whole map), so a
     /// fire converts only what some plugin will see.
-    reads: Mutex<std::collections::HashMap<String, Option<Vec<String>>>>,
+    reads: Mutex<std::collections::HashMap<String, Option<Arc<[String]>>>>,
 }
 
 impl Hooks {
     fn lock(&self) -> MutexGuard<'_, Option<wasmhooks::Hooks>> {
         self.inner.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// The keys the plugins of `phase` read (`None`: every key), shared
+    /// rather than copied at every fire.
+    fn shared_keys_read(&self, py: Python<'_>, phase: &str) -> PyResult<Option<Arc<[String]>>> {
+        if let Some(keys) = self
+            .reads
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .get(phase)
+        {
+            return Ok(keys.clone());
+        }
+        let owned = phase.to_owned();
+        let keys = self.with(py, move |hooks| {
+            hooks
+                .keys_read(&owned)
+                .map(|k| k.into_iter().collect::<Arc<[String]>>())
+        })?;
+        self.reads
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .insert(phase.to_owned(), keys.clone());
+        Ok(keys)
     }
 
     fn with<R: Send>(
@@ -564,14 +588,14 @@ impl Hooks {
         phase: &str,
         data: &Bound<'py, PyDict>,
     ) -> PyResult<PhaseReport> {
-        let mut map = match self.keys_read(py, phase)? {
+        let mut map = match self.shared_keys_read(py, phase)? {
             None => dict_to_map(data, "", 0)?,
             Some(keys) => {
                 let mut map = Map::new();
-                for key in keys {
-                    if let Some(value) = data.get_item(&key)? {
-                        let v = to_value(&value, &key, 1)?;
-                        map.insert(key, v);
+                for key in keys.iter() {
+                    if let Some(value) = data.get_item(key)? {
+                        let v = to_value(&value, key, 1)?;
+                        map.insert(key.clone(), v);
                     }
                 }
                 map
@@ -598,30 +622,12 @@ impl Hooks {
                 }
             }
         }
-        PhaseReport::from_report(py, &report)
+        Ok(PhaseReport { report })
     }
 
     /// The keys the plugins of `phase` read (`None`: every key).
     fn keys_read(&self, py: Python<'_>, phase: &str) -> PyResult<Option<Vec<String>>> {
-        if let Some(keys) = self
-            .reads
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .get(phase)
-        {
-            return Ok(keys.clone());
-        }
-        let owned = phase.to_owned();
-        let keys = self.with(py, move |hooks| {
-            hooks
-                .keys_read(&owned)
-                .map(|k| k.into_iter().collect::<Vec<_>>())
-        })?;
-        self.reads
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .insert(phase.to_owned(), keys.clone());
-        Ok(keys)
+        Ok(self.shared_keys_read(py, phase)?.map(|k| k.to_vec()))
     }
 
     /// The plugins that will be called at `phase`, in call order.
@@ -695,14 +701,6 @@ impl Hooks {
 #[pyclass(module = "wasmhooks._native", frozen)]
 struct PhaseReport {
     report: wasmhooks::PhaseReport,
-}
-
-impl PhaseReport {
-    fn from_report(_py: Python<'_>, report: &wasmhooks::PhaseReport) -> PyResult<Self> {
-        Ok(PhaseReport {
-            report: report.clone(),
-        })
-    }
 }
 
 #[pymethods]

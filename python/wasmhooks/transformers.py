@@ -152,9 +152,11 @@ class WasmHooksCallback(TrainerCallback, ExportableState):
         for key in CONTROL_KEYS:
             values[key] = bool(getattr(control, key))
         values.update(extra)
-        self._session.fire(phase, values)
+        data = self._session.fire(phase, values)
+        # Every event: the flags read straight from the map (what
+        # ``Session.requested`` says, without a call per flag).
         for key in CONTROL_KEYS:
-            if self._session.requested(key):
+            if data.get(key) is True:
                 setattr(control, key, True)
 
     def _agree(self, control: Any) -> None:
