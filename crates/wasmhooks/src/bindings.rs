@@ -7,8 +7,8 @@
 //! module and nothing else.
 
 /// The parts of the interface no version has changed yet (`log`, the
-/// manifest, the state): written once, expanded in each version's module
-/// over its own generated types.
+/// manifest, `init` up to what it returns, the state): written once,
+/// expanded in each version's module over its own generated types.
 macro_rules! unchanged_since_0_1_0 {
     () => {
         impl types::Host for crate::capabilities::log::PluginLog {}
@@ -55,6 +55,21 @@ macro_rules! unchanged_since_0_1_0 {
                 observe: m.observe,
                 rank_zero_only: m.rank_zero_only,
             })
+        }
+
+        /// `init`: the keys it names, where the version lets it name any.
+        pub(super) fn init(
+            p: &Plugin,
+            store: &mut Store<PluginState>,
+            job: &str,
+            config: &str,
+        ) -> super::Called<Option<Vec<String>>> {
+            // The generated signature takes the WIT `json` alias as `&String`.
+            let (job, config) = (job.to_owned(), config.to_owned());
+            Ok(p.wasmhooks_plugin_hooks()
+                .call_init(store, &job, &config)?
+                .map(super::InitReturns::reads)
+                .map_err(|f| f.message))
         }
 
         pub(super) fn save_state(
@@ -183,6 +198,26 @@ impl Incoming {
     }
 }
 
+/// What `init` returns in each version, as the keys the plugin reads
+/// (`None`: the manifest's stand).
+pub(crate) trait InitReturns {
+    fn reads(self) -> Option<Vec<String>>;
+}
+
+/// 0.1.0: nothing.
+impl InitReturns for () {
+    fn reads(self) -> Option<Vec<String>> {
+        None
+    }
+}
+
+/// 0.2.0 on: the keys, if the config decided them.
+impl InitReturns for Option<Vec<String>> {
+    fn reads(self) -> Option<Vec<String>> {
+        self
+    }
+}
+
 /// A compiled plugin matched against the version of the world it targets.
 pub(crate) enum Pre {
     V0_1_0(v0_1_0::PluginPre<PluginState>),
@@ -195,29 +230,19 @@ pub(crate) enum Bound {
     V0_2_0(v0_2_0::Plugin),
 }
 
-/// Why a version could not be bound: the host links no such version, or
-/// the component does not fit the world of the version it names.
-pub(crate) enum Mismatch {
-    Unsupported(String),
-    Wrong(wasmtime::Error),
-}
-
 impl Pre {
     /// Matches an instantiable component against the world of the version
-    /// it targets.
+    /// it targets. The caller has refused versions this host does not link
+    /// (`SUPPORTED`); a component that names none is matched against the
+    /// newest, so the error says what it lacks.
     pub(crate) fn new(
         instance: InstancePre<PluginState>,
         version: Option<&str>,
-    ) -> Result<Self, Mismatch> {
-        match version {
-            Some(v0_1_0::VERSION) => v0_1_0::PluginPre::new(instance)
-                .map(Pre::V0_1_0)
-                .map_err(Mismatch::Wrong),
-            Some(v0_2_0::VERSION) | None => v0_2_0::PluginPre::new(instance)
-                .map(Pre::V0_2_0)
-                .map_err(Mismatch::Wrong),
-            Some(other) => Err(Mismatch::Unsupported(other.to_owned())),
-        }
+    ) -> wasmtime::Result<Self> {
+        Ok(match version {
+            Some(v0_1_0::VERSION) => Pre::V0_1_0(v0_1_0::PluginPre::new(instance)?),
+            _ => Pre::V0_2_0(v0_2_0::PluginPre::new(instance)?),
+        })
     }
 
     pub(crate) fn instantiate(&self, store: &mut Store<PluginState>) -> wasmtime::Result<Bound> {

@@ -179,20 +179,16 @@ pub(crate) fn pre(
     };
     // Built against a version this host does not link: say so, rather
     // than which import or export failed to match.
-    let unsupported = |version: &str| Error::UnsupportedVersion {
-        name: name.to_owned(),
-        file: file.to_owned(),
-        targets: crate::text::clean(version, 64),
-        supported: SUPPORTED.join(", "),
-    };
     if let Some(v) = version.as_deref().filter(|v| !SUPPORTED.contains(v)) {
-        return Err(unsupported(v));
+        return Err(Error::UnsupportedVersion {
+            name: name.to_owned(),
+            file: file.to_owned(),
+            targets: crate::text::clean(v, 64),
+            supported: SUPPORTED.join(", "),
+        });
     }
     let instance_pre = shared.linker.instantiate_pre(component).map_err(wrong)?;
-    Pre::new(instance_pre, version.as_deref()).map_err(|m| match m {
-        bindings::Mismatch::Unsupported(v) => unsupported(&v),
-        bindings::Mismatch::Wrong(e) => wrong(e),
-    })
+    Pre::new(instance_pre, version.as_deref()).map_err(wrong)
 }
 
 /// Compiles bytes whose sha256 is `sha256` (already known to every caller:

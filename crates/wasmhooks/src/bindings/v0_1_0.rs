@@ -20,20 +20,6 @@ pub(crate) const VERSION: &str = "0.1.0";
 
 super::unchanged_since_0_1_0!();
 
-pub(super) fn init(
-    p: &Plugin,
-    store: &mut Store<PluginState>,
-    job: &str,
-    config: &str,
-) -> Called<Option<Vec<String>>> {
-    // The generated signature takes the WIT `json` alias as `&String`.
-    let (job, config) = (job.to_owned(), config.to_owned());
-    Ok(p.wasmhooks_plugin_hooks()
-        .call_init(store, &job, &config)?
-        .map_err(|f| f.message)
-        .map(|()| None))
-}
-
 pub(super) fn on_phase(
     p: &Plugin,
     store: &mut Store<PluginState>,

@@ -23,19 +23,6 @@ pub(crate) const VERSION: &str = "0.2.0";
 
 super::unchanged_since_0_1_0!();
 
-pub(super) fn init(
-    p: &Plugin,
-    store: &mut Store<PluginState>,
-    job: &str,
-    config: &str,
-) -> Called<Option<Vec<String>>> {
-    // The generated signature takes the WIT `json` alias as `&String`.
-    let (job, config) = (job.to_owned(), config.to_owned());
-    Ok(p.wasmhooks_plugin_hooks()
-        .call_init(store, &job, &config)?
-        .map_err(|f| f.message))
-}
-
 /// A data-map value as it crosses: scalars typed, the rest as JSON text.
 fn lower(value: &Value) -> types::Value {
     match value {
