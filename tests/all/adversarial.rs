@@ -361,3 +361,42 @@ fn a_fifo_in_a_granted_folder_cannot_block_the_host() {
         "{err}"
     );
 }
+
+/// The keys a plugin names at `init` are held to the manifest's bounds: an
+/// empty key, one with control characters, one past 256 bytes, or more
+/// than 4,096 keys fail the start naming the plugin; good ones replace the
+/// manifest's `reads`, and the plugin is given just those.
+#[test]
+fn keys_a_plugin_names_at_init_are_bounded_like_its_manifest() {
+    let toml = allow("adversary", plugins::ADVERSARY, "write = [\"seen\"]");
+    let host = crate::support::host(&toml);
+    let plugin = host.load_file(plugins::ADVERSARY).unwrap();
+    let many: Vec<String> = (0..5000).map(|i| format!("k{i}")).collect();
+    for bad in [
+        json!([""]),
+        json!(["a\nb"]),
+        json!(["x".repeat(300)]),
+        json!(many),
+    ] {
+        let err = Hooks::builder(json!({}))
+            .plugin(plugin.clone(), json!({ "reads": bad }))
+            .start()
+            .err()
+            .expect("refused");
+        let msg = err.to_string();
+        assert!(
+            msg.contains("'adversary'") && msg.contains("at init"),
+            "{msg}"
+        );
+        assert!(!msg.contains('\n'), "{msg}");
+    }
+    let mut hooks = Hooks::builder(json!({}))
+        .plugin(plugin, json!({ "reads": ["b"] }))
+        .start()
+        .unwrap();
+    let reads = hooks.manifests().next().unwrap().reads.clone();
+    assert_eq!(reads, Some(vec!["b".to_owned()]));
+    let mut data = data(json!({"a": 1, "b": 2}));
+    hooks.fire("anything", &mut data).unwrap();
+    assert_eq!(data["seen"], json!(["b"]));
+}

@@ -24,6 +24,9 @@ struct Adversary {
     /// `rank` (or, in node initialization, `node_rank`) is this one, so one
     /// rank of a distributed job can misbehave alone.
     only_rank: Option<u64>,
+    /// From config `reads`: the keys to name at `init`, whatever they are
+    /// (empty, huge, with control characters, too many).
+    reads: Option<Vec<String>>,
 }
 
 impl Plugin for Adversary {
@@ -39,6 +42,11 @@ impl Plugin for Adversary {
         self.panic_on = config["panic_on"].as_str().map(str::to_owned);
         self.state_bytes = config["state_bytes"].as_u64().map(|n| n as usize);
         self.only_rank = config["only_rank"].as_u64();
+        self.reads = config["reads"].as_array().map(|keys| {
+            keys.iter()
+                .map(|k| k.as_str().unwrap_or_default().to_owned())
+                .collect()
+        });
         self.scripted = match &config["updates"] {
             // Crashing on cue is scripted too: quiet everywhere else.
             Value::Null if self.panic_on.is_some() => Value::Object(Default::default()),
@@ -49,6 +57,10 @@ impl Plugin for Adversary {
             Some("panic") => panic!("panic in init, as configured"),
             _ => Ok(()),
         }
+    }
+
+    fn reads(&self) -> Option<Vec<String>> {
+        self.reads.clone()
     }
 
     fn on_phase(&mut self, phase: &str, data: &Data) -> Result<Updates, Error> {
