@@ -369,7 +369,7 @@ fn a_fifo_in_a_granted_folder_cannot_block_the_host() {
 #[test]
 fn keys_a_plugin_names_at_init_are_bounded_like_its_manifest() {
     let toml = allow("adversary", plugins::ADVERSARY, "write = [\"seen\"]");
-    let host = crate::support::host(&toml);
+    let host = host(&toml);
     let plugin = host.load_file(plugins::ADVERSARY).unwrap();
     let many: Vec<String> = (0..5000).map(|i| format!("k{i}")).collect();
     for bad in [
