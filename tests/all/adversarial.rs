@@ -340,6 +340,69 @@ fn a_read_write_folder_has_a_quota() {
 }
 
 #[test]
+fn every_way_of_growing_a_read_write_folder_counts_against_its_quota() {
+    let quota = |dir: &std::path::Path| {
+        crate::support::adversary(&format!(
+            "write = [\"result\"]\nreadwrite_quota_mib = 2\nreadwrite = [{{ host = {:?}, guest = \"/out\" }}]",
+            dir
+        ))
+    };
+    let over = "over its quota of 2097152 bytes";
+    // A file made longer, opened without `create`.
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("f"), "x").unwrap();
+    let mut hooks = quota(dir.path());
+    let mut d = data(json!({"path": "/out/f", "mib": 3}));
+    let err = hooks.fire("grow_file", &mut d).unwrap_err().to_string();
+    assert!(err.contains(over), "{err}");
+    // One byte written 3 MiB past the end of a file.
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("f"), "x").unwrap();
+    let mut hooks = quota(dir.path());
+    let mut d = data(json!({"path": "/out/f", "mib": 3}));
+    let err = hooks
+        .fire("write_past_end", &mut d)
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains(over), "{err}");
+    // Appends through a handle kept open between calls, as a logger does.
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("log"), "").unwrap();
+    let mut hooks = quota(dir.path());
+    let mut d = data(json!({"path": "/out/log", "mib": 1}));
+    hooks.fire("append_held", &mut d).unwrap();
+    hooks.fire("nap", &mut d).unwrap();
+    hooks.fire("append_held", &mut d).unwrap();
+    let err = hooks.fire("append_held", &mut d).unwrap_err().to_string();
+    assert!(err.contains(over), "{err}");
+}
+
+#[test]
+fn a_plugin_that_traps_after_writing_cannot_reset_its_quota() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut hooks = crate::support::adversary(&format!(
+        "on_error = \"skip\"\nreadwrite_quota_mib = 2\nreadwrite = [{{ host = {:?}, guest = \"/out\" }}]",
+        dir.path()
+    ));
+    // Each call writes 1 MiB and traps; each restart must count from what
+    // the folder held when the first instance started.
+    for i in 0..4 {
+        let mut d = data(json!({"path": format!("/out/{i}")}));
+        let _ = hooks.fire("fill_then_panic", &mut d);
+        if hooks.stats()[0].disabled.is_some() {
+            break;
+        }
+    }
+    let disabled = hooks.stats()[0].disabled.clone().unwrap_or_default();
+    assert!(disabled.contains("over its quota"), "{disabled:?}");
+    let written: u64 = std::fs::read_dir(dir.path())
+        .unwrap()
+        .map(|e| e.unwrap().metadata().unwrap().len())
+        .sum();
+    assert!(written <= 3 << 20, "{written} bytes");
+}
+
+#[test]
 fn a_fifo_in_a_granted_folder_cannot_block_the_host() {
     let dir = tempfile::tempdir().unwrap();
     let fifo = dir.path().join("fifo");

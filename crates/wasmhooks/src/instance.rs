@@ -31,13 +31,19 @@ pub(crate) struct Instance {
 
 impl Instance {
     /// Instantiates the plugin, reads its manifest and runs `init` (which
-    /// may name the keys it reads, now that it knows its config).
+    /// may name the keys it reads, now that it knows its config). A restart
+    /// passes the first instance's [`Instance::folder_baseline`], so its
+    /// quotas go on from there.
     pub(crate) fn start(
         plugin: &Plugin,
         job_config: &str,
         plugin_config: &str,
+        folder_baseline: Option<&[u64]>,
     ) -> Result<Self, Error> {
         let mut instance = Self::instantiate(plugin)?;
+        if let Some(baseline) = folder_baseline {
+            instance.store.data_mut().folders.resume(baseline);
+        }
         let allowed = &plugin.policy().name;
         if &instance.manifest.name != allowed {
             return Err(Error::Manifest {
@@ -118,6 +124,12 @@ impl Instance {
     /// The most bytes of linear memory and tables it has held.
     pub(crate) fn memory_peak(&self) -> usize {
         self.store.data().memory.peak()
+    }
+
+    /// What its read-write folders held when it started (or the instance
+    /// it replaced did).
+    pub(crate) fn folder_baseline(&self) -> Vec<u64> {
+        self.store.data().folders.baseline()
     }
 
     /// Bytes its read-write folders grew by since it started.

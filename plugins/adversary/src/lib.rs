@@ -6,12 +6,15 @@
 //! it has no behaviour for sets `seen` to the keys it was given.
 
 use std::hint::black_box;
+use std::io::Write;
 
 use wasmhooks_sdk::{Data, Error, Manifest, Plugin, Updates, Value};
 
 #[derive(Default)]
 struct Adversary {
     count: u64,
+    /// The file `append_held` keeps open between calls.
+    held: Option<std::fs::File>,
     hoard: Vec<Vec<u8>>,
     /// From config `updates`: keys to set at given phases, to steer a
     /// lifecycle (`{"on_step_end": {"should_log": true}}`).
@@ -185,6 +188,43 @@ impl Plugin for Adversary {
                 let mib = data.get("mib").and_then(Value::as_u64).unwrap_or(1);
                 std::fs::write(path, vec![7u8; (mib << 20) as usize])?;
                 Ok(Updates::new().set("result", "written"))
+            }
+            "grow_file" => {
+                // An existing file made longer without writing a byte of it
+                // (opened without `create`: a sparse file counts whole).
+                let path = data.str("path").ok_or("data has no `path`")?;
+                let mib = data.get("mib").and_then(Value::as_u64).unwrap_or(1);
+                let file = std::fs::OpenOptions::new().write(true).open(path)?;
+                file.set_len(mib << 20)?;
+                Ok(Updates::new().set("result", "grown"))
+            }
+            "write_past_end" => {
+                // One byte written far past the end of an existing file.
+                let path = data.str("path").ok_or("data has no `path`")?;
+                let mib = data.get("mib").and_then(Value::as_u64).unwrap_or(1);
+                let mut file = std::fs::OpenOptions::new().write(true).open(path)?;
+                std::io::Seek::seek(&mut file, std::io::SeekFrom::Start(mib << 20))?;
+                file.write_all(b"x")?;
+                Ok(Updates::new().set("result", "written"))
+            }
+            "append_held" => {
+                // Opens the file once, then appends through the handle it
+                // keeps, as a logger does.
+                let path = data.str("path").ok_or("data has no `path`")?;
+                let mib = data.get("mib").and_then(Value::as_u64).unwrap_or(1);
+                if self.held.is_none() {
+                    self.held = Some(std::fs::OpenOptions::new().append(true).open(path)?);
+                }
+                let file = self.held.as_mut().ok_or("no file held")?;
+                file.write_all(&vec![7u8; (mib << 20) as usize])?;
+                Ok(Updates::new().set("result", "appended"))
+            }
+            "fill_then_panic" => {
+                // Writes, then traps: the restarted instance must not count
+                // from what this one left.
+                let path = data.str("path").ok_or("data has no `path`")?;
+                std::fs::write(path, vec![7u8; 1 << 20])?;
+                panic!("adversary traps after writing");
             }
             "grow_data" => {
                 // Each call adds a new 256 KiB key under a `prefix.*` grant.

@@ -5,14 +5,39 @@
 //! `access` before it is opened. A plugin cannot make a FIFO through WASI;
 //! this is for the ones a job's files or other processes leave in a folder
 //! the operator granted.
+//!
+//! `output-stream.write` is shadowed too: wasmtime-wasi hands every
+//! non-blocking file write to tokio's blocking pool, even with
+//! `allow_blocking_current_thread`, and the guest's libc flushes right after,
+//! so each line a logging plugin writes cost two thread switches (tens of
+//! microseconds on a busy machine, and an observer queue that overflowed).
+//! Here the write happens on the calling thread, as `blocking-write-and-flush`
+//! does, within what `check-write` permitted.
+//!
+//! And what a plugin does that may change what a folder holds is noted
+//! through [`WritesView`], so the read-write quotas are counted when they
+//! could have been crossed (see `folders`) rather than after every call:
+//! counting walks the folder, and a cache folder holds thousands of files.
+//! Bytes appended to a file grow it by exactly that much, so appends are
+//! summed; anything else (a write at a position, a new size, a new entry,
+//! a link, a rename, a removal) asks for a count. Which output streams
+//! append is known from how they were opened: the plugin's other streams
+//! are its stdout and stderr.
 
-use wasmtime::component::{Linker, Resource};
+use std::collections::HashSet;
+
+use wasmtime::StoreContextMut;
+use wasmtime::component::{Linker, Resource, ResourceTable};
 use wasmtime_wasi::WasiView;
 use wasmtime_wasi::filesystem::{WasiFilesystemCtxView, WasiFilesystemView};
 use wasmtime_wasi::p2::bindings::sync::filesystem::types::{self as fs, Host as _, HostDescriptor};
+use wasmtime_wasi::p2::bindings::sync::io::streams as io;
+use wasmtime_wasi::p2::{DynInputStream, DynOutputStream, StreamError, StreamResult};
+use wasmtime_wasi::runtime::in_tokio;
 
-/// The interface wasmtime-wasi links; older 0.2.x imports resolve to it.
+/// The interfaces wasmtime-wasi links; older 0.2.x imports resolve to them.
 const TYPES: &str = "wasi:filesystem/types@0.2.12";
+const STREAMS: &str = "wasi:io/streams@0.2.12";
 
 type OpenArgs = (
     Resource<fs::Descriptor>,
@@ -22,19 +47,189 @@ type OpenArgs = (
     fs::DescriptorFlags,
 );
 
-/// Shadows `[method]descriptor.open-at` in a linker that already has WASI.
-pub(crate) fn add_to_linker<T: WasiView + 'static>(linker: &mut Linker<T>) -> wasmtime::Result<()> {
+/// Notes, for the quota checks, what a call did that may change what a
+/// plugin's folders hold.
+pub(crate) trait WritesView {
+    /// Something that may change a folder by any amount.
+    fn changed(&mut self);
+    /// `bytes` appended to a file.
+    fn appended(&mut self, bytes: u64);
+    /// The plugin's file output streams, by how they were opened.
+    fn file_streams(&mut self) -> &mut FileStreams;
+}
+
+/// The output streams a plugin opened on files, by resource handle: those
+/// that append and those that write at a position. A handle WASI reuses
+/// for another stream is filed again when that one is opened on a file;
+/// one left from a dropped file stream and reused for stdout only makes
+/// stdout's writes count (never too little).
+#[derive(Default)]
+pub(crate) struct FileStreams {
+    appending: HashSet<u32>,
+    positioned: HashSet<u32>,
+}
+
+impl FileStreams {
+    fn opened(&mut self, rep: u32, appending: bool) {
+        if appending {
+            self.positioned.remove(&rep);
+            self.appending.insert(rep);
+        } else {
+            self.appending.remove(&rep);
+            self.positioned.insert(rep);
+        }
+    }
+}
+
+/// Notes `bytes` written to the stream `rep`.
+fn wrote_to<T: WritesView>(state: &mut T, rep: u32, bytes: u64) {
+    let streams = state.file_streams();
+    if streams.positioned.contains(&rep) {
+        state.changed();
+    } else if streams.appending.contains(&rep) {
+        state.appended(bytes);
+    }
+}
+
+/// Shadows a method of `descriptor` that may change what a folder holds:
+/// noted, then as WASI does it.
+macro_rules! descriptor_writes {
+    ($instance:ident, $name:literal, $method:ident($($arg:ident: $ty:ty),*)) => {
+        $instance.func_wrap(
+            concat!("[method]descriptor.", $name),
+            |mut store: StoreContextMut<'_, T>, ($($arg,)*): ($($ty,)*)| {
+                store.data_mut().changed();
+                let mut view = store.data_mut().filesystem();
+                Ok((match HostDescriptor::$method(&mut view, $($arg),*) {
+                    Ok(v) => Ok(v),
+                    Err(e) => Err(view.convert_error_code(e)?),
+                },))
+            },
+        )?;
+    };
+}
+
+/// Shadows a method of `output-stream` that writes: noted (`$len` bytes),
+/// then done by `$write` (WASI's own, or [`write`]).
+macro_rules! stream_writes {
+    ($instance:ident, $name:literal, $write:expr, ($($arg:ident: $ty:ty),*), $len:expr) => {
+        $instance.func_wrap(
+            concat!("[method]output-stream.", $name),
+            |mut store: StoreContextMut<'_, T>, (stream, $($arg,)*): (Resource<DynOutputStream>, $($ty,)*)| {
+                let len: u64 = $len;
+                wrote_to(store.data_mut(), stream.rep(), len);
+                let table = store.data_mut().ctx().table;
+                Ok((match $write(table, stream, $($arg),*) {
+                    Ok(v) => Ok(v),
+                    Err(e) => Err(io::Host::convert_stream_error(table, e)?),
+                },))
+            },
+        )?;
+    };
+}
+
+/// Shadows a method of `descriptor` that opens an output stream on a file,
+/// to file it as appending or not.
+macro_rules! opens_stream {
+    ($instance:ident, $name:literal, $method:ident($($arg:ident: $ty:ty),*), $appending:expr) => {
+        $instance.func_wrap(
+            concat!("[method]descriptor.", $name),
+            |mut store: StoreContextMut<'_, T>, ($($arg,)*): ($($ty,)*)| {
+                let mut view = store.data_mut().filesystem();
+                let opened = match HostDescriptor::$method(&mut view, $($arg),*) {
+                    Ok(stream) => Ok(stream),
+                    Err(e) => Err(view.convert_error_code(e)?),
+                };
+                if let Ok(stream) = &opened {
+                    store.data_mut().file_streams().opened(stream.rep(), $appending);
+                }
+                Ok((opened,))
+            },
+        )?;
+    };
+}
+
+/// Shadows, in a linker that already has WASI, `descriptor.open-at` (see
+/// the module's doc), `output-stream.write` (on this thread) and every
+/// method that may change what a folder holds (noted for the quotas).
+pub(crate) fn add_to_linker<T: WasiView + WritesView + 'static>(
+    linker: &mut Linker<T>,
+) -> wasmtime::Result<()> {
     linker.allow_shadowing(true);
     let mut types = linker.instance(TYPES)?;
     types.func_wrap(
         "[method]descriptor.open-at",
-        |mut store, (fd, path_flags, path, oflags, flags): OpenArgs| {
+        |mut store: StoreContextMut<'_, T>, (fd, path_flags, path, oflags, flags): OpenArgs| {
+            if oflags.intersects(fs::OpenFlags::CREATE | fs::OpenFlags::TRUNCATE) {
+                store.data_mut().changed();
+            }
             let mut view = store.data_mut().filesystem();
             Ok((open_at(&mut view, fd, path_flags, path, oflags, flags)?,))
         },
     )?;
+    type Fd = Resource<fs::Descriptor>;
+    descriptor_writes!(types, "write", write(fd: Fd, buf: Vec<u8>, offset: u64));
+    descriptor_writes!(types, "set-size", set_size(fd: Fd, size: u64));
+    descriptor_writes!(types, "create-directory-at", create_directory_at(fd: Fd, path: String));
+    descriptor_writes!(
+        types,
+        "link-at",
+        link_at(fd: Fd, flags: fs::PathFlags, old: String, to: Fd, new: String)
+    );
+    descriptor_writes!(types, "symlink-at", symlink_at(fd: Fd, old: String, new: String));
+    descriptor_writes!(types, "rename-at", rename_at(fd: Fd, old: String, to: Fd, new: String));
+    descriptor_writes!(types, "unlink-file-at", unlink_file_at(fd: Fd, path: String));
+    descriptor_writes!(types, "remove-directory-at", remove_directory_at(fd: Fd, path: String));
+    opens_stream!(types, "write-via-stream", write_via_stream(fd: Fd, at: u64), false);
+    opens_stream!(types, "append-via-stream", append_via_stream(fd: Fd), true);
+    let mut streams = linker.instance(STREAMS)?;
+    type Out = Resource<DynOutputStream>;
+    type In = Resource<DynInputStream>;
+    stream_writes!(streams, "write", |t, s: Out, b| write(t, &s, b), (bytes: Vec<u8>), bytes.len() as u64);
+    stream_writes!(
+        streams,
+        "blocking-write-and-flush",
+        io::HostOutputStream::blocking_write_and_flush,
+        (bytes: Vec<u8>),
+        bytes.len() as u64
+    );
+    stream_writes!(streams, "write-zeroes", io::HostOutputStream::write_zeroes, (n: u64), n);
+    stream_writes!(
+        streams,
+        "blocking-write-zeroes-and-flush",
+        io::HostOutputStream::blocking_write_zeroes_and_flush,
+        (n: u64),
+        n
+    );
+    stream_writes!(streams, "splice", io::HostOutputStream::splice, (from: In, n: u64), n);
+    stream_writes!(
+        streams,
+        "blocking-splice",
+        io::HostOutputStream::blocking_splice,
+        (from: In, n: u64),
+        n
+    );
     linker.allow_shadowing(false);
     Ok(())
+}
+
+/// Writes what `check-write` permitted and waits for it: on this thread,
+/// for a file (its `allow_blocking_current_thread`), and through the
+/// stream's own blocking write for the host's other streams.
+fn write(
+    table: &mut ResourceTable,
+    stream: &Resource<DynOutputStream>,
+    bytes: Vec<u8>,
+) -> StreamResult<()> {
+    let stream = table.get_mut(stream)?;
+    let permitted = stream.check_write()?;
+    if bytes.len() > permitted {
+        return Err(StreamError::trap(&format!(
+            "write of {} bytes where check-write permitted {permitted}",
+            bytes.len()
+        )));
+    }
+    in_tokio(stream.blocking_write_and_flush(bytes.into()))
 }
 
 fn open_at(

@@ -1,7 +1,17 @@
 //! Folders a plugin may read, or read and write, with a quota on each
 //! read-write one: the operator's `read` and `readwrite` grants, preopened
-//! through WASI, and the quotas checked after every call. This module owns
-//! that part of the policy; it takes the grants and the quota, nothing else.
+//! through WASI, and the quotas checked after calls. This module owns that
+//! part of the policy; it takes the grants and the quota, nothing else.
+//!
+//! Counting walks a folder, so it runs when a folder could have crossed
+//! its quota since the last count: after a call that did something which
+//! may change a folder by any amount, after the call following it (WASI
+//! finishes some writes in the background), while a folder is over, once
+//! what was appended to files since (which `filesystem` sums) could take
+//! one past its quota, and at least every [`RECOUNT`] (other writers).
+//! A restarted instance goes on from its first one's baseline.
+
+use std::time::{Duration, Instant};
 
 use wasmtime_wasi::{FsPerms, WasiCtxBuilder};
 
@@ -12,6 +22,9 @@ use crate::{Cause, Error};
 /// Entries a read-write folder may hold: counting more would itself be a
 /// cost a plugin could impose on every call.
 const MAX_ENTRIES: usize = 10_000;
+
+/// The longest a plugin's folders go uncounted while it is being called.
+pub(crate) const RECOUNT: Duration = Duration::from_secs(1);
 
 /// A read-write folder and its quota, checked after every call.
 struct Quota {
@@ -27,6 +40,15 @@ struct Quota {
 /// The read-write folders of one plugin instance, with their quotas.
 pub(crate) struct Folders {
     quotas: Vec<Quota>,
+    /// A call did something that may change a folder by any amount.
+    changed: bool,
+    /// Bytes appended to files since the last count.
+    appended: u64,
+    /// The last count followed such a call: count after the next one too.
+    settling: bool,
+    /// The last count found a folder over its quota.
+    over: bool,
+    counted_at: Instant,
 }
 
 impl Folders {
@@ -72,13 +94,69 @@ impl Folders {
                 });
             }
         }
-        Ok(Folders { quotas })
+        Ok(Folders {
+            quotas,
+            changed: false,
+            appended: 0,
+            settling: false,
+            over: false,
+            counted_at: Instant::now(),
+        })
     }
 
-    /// Checks every read-write folder against its quota after a call: what
-    /// a call wrote past it fails the call (and every later one, until the
-    /// folder is back under).
+    /// Notes something that may change a folder by any amount.
+    pub(crate) fn changed(&mut self) {
+        self.changed = true;
+    }
+
+    /// Notes `bytes` appended to a file.
+    pub(crate) fn appended(&mut self, bytes: u64) {
+        self.appended = self.appended.saturating_add(bytes);
+    }
+
+    /// What each read-write folder held when the first instance started.
+    pub(crate) fn baseline(&self) -> Vec<u64> {
+        self.quotas.iter().map(|q| q.start).collect()
+    }
+
+    /// Goes on from a baseline an earlier instance of the same plugin (and
+    /// grants) took; the next check counts.
+    pub(crate) fn resume(&mut self, baseline: &[u64]) {
+        for (q, &start) in self.quotas.iter_mut().zip(baseline) {
+            q.start = start;
+        }
+        self.changed = true;
+    }
+
+    /// Checks every read-write folder against its quota after a call, when
+    /// one is due (see the module's doc): what a call wrote past it fails
+    /// the call (and every later one, until the folder is back under).
     pub(crate) fn check(&mut self) -> Result<(), Cause> {
+        if self.quotas.is_empty() {
+            return Ok(());
+        }
+        let now = Instant::now();
+        let appended = self.appended;
+        let due = self.changed
+            || self.settling
+            || self.over
+            || self
+                .quotas
+                .iter()
+                .any(|q| q.now.saturating_add(appended) > q.limit)
+            || now.saturating_duration_since(self.counted_at) >= RECOUNT;
+        if !due {
+            return Ok(());
+        }
+        self.settling = std::mem::take(&mut self.changed);
+        self.appended = 0;
+        self.counted_at = now;
+        let counted = self.count();
+        self.over = counted.is_err();
+        counted
+    }
+
+    fn count(&mut self) -> Result<(), Cause> {
         for q in &mut self.quotas {
             let usage = q
                 .root
@@ -107,11 +185,13 @@ impl Folders {
         Ok(())
     }
 
-    /// Bytes the read-write folders grew by since the plugin started.
+    /// Bytes the read-write folders grew by since the plugin started: as
+    /// last counted, and what was appended since.
     pub(crate) fn bytes_written(&self) -> u64 {
         self.quotas
             .iter()
             .map(|q| q.now.saturating_sub(q.start))
-            .sum()
+            .sum::<u64>()
+            .saturating_add(self.appended)
     }
 }

@@ -26,6 +26,9 @@ pub(super) struct Slot {
     /// named), which the hooks route and pass values by: a restarted
     /// instance must give the same.
     manifest: Option<Manifest>,
+    /// What its read-write folders held when the first instance started:
+    /// a restarted one's quotas go on from there.
+    folder_baseline: Vec<u64>,
     disabled: Option<CallError>,
     pub(super) stats: PluginStats,
 }
@@ -61,11 +64,13 @@ impl Slot {
             config,
             instance: None,
             manifest: None,
+            folder_baseline: Vec::new(),
             disabled: None,
         };
-        let manifest = match Instance::start(&slot.plugin, job, &slot.config) {
+        let manifest = match Instance::start(&slot.plugin, job, &slot.config, None) {
             Ok(instance) => {
                 let manifest = instance.manifest.clone();
+                slot.folder_baseline = instance.folder_baseline();
                 slot.instance = Some(instance);
                 slot.manifest = Some(manifest.clone());
                 Some(manifest)
@@ -85,16 +90,18 @@ impl Slot {
             return Ok(None);
         }
         if self.instance.is_none() {
-            let started = Instance::start(&self.plugin, job, &self.config).and_then(|instance| {
-                if self
-                    .manifest
-                    .as_ref()
-                    .is_some_and(|m| *m != instance.manifest)
-                {
-                    return Err(instance.error(Call::Init, Cause::ChangedManifest));
-                }
-                Ok(instance)
-            });
+            let baseline = Some(self.folder_baseline.as_slice());
+            let started =
+                Instance::start(&self.plugin, job, &self.config, baseline).and_then(|instance| {
+                    if self
+                        .manifest
+                        .as_ref()
+                        .is_some_and(|m| *m != instance.manifest)
+                    {
+                        return Err(instance.error(Call::Init, Cause::ChangedManifest));
+                    }
+                    Ok(instance)
+                });
             match started {
                 Ok(instance) => {
                     tracing::info!(
