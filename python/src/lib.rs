@@ -3,7 +3,7 @@
 //! with Python values converted straight to the host's values (no JSON
 //! text) and the GIL released while plugins run.
 
-use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError, TryLockError};
 use std::time::Duration;
 
 use pyo3::exceptions::{PyException, PyRuntimeError, PyTypeError, PyValueError};
@@ -505,9 +505,20 @@ impl Plugin {
 #[pyclass(module = "wasmhooks._native", frozen)]
 struct Hooks {
     inner: Mutex<Option<wasmhooks::Hooks>>,
-    /// Per phase, the keys its plugins read (`None`: the whole map), so a
-    /// fire converts only what some plugin will see.
-    reads: Mutex<std::collections::HashMap<String, Option<Arc<[String]>>>>,
+    /// Per phase, what a fire needs to know of its plugins, found once.
+    phases: Mutex<std::collections::HashMap<String, PhaseInfo>>,
+}
+
+/// What a fire needs to know of a phase's plugins.
+#[derive(Clone)]
+struct PhaseInfo {
+    /// The keys they read (`None`: the whole map), so a fire converts only
+    /// what some plugin will see; shared, not copied at every fire.
+    keys: Option<Arc<[String]>>,
+    /// Every one only observes it: the fire queues and returns, so it keeps
+    /// the GIL rather than give it up for a few microseconds and wait,
+    /// behind the process's other Python threads, to get it back.
+    only_observed: bool,
 }
 
 impl Hooks {
@@ -515,28 +526,47 @@ impl Hooks {
         self.inner.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
-    /// The keys the plugins of `phase` read (`None`: every key), shared
-    /// rather than copied at every fire.
-    fn shared_keys_read(&self, py: Python<'_>, phase: &str) -> PyResult<Option<Arc<[String]>>> {
-        if let Some(keys) = self
-            .reads
+    /// What a fire of `phase` needs to know of its plugins.
+    fn phase_info(&self, py: Python<'_>, phase: &str) -> PyResult<PhaseInfo> {
+        if let Some(info) = self
+            .phases
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
             .get(phase)
         {
-            return Ok(keys.clone());
+            return Ok(info.clone());
         }
         let owned = phase.to_owned();
-        let keys = self.with(py, move |hooks| {
-            hooks
+        let info = self.with(py, move |hooks| PhaseInfo {
+            keys: hooks
                 .keys_read(&owned)
-                .map(|k| k.into_iter().collect::<Arc<[String]>>())
+                .map(|k| k.into_iter().collect::<Arc<[String]>>()),
+            only_observed: hooks.only_observed(&owned),
         })?;
-        self.reads
+        self.phases
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
-            .insert(phase.to_owned(), keys.clone());
-        Ok(keys)
+            .insert(phase.to_owned(), info.clone());
+        Ok(info)
+    }
+
+    /// Runs `f` keeping the GIL when the hooks are free, as they are unless
+    /// another thread is inside a call that gave the GIL up; otherwise as
+    /// [`Hooks::with`]. Only for work that runs no plugin code.
+    fn with_gil_held<R: Send>(
+        &self,
+        py: Python<'_>,
+        f: impl FnOnce(&mut wasmhooks::Hooks) -> R + Send,
+    ) -> PyResult<R> {
+        let mut guard = match self.inner.try_lock() {
+            Ok(guard) => guard,
+            Err(TryLockError::Poisoned(p)) => p.into_inner(),
+            Err(TryLockError::WouldBlock) => return self.with(py, f),
+        };
+        guard
+            .as_mut()
+            .map(f)
+            .ok_or_else(|| PyRuntimeError::new_err("these hooks are closed"))
     }
 
     fn with<R: Send>(
@@ -575,7 +605,7 @@ impl Hooks {
         let hooks = py.detach(|| builder.start()).map_err(|e| py_err(py, e))?;
         Ok(Hooks {
             inner: Mutex::new(Some(hooks)),
-            reads: Mutex::new(std::collections::HashMap::new()),
+            phases: Mutex::new(std::collections::HashMap::new()),
         })
     }
 
@@ -588,7 +618,8 @@ impl Hooks {
         phase: &str,
         data: &Bound<'py, PyDict>,
     ) -> PyResult<PhaseReport> {
-        let mut map = match self.shared_keys_read(py, phase)? {
+        let info = self.phase_info(py, phase)?;
+        let mut map = match info.keys {
             None => dict_to_map(data, "", 0)?,
             Some(keys) => {
                 let mut map = Map::new();
@@ -602,10 +633,15 @@ impl Hooks {
             }
         };
         let phase = phase.to_owned();
-        let (result, map) = self.with(py, move |hooks| {
+        let fire = move |hooks: &mut wasmhooks::Hooks| {
             let result = hooks.fire(&phase, &mut map);
             (result, map)
-        })?;
+        };
+        let (result, map) = if info.only_observed {
+            self.with_gil_held(py, fire)?
+        } else {
+            self.with(py, fire)?
+        };
         let report = result.map_err(|e| py_err(py, e))?;
         // Only what the plugins changed goes back into the dict.
         for call in &report.calls {
@@ -627,7 +663,7 @@ impl Hooks {
 
     /// The keys the plugins of `phase` read (`None`: every key).
     fn keys_read(&self, py: Python<'_>, phase: &str) -> PyResult<Option<Vec<String>>> {
-        Ok(self.shared_keys_read(py, phase)?.map(|k| k.to_vec()))
+        Ok(self.phase_info(py, phase)?.keys.map(|k| k.to_vec()))
     }
 
     /// The plugins that will be called at `phase`, in call order.

@@ -95,6 +95,15 @@ fn a_full_queue_drops_observations_and_the_flush_is_bounded() {
     assert!(start.elapsed() < Duration::from_secs(2));
 }
 
+#[test]
+fn a_phase_is_only_observed_when_every_plugin_at_it_only_observes_it() {
+    let mut hooks = adversary("write = [\"count\", \"result\"]");
+    assert!(hooks.only_observed("observe_nap"));
+    // The adversary observes two phases and is called at every other one.
+    assert!(!hooks.only_observed("nap"));
+    assert!(!hooks.only_observed("on_train_end"));
+}
+
 /// Counts threads, so it needs a process to itself: the test below runs it
 /// in one.
 #[test]

@@ -347,6 +347,21 @@ impl Hooks {
         Some(keys)
     }
 
+    /// Whether every plugin called at `phase` only observes it. Firing such
+    /// a phase runs no plugin code on the caller's thread and waits for
+    /// none: it queues snapshots for the observer worker and returns, so
+    /// an embedder may fire it without giving up a lock of its own (the
+    /// Python package keeps the GIL, which a busy process is slow to get
+    /// back).
+    pub fn only_observed(&mut self, phase: &str) -> bool {
+        let route = self.route(phase);
+        route.iter().all(|&i| {
+            let member = &self.members[i];
+            matches!(member.place, Place::Observer(_))
+                && member.manifest.as_ref().is_some_and(|m| m.observes(phase))
+        })
+    }
+
     /// Totals per plugin, in job order.
     pub fn stats(&self) -> Vec<PluginStats> {
         let observed = self
