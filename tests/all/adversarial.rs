@@ -463,3 +463,48 @@ fn keys_a_plugin_names_at_init_are_bounded_like_its_manifest() {
     hooks.fire("anything", &mut data).unwrap();
     assert_eq!(data["seen"], json!(["b"]));
 }
+
+/// A plugin restarted after a trap must describe itself as its first
+/// instance did: the hooks route phases and pass values by that. One that
+/// names other keys at its second `init` is stopped with a clear error, and
+/// no call reaches it with values in the wrong places.
+#[test]
+fn a_restarted_plugin_that_names_other_keys_is_stopped() {
+    let dir = tempfile::tempdir().unwrap();
+    let list = dir.path().join("reads.json");
+    std::fs::write(&list, r#"["a"]"#).unwrap();
+    let extra = format!(
+        "write = [\"seen\"]\non_error = \"skip\"\nread = [{{ host = {:?}, guest = \"/in\" }}]",
+        dir.path()
+    );
+    let host = host(&allow("adversary", plugins::ADVERSARY, &extra));
+    let plugin = host.load_file(plugins::ADVERSARY).unwrap();
+    let mut hooks = Hooks::builder(json!({}))
+        .plugin(plugin, json!({ "reads_file": "/in/reads.json" }))
+        .start()
+        .unwrap();
+    let mut d = data(json!({"a": 1, "b": 2}));
+    hooks.fire("anything", &mut d).unwrap();
+    assert_eq!(d["seen"], json!(["a"]));
+    // Traps, so the next call starts a new instance, which reads this.
+    std::fs::write(&list, r#"["b"]"#).unwrap();
+    let report = hooks.fire("panic", &mut d).unwrap();
+    assert!(matches!(report.calls[0].outcome, Outcome::Failed { .. }));
+    let mut d = data(json!({"a": 1, "b": 2}));
+    let report = hooks.fire("anything", &mut d).unwrap();
+    let Outcome::Failed { error } = &report.calls[0].outcome else {
+        panic!("{report:?}");
+    };
+    assert!(matches!(error.cause, Cause::ChangedManifest), "{error}");
+    let msg = error.to_string();
+    assert!(
+        msg.contains("'adversary'") && msg.contains("describes itself differently"),
+        "{msg}"
+    );
+    assert!(!d.contains_key("seen"), "nothing of it was merged");
+    let disabled = hooks.stats()[0].disabled.clone().unwrap_or_default();
+    assert!(
+        disabled.contains("describes itself differently"),
+        "{disabled}"
+    );
+}

@@ -8,7 +8,7 @@
 use std::hint::black_box;
 use std::io::Write;
 
-use wasmhooks_sdk::{Data, Error, Manifest, Plugin, Updates, Value};
+use wasmhooks_sdk::{Data, Error, Manifest, Plugin, Updates, Value, serde_json};
 
 #[derive(Default)]
 struct Adversary {
@@ -45,7 +45,13 @@ impl Plugin for Adversary {
         self.panic_on = config["panic_on"].as_str().map(str::to_owned);
         self.state_bytes = config["state_bytes"].as_u64().map(|n| n as usize);
         self.only_rank = config["only_rank"].as_u64();
-        self.reads = config["reads"].as_array().map(|keys| {
+        // From config `reads_file` instead: the keys, read from a file at
+        // every start, so a restart can name others than the first did.
+        let listed = match config["reads_file"].as_str() {
+            Some(path) => serde_json::from_str(&std::fs::read_to_string(path)?)?,
+            None => config["reads"].clone(),
+        };
+        self.reads = listed.as_array().map(|keys| {
             keys.iter()
                 .map(|k| k.as_str().unwrap_or_default().to_owned())
                 .collect()

@@ -42,6 +42,23 @@ pub(super) struct Failed {
     pub(super) stops: bool,
 }
 
+/// Why a slot has no instance to call.
+enum NotLive {
+    /// A restart failed; the operator's policy has been applied to it.
+    Failed(Failed),
+    /// The host could not start one.
+    Host(Error),
+}
+
+impl NotLive {
+    fn into_error(self) -> Error {
+        match self {
+            NotLive::Failed(failed) => Error::Call(*failed.error),
+            NotLive::Host(error) => error,
+        }
+    }
+}
+
 /// A successful call: its report and the checked changes to merge, with
 /// the bytes each takes.
 pub(super) struct Called {
@@ -84,8 +101,9 @@ impl Slot {
         Ok((slot, manifest))
     }
 
-    /// The instance, started afresh if a trap threw the last one away.
-    fn live(&mut self, job: &str) -> Result<Option<&mut Instance>, Error> {
+    /// The instance, started afresh if a trap threw the last one away; a
+    /// restart that fails is a failed start under the operator's policy.
+    fn live(&mut self, job: &str) -> Result<Option<&mut Instance>, NotLive> {
         if self.disabled.is_some() {
             return Ok(None);
         }
@@ -110,11 +128,8 @@ impl Slot {
                     );
                     self.instance = Some(instance);
                 }
-                Err(Error::Call(err)) => {
-                    self.disable(err.clone());
-                    return Err(Error::Call(err));
-                }
-                Err(other) => return Err(other),
+                Err(Error::Call(err)) => return Err(NotLive::Failed(self.failed(err, true))),
+                Err(other) => return Err(NotLive::Host(other)),
             }
         }
         Ok(self.instance.as_mut())
@@ -134,11 +149,11 @@ impl Slot {
     }
 
     /// The operator's error policy, applied in this one place to every
-    /// failed call (at start, at a phase, or found after the call returned,
-    /// as updates that would overfill the data map): counts it, logs it,
-    /// disables the plugin under `disable` (and under `skip` when it could
-    /// not even start: there is no instance to go on with), and says
-    /// whether the job stops (`fail`).
+    /// failed call (at start or restart, at a phase, or found after the
+    /// call returned, as updates that would overfill the data map): counts
+    /// it, logs it, disables the plugin under `disable` (and under `skip`
+    /// when it could not even start: there is no instance to go on with),
+    /// and says whether the job stops (`fail`).
     pub(super) fn failed(&mut self, error: CallError, starting: bool) -> Failed {
         self.stats.failures += 1;
         let on_error = self.plugin.policy().on_error;
@@ -186,6 +201,7 @@ impl Slot {
         // Only a failure needs the label.
         let call = || Call::Phase(phase.to_owned());
         let result = match self.live(job) {
+            Err(NotLive::Failed(failed)) => return Err(failed),
             Ok(Some(instance)) => {
                 let (result, usage) = instance.on_phase(phase, input);
                 let (memory, peak, written) = (
@@ -203,8 +219,7 @@ impl Slot {
                     .map_err(|cause| self.error(call(), cause))
             }
             Ok(None) => unreachable!("a slot that is not disabled has an instance"),
-            Err(Error::Call(e)) => Err(e),
-            Err(other) => Err(self.error(call(), Cause::Host(other.to_string()))),
+            Err(NotLive::Host(other)) => Err(self.error(call(), Cause::Host(other.to_string()))),
         };
         match result {
             Ok(((changes, sizes), usage)) => {
@@ -233,7 +248,7 @@ impl Slot {
 
     /// The plugin's state for a checkpoint, if it keeps one.
     pub(super) fn save_state(&mut self, job: &str) -> Result<Option<Value>, Error> {
-        let Some(instance) = self.live(job)? else {
+        let Some(instance) = self.live(job).map_err(NotLive::into_error)? else {
             return Ok(None);
         };
         instance
@@ -243,7 +258,7 @@ impl Slot {
 
     /// Restores state a checkpoint held.
     pub(super) fn load_state(&mut self, job: &str, state: &Value) -> Result<(), Error> {
-        let Some(instance) = self.live(job)? else {
+        let Some(instance) = self.live(job).map_err(NotLive::into_error)? else {
             return Ok(());
         };
         instance
