@@ -213,8 +213,10 @@ impl Slot {
                 self.stats.peak_memory = self.stats.peak_memory.max(peak);
                 self.stats.bytes_written = written;
                 self.stats.add(usage);
+                let policy = self.plugin.policy();
+                let max = policy.limits.max_update_bytes;
                 result
-                    .and_then(|u| updates::check(u, self.plugin.policy()))
+                    .and_then(|u| updates::check(u, &policy.name, &policy.grants, max))
                     .map(|checked| (checked, usage))
                     .map_err(|cause| self.error(call(), cause))
             }

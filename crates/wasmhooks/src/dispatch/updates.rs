@@ -5,7 +5,7 @@ use serde_json::Value;
 
 use crate::bindings::{Incoming, Update};
 use crate::error::{Cause, TypeMismatch};
-use crate::policy::PluginPolicy;
+use crate::policy::Grants;
 
 use crate::manifest::MAX_KEY;
 use crate::schema::{KeySpec, schema};
@@ -29,12 +29,15 @@ impl Change {
     }
 }
 
-/// Checks every update; the first problem fails the whole call. Returns the
-/// changes with the bytes each set takes (key and JSON text), which count
-/// against the job's data-map limit.
+/// Checks every update of `plugin` against its write `grants` and the most
+/// bytes one call may update; the first problem fails the whole call.
+/// Returns the changes with the bytes each set takes (key and JSON text),
+/// which count against the job's data-map limit.
 pub(crate) fn check(
     updates: Vec<Update>,
-    policy: &PluginPolicy,
+    plugin: &str,
+    grants: &Grants,
+    max_update_bytes: usize,
 ) -> Result<(Vec<Change>, Vec<usize>), Cause> {
     let sizes: Vec<usize> = updates
         .iter()
@@ -51,10 +54,10 @@ pub(crate) fn check(
             Update::Remove(key) => key.len(),
         })
         .sum();
-    if size > policy.limits.max_update_bytes {
+    if size > max_update_bytes {
         return Err(Cause::TooLarge {
             size,
-            limit: policy.limits.max_update_bytes,
+            limit: max_update_bytes,
         });
     }
     let changes = updates
@@ -67,15 +70,15 @@ pub(crate) fn check(
             let spec = schema().key(key);
             // A plugin's own namespace (`<name>.anything`) needs no grant.
             let own = key
-                .strip_prefix(policy.name.as_str())
+                .strip_prefix(plugin)
                 .is_some_and(|rest| rest.starts_with('.'));
-            if !own && !policy.grants.may_write(key) {
+            if !own && !grants.may_write(key) {
                 return Err(Cause::ForbiddenKey {
                     key: clean(key, MAX_KEY),
-                    allowed: policy.grants.describe_write(),
+                    allowed: grants.describe_write(),
                 });
             }
-            if spec.is_some_and(KeySpec::host_only) && !policy.grants.names(key) {
+            if spec.is_some_and(KeySpec::host_only) && !grants.names(key) {
                 return Err(Cause::HostKey {
                     key: clean(key, MAX_KEY),
                 });
@@ -134,6 +137,19 @@ fn check_key(key: &str) -> Result<(), Cause> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::policy::PluginPolicy;
+
+    fn check_as(
+        updates: Vec<Update>,
+        policy: &PluginPolicy,
+    ) -> Result<(Vec<Change>, Vec<usize>), Cause> {
+        check(
+            updates,
+            &policy.name,
+            &policy.grants,
+            policy.limits.max_update_bytes,
+        )
+    }
 
     fn set(key: &str, value: &str) -> Update {
         Update::Set(key.into(), Incoming::Json(value.into()))
@@ -145,7 +161,7 @@ mod tests {
 
     #[test]
     fn accepts_granted_keys() {
-        let (changes, sizes) = check(
+        let (changes, sizes) = check_as(
             vec![
                 set("a", "{\"x\": 1}"),
                 set("m.loss", "0.5"),
@@ -164,28 +180,28 @@ mod tests {
 
     #[test]
     fn one_bad_update_fails_all() {
-        let err = check(vec![set("a", "1"), set("b", "2")], &policy()).unwrap_err();
+        let err = check_as(vec![set("a", "1"), set("b", "2")], &policy()).unwrap_err();
         assert!(
             matches!(err, Cause::ForbiddenKey { ref key, .. } if key == "b"),
             "{err}"
         );
-        let err = check(vec![Update::Remove("skip_default".into())], &policy()).unwrap_err();
+        let err = check_as(vec![Update::Remove("skip_default".into())], &policy()).unwrap_err();
         assert!(matches!(err, Cause::ForbiddenKey { .. }));
-        let err = check(vec![set("a", "{nope")], &policy()).unwrap_err();
+        let err = check_as(vec![set("a", "{nope")], &policy()).unwrap_err();
         assert!(matches!(err, Cause::InvalidJson { .. }), "{err}");
-        let err = check(vec![set("", "1")], &policy()).unwrap_err();
+        let err = check_as(vec![set("", "1")], &policy()).unwrap_err();
         assert!(matches!(err, Cause::InvalidKey { .. }));
-        let err = check(vec![set("m.\n", "1")], &policy()).unwrap_err();
+        let err = check_as(vec![set("m.\n", "1")], &policy()).unwrap_err();
         assert!(matches!(err, Cause::InvalidKey { .. }));
         let big = "1".repeat(2 << 20);
-        let err = check(vec![set("a", &big)], &policy()).unwrap_err();
+        let err = check_as(vec![set("a", &big)], &policy()).unwrap_err();
         assert!(matches!(err, Cause::TooLarge { .. }));
         // A typed value is held to the same bounds and checks.
         let text = Incoming::Value(Value::String(big));
-        let err = check(vec![Update::Set("a".into(), text)], &policy()).unwrap_err();
+        let err = check_as(vec![Update::Set("a".into(), text)], &policy()).unwrap_err();
         assert!(matches!(err, Cause::TooLarge { .. }));
         let nan = Update::Set("a".into(), Incoming::NotFinite(f64::NAN));
-        let err = check(vec![nan], &policy()).unwrap_err();
+        let err = check_as(vec![nan], &policy()).unwrap_err();
         assert!(err.to_string().contains("NaN"), "{err}");
     }
 
@@ -194,28 +210,28 @@ mod tests {
     #[test]
     fn the_key_schema_types_known_keys_and_keeps_host_keys_to_exact_grants() {
         let all = PluginPolicy::new("p", "00".repeat(32)).allow_write(["*"]);
-        let err = check(vec![set("should_training_stop", "\"yes\"")], &all).unwrap_err();
+        let err = check_as(vec![set("should_training_stop", "\"yes\"")], &all).unwrap_err();
         assert_eq!(
             err.to_string(),
             "set 'should_training_stop' to the string \"yes\", but should_training_stop \
              must be a bool (the key schema)"
         );
-        assert!(check(vec![set("should_training_stop", "true")], &all).is_ok());
-        assert!(check(vec![set("unlisted", "\"anything\"")], &all).is_ok());
+        assert!(check_as(vec![set("should_training_stop", "true")], &all).is_ok());
+        assert!(check_as(vec![set("unlisted", "\"anything\"")], &all).is_ok());
         // `rank` is the host's: `*` does not cover it, naming it does.
-        let err = check(vec![set("rank", "3")], &all).unwrap_err();
+        let err = check_as(vec![set("rank", "3")], &all).unwrap_err();
         assert!(
             matches!(err, Cause::HostKey { ref key } if key == "rank"),
             "{err}"
         );
-        assert!(check(vec![Update::Remove("rank".into())], &all).is_err());
+        assert!(check_as(vec![Update::Remove("rank".into())], &all).is_err());
         let named = PluginPolicy::new("p", "00".repeat(32)).allow_write(["rank"]);
-        assert!(check(vec![set("rank", "3")], &named).is_ok());
+        assert!(check_as(vec![set("rank", "3")], &named).is_ok());
         // Its own namespace needs no grant; another plugin's does.
         let none = PluginPolicy::new("p", "00".repeat(32));
-        assert!(check(vec![set("p.best", "1")], &none).is_ok());
-        assert!(check(vec![set("px.best", "1")], &none).is_err());
-        assert!(check(vec![set("q.best", "1")], &none).is_err());
+        assert!(check_as(vec![set("p.best", "1")], &none).is_ok());
+        assert!(check_as(vec![set("px.best", "1")], &none).is_err());
+        assert!(check_as(vec![set("q.best", "1")], &none).is_err());
     }
 
     #[test]
@@ -236,7 +252,7 @@ mod tests {
         });
         runner
             .run(&proptest::collection::vec(update, 0..16), |updates| {
-                if let Ok((changes, sizes)) = check(updates, &policy()) {
+                if let Ok((changes, sizes)) = check_as(updates, &policy()) {
                     prop_assert_eq!(changes.len(), sizes.len());
                     for c in &changes {
                         // Granted, or in the plugin's own namespace.
