@@ -90,10 +90,14 @@ class WasmHooksCallback(pl.Callback):
             if self._pending:
                 self._session.hooks.load_state(self._pending)
                 self._pending = None
+        flags = {"should_training_stop": bool(trainer.should_stop), "should_save": False}
+        if not self._session.listens(phase):
+            # No plugin to ask: the flags `_steer` reads are the trainer's.
+            self._session.data.update(flags)
+            return
         values = self._values(trainer)
         values.update(extra)
-        values["should_training_stop"] = bool(trainer.should_stop)
-        values["should_save"] = False
+        values.update(flags)
         self._session.fire(phase, values)
 
     def _steer(self, trainer: pl.Trainer) -> None:

@@ -146,13 +146,18 @@ class WasmHooksCallback(TrainerCallback, ExportableState):
         self.plugin_states = None
 
     def _fire(self, phase: str, args: Any, state: Any, control: Any, **extra: Any) -> None:
-        if self._session.hooks is None:
+        session = self._session
+        if session.hooks is None:
             self._start(args, state)
+        # The flags in the map are brought up to date at the next event a
+        # plugin listens to, before it runs.
+        if not session.listens(phase):
+            return
         values = self._values(args, state)
         for key in CONTROL_KEYS:
             values[key] = bool(getattr(control, key))
         values.update(extra)
-        data = self._session.fire(phase, values)
+        data = session.fire(phase, values)
         # Every event: the flags read straight from the map (what
         # ``Session.requested`` says, without a call per flag).
         for key in CONTROL_KEYS:
