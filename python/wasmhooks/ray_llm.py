@@ -55,9 +55,8 @@ from typing import Any
 
 import ray
 from ray.experimental.internal_kv import (
-    _internal_kv_del,
-    _internal_kv_get,
     _internal_kv_put,
+    internal_kv_get_gcs_client,
 )
 from ray.llm._internal.common.callbacks.base import CallbackBase
 from ray.llm._internal.common.utils.download_utils import NodeModelDownloadable
@@ -223,16 +222,15 @@ class WasmNodeInitCallback(CallbackBase):
         prefix = self._reports
         assert prefix is not None
         self._reports = None
-        # Every node of the group reported under its id; read at once.
-        reports = await asyncio.gather(
-            *(
-                asyncio.to_thread(_internal_kv_get, prefix + node, namespace=KV_NAMESPACE)
-                for node in self._node_ranks
-            )
-        )
-        cleanup = asyncio.ensure_future(
-            asyncio.to_thread(_internal_kv_del, prefix, del_by_prefix=True, namespace=KV_NAMESPACE)
-        )
+        # Every node of the group reported under its id: one read from
+        # Ray's GCS for all, awaited on this loop; the deletion goes on
+        # while the plugins run.
+        gcs = internal_kv_get_gcs_client()
+        space = KV_NAMESPACE.encode()
+        keys = [(prefix + node).encode() for node in self._node_ranks]
+        found = await gcs.async_internal_kv_multi_get(keys, space)
+        reports = [found.get(key) for key in keys]
+        cleanup = asyncio.ensure_future(gcs.async_internal_kv_del(prefix.encode(), True, space))
         nodes = sorted(
             (json.loads(r) for r in reports if r is not None), key=lambda r: r["node_rank"]
         )
