@@ -87,7 +87,8 @@ fn a_full_queue_drops_observations_and_the_flush_is_bounded() {
     let left = hooks.flush(Duration::from_millis(100));
     assert!(left > 0, "20 ms naps cannot all run in 100 ms");
     let stats = &hooks.stats()[0];
-    assert!(stats.dropped >= 1100 - 1024 - 1, "{stats:?}");
+    // The queue holds 1,024, and the worker takes up to 32 off it at once.
+    assert!(stats.dropped >= 1100 - 1024 - 32 - 1, "{stats:?}");
 
     // Dropping the hooks abandons what is queued and joins the worker.
     let start = Instant::now();
