@@ -11,10 +11,11 @@
 //! afterwards (the plugin's `on_train_end`, its state for the final
 //! checkpoint) waits for a backlog: at most for the one call under way.
 //!
-//! The worker runs what it takes off the queue in batches: after an
-//! observation it waits a little ([`LINGER`]) for more, so a plugin that
-//! observes every batch of a pipeline runs back to back, caches warm,
-//! rather than cold once a batch. The batch counts against the bound.
+//! The worker runs what it takes off the queue in batches, resting a
+//! little ([`LINGER`]) between them, so a plugin that observes every batch
+//! of a pipeline runs back to back, caches warm, rather than cold once a
+//! batch, and firing an observation wakes nobody. The batch counts against
+//! the bound.
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::mpsc::{self, Receiver, SyncSender, TrySendError};
@@ -36,13 +37,14 @@ pub(super) const QUEUE: usize = 1024;
 /// The most messages the worker takes off the queue to run back to back.
 pub(super) const BATCH: usize = 32;
 
-/// How long the worker waits for more observations after one arrives, to
-/// run them back to back: a plugin called cold (its code and memory pushed
-/// out of the caches by a busy job between two observations) costs several
-/// times one called right after itself, 49 against 11 µs a line for the
-/// pipeline logger on daft. A call to wait for, a flush or a full batch
-/// ends the wait; observations are fire-and-forget, so only when they run
-/// moves, by at most this.
+/// How long the worker rests after running what it took, while more may
+/// come. Observations fired meanwhile queue without waking it (no system
+/// call for the hooks' thread) and then run back to back: a plugin called
+/// cold (its code and memory pushed out of the caches by a busy job between
+/// two observations) costs several times one called right after itself, 49
+/// against 11 µs a line for the pipeline logger on daft. A call to wait
+/// for, a flush or the end wakes it early; observations are fire-and-forget,
+/// so only when they run moves, by at most this.
 const LINGER: Duration = Duration::from_millis(10);
 
 /// What the hooks send the worker.
@@ -142,11 +144,19 @@ impl Observer {
         self.dropped[slot].load(Ordering::SeqCst)
     }
 
+    /// Queues a message the hooks wait on, and wakes the worker if it rests.
     fn send(&self, message: Message) {
         if let Some(tx) = &self.tx {
             // The worker lives as long as the sender; a failed send means it
             // died, and the reply channel will say so.
             let _ = tx.send(message);
+            self.wake();
+        }
+    }
+
+    fn wake(&self) {
+        if let Some(thread) = &self.thread {
+            thread.thread().unpark();
         }
     }
 
@@ -174,13 +184,17 @@ impl Observer {
             seq,
             bytes,
         };
-        self.pending.fetch_add(1, Ordering::SeqCst);
+        let waiting = self.pending.fetch_add(1, Ordering::SeqCst);
         self.queued_bytes.fetch_add(bytes as u64, Ordering::SeqCst);
         if let Err(TrySendError::Full(_) | TrySendError::Disconnected(_)) = tx.try_send(message) {
             self.pending.fetch_sub(1, Ordering::SeqCst);
             self.queued_bytes.fetch_sub(bytes as u64, Ordering::SeqCst);
             self.dropped[slot].fetch_add(1, Ordering::SeqCst);
             tracing::warn!(phase, "observer queue full; observation dropped");
+        } else if waiting >= BATCH as u64 {
+            // A batch is waiting: a resting worker need not rest on while a
+            // burst fills the queue.
+            self.wake();
         }
     }
 
@@ -240,6 +254,7 @@ impl Observer {
         let waited = loop {
             match tx.try_send(message) {
                 Ok(()) => {
+                    self.wake();
                     let left = deadline.map(|d| d.saturating_duration_since(Instant::now()));
                     break match left {
                         Some(left) => answer.recv_timeout(left).is_ok(),
@@ -266,6 +281,7 @@ impl Drop for Observer {
     fn drop(&mut self) {
         self.cancel.store(true, Ordering::SeqCst);
         drop(self.tx.take());
+        self.wake();
         if let Some(thread) = self.thread.take() {
             let _ = thread.join();
         }
@@ -285,21 +301,26 @@ struct Shared {
 
 fn work(job: &str, mut slots: Vec<Slot>, rx: &Receiver<Message>, shared: &Shared) {
     let mut batch = Vec::with_capacity(BATCH);
+    // Idle, it waits on the queue, and the first message wakes it.
     while let Ok(first) = rx.recv() {
-        let mut linger = matches!(first, Message::Observe { .. });
         batch.push(first);
-        let until = Instant::now() + LINGER;
-        while linger && batch.len() < BATCH {
-            match rx.recv_timeout(until.saturating_duration_since(Instant::now())) {
-                Ok(message) => {
-                    linger = matches!(message, Message::Observe { .. });
-                    batch.push(message);
+        loop {
+            while batch.len() < BATCH {
+                match rx.try_recv() {
+                    Ok(message) => batch.push(message),
+                    Err(_) => break,
                 }
+            }
+            for message in batch.drain(..) {
+                handle(job, &mut slots, message, shared);
+            }
+            // Busy, it rests: what is fired meanwhile queues without waking
+            // it, and runs together. A call, a flush or the end wakes it.
+            std::thread::park_timeout(LINGER);
+            match rx.try_recv() {
+                Ok(message) => batch.push(message),
                 Err(_) => break,
             }
-        }
-        for message in batch.drain(..) {
-            handle(job, &mut slots, message, shared);
         }
     }
 }
