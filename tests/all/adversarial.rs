@@ -52,6 +52,23 @@ fn a_call_past_its_deadline_is_interrupted() {
     assert!(cause.to_string().contains("150 ms"), "{cause}");
 }
 
+/// One thread ticks every host's deadlines and ends when the last host is
+/// gone: hosts made after that, and several at once, still get theirs.
+#[test]
+fn deadlines_fire_for_every_host_and_after_the_last_one_went() {
+    let limits = "fuel = 1_000_000_000_000_000\ntimeout_ms = 100";
+    for _ in 0..2 {
+        let mut several: Vec<_> = (0..3).map(|_| adversary(limits)).collect();
+        for hooks in &mut several {
+            let cause = fails(hooks, "sleep");
+            assert!(matches!(cause, Cause::Timeout { .. }), "{cause}");
+        }
+        drop(several);
+        // Past a tick: the ticker may have ended.
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+}
+
 #[test]
 fn a_call_blocked_in_a_host_wait_still_ends_at_its_deadline() {
     let mut hooks = adversary("timeout_ms = 150");

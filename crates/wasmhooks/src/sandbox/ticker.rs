@@ -1,39 +1,55 @@
-//! The epoch ticker: a thread that advances the engine's epoch every `TICK`,
-//! which is what makes wall-clock deadlines fire inside running wasm. It
-//! stops and is joined when the last owner drops it.
+//! The epoch ticker: one thread per process that advances the epoch of
+//! every live engine every `TICK`, which is what makes wall-clock deadlines
+//! fire inside running wasm. One for all: a process holds a host per
+//! pipeline runner, worker or callback, and a thread each woke 500 times a
+//! second for nothing. It ends by itself, within a tick, once no engine
+//! is registered.
 
-use std::sync::mpsc;
-use std::thread::JoinHandle;
+use std::sync::{Mutex, PoisonError};
 use std::time::Duration;
 
-use wasmtime::Engine;
+use wasmtime::{Engine, EngineWeak};
 
 /// How often the epoch advances; deadlines are rounded up to it.
 pub(crate) const TICK: Duration = Duration::from_millis(2);
 
+/// The engines the ticker advances, and the process whose thread runs it
+/// (a child forked from that process has no such thread).
+struct Ticking {
+    engines: Vec<(u64, EngineWeak)>,
+    next: u64,
+    running_in: Option<u32>,
+}
+
+static TICKING: Mutex<Ticking> = Mutex::new(Ticking {
+    engines: Vec::new(),
+    next: 0,
+    running_in: None,
+});
+
+fn ticking() -> std::sync::MutexGuard<'static, Ticking> {
+    TICKING.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+/// An engine's registration with the ticker; dropping it ends the ticks.
 pub(crate) struct EpochTicker {
-    stop: Option<mpsc::Sender<()>>,
-    thread: Option<JoinHandle<()>>,
+    id: u64,
 }
 
 impl EpochTicker {
     pub(crate) fn start(engine: &Engine) -> std::io::Result<Self> {
-        let (stop, stopped) = mpsc::channel::<()>();
-        let engine = engine.weak();
-        let thread = std::thread::Builder::new()
-            .name("wasmhooks-epoch".into())
-            .spawn(move || {
-                while let Err(mpsc::RecvTimeoutError::Timeout) = stopped.recv_timeout(TICK) {
-                    match engine.upgrade() {
-                        Some(engine) => engine.increment_epoch(),
-                        None => break,
-                    }
-                }
-            })?;
-        Ok(EpochTicker {
-            stop: Some(stop),
-            thread: Some(thread),
-        })
+        let mut ticking = ticking();
+        let this = std::process::id();
+        if ticking.running_in != Some(this) {
+            std::thread::Builder::new()
+                .name("wasmhooks-epoch".into())
+                .spawn(tick)?;
+            ticking.running_in = Some(this);
+        }
+        let id = ticking.next;
+        ticking.next += 1;
+        ticking.engines.push((id, engine.weak()));
+        Ok(EpochTicker { id })
     }
 
     /// Ticks a deadline of `timeout` takes, rounded up, plus one for the
@@ -46,9 +62,26 @@ impl EpochTicker {
 
 impl Drop for EpochTicker {
     fn drop(&mut self) {
-        drop(self.stop.take());
-        if let Some(thread) = self.thread.take() {
-            let _ = thread.join();
+        ticking().engines.retain(|(id, _)| *id != self.id);
+    }
+}
+
+/// The ticker's thread: advances every registered engine, and ends when
+/// none is left.
+fn tick() {
+    loop {
+        std::thread::sleep(TICK);
+        let mut ticking = ticking();
+        ticking.engines.retain(|(_, weak)| match weak.upgrade() {
+            Some(engine) => {
+                engine.increment_epoch();
+                true
+            }
+            None => false,
+        });
+        if ticking.engines.is_empty() {
+            ticking.running_in = None;
+            return;
         }
     }
 }
