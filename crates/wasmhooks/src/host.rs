@@ -1,6 +1,6 @@
 //! The `Host`: one wasmtime engine, the linker with every capability a plugin
-//! may import, the operator's policy and the epoch ticker, shared by every
-//! plugin loaded through it.
+//! may import, the operator's policy and the engine's place with the
+//! process's epoch ticker, shared by every plugin loaded through it.
 
 use std::hash::{Hash, Hasher};
 use std::path::PathBuf;
