@@ -13,6 +13,9 @@ use crate::{cargo, cargo_command, rust_target, wasm_target};
 /// comparison, not ours: if it fails to build, the table goes without it.
 pub(crate) fn run(root: &Path) -> anyhow::Result<()> {
     wasm_target()?;
+    // The languages' rows call the collectors built in every language: on a
+    // fresh clone, nothing has installed their toolchains yet.
+    crate::toolchains::install(root)?;
     cargo(root, &["bench", "-p", "wasmhooks", "--bench", "dispatch"])?;
     if let Err(e) = extism(root) {
         eprintln!("xtask: the Extism baseline did not run, so the table leaves it out: {e:#}");

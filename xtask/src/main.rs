@@ -23,7 +23,8 @@ tasks:
   demo      build the plugins and run the example job: node initialization, then training
   plugins   install the toolchains, build the guest plugins in plugins/ and the
             templates in sdk/ (into target/plugins)
-  bench     run the benchmarks (criterion) and print the table of ratios
+  bench     install the toolchains, run the benchmarks (criterion, the Python
+            package's) and print the table of ratios
   bench-table  print that table again from the last run
   schema    remake what wit/keys.toml feeds: the README's key tables and each
             SDK's constants (sdk/src/keys.rs, sdk/*/..keys..)";
