@@ -196,3 +196,41 @@ def test_a_trapping_plugin_under_fail_stops_training_with_its_error(operator, tm
     # The host is alive: the plugin, restarted, answers the next call.
     report = cb.hooks.fire("on_train_end", {})
     assert report.calls[0]["plugin"] == "adversary"
+
+
+class _CountingHooks:
+    """The native hooks, counting the phases fired into them."""
+
+    def __init__(self, hooks):
+        self.hooks, self.fired = hooks, []
+
+    def fire(self, phase, data):
+        self.fired.append(phase)
+        return self.hooks.fire(phase, data)
+
+    def __getattr__(self, name):
+        return getattr(self.hooks, name)
+
+
+def test_an_event_no_plugin_listens_to_does_not_reach_the_host(operator, tmp_path, cache_dir):
+    op = operator(*TRAIN_PLUGINS)
+    # validate-every listens at on_step_end only.
+    cb = WasmHooksCallback(
+        op, plugins=[(plugin("validate_every"), {"every_steps": 3})], cache_dir=cache_dir
+    )
+    counting = None
+
+    def start(*a, **kw):
+        nonlocal counting
+        WasmHooksCallback._start(cb, *a, **kw)
+        counting = cb._session.hooks = _CountingHooks(cb._session.hooks)
+
+    # The hooks start at HF's first event, on_init_end, in the Trainer.
+    cb._start = start
+    t = trainer(tmp_path, cb, max_steps=6)
+    t.train()
+    assert counting is not None
+    assert set(counting.fired) == {"on_step_end"}, counting.fired
+    assert counting.fired.count("on_step_end") == 6
+    evals = [h for h in t.state.log_history if "eval_loss" in h]
+    assert [h["step"] for h in evals] == [3, 6], "the plugin still steers HF"

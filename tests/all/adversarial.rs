@@ -419,6 +419,22 @@ fn a_plugin_that_traps_after_writing_cannot_reset_its_quota() {
     assert!(written <= 3 << 20, "{written} bytes");
 }
 
+/// What a plugin wrote before it trapped still counts as written once it is
+/// restarted: the new instance counts from the first one's baseline.
+#[test]
+fn bytes_written_count_from_the_first_instance_across_restarts() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut hooks = crate::support::adversary(&format!(
+        "on_error = \"skip\"\nwrite = [\"result\"]\nreadwrite_quota_mib = 8\nreadwrite = [{{ host = {:?}, guest = \"/out\" }}]",
+        dir.path()
+    ));
+    let mut d = data(json!({"path": "/out/a"}));
+    let _ = hooks.fire("fill_then_panic", &mut d);
+    // Restarted here; the mebibyte the first instance wrote is still its.
+    hooks.fire("nap", &mut d).unwrap();
+    assert_eq!(hooks.stats()[0].bytes_written, 1 << 20);
+}
+
 #[test]
 fn a_fifo_in_a_granted_folder_cannot_block_the_host() {
     let dir = tempfile::tempdir().unwrap();
