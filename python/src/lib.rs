@@ -70,9 +70,34 @@ fn plugin_error(py: Python<'_>, call: &wasmhooks::CallError) -> PyErr {
     err
 }
 
+/// Where a value sits in what Python passed (`job_config`, `batch.rows`,
+/// `values[3]`), for errors. Built as the conversion descends and written
+/// out only when one fails: a map's keys and a list's items cost no string.
+#[derive(Clone, Copy)]
+enum Place<'a> {
+    Root(&'a str),
+    Key(&'a Place<'a>, &'a str),
+    Index(&'a Place<'a>, usize),
+}
+
+impl std::fmt::Display for Place<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Place::Root(name) => f.write_str(name),
+            Place::Key(Place::Root(""), key) => f.write_str(key),
+            Place::Key(parent, key) => write!(f, "{parent}.{key}"),
+            Place::Index(parent, i) => write!(f, "{parent}[{i}]"),
+        }
+    }
+}
+
 /// A Python value as a host value: None, bool, int, float, str, and lists,
 /// tuples and dicts (with str keys) of them. `place` names it in errors.
 fn to_value(obj: &Bound<'_, PyAny>, place: &str, depth: usize) -> PyResult<Value> {
+    convert(obj, &Place::Root(place), depth)
+}
+
+fn convert(obj: &Bound<'_, PyAny>, place: &Place<'_>, depth: usize) -> PyResult<Value> {
     if depth > MAX_DEPTH {
         return Err(PyValueError::new_err(format!(
             "{place}: nested more than {MAX_DEPTH} deep"
@@ -106,12 +131,12 @@ fn to_value(obj: &Bound<'_, PyAny>, place: &str, depth: usize) -> PyResult<Value
         return Ok(Value::String(obj.extract::<String>()?));
     }
     if let Ok(dict) = obj.cast::<PyDict>() {
-        return dict_to_map(dict, place, depth + 1).map(Value::Object);
+        return map_of(dict, place, depth + 1).map(Value::Object);
     }
     if obj.is_instance_of::<PyList>() || obj.is_instance_of::<PyTuple>() {
         let mut items = Vec::new();
         for (i, item) in obj.try_iter()?.enumerate() {
-            items.push(to_value(&item?, &format!("{place}[{i}]"), depth + 1)?);
+            items.push(convert(&item?, &Place::Index(place, i), depth + 1)?);
         }
         return Ok(Value::Array(items));
     }
@@ -120,7 +145,7 @@ fn to_value(obj: &Bound<'_, PyAny>, place: &str, depth: usize) -> PyResult<Value
     if let Ok(item) = obj.call_method0("item")
         && !item.is(obj)
     {
-        return to_value(&item, place, depth + 1);
+        return convert(&item, place, depth + 1);
     }
     Err(PyTypeError::new_err(format!(
         "{place}: a {} cannot cross into a plugin (None, bool, int, float, str, list, tuple or dict)",
@@ -133,17 +158,21 @@ fn dict_to_map(
     place: &str,
     depth: usize,
 ) -> PyResult<Map<String, Value>> {
+    map_of(dict, &Place::Root(place), depth)
+}
+
+fn map_of(
+    dict: &Bound<'_, PyDict>,
+    place: &Place<'_>,
+    depth: usize,
+) -> PyResult<Map<String, Value>> {
     let mut map = Map::new();
     for (key, value) in dict.iter() {
         let key: String = key
             .extract()
             .map_err(|_| PyTypeError::new_err(format!("{place}: keys must be str")))?;
-        let inner = if place.is_empty() {
-            key.clone()
-        } else {
-            format!("{place}.{key}")
-        };
-        map.insert(key, to_value(&value, &inner, depth)?);
+        let value = convert(&value, &Place::Key(place, &key), depth)?;
+        map.insert(key, value);
     }
     Ok(map)
 }
@@ -509,12 +538,16 @@ struct Hooks {
     phases: Mutex<std::collections::HashMap<String, PhaseInfo>>,
 }
 
+/// A key some plugin reads, and the same as an interned Python string.
+type Key = (String, Py<PyString>);
+
 /// What a fire needs to know of a phase's plugins.
 #[derive(Clone)]
 struct PhaseInfo {
     /// The keys they read (`None`: the whole map), so a fire converts only
-    /// what some plugin will see; shared, not copied at every fire.
-    keys: Option<Arc<[String]>>,
+    /// what some plugin will see; shared, not copied at every fire, and
+    /// interned, so looking one up in the dict makes no string.
+    keys: Option<Arc<[Key]>>,
     /// Every one only observes it: the fire queues and returns, so it keeps
     /// the GIL rather than give it up for a few microseconds and wait,
     /// behind the process's other Python threads, to get it back.
@@ -537,12 +570,20 @@ impl Hooks {
             return Ok(info.clone());
         }
         let owned = phase.to_owned();
-        let info = self.with(py, move |hooks| PhaseInfo {
-            keys: hooks
-                .keys_read(&owned)
-                .map(|k| k.into_iter().collect::<Arc<[String]>>()),
-            only_observed: hooks.only_observed(&owned),
+        let (keys, only_observed) = self.with(py, move |hooks| {
+            (hooks.keys_read(&owned), hooks.only_observed(&owned))
         })?;
+        let info = PhaseInfo {
+            keys: keys.map(|keys| {
+                keys.into_iter()
+                    .map(|k| {
+                        let interned = PyString::intern(py, &k).unbind();
+                        (k, interned)
+                    })
+                    .collect()
+            }),
+            only_observed,
+        };
         self.phases
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
@@ -623,8 +664,8 @@ impl Hooks {
             None => dict_to_map(data, "", 0)?,
             Some(keys) => {
                 let mut map = Map::new();
-                for key in keys.iter() {
-                    if let Some(value) = data.get_item(key)? {
+                for (key, interned) in keys.iter() {
+                    if let Some(value) = data.get_item(interned.bind(py))? {
                         let v = to_value(&value, key, 1)?;
                         map.insert(key.clone(), v);
                     }
@@ -663,7 +704,8 @@ impl Hooks {
 
     /// The keys the plugins of `phase` read (`None`: every key).
     fn keys_read(&self, py: Python<'_>, phase: &str) -> PyResult<Option<Vec<String>>> {
-        Ok(self.phase_info(py, phase)?.keys.map(|k| k.to_vec()))
+        let keys = self.phase_info(py, phase)?.keys;
+        Ok(keys.map(|keys| keys.iter().map(|(k, _)| k.clone()).collect()))
     }
 
     /// The plugins that will be called at `phase`, in call order.
