@@ -43,9 +43,12 @@ pub(super) const BATCH: usize = 32;
 /// cold (its code and memory pushed out of the caches by a busy job between
 /// two observations) costs several times one called right after itself, 49
 /// against 11 µs a line for the pipeline logger on daft. A call to wait
-/// for, a flush or the end wakes it early; observations are fire-and-forget,
-/// so only when they run moves, by at most this.
-const LINGER: Duration = Duration::from_millis(10);
+/// for, a flush or the end wakes it early, and so do [`BATCH`] waiting
+/// observations; observations are fire-and-forget, so only when they run
+/// moves, by at most this. Each wake's first call runs cold: on the daft
+/// bench (a line every 2 ms or so), resting 10 ms woke it ~36 times a run
+/// and cost 5 ms of its CPU a run; 50 ms, 3.4 ms.
+const LINGER: Duration = Duration::from_millis(50);
 
 /// What the hooks send the worker.
 pub(super) enum Message {
