@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+import pickle
 from pathlib import Path
 
 import daft
@@ -409,6 +410,49 @@ def test_the_same_pipeline_on_daft_s_ray_runner(ray_cluster, operator, tmp_path,
     assert set(second["outcomes"].values()) == {"cached"}
     workers = {e["batch"]["worker"] for e in events(tmp_path) if e["event"] == "on_batch_begin"}
     assert workers and all(not w.endswith(f":{first['pid']}") for w in workers)
+
+
+WORKER_SCRIPT = """
+import pickle, sys
+import daft
+from wasmhooks.pipeline import _run_batch
+spec = pickle.loads(open(sys.argv[1], "rb").read())
+column = daft.Series.from_pylist([1.0, 2.0, 3.0])
+for _ in range(int(sys.argv[2])):
+    _run_batch(lambda s: s, "log_amount", spec, "p", "ray", (column,))
+"""
+
+
+def test_a_worker_process_runs_what_its_batch_observers_hold_when_it_exits(
+    operator, tmp_path, cache_dir
+):
+    """A Ray worker loads the batch hooks from the UDF's pickled plugins;
+    observations still queued when it exits run then (the worker rests
+    between batches of them), not drop with its hooks."""
+    op = operator(*grants(tmp_path))
+    one = Pipeline([n for n in pipeline().nodes if n.name == "log_amount"])
+    with PipelineRunner(one, op, [LOGGER], cache_dir=cache_dir) as runner:
+        (tmp_path / "spec.pickle").write_bytes(pickle.dumps(runner._workers))
+    run_python("-c", WORKER_SCRIPT, str(tmp_path / "spec.pickle"), "10")
+    ends = [e for e in events(tmp_path) if e["event"] == "on_batch_end"]
+    assert [e["batch"]["index"] for e in ends] == list(range(10))
+    assert all(e["batch"]["rows"] == 3 and e["pipeline"] == "p" for e in ends)
+
+
+def test_a_forked_child_loads_batch_hooks_of_its_own(operator, tmp_path, cache_dir):
+    """The parent's hooks run on threads a forked child does not have."""
+    from wasmhooks.pipeline import _WORKERS
+
+    op = operator(*grants(tmp_path))
+    one = Pipeline([n for n in pipeline().nodes if n.name == "log_amount"])
+    with PipelineRunner(one, op, [LOGGER], cache_dir=cache_dir) as runner:
+        assert runner._workers is not None and runner._workers.key in _WORKERS
+        pid = os.fork()
+        if pid == 0:
+            os._exit(len(_WORKERS))
+        _, status = os.waitpid(pid, 0)
+        assert os.waitstatus_to_exitcode(status) == 0
+        assert runner._workers.key in _WORKERS
 
 
 def test_the_example_runs_cold_warm_and_after_a_change():

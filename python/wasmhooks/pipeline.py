@@ -65,15 +65,17 @@ and row count, within the operator's ``max_file_mib``, or it is a miss.
 
 from __future__ import annotations
 
+import atexit
 import collections
 import contextlib
 import hashlib
+import itertools
 import os
 import socket
 import threading
 import time
 import uuid
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import PurePosixPath
 from typing import Any
@@ -83,6 +85,7 @@ import daft
 import pyarrow as pa
 from daft import DataType
 from daft.subscribers import Subscriber
+from daft.subscribers import events as daft_events
 
 from wasmhooks._files import JobPathError, Root, relative
 from wasmhooks._native import Hooks, Host, Plugin, PluginError, Policy, WasmHooksError
@@ -471,24 +474,35 @@ class _WorkerPlugins:
 
 @dataclass
 class _Worker:
-    """One runner's batch hooks in one process, and its batch counters."""
+    """One runner's batch hooks in one process, its batch counters, and the
+    process's name in ``batch.worker`` (``host:pid``)."""
 
     hooks: Hooks
-    batches: dict[str, int] = field(default_factory=dict)
+    batches: dict[str, Iterator[int]] = field(default_factory=dict)
+    tag: str = field(default_factory=lambda: f"{socket.gethostname()}:{os.getpid()}")
 
     def next_batch(self, node: str) -> int:
-        index = self.batches.get(node, 0)
-        self.batches[node] = index + 1
-        return index
+        # ``next`` on a count is atomic under the GIL: daft's threads take
+        # numbers without a lock once the node's counter exists.
+        counter = self.batches.get(node)
+        if counter is None:
+            with _WORKER_LOCK:
+                counter = self.batches.setdefault(node, itertools.count())
+        return next(counter)
 
 
 #: Batch hooks per process, by :attr:`_WorkerPlugins.key`: loaded by the
 #: first batch a process runs, reused by the rest; the newest 8 are kept.
 _WORKERS: dict[str, _Worker] = {}
 _WORKER_LOCK = threading.Lock()
+# A forked child has none of the parent's plugin threads: it loads its own.
+os.register_at_fork(after_in_child=_WORKERS.clear)
 
 
 def _worker(spec: _WorkerPlugins) -> _Worker:
+    worker = _WORKERS.get(spec.key)  # one lookup, atomic under the GIL
+    if worker is not None:
+        return worker
     with _WORKER_LOCK:
         worker = _WORKERS.get(spec.key)
         if worker is None:
@@ -503,12 +517,19 @@ def _worker(spec: _WorkerPlugins) -> _Worker:
 
 
 def _flush_workers(timeout: float) -> None:
-    """Waits for the observers of this process's batch hooks (the native
-    runner runs batches here); Ray workers' observers finish on their own."""
+    """Waits up to ``timeout`` seconds in all for the observers of this
+    process's batch hooks: the native runner's at the end of a run, and at
+    exit, any process's (a Ray worker's observations would otherwise drop
+    with its hooks)."""
+    deadline = time.monotonic() + timeout
     with _WORKER_LOCK:
         workers = list(_WORKERS.values())
     for w in workers:
-        w.hooks.flush(timeout)
+        with contextlib.suppress(RuntimeError):  # closed by its runner meanwhile
+            w.hooks.flush(max(0.0, deadline - time.monotonic()))
+
+
+atexit.register(_flush_workers, 5.0)
 
 
 def _as_arrow(value: Any, rows: int, name: str) -> pa.Array:
@@ -534,10 +555,8 @@ def _run_batch(
     if spec is None:
         return _as_arrow(fn(*cols), rows, name)
     worker = _worker(spec)
-    with _WORKER_LOCK:
-        index = worker.next_batch(name)
     hooks = worker.hooks
-    batch = {"index": index, "rows": rows, "worker": f"{socket.gethostname()}:{os.getpid()}"}
+    batch = {"index": worker.next_batch(name), "rows": rows, "worker": worker.tag}
     data: dict[str, Any] = {"pipeline": pipeline, "node": name, "mode": mode, "batch": batch}
     hooks.fire("on_batch_begin", data)
     start = time.perf_counter()
@@ -568,10 +587,23 @@ class _QueryEvents(Subscriber):
     def __init__(self, hooks: Hooks, phases: set[str], base: Callable[[], dict[str, Any]]):
         self.hooks, self.phases, self.base = hooks, phases, base
         self.failures: list[str] = []
+        # daft sends every event of a query (stats, heartbeats, optimizer
+        # steps, a few dozen) through ``on_event``'s single dispatch; only
+        # those of a phase some plugin subscribes to go further.
+        handlers = {
+            daft_events.QueryStarted: ("on_query_begin", self.on_query_started),
+            daft_events.QueryFinished: ("on_query_end", self.on_query_finished),
+            daft_events.OperatorStarted: ("on_operator_begin", self.on_operator_start),
+            daft_events.OperatorFinished: ("on_operator_end", self.on_operator_end),
+        }
+        self._handlers = {t: h for t, (p, h) in handlers.items() if p in phases}
+
+    def on_event(self, event: Any) -> None:  # type: ignore[override]
+        handler = self._handlers.get(type(event))
+        if handler is not None:
+            handler(event)
 
     def _fire(self, phase: str, query: dict[str, Any]) -> None:
-        if phase not in self.phases:
-            return
         try:
             self.hooks.fire(phase, {**self.base(), "query": query})
         except WasmHooksError as e:  # daft's thread must not raise; the run reports it
