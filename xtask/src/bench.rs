@@ -333,9 +333,13 @@ fn pipeline_rows(t: &mut Rows, py: &serde_json::Value) {
         "daft pipeline, 1M rows, 5 nodes: hooks on every phase and batch",
         fmt_ns(num("pipeline_hooks_ms") * 1e6),
         format!(
-            "{:.3}x the same runner without plugins ({}), paired; daft alone {}",
+            "{:.3}x the same runner without plugins ({}), median of {} blocks \
+             (middle half {:.3} to {:.3}); daft alone {}",
             num("pipeline_hooks_ratio"),
             fmt_ns(num("pipeline_bare_ms") * 1e6),
+            num("pipeline_hooks_blocks"),
+            num("pipeline_hooks_ratio_q1"),
+            num("pipeline_hooks_ratio_q3"),
             fmt_ns(num("pipeline_daft_alone_ms") * 1e6)
         ),
         "< 1.02x",
