@@ -4,6 +4,8 @@ runner against the local Ray cluster."""
 
 from __future__ import annotations
 
+import functools
+import inspect
 import json
 import os
 import pickle
@@ -12,13 +14,21 @@ from pathlib import Path
 import daft
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 import pytest
 from conftest import allow, job_bundle, plugin, run_python
 from daft import DataType
 from features import expected, pipeline, transactions
 
 from wasmhooks import PluginError
-from wasmhooks.pipeline import Node, Pipeline, PipelineError, PipelineRunner, node
+from wasmhooks.pipeline import (
+    Node,
+    Pipeline,
+    PipelineError,
+    PipelineRunner,
+    code_version,
+    node,
+)
 
 ROWS = 100_000
 CACHE_KEYS = ["cache_signature", "cache_hit", "skip_execution", "cached_path"]
@@ -350,6 +360,70 @@ def test_a_bundle_lists_its_pipeline_and_the_program_supplies_the_functions(
         job_bundle(tmp_path / "job", [], pipeline_toml([{**nodes[0], field: value}]))
         with pytest.raises(PipelineError, match=message):
             PipelineRunner(None, op, job=job, functions=functions, cache_dir=cache_dir)
+
+
+@daft.func.batch(return_dtype=DataType.float64(), batch_size=4096)
+def doubled(amount: daft.Series) -> pa.Array:
+    return pc.multiply(amount.to_arrow(), 2.0)
+
+
+@daft.func
+def tagged(merchant: str, qty: int) -> str:
+    return f"{merchant}#{qty}"
+
+
+def test_daft_functions_are_nodes_with_their_own_types_and_batches(operator, tmp_path, cache_dir):
+    """A ``@daft.func.batch`` node gets Series in daft's batches of its own
+    size, a row-wise ``@daft.func`` one each row's values; both cache."""
+    op = operator(*grants(tmp_path))
+    cols = transactions(10_000)
+    nodes = [Node("doubled", doubled, ("amount",)), node(inputs=["merchant", "qty"])(tagged)]
+    assert [n.dtype for n in nodes] == [DataType.float64(), DataType.string()]
+    assert nodes[0].batch_size == 4096 and nodes[1].name == "tagged"
+    with PipelineRunner(Pipeline(nodes), op, [*CACHE, LOGGER], cache_dir=cache_dir) as runner:
+        table = runner.run(daft.from_pydict(cols)).to_arrow()
+        np.testing.assert_allclose(table.column("doubled").to_numpy(), cols["amount"] * 2)
+        want = [f"{m}#{q}" for m, q in zip(cols["merchant"], cols["qty"])]
+        assert table.column("tagged").to_pylist() == want
+        assert set(runner.report.outcomes().values()) == {"computed"}
+    batches = [e for e in events(tmp_path) if e["event"] == "on_batch_begin"]
+    assert max(e["batch"]["rows"] for e in batches if e["node"] == "doubled") <= 4096
+    # Made again (as in a new process), they are the same nodes: all cached.
+    again = [Node("doubled", doubled, ("amount",)), Node("tagged", tagged, ("merchant", "qty"))]
+    with PipelineRunner(Pipeline(again), op, CACHE, cache_dir=cache_dir) as runner:
+        runner.run(daft.from_pydict(cols))
+        assert set(runner.report.outcomes().values()) == {"cached"}
+    with pytest.raises(PipelineError, match="'g': a generator daft function"):
+        Node("g", daft.func(return_dtype=DataType.int64())(lambda x: (yield x)), ("x",))
+
+
+def test_a_node_s_version_follows_its_code_and_what_it_captured():
+    def scaler(factor: float):
+        def scale(x):
+            return x * factor
+
+        return scale
+
+    def shifted(x, by=1):
+        return x + by
+
+    assert code_version(scaler(2.0)) == code_version(scaler(2.0))
+    assert code_version(scaler(2.0)) != code_version(scaler(3.0))
+    assert code_version(functools.partial(shifted, by=2)) != code_version(
+        functools.partial(shifted, by=3)
+    )
+    assert code_version(shifted) != code_version(scaler(2.0))
+    # A daft function is versioned by the function it wraps.
+    assert code_version(doubled) == code_version(inspect.unwrap(doubled))
+    assert (
+        code_version(doubled)
+        == run_python(
+            "-c",
+            "import sys; sys.path.insert(0, sys.argv[1]); import test_pipeline as t; "
+            "from wasmhooks.pipeline import code_version; print(code_version(t.doubled))",
+            str(Path(__file__).parent),
+        ).stdout.strip()
+    )
 
 
 def test_malformed_pipelines_are_refused_naming_the_nodes():

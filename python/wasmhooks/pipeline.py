@@ -68,7 +68,9 @@ from __future__ import annotations
 import atexit
 import collections
 import contextlib
+import functools
 import hashlib
+import inspect
 import itertools
 import os
 import socket
@@ -86,6 +88,7 @@ import pyarrow as pa
 from daft import DataType
 from daft.subscribers import Subscriber
 from daft.subscribers import events as daft_events
+from daft.udf import Func as DaftFunc
 
 from wasmhooks._files import JobPathError, Root, relative
 from wasmhooks._native import Hooks, Host, Plugin, PluginError, Policy, WasmHooksError
@@ -152,29 +155,72 @@ class PipelineError(WasmHooksError):
 
 
 def code_version(fn: Callable[..., Any]) -> str:
-    """A digest of ``fn``'s code (bytecode, constants, names), the default
-    node version: editing the function misses the cache. Pass ``version``
-    to a node to keep its cache across Python versions or cosmetic edits."""
-    code = getattr(fn, "__code__", None)
-    if code is None:
-        return hashlib.sha256(repr(fn).encode()).hexdigest()[:16]
+    """A digest of what ``fn`` computes with, the default node version:
+    its code (bytecode, constants, names), its defaults and the values its
+    closure captured (a captured function by its own code, and so on),
+    through decorators (``functools.wraps``, daft's ``@daft.func``) and
+    ``functools.partial``. Editing the function, or making it with another
+    captured value, misses the cache; a value whose ``repr`` differs between
+    processes only ever misses. Pass ``version`` to a node to keep its cache
+    across Python versions or cosmetic edits."""
     h = hashlib.sha256()
+    _hash_code(h, fn, set())
+    return h.hexdigest()[:16]
+
+
+def _hash_code(h: Any, fn: Any, seen: set[int]) -> None:
+    fn = inspect.unwrap(fn)
+    if id(fn) in seen:  # a function that captured itself
+        h.update(b"<again>")
+        return
+    seen.add(id(fn))
+    if isinstance(fn, functools.partial):
+        _hash_code(h, fn.func, seen)
+        for value in [*fn.args, *sorted(fn.keywords.items())]:
+            _hash_value(h, value, seen)
+        return
+    code = getattr(fn, "__code__", None)
+    if code is None:  # a callable object: its class's code and its state
+        code = getattr(inspect.getattr_static(type(fn), "__call__", None), "__code__", None)
+        if code is None:
+            h.update(repr(fn).encode())
+            return
+        _hash_value(h, getattr(fn, "__dict__", None), seen)
     h.update(code.co_code)
     h.update(repr(code.co_consts).encode())
     h.update(repr(code.co_names).encode())
-    return h.hexdigest()[:16]
+    for value in (getattr(fn, "__defaults__", None), getattr(fn, "__kwdefaults__", None)):
+        _hash_value(h, value, seen)
+    for cell in getattr(fn, "__closure__", None) or ():
+        try:
+            value = cell.cell_contents
+        except ValueError:  # an empty cell
+            value = "<empty>"
+        _hash_value(h, value, seen)
+
+
+def _hash_value(h: Any, value: Any, seen: set[int]) -> None:
+    if inspect.isfunction(value) or isinstance(value, functools.partial):
+        _hash_code(h, value, seen)
+    else:
+        h.update(repr(value).encode())
 
 
 @dataclass(frozen=True)
 class Node:
     """One node: ``fn(*series)`` over the columns ``inputs`` (source columns
     or other nodes' outputs), returning a column of ``dtype`` named ``name``
-    (a ``daft.Series``, a pyarrow array, a NumPy array or a list)."""
+    (a ``daft.Series``, a pyarrow array, a NumPy array or a list).
+
+    ``fn`` may be a daft function instead: a ``@daft.func.batch`` one gets
+    the batch's Series, a row-wise ``@daft.func`` one each row's values,
+    and its ``return_dtype`` and ``batch_size`` are the node's unless given.
+    """
 
     name: str
     fn: Callable[..., Any]
     inputs: tuple[str, ...]
-    dtype: DataType
+    dtype: DataType | None = None
     version: str = ""
     batch_size: int | None = None
 
@@ -184,6 +230,19 @@ class Node:
         object.__setattr__(self, "inputs", tuple(self.inputs))
         if not self.inputs:
             raise PipelineError(f"node {self.name!r} has no inputs", self.name)
+        if isinstance(self.fn, DaftFunc):
+            if self.fn.is_generator or self.fn.is_async:
+                kind = "generator" if self.fn.is_generator else "async"
+                raise PipelineError(
+                    f"node {self.name!r}: a {kind} daft function gives no one value per row",
+                    self.name,
+                )
+            if self.dtype is None:
+                object.__setattr__(self, "dtype", self.fn.return_dtype)
+            if self.batch_size is None and self.fn.is_batch:
+                object.__setattr__(self, "batch_size", self.fn.batch_size)
+        if not isinstance(self.dtype, DataType):
+            raise PipelineError(f"node {self.name!r} needs a daft DataType", self.name)
         if not self.version:
             object.__setattr__(self, "version", code_version(self.fn))
         if self.batch_size is not None and not 1 <= self.batch_size <= 1 << 24:
@@ -193,12 +252,13 @@ class Node:
 def node(
     *,
     inputs: Sequence[str],
-    dtype: DataType,
+    dtype: DataType | None = None,
     name: str | None = None,
     version: str = "",
     batch_size: int | None = None,
 ) -> Callable[[Callable[..., Any]], Node]:
-    """Declares a function a pipeline node: ``@node(inputs=["x"], dtype=DataType.float64())``."""
+    """Declares a function a pipeline node: ``@node(inputs=["x"], dtype=DataType.float64())``
+    (over a daft function, ``dtype`` may be left to its ``return_dtype``)."""
 
     def wrap(fn: Callable[..., Any]) -> Node:
         return Node(name or fn.__name__, fn, tuple(inputs), dtype, version, batch_size)
@@ -271,14 +331,18 @@ class Pipeline:
                 isinstance(x, str) and 0 < len(x) <= 256 for x in inputs
             ):
                 raise PipelineError(f"{where}.inputs must list 1 to 256 column names")
-            dtype = _field(e, "dtype", str, where)
-            if dtype not in DTYPES:
-                raise PipelineError(f"{where}.dtype = {dtype!r}: one of {', '.join(DTYPES)}")
+            fn = functions[fname]
+            dtype = None
+            if "dtype" in e or not isinstance(fn, DaftFunc):  # a daft function has its own
+                dtype = _field(e, "dtype", str, where)
+                if dtype not in DTYPES:
+                    raise PipelineError(f"{where}.dtype = {dtype!r}: one of {', '.join(DTYPES)}")
+                dtype = DTYPES[dtype]()
             batch = e.get("batch_size")
             if batch is not None and (isinstance(batch, bool) or not isinstance(batch, int)):
                 raise PipelineError(f"{where}.batch_size must be an integer")
             version = _field(e, "version", str, where, "")
-            nodes.append(Node(name, functions[fname], inputs, DTYPES[dtype](), version, batch))
+            nodes.append(Node(name, fn, inputs, dtype, version, batch))
         name = _field(table, "name", str, "job.toml: pipeline", job_config.get("name", "pipeline"))
         return cls(nodes, name=name)
 
@@ -566,10 +630,22 @@ def _run_batch(
     return out
 
 
+def _per_batch(fn: Callable[..., Any]) -> Callable[..., Any]:
+    """What a batch calls: ``fn`` itself, or a daft function run eagerly (as
+    daft runs one called without expressions), row by row if it is one."""
+    if not isinstance(fn, DaftFunc) or fn.is_batch:
+        return fn
+
+    def rows(*cols: daft.Series) -> list[Any]:
+        return [fn(*values) for values in zip(*(c.to_pylist() for c in cols))]
+
+    return rows
+
+
 def _batch_udf(node: Node, spec: _WorkerPlugins | None, pipeline: str, mode: str) -> Any:
     """The node's function as a daft batch UDF, firing the batch phases
     around each batch when some plugin subscribes to them."""
-    fn, name = node.fn, node.name
+    fn, name = _per_batch(node.fn), node.name
 
     # Only module-level names inside: cloudpickle sends this closure by
     # value, and the module's locks and caches must stay per process.
