@@ -69,6 +69,42 @@ fn observers_see_snapshots_in_order_and_a_flush_waits_for_them() {
 }
 
 #[test]
+fn a_flush_behind_a_backlog_waits_for_the_backlog_to_run_not_for_rests() {
+    // The worker rests up to 50 ms between batches of 32 when it has run
+    // all that was queued. 960 observations queued at once are 30 batches:
+    // a flush behind them that rested after each would take 1.5 s.
+    let dir = tempfile::tempdir().unwrap();
+    let host = host(&allow(
+        "metrics-logger",
+        plugins::METRICS_LOGGER,
+        &format!(
+            "readwrite = [{{ host = {:?}, guest = \"/logs\" }}]",
+            dir.path()
+        ),
+    ));
+    let mut hooks = Hooks::builder(json!({}))
+        .plugin(
+            host.load_file(plugins::METRICS_LOGGER).unwrap(),
+            json!({"path": "/logs/m.jsonl"}),
+        )
+        .start()
+        .unwrap();
+    let mut data = data(json!({"logs": {"loss": 0.5}}));
+    for _ in 0..960 {
+        hooks.fire("on_log", &mut data).unwrap();
+    }
+    let start = Instant::now();
+    assert_eq!(hooks.flush(Duration::from_secs(30)), 0);
+    let waited = start.elapsed();
+    let lines = std::fs::read_to_string(dir.path().join("m.jsonl")).unwrap();
+    assert_eq!(lines.lines().count(), 960);
+    assert!(
+        waited < Duration::from_millis(750),
+        "the flush waited {waited:?}"
+    );
+}
+
+#[test]
 fn a_full_queue_drops_observations_and_the_flush_is_bounded() {
     let mut hooks = adversary("write = [\"count\"]");
     let mut data = data(json!({}));

@@ -314,12 +314,18 @@ fn work(job: &str, mut slots: Vec<Slot>, rx: &Receiver<Message>, shared: &Shared
                     Err(_) => break,
                 }
             }
+            // A full batch may have left a backlog (a burst, or a flush
+            // queued behind one): it runs on without resting, else a flush
+            // waited one rest per batch queued before it.
+            let backlog = batch.len() == BATCH;
             for message in batch.drain(..) {
                 handle(job, &mut slots, message, shared);
             }
             // Busy, it rests: what is fired meanwhile queues without waking
             // it, and runs together. A call, a flush or the end wakes it.
-            std::thread::park_timeout(LINGER);
+            if !backlog {
+                std::thread::park_timeout(LINGER);
+            }
             match rx.try_recv() {
                 Ok(message) => batch.push(message),
                 Err(_) => break,
