@@ -20,24 +20,26 @@ fn observer_threads() -> usize {
         .count()
 }
 
-#[test]
-fn observers_see_snapshots_in_order_and_a_flush_waits_for_them() {
-    let dir = tempfile::tempdir().unwrap();
+/// Hooks with the metrics logger alone, writing `m.jsonl` in `dir`.
+fn metrics_logger(dir: &std::path::Path) -> Hooks {
     let host = host(&allow(
         "metrics-logger",
         plugins::METRICS_LOGGER,
-        &format!(
-            "readwrite = [{{ host = {:?}, guest = \"/logs\" }}]",
-            dir.path()
-        ),
+        &format!("readwrite = [{{ host = {dir:?}, guest = \"/logs\" }}]"),
     ));
-    let mut hooks = Hooks::builder(json!({}))
+    Hooks::builder(json!({}))
         .plugin(
             host.load_file(plugins::METRICS_LOGGER).unwrap(),
             json!({"path": "/logs/m.jsonl"}),
         )
         .start()
-        .unwrap();
+        .unwrap()
+}
+
+#[test]
+fn observers_see_snapshots_in_order_and_a_flush_waits_for_them() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut hooks = metrics_logger(dir.path());
     let mut data = data(json!({}));
     for step in 0..50 {
         // The same map, changed after each fire: each observation must see
@@ -74,21 +76,7 @@ fn a_flush_behind_a_backlog_waits_for_the_backlog_to_run_not_for_rests() {
     // all that was queued. 960 observations queued at once are 30 batches:
     // a flush behind them that rested after each would take 1.5 s.
     let dir = tempfile::tempdir().unwrap();
-    let host = host(&allow(
-        "metrics-logger",
-        plugins::METRICS_LOGGER,
-        &format!(
-            "readwrite = [{{ host = {:?}, guest = \"/logs\" }}]",
-            dir.path()
-        ),
-    ));
-    let mut hooks = Hooks::builder(json!({}))
-        .plugin(
-            host.load_file(plugins::METRICS_LOGGER).unwrap(),
-            json!({"path": "/logs/m.jsonl"}),
-        )
-        .start()
-        .unwrap();
+    let mut hooks = metrics_logger(dir.path());
     let mut data = data(json!({"logs": {"loss": 0.5}}));
     for _ in 0..960 {
         hooks.fire("on_log", &mut data).unwrap();
