@@ -372,6 +372,10 @@ def tagged(merchant: str, qty: int) -> str:
     return f"{merchant}#{qty}"
 
 
+def squares(x: daft.Series) -> list[float]:
+    return [v * v for v in x.to_pylist()]  # a comprehension: code of its own
+
+
 def test_daft_functions_are_nodes_with_their_own_types_and_batches(operator, tmp_path, cache_dir):
     """A ``@daft.func.batch`` node gets Series in daft's batches of its own
     size, a row-wise ``@daft.func`` one each row's values; both cache."""
@@ -415,15 +419,14 @@ def test_a_node_s_version_follows_its_code_and_what_it_captured():
     assert code_version(shifted) != code_version(scaler(2.0))
     # A daft function is versioned by the function it wraps.
     assert code_version(doubled) == code_version(inspect.unwrap(doubled))
-    assert (
-        code_version(doubled)
-        == run_python(
-            "-c",
-            "import sys; sys.path.insert(0, sys.argv[1]); import test_pipeline as t; "
-            "from wasmhooks.pipeline import code_version; print(code_version(t.doubled))",
-            str(Path(__file__).parent),
-        ).stdout.strip()
-    )
+    # The same in another process.
+    elsewhere = run_python(
+        "-c",
+        "import sys; sys.path.insert(0, sys.argv[1]); import test_pipeline as t; "
+        "from wasmhooks.pipeline import code_version as v; print(v(t.doubled), v(t.squares))",
+        str(Path(__file__).parent),
+    ).stdout.split()
+    assert elsewhere == [code_version(doubled), code_version(squares)]
 
 
 def test_malformed_pipelines_are_refused_naming_the_nodes():

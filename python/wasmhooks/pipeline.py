@@ -186,9 +186,7 @@ def _hash_code(h: Any, fn: Any, seen: set[int]) -> None:
             h.update(repr(fn).encode())
             return
         _hash_value(h, getattr(fn, "__dict__", None), seen)
-    h.update(code.co_code)
-    h.update(repr(code.co_consts).encode())
-    h.update(repr(code.co_names).encode())
+    _hash_code_object(h, code)
     for value in (getattr(fn, "__defaults__", None), getattr(fn, "__kwdefaults__", None)):
         _hash_value(h, value, seen)
     for cell in getattr(fn, "__closure__", None) or ():
@@ -197,6 +195,19 @@ def _hash_code(h: Any, fn: Any, seen: set[int]) -> None:
         except ValueError:  # an empty cell
             value = "<empty>"
         _hash_value(h, value, seen)
+
+
+def _hash_code_object(h: Any, code: Any) -> None:
+    """Bytecode, names and constants; a nested function's or a
+    comprehension's code by its own content, since the ``repr`` of a code
+    object holds its address and so differs in every process."""
+    h.update(code.co_code)
+    h.update(repr(code.co_names).encode())
+    for const in code.co_consts:
+        if inspect.iscode(const):
+            _hash_code_object(h, const)
+        else:
+            h.update(repr(const).encode())
 
 
 def _hash_value(h: Any, value: Any, seen: set[int]) -> None:
