@@ -399,6 +399,10 @@ def test_daft_functions_are_nodes_with_their_own_types_and_batches(operator, tmp
         assert set(runner.report.outcomes().values()) == {"cached"}
     with pytest.raises(PipelineError, match="'g': a generator daft function"):
         Node("g", daft.func(return_dtype=DataType.int64())(lambda x: (yield x)), ("x",))
+    with pytest.raises(PipelineError, match="'o': a column of Python objects"):
+        Node("o", daft.func(return_dtype=DataType.python())(lambda x: {"v": x}), ("x",))
+    with pytest.raises(PipelineError, match="'n' needs a daft DataType"):
+        Node("n", squares, ("x",))
 
 
 def test_a_node_s_version_follows_its_code_and_what_it_captured():

@@ -254,6 +254,12 @@ class Node:
                 object.__setattr__(self, "batch_size", self.fn.batch_size)
         if not isinstance(self.dtype, DataType):
             raise PipelineError(f"node {self.name!r} needs a daft DataType", self.name)
+        if self.dtype.is_python():
+            raise PipelineError(
+                f"node {self.name!r}: a column of Python objects cannot be hashed, cached or"
+                " handed to the next node; give it an Arrow type",
+                self.name,
+            )
         if not self.version:
             object.__setattr__(self, "version", code_version(self.fn))
         if self.batch_size is not None and not 1 <= self.batch_size <= 1 << 24:
