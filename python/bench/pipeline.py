@@ -43,7 +43,7 @@ BLOCKS = 30
 
 
 def pipeline() -> Pipeline:
-    # 16 batches a node: the hooks fire 2 x 64 times a run in the workers.
+    # 16 batches a node: the hooks fire 2 x 80 times a run in the workers.
     return Pipeline([dataclasses.replace(n, batch_size=BATCH) for n in NODES], name="bench")
 
 
