@@ -15,6 +15,14 @@ fn adversary(limits: &str) -> Hooks {
     ))
 }
 
+/// The adversary allowed to write `result`, with `dir` as its read-write
+/// folder `/out` under a quota of `quota_mib`, and `more` (TOML lines).
+fn with_folder(dir: &std::path::Path, quota_mib: u64, more: &str) -> Hooks {
+    crate::support::adversary(&format!(
+        "write = [\"result\"]\nreadwrite_quota_mib = {quota_mib}\nreadwrite = [{{ host = {dir:?}, guest = \"/out\" }}]\n{more}"
+    ))
+}
+
 /// Fires `phase` under the `fail` policy and checks the error and the data;
 /// then shows the host still runs the plugin (restarted if it trapped).
 fn fails(hooks: &mut Hooks, phase: &str) -> Cause {
@@ -339,10 +347,7 @@ fn a_prefix_grant_cannot_grow_the_data_map_without_bound() {
 fn a_read_write_folder_has_a_quota() {
     let dir = tempfile::tempdir().unwrap();
     let outside = tempfile::tempdir().unwrap();
-    let mut hooks = crate::support::adversary(&format!(
-        "write = [\"result\"]\nreadwrite_quota_mib = 2\nreadwrite = [{{ host = {:?}, guest = \"/out\" }}]",
-        dir.path()
-    ));
+    let mut hooks = with_folder(dir.path(), 2, "");
     let mut d = data(json!({"path": "/out/a", "mib": 1}));
     hooks.fire("fill_disk", &mut d).unwrap();
     let mut d = data(json!({"path": "/out/b", "mib": 2}));
@@ -358,12 +363,7 @@ fn a_read_write_folder_has_a_quota() {
 
 #[test]
 fn every_way_of_growing_a_read_write_folder_counts_against_its_quota() {
-    let quota = |dir: &std::path::Path| {
-        crate::support::adversary(&format!(
-            "write = [\"result\"]\nreadwrite_quota_mib = 2\nreadwrite = [{{ host = {:?}, guest = \"/out\" }}]",
-            dir
-        ))
-    };
+    let quota = |dir: &std::path::Path| with_folder(dir, 2, "");
     let over = "over its quota of 2097152 bytes";
     // A file made longer, opened without `create`.
     let dir = tempfile::tempdir().unwrap();
@@ -397,10 +397,7 @@ fn every_way_of_growing_a_read_write_folder_counts_against_its_quota() {
 #[test]
 fn a_plugin_that_traps_after_writing_cannot_reset_its_quota() {
     let dir = tempfile::tempdir().unwrap();
-    let mut hooks = crate::support::adversary(&format!(
-        "on_error = \"skip\"\nreadwrite_quota_mib = 2\nreadwrite = [{{ host = {:?}, guest = \"/out\" }}]",
-        dir.path()
-    ));
+    let mut hooks = with_folder(dir.path(), 2, "on_error = \"skip\"");
     // Each call writes 1 MiB and traps; each restart must count from what
     // the folder held when the first instance started.
     for i in 0..4 {
@@ -424,10 +421,7 @@ fn a_plugin_that_traps_after_writing_cannot_reset_its_quota() {
 #[test]
 fn bytes_written_count_from_the_first_instance_across_restarts() {
     let dir = tempfile::tempdir().unwrap();
-    let mut hooks = crate::support::adversary(&format!(
-        "on_error = \"skip\"\nwrite = [\"result\"]\nreadwrite_quota_mib = 8\nreadwrite = [{{ host = {:?}, guest = \"/out\" }}]",
-        dir.path()
-    ));
+    let mut hooks = with_folder(dir.path(), 8, "on_error = \"skip\"");
     let mut d = data(json!({"path": "/out/a"}));
     let _ = hooks.fire("fill_then_panic", &mut d);
     // Restarted here; the mebibyte the first instance wrote is still its.
