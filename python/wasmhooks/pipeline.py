@@ -597,14 +597,14 @@ def _worker(spec: _WorkerPlugins) -> _Worker:
         return worker
 
 
-def _flush_workers(timeout: float) -> None:
+def _flush_workers(timeout: float, flushed: Hooks | None = None) -> None:
     """Waits up to ``timeout`` seconds in all for the observers of this
-    process's batch hooks: the native runner's at the end of a run, and at
-    exit, any process's (a Ray worker's observations would otherwise drop
-    with its hooks)."""
+    process's batch hooks (but ``flushed``, just flushed by the caller): the
+    native runner's at the end of a run, and at exit, any process's (a Ray
+    worker's observations would otherwise drop with its hooks)."""
     deadline = time.monotonic() + timeout
     with _WORKER_LOCK:
-        workers = list(_WORKERS.values())
+        workers = [w for w in _WORKERS.values() if w.hooks is not flushed]
     for w in workers:
         with contextlib.suppress(RuntimeError):  # closed by its runner meanwhile
             w.hooks.flush(max(0.0, deadline - time.monotonic()))
@@ -678,7 +678,7 @@ class _QueryEvents(Subscriber):
     map, so a plugin's updates there change nothing."""
 
     def __init__(self, hooks: Hooks, phases: set[str], base: Callable[[], dict[str, Any]]):
-        self.hooks, self.phases, self.base = hooks, phases, base
+        self.hooks, self.base = hooks, base
         self.failures: list[str] = []
         # daft sends every event of a query (stats, heartbeats, optimizer
         # steps, a few dozen) through ``on_event``'s single dispatch; only
@@ -861,7 +861,7 @@ class PipelineRunner:
             finally:
                 # Even when a plugin fails at on_pipeline_end.
                 self.hooks.flush(self.flush_timeout_s)
-                _flush_workers(self.flush_timeout_s)
+                _flush_workers(self.flush_timeout_s, flushed=self.hooks)
                 report.data = dict(data)
         if events.failures:
             report.data["query_event_failures"] = events.failures
