@@ -139,6 +139,7 @@ def main() -> None:
                 second.append(warm)
                 fresh.append(new)
     med = statistics.median
+    quartiles = statistics.quantiles(ratios)
     print(
         json.dumps(
             {
@@ -146,8 +147,8 @@ def main() -> None:
                 "pipeline_hooks_ms": med(hooks_s) * 1e3,
                 "pipeline_hooks_ratio": med(ratios),
                 "pipeline_hooks_blocks": len(ratios),
-                "pipeline_hooks_ratio_q1": statistics.quantiles(ratios)[0],
-                "pipeline_hooks_ratio_q3": statistics.quantiles(ratios)[2],
+                "pipeline_hooks_ratio_q1": quartiles[0],
+                "pipeline_hooks_ratio_q3": quartiles[2],
                 "pipeline_daft_alone_ms": med(alone_s) * 1e3,
                 "pipeline_logged_lines_per_run": batches,
                 "pipeline_first_ms": med(first) * 1e3,
