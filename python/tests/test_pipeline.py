@@ -351,15 +351,26 @@ def test_a_bundle_lists_its_pipeline_and_the_program_supplies_the_functions(
     with pytest.raises(PipelineError, match=r"pipeline.node\[0\].function = 'log_amount': no such"):
         PipelineRunner(None, op, job=job, functions={}, cache_dir=cache_dir)
     for field, value, message in [
+        ("name", "log\0amount", r"node\[0\].name = 'log\\x00amount': '\\x00' is not a printable"),
+        ("name", "log\u202eamount", r"node\[0\].name = .*U\+202E"),
+        ("name", "log amount\n", r"node\[0\].name = .*U\+000A"),
+        ("inputs", ["amount", "a\0"], r"node\[0\].inputs\[1\] = 'a\\x00'"),
+        ("version", "1\0", r"node\[0\].version = '1\\x00'"),
+        ("function", "log_amount\0", r"node\[0\].function = "),
         ("inputs", ["c" * 300], r"node\[0\].inputs must list 1 to 256"),
         ("inputs", [], r"node\[0\].inputs must list 1 to 256"),
         ("version", 3, r"node\[0\].version must be a str"),
         ("name", "n" * 300, r"node\[0\].name: at most 256"),
         ("batch_size", 0, "batch_size must be 1 to 2"),
     ]:
-        job_bundle(tmp_path / "job", [], pipeline_toml([{**nodes[0], field: value}]))
+        entry = {**nodes[0], "function": "log_amount", field: value}
+        job_bundle(tmp_path / "job", [], pipeline_toml([entry]))
         with pytest.raises(PipelineError, match=message):
             PipelineRunner(None, op, job=job, functions=functions, cache_dir=cache_dir)
+    named = pipeline_toml(nodes[:1]).replace('name = "bundled"', 'name = "bun\\u0000dled"')
+    job_bundle(tmp_path / "job", [], named)
+    with pytest.raises(PipelineError, match=r"job.toml: pipeline.name = 'bun\\x00dled'"):
+        PipelineRunner(None, op, job=job, functions=functions, cache_dir=cache_dir)
 
 
 @daft.func.batch(return_dtype=DataType.float64(), batch_size=4096)
@@ -445,6 +456,17 @@ def test_malformed_pipelines_are_refused_naming_the_nodes():
         Pipeline([a, a])
     p = Pipeline([Node("y", f, ("x",), DataType.int64())])
     assert p.sources == ("x",)
+    # Names and versions reach daft (a NUL in a column name panics there)
+    # and the data map: each is refused naming what it is.
+    for make, message in [
+        (lambda: Node("a\0b", f, ("x",), DataType.int64()), "a node's name = 'a\\\\x00b'"),
+        (lambda: Node("a", f, ("x", "\ud800"), DataType.int64()), "'a': inputs\\[1\\]"),
+        (lambda: Node("a", f, ("",), DataType.int64()), "'a': inputs\\[0\\] must be"),
+        (lambda: Node("a", f, ("x",), DataType.int64(), "v\x1b"), "'a': version = 'v"),
+        (lambda: Pipeline([p.nodes[0]], name="p\0"), "the pipeline's name = 'p"),
+    ]:
+        with pytest.raises(PipelineError, match=message):
+            make()
 
 
 RAY_SCRIPT = """

@@ -237,10 +237,27 @@ class Node:
 
     def __post_init__(self) -> None:
         if not isinstance(self.name, str) or not self.name or len(self.name) > 128:
-            raise PipelineError(f"a node's name must be 1 to 128 characters, not {self.name!r}")
+            raise PipelineError(
+                f"a node's name must be 1 to 128 characters, not {self.name!r:.200}"
+            )
+        _printable(self.name, "a node's name")
         object.__setattr__(self, "inputs", tuple(self.inputs))
         if not self.inputs:
             raise PipelineError(f"node {self.name!r} has no inputs", self.name)
+        for i, column in enumerate(self.inputs):
+            if not isinstance(column, str) or not 0 < len(column) <= 256:
+                raise PipelineError(
+                    f"node {self.name!r}: inputs[{i}] must be a column name of 1 to 256"
+                    f" characters, not {column!r:.80}",
+                    self.name,
+                )
+            _printable(column, f"node {self.name!r}: inputs[{i}]", self.name)
+        if not isinstance(self.version, str) or len(self.version) > 256:
+            raise PipelineError(
+                f"node {self.name!r}: version must be a string of at most 256 characters",
+                self.name,
+            )
+        _printable(self.version, f"node {self.name!r}: version", self.name)
         if isinstance(self.fn, DaftFunc):
             if self.fn.is_generator or self.fn.is_async:
                 kind = "generator" if self.fn.is_generator else "async"
@@ -289,7 +306,9 @@ class Pipeline:
     refused, naming them."""
 
     def __init__(self, nodes: Iterable[Node], name: str = "pipeline") -> None:
-        self.name = name
+        if not isinstance(name, str) or not 0 < len(name) <= 256:
+            raise PipelineError(f"a pipeline's name must be 1 to 256 characters, not {name!r:.80}")
+        self.name = _printable(name, "the pipeline's name")
         declared = list(nodes)
         by_name: dict[str, Node] = {}
         for n in declared:
@@ -348,6 +367,8 @@ class Pipeline:
                 isinstance(x, str) and 0 < len(x) <= 256 for x in inputs
             ):
                 raise PipelineError(f"{where}.inputs must list 1 to 256 column names")
+            for j, column in enumerate(inputs):
+                _printable(column, f"{where}.inputs[{j}]")
             fn = functions[fname]
             dtype = None
             if "dtype" in e or not isinstance(fn, DaftFunc):  # a daft function has its own
@@ -368,8 +389,25 @@ def _field(table: dict[str, Any], key: str, kind: type, where: str, default: Any
     value = table.get(key, default)
     if not isinstance(value, kind):
         raise PipelineError(f"{where}.{key} must be a {kind.__name__}, not {value!r:.80}")
-    if isinstance(value, str) and len(value) > 256:
-        raise PipelineError(f"{where}.{key}: at most 256 characters")
+    if isinstance(value, str):
+        if len(value) > 256:
+            raise PipelineError(f"{where}.{key}: at most 256 characters")
+        _printable(value, f"{where}.{key}")
+    return value
+
+
+def _printable(value: str, what: str, node: str | None = None) -> str:
+    """``value``, if every character in it is printable. Names and versions
+    become daft column and function names (a NUL there panics inside
+    daft; a lone surrogate cannot be encoded), keys in the data map and
+    parts of messages: a control, format (direction-changing) or separator
+    character other than the space has no place in any of them."""
+    if not value.isprintable():
+        bad = next(c for c in value if not c.isprintable())
+        raise PipelineError(
+            f"{what} = {value!r:.80}: {bad!r} is not a printable character (U+{ord(bad):04X})",
+            node,
+        )
     return value
 
 
