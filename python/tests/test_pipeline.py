@@ -9,6 +9,7 @@ import inspect
 import json
 import os
 import pickle
+import resource
 from pathlib import Path
 
 import daft
@@ -139,19 +140,144 @@ def test_a_cached_file_changed_between_runs_is_read_again(operator, tmp_path, ca
             float(x) for x in range(10)
         ]
         [stored] = (tmp_path / "cache").glob("*.arrow")
-        # Another valid column of the same length and type, as a plugin
-        # with the folder could leave: the next run reads it.
-        forged = pa.table({"unit_price": pa.array([7.0] * 10)})
-        with pa.ipc.new_file(stored, forged.schema) as w:
-            w.write_table(forged)
+        # Another valid column of the same length and type, with its
+        # checksum, as a plugin with the folder could leave: the next run
+        # reads it.
+        write_entry(stored, pa.table({"unit_price": pa.array([7.0] * 10)}))
         out = runner.run(daft.from_pydict(cols)).to_arrow()
         assert runner.report.outcomes() == {"unit_price": "cached"}
         assert out.column("unit_price").to_pylist() == [7.0] * 10
+        # The same without a checksum is no entry of the runner's: a miss.
+        write_entry(stored, pa.table({"unit_price": pa.array([8.0] * 10)}), checksum=False)
+        out = runner.run(daft.from_pydict(cols)).to_arrow()
+        assert runner.report.outcomes() == {"unit_price": "computed"}
+        assert "no checksum" in runner.report.nodes["unit_price"].cache_miss_reason
+        assert out.column("unit_price").to_pylist() == [float(x) for x in range(10)]
         # Garbage in its place: a miss, and the node is computed.
         stored.write_bytes(b"ARROW1\x00\x00" + os.urandom(64))
         out = runner.run(daft.from_pydict(cols)).to_arrow()
         assert runner.report.outcomes() == {"unit_price": "computed"}
         assert out.column("unit_price").to_pylist() == [float(x) for x in range(10)]
+
+
+def write_entry(
+    path: Path, table: pa.Table, *, checksum: bool = True, compression: str | None = None
+) -> int:
+    """A cache entry as anyone with the folder can write one: with the
+    checksum the runner writes (the signature of its one column), or
+    without; compressed if asked. Returns its size in bytes."""
+    from wasmhooks.pipeline import CHECKSUM_KEY, column_signature
+
+    if checksum:
+        table = table.replace_schema_metadata({CHECKSUM_KEY: column_signature(table.column(0))})
+    options = pa.ipc.IpcWriteOptions(compression=compression)
+    with pa.ipc.new_file(path, table.schema, options=options) as w:
+        w.write_table(table)
+    return path.stat().st_size
+
+
+def offer(path: str) -> list:
+    """The adversary offering ``path`` as a node's cached column."""
+    script = {"skip_execution": True, "cached_path": path, "cache_signature": "0" * 64}
+    return [(plugin("adversary"), {"updates": {"on_node_begin": script}})]
+
+
+def test_a_compressed_cache_file_counts_what_it_decompresses_to(operator, tmp_path, cache_dir):
+    """A ZSTD cache file of a few KB can stand for gigabytes. What it
+    decompresses to is read from its headers and held to max_file_mib
+    before anything is decompressed (a miss past it), and the runner's
+    memory cache counts it, not the file's size."""
+    cache = tmp_path / "cache"
+    cache.mkdir()
+    readwrite = f'readwrite = [{{ host = "{cache}", guest = "/cache" }}]'
+    op = operator(
+        *grants(tmp_path, f'write = ["*"]\n{readwrite}'), head="[job]\nmax_file_mib = 1\n"
+    )
+    one = Pipeline([n for n in pipeline().nodes if n.name == "log_amount"])
+
+    def run(rows: int, path: str) -> tuple[PipelineRunner, pa.Table]:
+        with PipelineRunner(one, op, offer(path), cache_dir=cache_dir) as runner:
+            out = runner.run(daft.from_pydict({"amount": np.zeros(rows)})).to_arrow()
+        return runner, out
+
+    # 2 MiB of zeros in a file of a few hundred bytes, the right length,
+    # type and checksum: over the 1 MiB bound once decompressed.
+    rows = 1 << 18
+    size = write_entry(
+        cache / "bomb.arrow", pa.table({"log_amount": np.zeros(rows)}), compression="zstd"
+    )
+    assert size < 4096
+    runner, out = run(rows, "/cache/bomb.arrow")
+    assert runner.report.outcomes() == {"log_amount": "computed"}
+    assert "decompresses to over 1048576 bytes" in runner.report.data["cache_miss_reason"]
+    # The bound reads the headers before decompressing: 640 MiB in 640
+    # batches (one buffer written 640 times) or 64 MiB in one buffer, ZSTD
+    # or LZ4, are refused without the memory they stand for.
+    mib = pa.array(np.zeros(1 << 17))
+    for chunks, compression in [([mib] * 640, "zstd"), ([np.zeros(8 << 20)], "lz4")]:
+        table = pa.table({"log_amount": pa.chunked_array(chunks)})
+        assert write_entry(cache / "huge.arrow", table, compression=compression) < 1 << 20
+        del table
+        peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss << 10
+        runner, _ = run(10, "/cache/huge.arrow")
+        assert "decompresses to over" in runner.report.data["cache_miss_reason"], compression
+        assert (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss << 10) - peak < 32 << 20
+
+    # Within the bound it is a hit, and counted in memory as 800 KB, not
+    # as the file's few hundred bytes.
+    rows = 100_000
+    size = write_entry(
+        cache / "small.arrow",
+        pa.table({"log_amount": np.log1p(np.zeros(rows))}),
+        compression="zstd",
+    )
+    runner, out = run(rows, "/cache/small.arrow")
+    assert runner.report.outcomes() == {"log_amount": "cached"}
+    assert out.column("log_amount").to_pylist() == [0.0] * rows
+    assert runner._memory.used >= rows * 8 > 100 * size
+
+
+def test_a_flipped_byte_in_a_cache_entry_is_a_miss_and_the_entry_is_replaced(
+    operator, tmp_path, cache_dir
+):
+    """An entry carries the checksum of its column, written in the same
+    file; a byte changed since inside the column leaves a valid Arrow file
+    but not that checksum: a miss, reported, the node computed from its
+    inputs and the entry written again. Nodes downstream, keyed by their
+    inputs' signatures, stay cached, as they were from the true values."""
+    import struct
+
+    op = operator(*grants(tmp_path))
+    cols = transactions(5000)
+    with PipelineRunner(pipeline(), op, CACHE, cache_dir=cache_dir) as runner:
+        check_features(runner.run(daft.from_pydict(cols)), cols)
+    stored = {}
+    for path in (tmp_path / "cache").glob("*.arrow"):
+        stored[pa.ipc.open_file(path).schema.names[0]] = path
+    path = stored["log_amount"]
+    raw = bytearray(path.read_bytes())
+    true = np.log1p(cols["amount"][1000])
+    at = raw.index(struct.pack("<d", true))
+    raw[at + 7] ^= 0x7F  # its sign and exponent: another number, still a valid file
+    path.write_bytes(bytes(raw))
+    assert pa.ipc.open_file(path).read_all().column(0)[1000].as_py() != true
+
+    with PipelineRunner(pipeline(), op, CACHE, cache_dir=cache_dir) as runner:
+        check_features(runner.run(daft.from_pydict(cols)), cols)
+        run = runner.report.nodes["log_amount"]
+        assert run.outcome == "computed"
+        assert "does not match its checksum" in run.cache_miss_reason
+        assert {n: r.outcome for n, r in runner.report.nodes.items() if n != "log_amount"} == {
+            "unit_price": "cached",
+            "category_upper": "cached",
+            "merchant_clean": "cached",
+            "score": "cached",
+        }
+    # Written again from the true values: a hit from now on.
+    assert pa.ipc.open_file(path).read_all().column(0)[1000].as_py() == true
+    with PipelineRunner(pipeline(), op, CACHE, cache_dir=cache_dir) as runner:
+        check_features(runner.run(daft.from_pydict(cols)), cols)
+        assert set(runner.report.outcomes().values()) == {"cached"}
 
 
 def test_a_column_signature_is_its_content_not_its_chunks():
@@ -270,9 +396,7 @@ def test_a_hostile_cache_entry_is_a_miss_and_the_node_is_computed(
     (tmp_path / "secret.arrow").write_bytes(b"not for plugins")
     (cache / "link.arrow").symlink_to(tmp_path / "secret.arrow")
     os.mkfifo(cache / "fifo.arrow")
-    other = pa.table({"x": pa.array([1.0] * 3)})
-    with pa.ipc.new_file(cache / "other.arrow", other.schema) as w:
-        w.write_table(other)
+    write_entry(cache / "other.arrow", pa.table({"x": pa.array([1.0] * 3)}))
     readwrite = f'readwrite = [{{ host = "{cache}", guest = "/cache" }}]'
     op = operator(*grants(tmp_path, f'write = ["*"]\n{readwrite}'))
     plugins = [

@@ -74,6 +74,7 @@ import inspect
 import itertools
 import os
 import socket
+import struct
 import threading
 import time
 import uuid
@@ -130,6 +131,9 @@ NODE_KEYS = (
     "error_action",
     "elapsed_ms",
 )
+#: The schema metadata key of a cache file's checksum: the
+#: :func:`column_signature` of its column, written with it.
+CHECKSUM_KEY = b"wasmhooks.checksum"
 #: daft types a job.toml may name for a node's output.
 DTYPES = {
     "bool": DataType.bool,
@@ -476,6 +480,86 @@ def _read_all(f: Any) -> pa.Buffer:
     return buf
 
 
+class _Flat:
+    """Just enough of a FlatBuffers reader for the parts of Arrow IPC
+    headers the runner checks before pyarrow decodes a cached file: a
+    table's fields, a nested table, a vector of structs. Every read is
+    bounds-checked (``ValueError``): the bytes are untrusted."""
+
+    def __init__(self, data: bytes) -> None:
+        self.data = data
+
+    def at(self, fmt: str, pos: int) -> Any:
+        if pos < 0 or pos + struct.calcsize(fmt) > len(self.data):
+            raise ValueError("an Arrow IPC header points outside itself")
+        return struct.unpack_from(fmt, self.data, pos)[0]
+
+    def field(self, table: int, i: int) -> int | None:
+        """Where field ``i`` of the table at ``table`` is, or ``None``."""
+        vtable = table - self.at("<i", table)
+        if 4 + 2 * i + 2 > self.at("<H", vtable):
+            return None
+        off = self.at("<H", vtable + 4 + 2 * i)
+        return table + off if off else None
+
+    def ref(self, table: int, i: int) -> int | None:
+        """The table or vector field ``i`` points to, or ``None``."""
+        pos = self.field(table, i)
+        return None if pos is None else pos + self.at("<I", pos)
+
+    def structs(self, table: int, i: int, fmt: str) -> list[tuple[Any, ...]]:
+        vec = self.ref(table, i)
+        if vec is None:
+            return []
+        start, size = vec + 4, struct.calcsize(fmt)
+        end = start + self.at("<I", vec) * size
+        if end > len(self.data):
+            raise ValueError("an Arrow IPC vector runs past its header")
+        return list(struct.iter_unpack(fmt, self.data[start:end]))
+
+
+def _ipc_expanded(raw: pa.Buffer, limit: int) -> int:
+    """The bytes decompressing the Arrow IPC file ``raw`` would allocate
+    (0 when nothing in it is compressed), read from the headers alone
+    before anything is decompressed: a few KB of ZSTD can stand for
+    gigabytes. Sums the uncompressed length that prefixes each compressed
+    buffer of every block the footer lists (dictionaries and record
+    batches, the blocks pyarrow's file reader reads); ``ValueError`` past
+    ``limit``. pyarrow has verified the footer and verifies each message
+    header as it is read here."""
+    tail = raw.slice(raw.size - 10).to_pybytes()
+    length = struct.unpack_from("<i", tail)[0]
+    if not 0 < length <= raw.size - 10:
+        raise ValueError("an Arrow IPC footer of an impossible length")
+    footer = _Flat(raw.slice(raw.size - 10 - length, length).to_pybytes())
+    root = footer.at("<I", 0)
+    blocks = footer.structs(root, 2, "<qi4xq") + footer.structs(root, 3, "<qi4xq")
+    total = 0
+    for offset, _, _ in blocks:
+        if not 0 <= offset < raw.size:
+            raise ValueError("an Arrow IPC block outside the file")
+        message = pa.ipc.read_message(pa.BufferReader(raw.slice(offset)))
+        head = _Flat(message.metadata.to_pybytes())
+        top = head.at("<I", 0)
+        kind = head.field(top, 1)
+        kind = head.at("<B", kind) if kind is not None else 0
+        batch = head.ref(top, 2)
+        if kind == 2 and batch is not None:  # a dictionary batch: its record batch
+            batch = head.ref(batch, 1)
+        if kind not in (2, 3) or batch is None or head.field(batch, 3) is None:
+            continue  # not a batch, or nothing in it compressed
+        body = message.body or pa.py_buffer(b"")
+        for off, size in head.structs(batch, 2, "<qq"):
+            if size == 0:
+                continue
+            if not 0 <= off <= body.size - 8:
+                raise ValueError("an Arrow IPC buffer outside its message")
+            total += max(0, struct.unpack("<q", body.slice(off, 8).to_pybytes())[0])
+            if total > limit:
+                raise ValueError(f"decompresses to over {limit} bytes (the max_file_mib cap)")
+    return total
+
+
 def _identity(st: os.stat_result) -> tuple[int, ...]:
     """A file's identity and times, which any change to it moves."""
     return (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
@@ -530,6 +614,10 @@ class _ReadCache:
         self.used += size
 
 
+class _Unusable(ValueError):
+    """A cache entry that is not one: the message is the miss's reason."""
+
+
 def _digest(*parts: str) -> str:
     h = hashlib.sha256()
     for p in parts:
@@ -547,6 +635,8 @@ class NodeRun:
     rows: int
     elapsed_ms: float
     signature: str
+    #: Why a cache entry a plugin offered was not used (a miss's reason).
+    cache_miss_reason: str = ""
 
 
 @dataclass
@@ -559,6 +649,7 @@ class _Pending:
     keys: dict[str, Any]
     column: Any
     outcome: str
+    reason: str = ""
 
 
 @dataclass
@@ -952,7 +1043,7 @@ class PipelineRunner:
         begin = self._fire(
             "on_node_begin", {"node": n.name, "node_version": n.version, "inputs": inputs}
         )
-        column = None
+        column, reason = None, ""
         reports = [begin]
         if "cache_signature" in data:
             reports.insert(0, self._fire("on_cache_check", {}))
@@ -968,7 +1059,8 @@ class PipelineRunner:
         if column is None:
             data.pop("skip_execution", None)
         keys = {k: data[k] for k in NODE_KEYS if k in data}
-        return _Pending(n, signature, keys, column, "cached" if column is not None else "computed")
+        outcome = "cached" if column is not None else "computed"
+        return _Pending(n, signature, keys, column, outcome, reason)
 
     def _end(self, p: _Pending, rows: int, elapsed: float) -> tuple[Node, Any, NodeRun]:
         data = self.session.data
@@ -993,7 +1085,7 @@ class PipelineRunner:
         )
         if p.outcome == "computed" and isinstance(data.get("cache_store"), str):
             self._store(n, column, [end])
-        return n, column, NodeRun(p.outcome, len(column), elapsed, p.signature)
+        return n, column, NodeRun(p.outcome, len(column), elapsed, p.signature, p.reason)
 
     def _compute(
         self, nodes: Sequence[Node], table: pa.Table, mode: str
@@ -1099,42 +1191,76 @@ class PipelineRunner:
         self, n: Node, rows: int, reports: Sequence[Any]
     ) -> tuple[pa.Array | pa.ChunkedArray | None, str, int]:
         """The cached column, or ``None`` with why not; and its size."""
-        data = self.session.data
+        if "cached_value" in self.session.data:
+            return self._cached_value(n, rows)
         want = n.dtype.to_arrow_dtype()
         try:
-            if "cached_value" in data:
-                column = pa.array(data["cached_value"], type=want)
-                size = column.nbytes
-            else:
-                _, host, rel = self._granted(reports, "cached_path", writable=False)
-                with Root(host) as root, root.open_read(rel, self.max_file_bytes) as f:
-                    # The file opened, as it is now: a column read from it
-                    # before, unchanged since, was validated then.
-                    st = os.fstat(f.fileno())
-                    key = _identity(st)
-                    table = self._memory.get(key)
-                    if table is None:
-                        raw = _read_all(f)
-                        table = pa.ipc.open_file(raw).read_all()
-                        table.validate(full=True)
-                        self._memory.put(key, table, raw.size)
-                size = st.st_size
-                if table.num_columns != 1:
-                    return None, f"{table.num_columns} columns, not 1", size
-                column = table.column(0)
+            _, host, rel = self._granted(reports, "cached_path", writable=False)
+            with Root(host) as root, root.open_read(rel, self.max_file_bytes) as f:
+                # The file opened, as it is now: a column read from it
+                # before, unchanged since, was validated then.
+                st = os.fstat(f.fileno())
+                key = _identity(st)
+                table = self._memory.get(key)
+                if table is None:
+                    table, held = self._read_entry(_read_all(f), want)
+                    self._memory.put(key, table, held)
+            size = st.st_size
+            if table.num_columns != 1:
+                return None, f"{table.num_columns} columns, not 1", size
+            column = table.column(0)
             if len(column) != rows:
                 return None, f"{len(column)} rows, not {rows}", size
             if column.type != want:
                 return None, f"type {column.type}, not {want}", size
             return column, "", size
-        except (OSError, ValueError, TypeError, pa.ArrowException) as e:
+        except _Unusable as e:
+            return None, str(e), 0
+        except (OSError, EOFError, ValueError, TypeError, pa.ArrowException) as e:
+            # EOFError: pyarrow's word for a block that is an end of stream.
             return None, f"{type(e).__name__}: {str(e)[:300]}", 0
+
+    def _cached_value(self, n: Node, rows: int) -> tuple[pa.Array | None, str, int]:
+        """The column a plugin gave as a list, if it is one of the node's
+        type and length."""
+        try:
+            column = pa.array(self.session.data["cached_value"], type=n.dtype.to_arrow_dtype())
+        except (ValueError, TypeError, pa.ArrowException) as e:
+            return None, f"{type(e).__name__}: {str(e)[:300]}", 0
+        if len(column) != rows:
+            return None, f"{len(column)} rows, not {rows}", 0
+        return column, "", column.nbytes
+
+    def _read_entry(self, raw: pa.Buffer, want: pa.DataType) -> tuple[pa.Table, int]:
+        """A cache file's table, and the bytes it holds in memory (the file
+        and what decompressing it allocated); :class:`_Unusable` or an Arrow
+        error if it is not one column of ``want``, decompresses past
+        ``max_file_mib``, is not valid, or its content does not match the
+        checksum written with it."""
+        reader = pa.ipc.open_file(raw)
+        schema = reader.schema
+        if len(schema) != 1:
+            raise _Unusable(f"{len(schema)} columns, not 1")
+        if schema.types[0] != want:
+            raise _Unusable(f"type {schema.types[0]}, not {want}")
+        expanded = _ipc_expanded(raw, self.max_file_bytes)
+        table = reader.read_all()
+        table.validate(full=True)
+        checksum = (schema.metadata or {}).get(CHECKSUM_KEY)
+        if checksum is None:
+            raise _Unusable("no checksum: not an entry this runner wrote")
+        if column_signature(table.column(0)).encode() != checksum:
+            raise _Unusable("its content does not match its checksum (corrupted)")
+        return table, raw.size + expanded
 
     def _store(self, n: Node, column: pa.Array | pa.ChunkedArray, reports: Sequence[Any]) -> None:
         data = self.session.data
         try:
             _, host, rel = self._granted(reports, "cache_store", writable=True)
             table = pa.table({n.name: column})
+            # Written with the entry, in the same file: a byte changed since,
+            # anywhere in the column, makes it a miss rather than a value.
+            table = table.replace_schema_metadata({CHECKSUM_KEY: column_signature(column)})
             sink = pa.BufferOutputStream()
             with pa.ipc.new_file(sink, table.schema) as w:
                 w.write_table(table)
