@@ -378,7 +378,6 @@ HOSTILE = [
     ({"skip_execution": True, "cached_path": "/cache/link.arrow"}, "OSError"),
     ({"skip_execution": True, "cached_path": "/cache/fifo.arrow"}, "OSError"),
     ({"skip_execution": True, "cached_path": "/cache/other.arrow"}, "rows, not"),
-    ({"skip_execution": True, "cached_value": [1, "x"]}, "ArrowInvalid|ArrowTypeError"),
     ({"skip_execution": True}, "no plugin of this phase set it"),
 ]
 
@@ -388,8 +387,8 @@ def test_a_hostile_cache_entry_is_a_miss_and_the_node_is_computed(
     operator, tmp_path, cache_dir, script, reason
 ):
     """A plugin's path outside its grants, a `..`, garbage bytes, a symlink
-    out of the folder, a FIFO, a column of the wrong length, a value of the
-    wrong type: each is a miss with the reason, never a read outside."""
+    out of the folder, a FIFO, a column of the wrong length: each is a miss
+    with the reason, never a read outside."""
     cache = tmp_path / "cache"
     cache.mkdir()
     (cache / "junk.arrow").write_bytes(b"ARROW1\x00\x00" + os.urandom(512))
@@ -414,6 +413,65 @@ def test_a_hostile_cache_entry_is_a_miss_and_the_node_is_computed(
         assert misses, "the miss was fired"
         assert __import__("re").search(reason, runner.report.data["cache_miss_reason"])
     assert out.column("unit_price").to_pylist() == list(np.arange(10, dtype=float))
+
+
+@pytest.mark.parametrize("on_error", ["fail", "skip"])
+@pytest.mark.parametrize(
+    ("dtype", "value", "why"),
+    [
+        (DataType.int32(), [2**40, 1], "ArrowInvalid"),
+        (DataType.int64(), [2**63 + 5, 1], "OverflowError"),
+        (DataType.uint8(), [-1, 1], "OverflowError"),
+        (DataType.int64(), [1.5, 1], "item 0, 1.5, is not a int64"),
+        (DataType.float32(), [1e300, 1.0], "item 0, 1e\\+300"),
+        (DataType.float64(), [True, 1.0], "item 0, True"),
+        (DataType.float64(), [1, "x"], "ArrowInvalid|ArrowTypeError"),
+        (DataType.float64(), [1.0], "1 rows, not 2"),
+    ],
+)
+def test_a_cached_value_that_is_not_the_node_s_column_meets_the_operator_s_policy(
+    operator, tmp_path, cache_dir, on_error, dtype, value, why
+):
+    """A plugin's `cached_value` that overflows the node's type, would be
+    rounded or truncated to fit it, is not of its kind, or not of its
+    length, is that plugin's failure: under `fail` a PluginError naming the
+    plugin and the node, under `skip` the node computed as if no plugin had
+    answered; never a raw Python exception out of run()."""
+    op = operator(*grants(tmp_path, f'write = ["*"]\non_error = "{on_error}"'))
+    script = {"skip_execution": True, "cached_value": value, "cache_signature": "0" * 64}
+    plugins = [(plugin("adversary"), {"updates": {"on_node_begin": script}})]
+    one = Pipeline(
+        [Node("n", lambda x: pc.cast(x.to_arrow(), dtype.to_arrow_dtype()), ("x",), dtype)]
+    )
+    with PipelineRunner(one, op, plugins, cache_dir=cache_dir) as runner:
+        if on_error == "fail":
+            with pytest.raises(PluginError, match=why) as e:
+                runner.run(daft.from_pydict({"x": [0, 1]}))
+            assert e.value.plugin == "adversary" and "node 'n'" in str(e.value)
+            assert e.value.call == "phase 'on_node_begin'"
+            assert runner.report.data["status"] == "error"
+        else:
+            out = runner.run(daft.from_pydict({"x": [0, 1]})).to_arrow()
+            assert runner.report.outcomes() == {"n": "computed"}
+            assert out.column("n").to_pylist() == [0, 1]
+            assert __import__("re").search(why, runner.report.nodes["n"].cache_miss_reason)
+
+
+def test_a_cached_value_of_the_node_s_type_is_a_hit(operator, tmp_path, cache_dir):
+    op = operator(*grants(tmp_path, 'write = ["*"]'))
+    for dtype, value in [
+        (DataType.float32(), [0.5, 0.1000000014901161193847656250]),  # 0.1 as a float32
+        (DataType.int64(), [2**62, None]),
+        (DataType.float64(), [2.0, 1e300]),
+        (DataType.string(), ["a", "b"]),
+    ]:
+        script = {"skip_execution": True, "cached_value": value}
+        plugins = [(plugin("adversary"), {"updates": {"on_node_begin": script}})]
+        one = Pipeline([Node("n", lambda x: x, ("x",), dtype)])
+        with PipelineRunner(one, op, plugins, cache_dir=cache_dir) as runner:
+            out = runner.run(daft.from_pydict({"x": [0, 1]})).to_arrow()
+            assert runner.report.outcomes() == {"n": "cached"}, dtype
+        assert out.column("n").to_pylist() == value, dtype
 
 
 def test_a_store_path_outside_the_grant_writes_nothing(operator, tmp_path, cache_dir):

@@ -95,6 +95,14 @@ from wasmhooks._files import JobPathError, Root, relative
 from wasmhooks._native import Hooks, Host, Plugin, PluginError, Policy, WasmHooksError
 from wasmhooks._session import PathLike, PluginSpec, Session
 
+try:
+    import tomllib
+except ImportError:  # Python 3.10: the operator's policy read with tomli, if installed
+    try:
+        import tomli as tomllib  # type: ignore[no-redef]
+    except ImportError:
+        tomllib = None  # type: ignore[assignment]
+
 #: The pipeline lifecycle's phases, in the order a successful node sees them.
 PHASES = (
     "on_pipeline_begin",
@@ -614,8 +622,33 @@ class _ReadCache:
         self.used += size
 
 
+def _inexact(value: list[Any], column: pa.Array) -> str:
+    """Why a column of numbers made from ``value`` does not hold it exactly,
+    or ``""``: pyarrow turns 1.5 into an integer 1, 1e300 into a float32
+    inf and ``True`` into 1.0 without a word."""
+    if not (pa.types.is_integer(column.type) or pa.types.is_floating(column.type)):
+        return ""
+    for i, (x, y) in enumerate(zip(value, column.to_pylist())):
+        if isinstance(x, bool) or (x != y and not (x != x and y != y)):  # NaN is NaN
+            return f"item {i}, {x!r:.40}, is not a {column.type} (it would be {y!r:.40})"
+    return ""
+
+
 class _Unusable(ValueError):
     """A cache entry that is not one: the message is the miss's reason."""
+
+
+def _on_errors(policy: Policy) -> dict[str, str]:
+    """Each plugin's ``on_error`` (``fail``, ``skip``, ``disable``), from
+    the operator's config as the extension read it (it does not expose the
+    field); ``fail``, the default, wherever that text cannot be read here."""
+    text = policy.__reduce__()[1][0]
+    try:
+        config = tomllib.loads(text)
+        default = config.get("defaults", {}).get("on_error", "fail")
+        return {p["name"]: p.get("on_error", default) for p in config.get("plugin", [])}
+    except Exception:  # no TOML reader (Python 3.10), or TOML it does not read
+        return {}
 
 
 def _digest(*parts: str) -> str:
@@ -884,6 +917,7 @@ class PipelineRunner:
         self.flush_timeout_s = flush_timeout_s
         self.max_file_bytes = int(self.policy.job_limits["max_file_bytes"])
         self._memory = _ReadCache(max(0, int(memory_cache_mib)) << 20)
+        self._on_error = _on_errors(self.policy)
         self.report = PipelineReport()
         self._workers = self._worker_plugins()
         if self._workers is not None:
@@ -1153,6 +1187,17 @@ class PipelineRunner:
 
     # -- the cache: files plugins name, kept inside their grants -----------
 
+    @staticmethod
+    def _setter(reports: Sequence[Any], key: str) -> tuple[str, str] | None:
+        """The plugin that last set ``key`` and its phase (``reports``: newest
+        phase first), or ``None``."""
+        for report in reports:
+            for call in reversed(report.calls):
+                outcome = call.get("outcome") or {}
+                if key in (outcome.get("set") or []):
+                    return call["plugin"], report.phase
+        return None
+
     def _granted(
         self, reports: Sequence[Any], key: str, writable: bool
     ) -> tuple[str, str, PurePosixPath]:
@@ -1160,17 +1205,10 @@ class PipelineRunner:
         first), the host folder its guest path falls in, and the path below
         it."""
         value = self.session.data.get(key)
-        setter = None
-        for report in reports:
-            for call in reversed(report.calls):
-                outcome = call.get("outcome") or {}
-                if key in (outcome.get("set") or []):
-                    setter = call["plugin"]
-                    break
-            if setter is not None:
-                break
-        if setter is None:
+        who = self._setter(reports, key)
+        if who is None:
             raise JobPathError(f"{key}: no plugin of this phase set it")
+        setter = who[0]
         if not isinstance(value, str) or not value.startswith("/") or len(value) > 4096:
             raise JobPathError(
                 f"{key} = {value!r:.200} from {setter!r} is not an absolute guest path"
@@ -1187,12 +1225,27 @@ class PipelineRunner:
         kind = "read-write " if writable else ""
         raise JobPathError(f"{key} = {value!r:.200} from {setter!r} is outside its {kind}grants")
 
+    def _refused(self, n: Node, reports: Sequence[Any], key: str, why: str) -> str:
+        """A value a plugin left (``key``) that cannot be the node's column
+        is that plugin's failure, and the operator's ``on_error`` decides:
+        under ``fail`` a :class:`PluginError` naming the plugin, its phase
+        and the node; under ``skip`` or ``disable`` the reason for the miss,
+        and the node is computed as if no plugin had answered."""
+        who = self._setter(reports, key)
+        if who is None or self._on_error.get(who[0], "fail") != "fail":
+            return f"{key}{f' from {who[0]!r}' if who else ''}: {why}"
+        plugin, phase = who
+        cause = f"{key} cannot be node {n.name!r}'s column of {n.dtype}: {why}"
+        error = PluginError(f"plugin {plugin!r} failed in phase {phase!r}: {cause}")
+        error.plugin, error.call, error.cause = plugin, f"phase {phase!r}", cause
+        raise error
+
     def _cached(
         self, n: Node, rows: int, reports: Sequence[Any]
     ) -> tuple[pa.Array | pa.ChunkedArray | None, str, int]:
         """The cached column, or ``None`` with why not; and its size."""
         if "cached_value" in self.session.data:
-            return self._cached_value(n, rows)
+            return self._cached_value(n, rows, reports)
         want = n.dtype.to_arrow_dtype()
         try:
             _, host, rel = self._granted(reports, "cached_path", writable=False)
@@ -1220,16 +1273,27 @@ class PipelineRunner:
             # EOFError: pyarrow's word for a block that is an end of stream.
             return None, f"{type(e).__name__}: {str(e)[:300]}", 0
 
-    def _cached_value(self, n: Node, rows: int) -> tuple[pa.Array | None, str, int]:
-        """The column a plugin gave as a list, if it is one of the node's
-        type and length."""
+    def _cached_value(
+        self, n: Node, rows: int, reports: Sequence[Any]
+    ) -> tuple[pa.Array | None, str, int]:
+        """The column a plugin gave as a list, if it is exactly one of the
+        node's type and length (see :meth:`_refused` for when it is not)."""
+        value = self.session.data["cached_value"]
+        want = n.dtype.to_arrow_dtype()
         try:
-            column = pa.array(self.session.data["cached_value"], type=n.dtype.to_arrow_dtype())
-        except (ValueError, TypeError, pa.ArrowException) as e:
-            return None, f"{type(e).__name__}: {str(e)[:300]}", 0
-        if len(column) != rows:
-            return None, f"{len(column)} rows, not {rows}", 0
-        return column, "", column.nbytes
+            if not isinstance(value, list):
+                raise TypeError(f"a list, not {type(value).__name__}")
+            # Any JSON-like items: what pyarrow makes of them may raise
+            # anything from ArrowInvalid to OverflowError.
+            column = pa.array(value, type=want)
+        except Exception as e:
+            why = f"{type(e).__name__}: {str(e)[:300]}"
+        else:
+            why = f"{len(column)} rows, not {rows}" if len(column) != rows else ""
+            why = why or _inexact(value, column)
+            if not why:
+                return column, "", column.nbytes
+        return None, self._refused(n, reports, "cached_value", why), 0
 
     def _read_entry(self, raw: pa.Buffer, want: pa.DataType) -> tuple[pa.Table, int]:
         """A cache file's table, and the bytes it holds in memory (the file
