@@ -4,6 +4,7 @@ runner against the local Ray cluster."""
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import inspect
 import json
@@ -235,6 +236,33 @@ def test_a_compressed_cache_file_counts_what_it_decompresses_to(operator, tmp_pa
     assert runner.report.outcomes() == {"log_amount": "cached"}
     assert out.column("log_amount").to_pylist() == [0.0] * rows
     assert runner._memory.used >= rows * 8 > 100 * size
+
+
+def test_the_runner_writes_an_entry_as_one_batch_and_a_file_of_thousands_is_a_miss(
+    operator, tmp_path, cache_dir
+):
+    """Each batch of a cache file costs pyarrow a message to read: the
+    runner writes a node of small batches as one, and a file of more than
+    1024 is a miss without being read."""
+    op = operator(*grants(tmp_path))
+    halved = Node("halved", lambda a: pc.divide(a.to_arrow(), 2.0), ("amount",), DataType.float64())
+    small = Pipeline([dataclasses.replace(halved, batch_size=10)])
+    cols = {"amount": np.arange(2000, dtype=float)}
+    with PipelineRunner(small, op, CACHE, cache_dir=cache_dir) as runner:
+        runner.run(daft.from_pydict(cols))
+    [stored] = (tmp_path / "cache").glob("*.arrow")
+    assert pa.ipc.open_file(stored).num_record_batches == 1
+    with PipelineRunner(small, op, CACHE, cache_dir=cache_dir) as runner:
+        runner.run(daft.from_pydict(cols))
+        assert runner.report.outcomes() == {"halved": "cached"}
+    chunks = [pa.array([x / 2]) for x in range(2000)]  # the same column, in 2000 batches
+    write_entry(stored, pa.table({"halved": pa.chunked_array(chunks)}))
+    assert pa.ipc.open_file(stored).num_record_batches == 2000
+    with PipelineRunner(small, op, CACHE, cache_dir=cache_dir) as runner:
+        out = runner.run(daft.from_pydict(cols)).to_arrow()
+        assert runner.report.outcomes() == {"halved": "computed"}
+        assert "lists 2000 items, over 1024" in runner.report.nodes["halved"].cache_miss_reason
+    assert out.column("halved").to_pylist() == list(cols["amount"] / 2)
 
 
 def test_a_flipped_byte_in_a_cache_entry_is_a_miss_and_the_entry_is_replaced(

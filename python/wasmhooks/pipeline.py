@@ -60,7 +60,11 @@ writes cached columns and hands plugins names, counts and signatures. A
 path a plugin leaves is untrusted: it must lie under a folder the operator
 granted that very plugin, is opened without following a symlink, and a
 cached file must be a valid Arrow file of one column of the node's type
-and row count, within the operator's ``max_file_mib``, or it is a miss.
+and row count, within the operator's ``max_file_mib`` as read and as
+decompressed, of at most :data:`MAX_CACHE_BATCHES` batches, whose column
+matches the checksum the runner wrote in it, or it is a miss. A
+``cached_value`` that is not exactly the node's column is the failure of
+the plugin that set it, under the operator's ``on_error``.
 """
 
 from __future__ import annotations
@@ -142,6 +146,9 @@ NODE_KEYS = (
 #: The schema metadata key of a cache file's checksum: the
 #: :func:`column_signature` of its column, written with it.
 CHECKSUM_KEY = b"wasmhooks.checksum"
+#: Record batches (and dictionary batches) a cache file may hold: the
+#: runner writes a column as one.
+MAX_CACHE_BATCHES = 1024
 #: daft types a job.toml may name for a node's output.
 DTYPES = {
     "bool": DataType.bool,
@@ -515,15 +522,19 @@ class _Flat:
         pos = self.field(table, i)
         return None if pos is None else pos + self.at("<I", pos)
 
-    def structs(self, table: int, i: int, fmt: str) -> list[tuple[Any, ...]]:
+    def structs(self, table: int, i: int, fmt: str, most: int) -> Iterator[tuple[Any, ...]]:
+        """The structs of vector field ``i``, at most ``most`` of them,
+        unpacked as they are taken (a header may list millions)."""
         vec = self.ref(table, i)
         if vec is None:
-            return []
-        start, size = vec + 4, struct.calcsize(fmt)
-        end = start + self.at("<I", vec) * size
-        if end > len(self.data):
+            return iter(())
+        count, size = self.at("<I", vec), struct.calcsize(fmt)
+        if count > most:
+            raise ValueError(f"an Arrow IPC header lists {count} items, over {most}")
+        start = vec + 4
+        if start + count * size > len(self.data):
             raise ValueError("an Arrow IPC vector runs past its header")
-        return list(struct.iter_unpack(fmt, self.data[start:end]))
+        return struct.iter_unpack(fmt, memoryview(self.data)[start : start + count * size])
 
 
 def _ipc_expanded(raw: pa.Buffer, limit: int) -> int:
@@ -533,17 +544,19 @@ def _ipc_expanded(raw: pa.Buffer, limit: int) -> int:
     gigabytes. Sums the uncompressed length that prefixes each compressed
     buffer of every block the footer lists (dictionaries and record
     batches, the blocks pyarrow's file reader reads); ``ValueError`` past
-    ``limit``. pyarrow has verified the footer and verifies each message
-    header as it is read here."""
+    ``limit``, or past :data:`MAX_CACHE_BATCHES` of either (each one costs
+    pyarrow time to read; the runner writes one). pyarrow has verified the
+    footer and verifies each message header as it is read here."""
     tail = raw.slice(raw.size - 10).to_pybytes()
     length = struct.unpack_from("<i", tail)[0]
     if not 0 < length <= raw.size - 10:
         raise ValueError("an Arrow IPC footer of an impossible length")
     footer = _Flat(raw.slice(raw.size - 10 - length, length).to_pybytes())
     root = footer.at("<I", 0)
-    blocks = footer.structs(root, 2, "<qi4xq") + footer.structs(root, 3, "<qi4xq")
+    dictionaries = footer.structs(root, 2, "<qi4xq", MAX_CACHE_BATCHES)
+    batches = footer.structs(root, 3, "<qi4xq", MAX_CACHE_BATCHES)
     total = 0
-    for offset, _, _ in blocks:
+    for offset, _, _ in itertools.chain(dictionaries, batches):
         if not 0 <= offset < raw.size:
             raise ValueError("an Arrow IPC block outside the file")
         message = pa.ipc.read_message(pa.BufferReader(raw.slice(offset)))
@@ -557,7 +570,7 @@ def _ipc_expanded(raw: pa.Buffer, limit: int) -> int:
         if kind not in (2, 3) or batch is None or head.field(batch, 3) is None:
             continue  # not a batch, or nothing in it compressed
         body = message.body or pa.py_buffer(b"")
-        for off, size in head.structs(batch, 2, "<qq"):
+        for off, size in head.structs(batch, 2, "<qq", 1 << 16):
             if size == 0:
                 continue
             if not 0 <= off <= body.size - 8:
@@ -1321,10 +1334,13 @@ class PipelineRunner:
         data = self.session.data
         try:
             _, host, rel = self._granted(reports, "cache_store", writable=True)
-            table = pa.table({n.name: column})
+            # One batch: a column of many chunks (a node of small batches)
+            # would cost pyarrow a message each to read back.
+            table = pa.table({n.name: column}).combine_chunks()
             # Written with the entry, in the same file: a byte changed since,
             # anywhere in the column, makes it a miss rather than a value.
-            table = table.replace_schema_metadata({CHECKSUM_KEY: column_signature(column)})
+            checksum = column_signature(table.column(0))
+            table = table.replace_schema_metadata({CHECKSUM_KEY: checksum})
             sink = pa.BufferOutputStream()
             with pa.ipc.new_file(sink, table.schema) as w:
                 w.write_table(table)
