@@ -443,7 +443,7 @@ def test_a_hostile_cache_entry_is_a_miss_and_the_node_is_computed(
     assert out.column("unit_price").to_pylist() == list(np.arange(10, dtype=float))
 
 
-@pytest.mark.parametrize("on_error", ["fail", "skip"])
+@pytest.mark.parametrize("on_error", ["fail", "skip", "disable"])
 @pytest.mark.parametrize(
     ("dtype", "value", "why"),
     [
@@ -464,7 +464,8 @@ def test_a_cached_value_that_is_not_the_node_s_column_meets_the_operator_s_polic
     rounded or truncated to fit it, is not of its kind, or not of its
     length, is that plugin's failure: under `fail` a PluginError naming the
     plugin and the node, under `skip` the node computed as if no plugin had
-    answered; never a raw Python exception out of run()."""
+    answered (`disable` too: the host has nothing to disable); never a raw
+    Python exception out of run()."""
     op = operator(*grants(tmp_path, f'write = ["*"]\non_error = "{on_error}"'))
     script = {"skip_execution": True, "cached_value": value, "cache_signature": "0" * 64}
     plugins = [(plugin("adversary"), {"updates": {"on_node_begin": script}})]
@@ -571,6 +572,8 @@ def test_a_bundle_lists_its_pipeline_and_the_program_supplies_the_functions(
         ("inputs", [], r"node\[0\].inputs must list 1 to 256"),
         ("version", 3, r"node\[0\].version must be a str"),
         ("name", "n" * 300, r"node\[0\].name: at most 256"),
+        ("name", "n" * 200, r"node\[0\]: a node's name must be 1 to 128 characters"),
+        ("name", "", r"node\[0\]: a node's name must be 1 to 128 characters"),
         ("batch_size", 0, "batch_size must be 1 to 2"),
     ]:
         entry = {**nodes[0], "function": "log_amount", field: value}

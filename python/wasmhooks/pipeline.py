@@ -399,7 +399,10 @@ class Pipeline:
             if batch is not None and (isinstance(batch, bool) or not isinstance(batch, int)):
                 raise PipelineError(f"{where}.batch_size must be an integer")
             version = _field(e, "version", str, where, "")
-            nodes.append(Node(name, fn, inputs, dtype, version, batch))
+            try:
+                nodes.append(Node(name, fn, inputs, dtype, version, batch))
+            except PipelineError as e:  # named as the job names it
+                raise PipelineError(f"{where}: {e}", e.node) from None
         name = _field(table, "name", str, "job.toml: pipeline", job_config.get("name", "pipeline"))
         return cls(nodes, name=name)
 
