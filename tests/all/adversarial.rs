@@ -307,7 +307,10 @@ fn save_state_past_its_limit_is_refused() {
         .plugin(plugin, json!({"state_bytes": 1 << 20}))
         .start()
         .unwrap();
-    let err = hooks.save_states().unwrap_err().to_string();
+    let err = hooks
+        .save_states(wasmhooks::DEFAULT_FLUSH)
+        .unwrap_err()
+        .to_string();
     assert!(
         err.contains(
             "failed in save-state: returned 1048578 bytes of state, over the limit of 65536"
@@ -351,37 +354,64 @@ fn a_read_write_folder_has_a_quota() {
     let mut d = data(json!({"path": "/out/a", "mib": 1}));
     hooks.fire("fill_disk", &mut d).unwrap();
     let mut d = data(json!({"path": "/out/b", "mib": 2}));
+    // The write that would cross the quota is refused as it is made: the
+    // plugin's write fails, and so does its call.
     let err = hooks.fire("fill_disk", &mut d).unwrap_err().to_string();
-    assert!(
-        err.contains("read-write folder /out holds 3145728 bytes, over its quota of 2097152 bytes"),
-        "{err}"
-    );
+    assert!(err.contains("I/O"), "{err}");
     assert!(!d.contains_key("result"), "the call's updates were dropped");
-    assert_eq!(hooks.stats()[0].bytes_written, 3 << 20);
+    assert!(held(dir.path()) <= 2 << 20, "{}", held(dir.path()));
+    assert!(hooks.stats()[0].bytes_written <= 2 << 20);
     assert_eq!(std::fs::read_dir(outside.path()).unwrap().count(), 0);
+}
+
+/// Bytes the files directly in `dir` hold.
+fn held(dir: &std::path::Path) -> u64 {
+    std::fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap().metadata().unwrap().len())
+        .sum()
+}
+
+#[test]
+fn one_call_cannot_write_past_a_quota_whatever_its_deadline() {
+    // 64 MiB in one call, under a 2 MiB quota and a generous deadline:
+    // refused at the write that would cross it, not counted after.
+    let dir = tempfile::tempdir().unwrap();
+    let mut hooks = with_folder(dir.path(), 2, "timeout_ms = 10_000");
+    let mut d = data(json!({"path": "/out/big", "mib": 64}));
+    assert!(hooks.fire("fill_disk", &mut d).is_err());
+    assert!(held(dir.path()) <= 2 << 20, "{}", held(dir.path()));
+    // Within the quota, writing goes on as before.
+    let _ = std::fs::remove_file(dir.path().join("big"));
+    let mut d = data(json!({"path": "/out/small", "mib": 1}));
+    hooks.fire("fill_disk", &mut d).unwrap();
 }
 
 #[test]
 fn every_way_of_growing_a_read_write_folder_counts_against_its_quota() {
     let quota = |dir: &std::path::Path| with_folder(dir, 2, "");
-    let over = "over its quota of 2097152 bytes";
+    // Each way is refused at the write, as a full disk: the folder never
+    // holds more than its quota.
+    let refused = |err: String, dir: &std::path::Path| {
+        assert!(err.contains("I/O"), "{err}");
+        assert!(held(dir) <= 2 << 20, "{}", held(dir));
+    };
     // A file made longer, opened without `create`.
     let dir = tempfile::tempdir().unwrap();
     std::fs::write(dir.path().join("f"), "x").unwrap();
     let mut hooks = quota(dir.path());
     let mut d = data(json!({"path": "/out/f", "mib": 3}));
-    let err = hooks.fire("grow_file", &mut d).unwrap_err().to_string();
-    assert!(err.contains(over), "{err}");
+    refused(
+        hooks.fire("grow_file", &mut d).unwrap_err().to_string(),
+        dir.path(),
+    );
     // One byte written 3 MiB past the end of a file.
     let dir = tempfile::tempdir().unwrap();
     std::fs::write(dir.path().join("f"), "x").unwrap();
     let mut hooks = quota(dir.path());
     let mut d = data(json!({"path": "/out/f", "mib": 3}));
-    let err = hooks
-        .fire("write_past_end", &mut d)
-        .unwrap_err()
-        .to_string();
-    assert!(err.contains(over), "{err}");
+    let err = hooks.fire("write_past_end", &mut d).unwrap_err();
+    refused(err.to_string(), dir.path());
     // Appends through a handle kept open between calls, as a logger does.
     let dir = tempfile::tempdir().unwrap();
     std::fs::write(dir.path().join("log"), "").unwrap();
@@ -390,8 +420,8 @@ fn every_way_of_growing_a_read_write_folder_counts_against_its_quota() {
     hooks.fire("append_held", &mut d).unwrap();
     hooks.fire("nap", &mut d).unwrap();
     hooks.fire("append_held", &mut d).unwrap();
-    let err = hooks.fire("append_held", &mut d).unwrap_err().to_string();
-    assert!(err.contains(over), "{err}");
+    let err = hooks.fire("append_held", &mut d).unwrap_err();
+    refused(err.to_string(), dir.path());
 }
 
 #[test]
@@ -407,13 +437,9 @@ fn a_plugin_that_traps_after_writing_cannot_reset_its_quota() {
             break;
         }
     }
-    let disabled = hooks.stats()[0].disabled.clone().unwrap_or_default();
-    assert!(disabled.contains("over its quota"), "{disabled:?}");
-    let written: u64 = std::fs::read_dir(dir.path())
-        .unwrap()
-        .map(|e| e.unwrap().metadata().unwrap().len())
-        .sum();
-    assert!(written <= 3 << 20, "{written} bytes");
+    // Past the quota every write is refused, restart or not.
+    assert!(held(dir.path()) <= 2 << 20, "{} bytes", held(dir.path()));
+    assert!(hooks.stats()[0].bytes_written <= 2 << 20);
 }
 
 /// What a plugin wrote before it trapped still counts as written once it is
@@ -534,4 +560,36 @@ fn a_restarted_plugin_that_names_other_keys_is_stopped() {
         disabled.contains("describes itself differently"),
         "{disabled}"
     );
+}
+
+#[test]
+fn a_whole_number_past_64_bits_in_a_list_or_map_is_refused_not_rounded() {
+    let mut hooks = adversary("");
+    for raw in [
+        "[1, 18446744073709551616]",
+        r#"{"a": {"b": -9223372036854775809}}"#,
+    ] {
+        let mut data = data(json!({"raw": raw}));
+        let err = hooks.fire("raw_json", &mut data).unwrap_err().to_string();
+        assert!(err.contains("does not fit in 64 bits"), "{err}");
+        assert!(data.get("result").is_none(), "nothing of it is merged");
+    }
+    // At the edges, and floats, the values cross as written.
+    let raw = "[18446744073709551615,-9223372036854775808,0.1,1.7976931348623157e+308,5e-324]";
+    let mut data = data(json!({"raw": raw}));
+    hooks.fire("raw_json", &mut data).unwrap();
+    assert_eq!(data["result"].to_string(), raw);
+}
+
+#[test]
+fn the_keys_a_plugin_changed_are_remembered_within_a_bound() {
+    let mut hooks = adversary("");
+    let mut data = data(json!({}));
+    for _ in 0..50 {
+        hooks.fire("churn_keys", &mut data).unwrap();
+    }
+    let stats = &hooks.stats()[0];
+    assert_eq!(stats.keys_changed.len(), wasmhooks::MAX_KEYS_LISTED);
+    assert!(stats.more_keys_changed);
+    assert!(data.is_empty(), "{data:?}");
 }

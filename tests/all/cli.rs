@@ -41,7 +41,15 @@ fn files_under(dir: &Path) -> usize {
 fn compiled_plugins_are_kept_where_the_flags_say() {
     let dir = tempfile::tempdir().unwrap();
     let home = dir.path().join("home");
-    let out = wasmhooks_in(&home, &["inspect", plugins::FORCE_DOWNLOAD]);
+    // An allowed plugin compiles as it will run, into the cache (one nobody
+    // allowed only for its `describe`, with the fast compiler).
+    let op = write(
+        dir.path(),
+        "op.toml",
+        &allow("force-download", plugins::FORCE_DOWNLOAD, ""),
+    );
+    let inspect = ["--operator", op.as_str(), plugins::FORCE_DOWNLOAD];
+    let out = wasmhooks_in(&home, &[&["inspect"][..], &inspect].concat());
     assert!(out.status.success(), "{}", stderr(&out));
     assert!(
         files_under(&home.join("wasmhooks")) > 0,
@@ -52,7 +60,7 @@ fn compiled_plugins_are_kept_where_the_flags_say() {
     let chosen_arg = chosen.display().to_string();
     let out = wasmhooks_in(
         &home,
-        &["--cache", &chosen_arg, "inspect", plugins::FORCE_DOWNLOAD],
+        &[&["--cache", &chosen_arg, "inspect"][..], &inspect].concat(),
     );
     assert!(out.status.success(), "{}", stderr(&out));
     assert!(files_under(&chosen) > 0, "--cache DIR is empty");
@@ -60,7 +68,7 @@ fn compiled_plugins_are_kept_where_the_flags_say() {
     let elsewhere = dir.path().join("elsewhere");
     let out = wasmhooks_in(
         &elsewhere,
-        &["--no-cache", "inspect", plugins::FORCE_DOWNLOAD],
+        &[&["--no-cache", "inspect"][..], &inspect].concat(),
     );
     assert!(out.status.success(), "{}", stderr(&out));
     assert!(!elsewhere.exists(), "--no-cache wrote a cache");
@@ -410,9 +418,16 @@ fn inspect_and_digest_refuse_code_past_the_compiler_s_bounds_without_compiling_i
         "end ".repeat(10_000)
     );
     let many = format!("(module {})", "(func)".repeat(200_001));
+    // Each within the depth bound; together past what compiles in a second.
+    let one = format!("(func {} {})", "loop ".repeat(3_000), "end ".repeat(3_000));
+    let many_deep = format!("(module {})", one.repeat(10));
+    // Shallow, but one function past the bytes the compiler is given.
+    let huge = format!("(module (func {}))", "nop ".repeat(5 << 20));
     for (name, wat, want) in [
-        ("deep.wasm", deep, "nests blocks more than 500 deep"),
+        ("deep.wasm", deep, "nests blocks more than 4000 deep"),
         ("many.wasm", many, "more than 100000 functions"),
+        ("many-deep.wasm", many_deep, "nest blocks deeper, in all"),
+        ("huge.wasm", huge, "this host compiles"),
     ] {
         let path = dir.path().join(name);
         std::fs::write(&path, component_of(&wat)).unwrap();
@@ -544,4 +559,27 @@ fn nothing_a_plugin_or_job_writes_reaches_the_terminal_raw() {
     assert!(!out.status.success());
     let err = stderr(&out);
     assert!(err.contains("job.toml") && !err.contains('\u{1b}'), "{err}");
+}
+
+#[test]
+fn digest_and_inspect_take_plugins_of_every_language_the_readme_names() {
+    // The README's way to pin a plugin: `wasmhooks digest`, for an
+    // interpreter in wasm (CPython, SpiderMonkey) as for Rust.
+    let files: Vec<&str> = plugins::METRICS_COLLECTORS.iter().map(|c| c.2).collect();
+    let mut args = vec!["--no-cache", "digest"];
+    args.extend(&files);
+    let out = wasmhooks(&args);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let text = stdout(&out);
+    for (_, name, file) in plugins::METRICS_COLLECTORS {
+        assert!(text.contains(&format!("name = \"{name}\"")), "{text}");
+        assert!(text.contains(&digest(file)), "{text}");
+    }
+    for file in [
+        plugins::METRICS_COLLECTOR_PYTHON,
+        plugins::METRICS_COLLECTOR_JS,
+    ] {
+        let out = wasmhooks(&["--no-cache", "inspect", file]);
+        assert!(out.status.success(), "{}", stderr(&out));
+    }
 }

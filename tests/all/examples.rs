@@ -142,7 +142,7 @@ fn state_persists_across_phases_and_through_save_and_load() {
     for _ in 0..3 {
         hooks.fire("on_step_end", &mut data).unwrap();
     }
-    let saved = hooks.save_states().unwrap();
+    let saved = hooks.save_states(wasmhooks::DEFAULT_FLUSH).unwrap();
     assert_eq!(saved["metrics-collector"]["calls"]["on_step_end"], 3);
 
     // A resumed job: fresh instances, restored state.

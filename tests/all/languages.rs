@@ -87,7 +87,7 @@ fn observe(plugin: &Plugin) -> Value {
     fire(&mut hooks, "on_evaluate", &mut map);
     fire(&mut hooks, "on_train_end", &mut map);
     let at_end = map.remove("metrics").expect("published at the end");
-    let saved = hooks.save_states().unwrap();
+    let saved = hooks.save_states(wasmhooks::DEFAULT_FLUSH).unwrap();
 
     let mut resumed = start(&[plugin]);
     resumed.load_states(&saved).unwrap();

@@ -261,3 +261,29 @@ fn the_compile_cache_maps_entries_and_recompiles_a_damaged_one() {
     assert_eq!(plugin.manifest().unwrap().name, "metrics-collector");
     assert_eq!(std::fs::read(entry).unwrap().len(), whole.len());
 }
+
+#[test]
+fn a_plugin_exporting_one_versions_shapes_under_anothers_name_is_refused_at_load() {
+    // A 0.1.0 plugin whose hooks are renamed 0.2.0: its `init` returns
+    // nothing where 0.2.0's returns the keys it reads.
+    let real = std::fs::read(plugins::METRICS_COLLECTOR_GO_V0_1_0).unwrap();
+    let (from, to) = (b"plugin/hooks@0.1.0", b"plugin/hooks@0.2.0");
+    let mut bytes = real.clone();
+    let mut at = 0;
+    while let Some(i) = bytes[at..].windows(from.len()).position(|w| w == from) {
+        bytes[at + i..at + i + to.len()].copy_from_slice(to);
+        at += i + to.len();
+    }
+    assert_ne!(bytes, real);
+    let err = pinned("metrics-collector", &bytes)
+        .load_bytes("renamed.wasm", &bytes)
+        .unwrap_err();
+    assert!(matches!(err, Error::WrongInterface { .. }), "{err}");
+    let msg = err.to_string();
+    assert!(
+        msg.contains("wasmhooks:plugin/hooks@0.2.0's `init` has the shape")
+            && msg.contains("result<_, record { message: string }>")
+            && msg.contains("result<option<list<string>>"),
+        "{msg}"
+    );
+}

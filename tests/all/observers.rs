@@ -224,3 +224,24 @@ fn the_observer_queue_is_bounded_in_bytes() {
     let stats = &hooks.stats()[0];
     assert!(stats.dropped >= 7, "{stats:?}");
 }
+
+#[test]
+fn saving_states_waits_for_the_backlog_only_within_its_bound() {
+    let mut hooks = adversary("write = [\"count\"]");
+    let mut data = data(json!({}));
+    // About 20 s of naps queued before a checkpoint.
+    for _ in 0..1000 {
+        hooks.fire("observe_nap", &mut data).unwrap();
+    }
+    let start = Instant::now();
+    let states = hooks.save_states(Duration::from_millis(200)).unwrap();
+    assert!(
+        start.elapsed() < Duration::from_secs(3),
+        "saving waited behind the backlog: {:?}",
+        start.elapsed()
+    );
+    // The state saved is the observer's, after what ran of the backlog.
+    let count = states["adversary"].as_u64().unwrap();
+    assert!(count < 900, "{count}");
+    assert!(hooks.stats()[0].dropped >= 900, "{:?}", hooks.stats()[0]);
+}

@@ -479,7 +479,10 @@ impl Trainer<'_, '_> {
                 model: self.model.clone(),
                 optimizer: self.optimizer.clone(),
                 eval_loss: self.driver.data.get("eval_loss").and_then(Value::as_f64),
-                plugins: self.driver.hooks.save_states()?,
+                plugins: self
+                    .driver
+                    .hooks
+                    .save_states(std::time::Duration::from_secs(self.config.flush_timeout_s))?,
             };
             ckpt.save(&self.output, &name)
                 .map_err(LifecycleError::io(&path))?;

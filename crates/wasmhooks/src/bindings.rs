@@ -92,6 +92,7 @@ macro_rules! unchanged_since_0_1_0 {
 }
 use unchanged_since_0_1_0;
 
+mod shapes;
 mod v0_1_0;
 mod v0_2_0;
 
@@ -239,6 +240,17 @@ impl Pre {
         instance: InstancePre<PluginState>,
         version: Option<&str>,
     ) -> wasmtime::Result<Self> {
+        let (name, shapes) = match version {
+            Some(v0_1_0::VERSION) => (v0_1_0::VERSION, v0_1_0::SHAPES),
+            _ => (v0_2_0::VERSION, v0_2_0::SHAPES),
+        };
+        shapes::check(
+            instance.component(),
+            instance.engine(),
+            &format!("{HOOKS}@{name}"),
+            shapes,
+        )
+        .map_err(wasmtime::Error::msg)?;
         Ok(match version {
             Some(v0_1_0::VERSION) => Pre::V0_1_0(v0_1_0::PluginPre::new(instance)?),
             _ => Pre::V0_2_0(v0_2_0::PluginPre::new(instance)?),

@@ -238,6 +238,10 @@ pub enum Outcome {
     Queued,
 }
 
+/// Keys a plugin's stats list as changed, at most: enough for a report,
+/// and 256 keys of at most 256 bytes each (64 KiB) at worst.
+pub const MAX_KEYS_LISTED: usize = 256;
+
 /// A plugin's totals over the job, for reports.
 #[derive(Debug, Clone, Serialize)]
 pub struct PluginStats {
@@ -258,8 +262,13 @@ pub struct PluginStats {
     pub peak_memory: usize,
     /// Bytes its read-write folders grew by.
     pub bytes_written: u64,
-    /// Keys it set or removed at least once.
+    /// Keys it set or removed at least once: the first
+    /// [`MAX_KEYS_LISTED`] of them, so a plugin changing ever new keys
+    /// (removing ones that never existed costs it nothing) cannot grow the
+    /// host's bookkeeping without bound.
     pub keys_changed: BTreeSet<String>,
+    /// It changed more keys than `keys_changed` lists.
+    pub more_keys_changed: bool,
     /// Observations dropped because the observer queue was full.
     pub dropped: u64,
     /// Why it is disabled, if it is.
@@ -291,8 +300,21 @@ impl PluginStats {
             peak_memory: 0,
             bytes_written: 0,
             keys_changed: BTreeSet::new(),
+            more_keys_changed: false,
             dropped: 0,
             disabled: None,
+        }
+    }
+
+    /// Notes a key it changed, up to [`MAX_KEYS_LISTED`] keys.
+    fn note_changed(&mut self, key: &str) {
+        if self.keys_changed.contains(key) {
+            return;
+        }
+        if self.keys_changed.len() < MAX_KEYS_LISTED {
+            self.keys_changed.insert(key.to_owned());
+        } else {
+            self.more_keys_changed = true;
         }
     }
 
@@ -495,7 +517,16 @@ impl Hooks {
     }
 
     /// Each stateful plugin's state, by plugin name, to save in a checkpoint.
-    pub fn save_states(&mut self) -> Result<BTreeMap<String, Value>, Error> {
+    ///
+    /// A background observer's state is saved after the observations
+    /// queued before it, waited for up to `bound` in all (as [`Hooks::flush`]);
+    /// those still queued then are dropped and counted, so a checkpoint
+    /// never waits behind a backlog longer than the job's flush bound (and
+    /// the one call in progress, bounded by its own deadline).
+    pub fn save_states(&mut self, bound: Duration) -> Result<BTreeMap<String, Value>, Error> {
+        if let Some(o) = &self.observer {
+            o.flush(bound);
+        }
         let mut states = BTreeMap::new();
         for member in &mut self.members {
             let state = match &mut member.place {

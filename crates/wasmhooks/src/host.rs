@@ -7,7 +7,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 
 use wasmtime::component::Linker;
-use wasmtime::{Config, Engine};
+use wasmtime::{Config, Engine, Strategy};
 
 use crate::Error;
 use crate::capabilities;
@@ -63,8 +63,32 @@ impl Host {
     }
 
     fn build(policy: Policy, compile_cache: Option<PathBuf>) -> Result<Self, Error> {
+        Ok(Host {
+            shared: Arc::new(Shared::new(policy, compile_cache, Strategy::Cranelift)?),
+        })
+    }
+
+    /// The operator's policy this host enforces.
+    pub fn policy(&self) -> &Policy {
+        &self.shared.policy
+    }
+}
+
+impl Shared {
+    /// An engine of `strategy` with the plugin linker and its ticker: the
+    /// host's own (Cranelift: plugins run many times), or, for `describe` of
+    /// a file nobody allowed, Winch (its baseline compiler compiles an
+    /// interpreter's 20 MB five times faster, and `describe` runs once).
+    pub(crate) fn new(
+        policy: Policy,
+        compile_cache: Option<PathBuf>,
+        strategy: Strategy,
+    ) -> Result<Self, Error> {
         let mut config = Config::new();
-        config.consume_fuel(true).epoch_interruption(true);
+        config
+            .strategy(strategy)
+            .consume_fuel(true)
+            .epoch_interruption(true);
         let engine = Engine::new(&config).map_err(Error::Engine)?;
         let compile_cache = compile_cache.map(|dir| {
             let mut hasher = std::hash::DefaultHasher::new();
@@ -79,20 +103,13 @@ impl Host {
             what: "epoch ticker",
             source,
         })?;
-        Ok(Host {
-            shared: Arc::new(Shared {
-                engine,
-                linker,
-                policy,
-                compile_cache,
-                _ticker: ticker,
-            }),
+        Ok(Shared {
+            engine,
+            linker,
+            policy,
+            compile_cache,
+            _ticker: ticker,
         })
-    }
-
-    /// The operator's policy this host enforces.
-    pub fn policy(&self) -> &Policy {
-        &self.shared.policy
     }
 }
 

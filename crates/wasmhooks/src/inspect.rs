@@ -83,10 +83,19 @@ impl Host {
             file: file.clone(),
             reason,
         })?;
-        let component =
-            loading::compile_component(&self.shared, &policy.name, &file, &bytes, &sha256)?;
+        // An allowed file compiles as it will run (and into the compile
+        // cache); any other only for one `describe`, with the fast compiler.
+        let shared = match &allowed {
+            Some(_) => self.shared.clone(),
+            None => std::sync::Arc::new(crate::host::Shared::new(
+                self.policy().clone(),
+                None,
+                wasmtime::Strategy::Winch,
+            )?),
+        };
+        let component = loading::compile_component(&shared, &policy.name, &file, &bytes, &sha256)?;
         let ty = component.component_type();
-        let engine = &self.shared.engine;
+        let engine = &shared.engine;
         let exports = ty
             .exports(engine)
             .map(|(name, _)| name.to_owned())
@@ -95,7 +104,7 @@ impl Host {
             .imports(engine)
             .map(|(name, _)| name.to_owned())
             .collect();
-        let (manifest, problem) = match self.describe(&policy, &file, &component) {
+        let (manifest, problem) = match describe(&shared, &policy, &file, &component) {
             Ok(manifest) => (Some(manifest), None),
             Err(e) => (None, Some(e.to_string())),
         };
@@ -111,15 +120,18 @@ impl Host {
             problem,
         })
     }
+}
 
-    /// Runs `describe` of the compiled `component`, with no grants.
-    fn describe(
-        &self,
-        policy: &PluginPolicy,
-        file: &str,
-        component: &wasmtime::component::Component,
-    ) -> Result<Manifest, Error> {
-        let pre = loading::pre(&self.shared, &policy.name, file, component)?;
+/// Runs `describe` of the `component` compiled for `shared`'s engine, with
+/// no grants.
+fn describe(
+    shared: &std::sync::Arc<crate::host::Shared>,
+    policy: &PluginPolicy,
+    file: &str,
+    component: &wasmtime::component::Component,
+) -> Result<Manifest, Error> {
+    {
+        let pre = loading::pre(shared, &policy.name, file, component)?;
         let plugin = Plugin {
             inner: std::sync::Arc::new(PluginInner {
                 policy: PluginPolicy {
@@ -128,7 +140,7 @@ impl Host {
                 },
                 file: file.to_owned(),
                 pre,
-                shared: self.shared.clone(),
+                shared: shared.clone(),
             }),
         };
         Instance::instantiate(&plugin).map(|instance| instance.manifest)

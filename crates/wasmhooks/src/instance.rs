@@ -176,12 +176,14 @@ impl Instance {
                 size: text.len(),
                 limit,
             }),
-            Some(text) => serde_json::from_str(&text)
-                .map(Some)
-                .map_err(|e| Cause::InvalidJson {
-                    key: "<state>".into(),
-                    reason: e.to_string(),
-                }),
+            Some(text) => {
+                crate::json::parse_exact(&text)
+                    .map(Some)
+                    .map_err(|reason| Cause::InvalidJson {
+                        key: "<state>".into(),
+                        reason,
+                    })
+            }
         }
     }
 

@@ -58,6 +58,10 @@ impl WritesView for PluginState {
         self.folders.appended(bytes);
     }
 
+    fn may_grow(&mut self, bytes: u64) -> bool {
+        self.folders.may_grow(bytes)
+    }
+
     fn file_streams(&mut self) -> &mut FileStreams {
         &mut self.file_streams
     }

@@ -120,6 +120,21 @@ impl Plugin for Adversary {
             "error" => Err("adversary returns an error on purpose".into()),
             "huge" => Ok(Updates::new().set("huge", "x".repeat(8 << 20))),
             "invalid_json" => Ok(Updates::new().set_raw("result", "{not json")),
+            // JSON text of the caller's choosing, as `result`.
+            "raw_json" => {
+                let raw = data.str("raw").ok_or("data has no `raw`")?;
+                Ok(Updates::new().set_raw("result", raw))
+            }
+            // Removes 1,000 keys of its own namespace never set before: no
+            // grant needed, no data grows, and each call names new ones.
+            "churn_keys" => {
+                self.count += 1;
+                let mut updates = Updates::new();
+                for i in 0..1000 {
+                    updates = updates.remove(format!("adversary.{}-{i}-{}", self.count, "k".repeat(200)));
+                }
+                Ok(updates)
+            }
             "partly_forbidden" => Ok(Updates::new()
                 .set("result", "fine")
                 .set("skip_default", true)),

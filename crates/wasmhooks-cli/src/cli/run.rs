@@ -147,7 +147,10 @@ fn human(report: &JobReport) -> anyhow::Result<String> {
         "plugin", "calls", "failed", "fuel", "ms", "peak KiB", "written"
     )?;
     for p in &report.plugins {
-        let changed: Vec<String> = p.keys_changed.iter().map(|k| clean(k, 256)).collect();
+        let mut changed: Vec<String> = p.keys_changed.iter().map(|k| clean(k, 256)).collect();
+        if p.more_keys_changed {
+            changed.push("and more".into());
+        }
         writeln!(
             out,
             "  {:<22} {:>7} {:>8} {:>14} {:>10.3} {:>9} {:>10}  {}",

@@ -20,6 +20,28 @@ pub(crate) const VERSION: &str = "0.1.0";
 
 super::unchanged_since_0_1_0!();
 
+/// The shapes of the hooks' functions in this version, as
+/// `shapes::render_func` writes them: checked when a plugin loads.
+pub(super) const SHAPES: &[(&str, &str)] = &[
+    (
+        "describe",
+        "func() -> record { name: string, version: string, phases: list<string>, order: s32, reads: option<list<string>>, observe: list<string>, rank-zero-only: bool }",
+    ),
+    (
+        "init",
+        "func(job-config: string, plugin-config: string) -> result<_, record { message: string }>",
+    ),
+    (
+        "load-state",
+        "func(state: string) -> result<_, record { message: string }>",
+    ),
+    (
+        "on-phase",
+        "func(phase: string, data: list<record { key: string, value: string }>) -> result<list<variant { set(record { key: string, value: string }), remove(string) }>, record { message: string }>",
+    ),
+    ("save-state", "func() -> option<string>"),
+];
+
 pub(super) fn on_phase(
     p: &Plugin,
     store: &mut Store<PluginState>,

@@ -23,6 +23,28 @@ pub(crate) const VERSION: &str = "0.2.0";
 
 super::unchanged_since_0_1_0!();
 
+/// The shapes of the hooks' functions in this version, as
+/// `shapes::render_func` writes them: checked when a plugin loads.
+pub(super) const SHAPES: &[(&str, &str)] = &[
+    (
+        "describe",
+        "func() -> record { name: string, version: string, phases: list<string>, order: s32, reads: option<list<string>>, observe: list<string>, rank-zero-only: bool }",
+    ),
+    (
+        "init",
+        "func(job-config: string, plugin-config: string) -> result<option<list<string>>, record { message: string }>",
+    ),
+    (
+        "load-state",
+        "func(state: string) -> result<_, record { message: string }>",
+    ),
+    (
+        "on-phase",
+        "func(phase: variant { listed(u32), named(string) }, data: variant { listed(list<option<variant { null, boolean(bool), integer(s64), float(f64), text(string), json(string) }>>), whole(list<record { key: string, value: variant { null, boolean(bool), integer(s64), float(f64), text(string), json(string) } }>) }) -> result<list<variant { set(record { key: string, value: variant { null, boolean(bool), integer(s64), float(f64), text(string), json(string) } }), remove(string) }>, record { message: string }>",
+    ),
+    ("save-state", "func() -> option<string>"),
+];
+
 /// A data-map value as it crosses: scalars typed, the rest as JSON text.
 fn lower(value: &Value) -> types::Value {
     match value {

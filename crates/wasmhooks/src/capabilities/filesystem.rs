@@ -23,8 +23,16 @@
 //! a link, a rename, a removal) asks for a count. Which output streams
 //! append is known from how they were opened: the plugin's other streams
 //! are its stdout and stderr.
+//!
+//! Every write is also checked, before it is made, against the room its
+//! folders have left ([`WritesView::may_grow`]): one call under a deadline
+//! could otherwise write gigabytes before the count after it. What a write
+//! can add is what it writes past the file's end: all of an append; for a
+//! write at a position, past the size the file had (asked of the file for
+//! a descriptor's `write` and `set-size`, followed from the opening for a
+//! stream). A refused write fails as a full disk does (`ENOSPC`).
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 
 use wasmtime::StoreContextMut;
 use wasmtime::component::{Linker, Resource, ResourceTable};
@@ -54,41 +62,98 @@ pub(crate) trait WritesView {
     fn changed(&mut self);
     /// `bytes` appended to a file.
     fn appended(&mut self, bytes: u64);
+    /// Whether the folders may grow by `bytes` more: asked before a write
+    /// that could add that much, which is refused if not.
+    fn may_grow(&mut self, bytes: u64) -> bool;
     /// The plugin's file output streams, by how they were opened.
     fn file_streams(&mut self) -> &mut FileStreams;
 }
 
 /// The output streams a plugin opened on files, by resource handle: those
-/// that append and those that write at a position. A handle WASI reuses
-/// for another stream is filed again when that one is opened on a file;
-/// one left from a dropped file stream and reused for stdout only makes
+/// that append and those that write at a position (with where they are
+/// and the file's end as far as they know). A handle WASI reuses for
+/// another stream is filed again when that one is opened on a file; one
+/// left from a dropped file stream and reused for stdout only makes
 /// stdout's writes count (never too little).
 #[derive(Default)]
 pub(crate) struct FileStreams {
     appending: HashSet<u32>,
-    positioned: HashSet<u32>,
+    positioned: HashMap<u32, Position>,
+}
+
+/// A stream writing at a position: where its next byte goes, and the end
+/// of its file as it last knew it.
+#[derive(Clone, Copy)]
+struct Position {
+    at: u64,
+    end: u64,
 }
 
 impl FileStreams {
-    fn opened(&mut self, rep: u32, appending: bool) {
-        if appending {
-            self.positioned.remove(&rep);
-            self.appending.insert(rep);
-        } else {
-            self.appending.remove(&rep);
-            self.positioned.insert(rep);
+    fn opened(&mut self, rep: u32, position: Option<Position>) {
+        match position {
+            None => {
+                self.positioned.remove(&rep);
+                self.appending.insert(rep);
+            }
+            Some(position) => {
+                self.appending.remove(&rep);
+                self.positioned.insert(rep, position);
+            }
+        }
+    }
+
+    /// A file was cut short: what any stream knew of its file's end may
+    /// be past it now, so every write at a position counts in full.
+    fn truncated(&mut self) {
+        for position in self.positioned.values_mut() {
+            position.end = 0;
         }
     }
 }
 
-/// Notes `bytes` written to the stream `rep`.
-fn wrote_to<T: WritesView>(state: &mut T, rep: u32, bytes: u64) {
+/// Checks and notes `bytes` written to the stream `rep`: false if the
+/// folders have no room for what it could add.
+fn writes_to<T: WritesView>(state: &mut T, rep: u32, bytes: u64) -> bool {
     let streams = state.file_streams();
-    if streams.positioned.contains(&rep) {
+    if let Some(position) = streams.positioned.get_mut(&rep) {
+        let end = position.at.saturating_add(bytes);
+        let grows = end.saturating_sub(position.end);
+        *position = Position {
+            at: end,
+            end: position.end.max(end),
+        };
         state.changed();
+        state.may_grow(grows)
     } else if streams.appending.contains(&rep) {
         state.appended(bytes);
+        state.may_grow(bytes)
+    } else {
+        true
     }
+}
+
+/// The size of the file `fd` is open on (0 if it cannot be told: every
+/// byte written then counts).
+fn size_of(view: &mut WasiFilesystemCtxView<'_>, fd: &Resource<fs::Descriptor>) -> u64 {
+    HostDescriptor::stat(view, Resource::new_borrow(fd.rep())).map_or(0, |stat| stat.size)
+}
+
+/// Whether a write to the file `fd` that ends at `end` is refused for want
+/// of room: it can add what lies past the file's size. Noted either way.
+fn refused<T: WasiView + WritesView>(
+    state: &mut T,
+    fd: &Resource<fs::Descriptor>,
+    end: u64,
+) -> bool {
+    state.changed();
+    let size = size_of(&mut state.filesystem(), fd);
+    !state.may_grow(end.saturating_sub(size))
+}
+
+/// What a refused write fails with in the guest: a full disk.
+fn no_room() -> StreamError {
+    StreamError::LastOperationFailed(std::io::Error::from(rustix::io::Errno::NOSPC).into())
 }
 
 /// Shadows a method of `descriptor` that may change what a folder holds:
@@ -109,41 +174,22 @@ macro_rules! descriptor_writes {
     };
 }
 
-/// Shadows a method of `output-stream` that writes: noted (`$len` bytes),
-/// then done by `$write` (WASI's own, or [`write`]).
+/// Shadows a method of `output-stream` that writes: checked against the
+/// room left and noted (`$len` bytes), then done by `$write` (WASI's own,
+/// or [`write`]).
 macro_rules! stream_writes {
     ($instance:ident, $name:literal, $write:expr, ($($arg:ident: $ty:ty),*), $len:expr) => {
         $instance.func_wrap(
             concat!("[method]output-stream.", $name),
             |mut store: StoreContextMut<'_, T>, (stream, $($arg,)*): (Resource<DynOutputStream>, $($ty,)*)| {
                 let len: u64 = $len;
-                wrote_to(store.data_mut(), stream.rep(), len);
+                let room = writes_to(store.data_mut(), stream.rep(), len);
                 let table = store.data_mut().ctx().table;
-                Ok((match $write(table, stream, $($arg),*) {
+                let done = if room { $write(table, stream, $($arg),*) } else { Err(no_room()) };
+                Ok((match done {
                     Ok(v) => Ok(v),
                     Err(e) => Err(io::Host::convert_stream_error(table, e)?),
                 },))
-            },
-        )?;
-    };
-}
-
-/// Shadows a method of `descriptor` that opens an output stream on a file,
-/// to file it as appending or not.
-macro_rules! opens_stream {
-    ($instance:ident, $name:literal, $method:ident($($arg:ident: $ty:ty),*), $appending:expr) => {
-        $instance.func_wrap(
-            concat!("[method]descriptor.", $name),
-            |mut store: StoreContextMut<'_, T>, ($($arg,)*): ($($ty,)*)| {
-                let mut view = store.data_mut().filesystem();
-                let opened = match HostDescriptor::$method(&mut view, $($arg),*) {
-                    Ok(stream) => Ok(stream),
-                    Err(e) => Err(view.convert_error_code(e)?),
-                };
-                if let Ok(stream) = &opened {
-                    store.data_mut().file_streams().opened(stream.rep(), $appending);
-                }
-                Ok((opened,))
             },
         )?;
     };
@@ -168,8 +214,35 @@ pub(crate) fn add_to_linker<T: WasiView + WritesView + 'static>(
         },
     )?;
     type Fd = Resource<fs::Descriptor>;
-    descriptor_writes!(types, "write", write(fd: Fd, buf: Vec<u8>, offset: u64));
-    descriptor_writes!(types, "set-size", set_size(fd: Fd, size: u64));
+    types.func_wrap(
+        "[method]descriptor.write",
+        |mut store: StoreContextMut<'_, T>, (fd, buf, offset): (Fd, Vec<u8>, u64)| {
+            let state = store.data_mut();
+            if refused(state, &fd, offset.saturating_add(buf.len() as u64)) {
+                return Ok((Err(fs::ErrorCode::InsufficientSpace),));
+            }
+            let mut view = state.filesystem();
+            Ok((match HostDescriptor::write(&mut view, fd, buf, offset) {
+                Ok(v) => Ok(v),
+                Err(e) => Err(view.convert_error_code(e)?),
+            },))
+        },
+    )?;
+    types.func_wrap(
+        "[method]descriptor.set-size",
+        |mut store: StoreContextMut<'_, T>, (fd, size): (Fd, u64)| {
+            let state = store.data_mut();
+            if refused(state, &fd, size) {
+                return Ok((Err(fs::ErrorCode::InsufficientSpace),));
+            }
+            state.file_streams().truncated();
+            let mut view = state.filesystem();
+            Ok((match HostDescriptor::set_size(&mut view, fd, size) {
+                Ok(v) => Ok(v),
+                Err(e) => Err(view.convert_error_code(e)?),
+            },))
+        },
+    )?;
     descriptor_writes!(types, "create-directory-at", create_directory_at(fd: Fd, path: String));
     descriptor_writes!(
         types,
@@ -180,8 +253,38 @@ pub(crate) fn add_to_linker<T: WasiView + WritesView + 'static>(
     descriptor_writes!(types, "rename-at", rename_at(fd: Fd, old: String, to: Fd, new: String));
     descriptor_writes!(types, "unlink-file-at", unlink_file_at(fd: Fd, path: String));
     descriptor_writes!(types, "remove-directory-at", remove_directory_at(fd: Fd, path: String));
-    opens_stream!(types, "write-via-stream", write_via_stream(fd: Fd, at: u64), false);
-    opens_stream!(types, "append-via-stream", append_via_stream(fd: Fd), true);
+    types.func_wrap(
+        "[method]descriptor.write-via-stream",
+        |mut store: StoreContextMut<'_, T>, (fd, at): (Fd, u64)| {
+            let state = store.data_mut();
+            let end = size_of(&mut state.filesystem(), &fd);
+            let mut view = state.filesystem();
+            let opened = match HostDescriptor::write_via_stream(&mut view, fd, at) {
+                Ok(stream) => Ok(stream),
+                Err(e) => Err(view.convert_error_code(e)?),
+            };
+            if let Ok(stream) = &opened {
+                let position = Position { at, end };
+                state.file_streams().opened(stream.rep(), Some(position));
+            }
+            Ok((opened,))
+        },
+    )?;
+    types.func_wrap(
+        "[method]descriptor.append-via-stream",
+        |mut store: StoreContextMut<'_, T>, (fd,): (Fd,)| {
+            let state = store.data_mut();
+            let mut view = state.filesystem();
+            let opened = match HostDescriptor::append_via_stream(&mut view, fd) {
+                Ok(stream) => Ok(stream),
+                Err(e) => Err(view.convert_error_code(e)?),
+            };
+            if let Ok(stream) = &opened {
+                state.file_streams().opened(stream.rep(), None);
+            }
+            Ok((opened,))
+        },
+    )?;
     let mut streams = linker.instance(STREAMS)?;
     type Out = Resource<DynOutputStream>;
     type In = Resource<DynInputStream>;

@@ -48,6 +48,9 @@ pub(crate) struct Folders {
     settling: bool,
     /// The last count found a folder over its quota.
     over: bool,
+    /// Bytes the writes since the last count may have added, as each was
+    /// checked against the room left (`may_grow`).
+    grown: u64,
     counted_at: Instant,
 }
 
@@ -100,6 +103,7 @@ impl Folders {
             appended: 0,
             settling: false,
             over: false,
+            grown: 0,
             counted_at: Instant::now(),
         })
     }
@@ -112,6 +116,37 @@ impl Folders {
     /// Notes `bytes` appended to a file.
     pub(crate) fn appended(&mut self, bytes: u64) {
         self.appended = self.appended.saturating_add(bytes);
+    }
+
+    /// Whether the folders may grow by `bytes` more, asked before a write:
+    /// within the room the last count left (the least any read-write
+    /// folder has, since which one a stream writes to is not known), less
+    /// what writes since may have added; past it, counted again first (a
+    /// write over old bytes, or into a file since removed, added nothing).
+    /// A write the quota has no room for is refused before it is made, so
+    /// no call writes past a quota, whatever its deadline.
+    pub(crate) fn may_grow(&mut self, bytes: u64) -> bool {
+        if self.quotas.is_empty() || bytes == 0 {
+            return true;
+        }
+        let room = |quotas: &[Quota]| {
+            quotas
+                .iter()
+                .map(|q| q.limit.saturating_sub(q.now))
+                .min()
+                .unwrap_or(u64::MAX)
+        };
+        if self.grown.saturating_add(bytes) <= room(&self.quotas) {
+            self.grown += bytes;
+            return true;
+        }
+        // A folder over its quota, or one that cannot be counted, has no room.
+        if self.recount().is_ok() && bytes <= room(&self.quotas) {
+            self.grown = bytes;
+            true
+        } else {
+            false
+        }
     }
 
     /// What each read-write folder held when the first instance started.
@@ -149,8 +184,14 @@ impl Folders {
             return Ok(());
         }
         self.settling = std::mem::take(&mut self.changed);
+        self.recount()
+    }
+
+    /// Counts every read-write folder now.
+    fn recount(&mut self) -> Result<(), Cause> {
         self.appended = 0;
-        self.counted_at = now;
+        self.grown = 0;
+        self.counted_at = Instant::now();
         let counted = self.count();
         self.over = counted.is_err();
         counted

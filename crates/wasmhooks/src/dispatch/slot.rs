@@ -234,9 +234,7 @@ impl Slot {
                 report.fuel = usage.fuel;
                 report.elapsed = usage.elapsed;
                 for change in &changes {
-                    if !self.stats.keys_changed.contains(change.key()) {
-                        self.stats.keys_changed.insert(change.key().to_owned());
-                    }
+                    self.stats.note_changed(change.key());
                 }
                 Ok(Called {
                     report,

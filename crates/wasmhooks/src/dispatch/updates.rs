@@ -88,9 +88,11 @@ pub(crate) fn check(
                     let value = match incoming {
                         Incoming::Value(value) => value,
                         Incoming::Json(text) => {
-                            serde_json::from_str(&text).map_err(|err| Cause::InvalidJson {
-                                key: clean(&key, MAX_KEY),
-                                reason: err.to_string(),
+                            crate::json::parse_exact(&text).map_err(|reason| {
+                                Cause::InvalidJson {
+                                    key: clean(&key, MAX_KEY),
+                                    reason,
+                                }
                             })?
                         }
                         Incoming::NotFinite(f) => {
