@@ -80,7 +80,12 @@ fn node_host() -> wasmhooks::Host {
             allow(
                 "adversary",
                 plugins::ADVERSARY,
-                r#"write = ["local_node_download_model", "engine_kwargs", "model_source", "download_dir", "placement_request", "download_result"]"#,
+                r#"write = ["local_node_download_model", "worker_node_download_model", "engine_kwargs", "model_source", "download_dir", "placement_request", "download_result", "runtime_env", "custom_data"]"#,
+            ),
+            allow(
+                "testing-callback",
+                plugins::TESTING_CALLBACK,
+                r#"write = ["worker_node_download_model", "custom_data", "skip_default", "runtime_env"]"#,
             ),
         ]
         .concat(),
@@ -553,4 +558,105 @@ fn job_paths_and_numbers_are_checked_when_the_config_is_read() {
             .to_string()
             .contains("source")
     );
+}
+
+/// Ray's own callback test (`TestingCallback` of Ray's
+/// `test_callback_base.py`), ported to a plugin: at `pre_initialization` it
+/// finds the workers' download mode at Ray's default and sets it to `NONE`;
+/// every later phase must still show `NONE`, and `custom_data` what it put
+/// there. Here without `skip_default`, so the default steps run between.
+#[test]
+fn rays_testing_callback_flow_keeps_what_pre_initialization_set() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = file_config(dir.path());
+    let host = node_host();
+    let config = json!({"kwargs_test_key": "kwargs_test_value", "skip_default": false});
+    let mut h = hooks(&host, &[(plugins::TESTING_CALLBACK, config)]);
+    let out = node::initialize(&cfg, host.policy(), &mut h).unwrap();
+    assert!(!out.skipped_default);
+    assert_eq!(out.data["testing-callback.before_init_called"], true);
+    assert_eq!(out.data["testing-callback.after_init_called"], true);
+    assert_eq!(out.data["worker_node_download_model"], "NONE");
+    assert_eq!(out.data["custom_data"]["ctx_test_key"], "ctx_test_value");
+    let seen = &out.data["testing-callback.seen"];
+    for phase in ["pre_download", "post_download", "post_initialization"] {
+        assert_eq!(seen[phase]["mode"], "NONE", "{phase}: {seen}");
+    }
+    // And as Ray's test runs it: the default steps replaced.
+    let config =
+        json!({"kwargs_test_key": "kwargs_test_value", "runtime_env": {"env_vars": {"A": "1"}}});
+    let mut h = hooks(&host, &[(plugins::TESTING_CALLBACK, config)]);
+    let out = node::initialize(&cfg, host.policy(), &mut h).unwrap();
+    assert!(out.skipped_default);
+    assert_eq!(out.data["testing-callback.after_init_called"], true);
+    assert_eq!(out.data["runtime_env"], json!({"env_vars": {"A": "1"}}));
+}
+
+/// The class of the bug above: for every key the schema lets a plugin set
+/// in node initialization, a value set at the first phase
+/// (`pre_initialization`) is the value the host acts on and the value in
+/// the output; no default is put back over it later.
+#[test]
+fn every_key_a_plugin_sets_early_is_never_reset_by_a_later_default() {
+    let early = json!({
+        "local_node_download_model": "TOKENIZER_ONLY",
+        "worker_node_download_model": "NONE",
+        "model_source": "file://./model",
+        "download_dir": "cache/chosen-early",
+        "placement_request": {"bundles": [{"CPU": 1}], "strategy": "STRICT_PACK"},
+        "runtime_env": {"env_vars": {"A": "1"}},
+        "custom_data": {"mine": 1},
+    });
+    // With an engine, which needs the whole model: a run of its own.
+    let early_engine = json!({"engine_kwargs": {"model": "tiny-llm", "max_batch_size": 3}});
+    // Every key a plugin may set in node initialization is covered, but
+    // skip_default (which replaces the steps) and placement_group (which
+    // the host makes from placement_request, after the plugins' request).
+    let schema = wasmhooks::schema::schema();
+    for (name, key) in &schema.keys {
+        let settable = key.lifecycles.iter().any(|l| l == "node") && !key.set.is_empty();
+        if settable && name != "skip_default" && name != "placement_group" {
+            assert!(
+                early.get(name).or(early_engine.get(name)).is_some(),
+                "{name}: add it to this test"
+            );
+        }
+    }
+    let host = node_host();
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = file_config(dir.path());
+    let script = json!({"updates": {"pre_initialization": early}});
+    let mut h = hooks(&host, &[(plugins::ADVERSARY, script)]);
+    let out = node::initialize(&cfg, host.policy(), &mut h).unwrap();
+    for (key, value) in early.as_object().unwrap() {
+        assert_eq!(&out.data[key], value, "{key}");
+    }
+    // And the host acted on them.
+    let result = &out.data["download_result"];
+    assert_eq!(result["mode"], "TOKENIZER_ONLY");
+    assert_eq!(result["files"].as_array().unwrap().len(), 1);
+    assert!(
+        result["dir"]
+            .as_str()
+            .unwrap()
+            .ends_with("cache/chosen-early"),
+        "{result}"
+    );
+    let pg = &out.data["placement_group"];
+    assert_eq!(pg["strategy"], "STRICT_PACK");
+    assert_eq!(pg["bundles"].as_array().unwrap().len(), 1, "{pg}");
+
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::copy(example().join("engine.py"), dir.path().join("engine.py")).unwrap();
+    let mut cfg = file_config(dir.path());
+    cfg.engine = Some(EngineConfig {
+        name: "example".into(),
+        args: Vec::new(),
+    });
+    let script = json!({"updates": {"pre_initialization": early_engine}});
+    let mut h = hooks(&host, &[(plugins::ADVERSARY, script)]);
+    let out = node::initialize(&cfg, host.policy(), &mut h).unwrap();
+    assert_eq!(out.data["engine_kwargs"], early_engine["engine_kwargs"]);
+    let argv = out.data["engine"]["argv"].as_array().unwrap();
+    assert!(argv.contains(&json!("--max-batch-size=3")), "{argv:?}");
 }

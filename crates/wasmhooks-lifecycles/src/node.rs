@@ -5,6 +5,12 @@
 //! host then fires `custom_initialization` instead.
 //!
 //! The data map at the end is the node's initialization output.
+//!
+//! A key plugins may set gets the host's default before the first phase a
+//! plugin may set it at (`worker_node_download_model` before
+//! `pre_initialization`, as Ray's `CallbackCtx` has it from the start), and
+//! a later step puts a default only where no plugin set the key: what a
+//! plugin chose at an earlier phase is what the host acts on.
 
 pub mod download;
 pub mod engine;
@@ -46,6 +52,8 @@ pub const PHASES: [&str; 9] = [
 
 /// What to download: the seeds' download modes.
 const MODES: [&str; 3] = ["NONE", "TOKENIZER_ONLY", "MODEL_AND_TOKENIZER"];
+/// Both download modes start here, as Ray's `CallbackCtx` does.
+const DEFAULT_MODE: &str = "MODEL_AND_TOKENIZER";
 
 /// The `[node]` table of a job.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -229,6 +237,10 @@ pub fn initialize(
     let job = Root::open(&config.job_dir).map_err(LifecycleError::io(&config.job_dir))?;
     let mut d = Driver::new(hooks, DataMap::new());
     d.set("model_id", config.model_id.as_str());
+    // A plugin may set the workers' download mode at `pre_initialization`
+    // (Ray's `on_before_node_init` may): its default is in the map before
+    // that phase, so the plugin sees it and what it leaves stands.
+    d.set("worker_node_download_model", DEFAULT_MODE);
     d.fire("pre_initialization")?;
     let skipped = d.flag("skip_default");
     let mut engine = None;
@@ -257,6 +269,14 @@ pub fn initialize(
     Ok(outcome)
 }
 
+/// Puts the host's default for a key plugins may set, unless a plugin set
+/// it at an earlier phase: a default is never put back over a value a
+/// plugin chose (a granted plugin may write a key before the phase the
+/// schema names for it, and what it wrote is what the host acts on).
+fn default(d: &mut Driver<'_>, key: &str, value: impl Into<Value>) {
+    d.data.entry(key).or_insert_with(|| value.into());
+}
+
 /// A key the host reads back after the plugins had their turn; a plugin
 /// may have removed it or left it of another type.
 fn string_key(d: &Driver<'_>, key: &str, phase: &str) -> Result<String, LifecycleError> {
@@ -278,10 +298,10 @@ fn download(
     max_bytes: u64,
     d: &mut Driver<'_>,
 ) -> Result<(), LifecycleError> {
-    d.set("local_node_download_model", "MODEL_AND_TOKENIZER");
-    d.set("worker_node_download_model", "MODEL_AND_TOKENIZER");
-    d.set("model_source", config.source.as_str());
-    d.set(
+    default(d, "local_node_download_model", DEFAULT_MODE);
+    default(d, "model_source", config.source.as_str());
+    default(
+        d,
         "download_dir",
         config
             .job_dir
@@ -351,7 +371,7 @@ fn place(config: &NodeConfig, d: &mut Driver<'_>) -> Result<(), LifecycleError> 
         bundles: vec![config.bundle.clone(); config.tensor_parallel_size.max(1)],
         strategy: config.strategy,
     };
-    d.set("placement_request", to_value(&request)?);
+    default(d, "placement_request", to_value(&request)?);
     d.fire("pre_placement_group")?;
     let left = d.data.get("placement_request").cloned().ok_or_else(|| {
         LifecycleError::Config(
@@ -384,7 +404,8 @@ fn start_engine(
     job_args: &[String],
     d: &mut Driver<'_>,
 ) -> Result<Engine, LifecycleError> {
-    d.set(
+    default(
+        d,
         "engine_kwargs",
         json!({"model": config.model_id, "tensor_parallel_size": config.tensor_parallel_size}),
     );
