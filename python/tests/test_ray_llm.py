@@ -159,3 +159,116 @@ def test_an_infeasible_group_says_what_the_cluster_lacks(
     with pytest.raises(Exception, match="lacks the resources"):
         start(config)
     ray.util.remove_placement_group(config.get_or_create_callback().ctx.placement_group)
+
+
+#: What the ported TestingCallback may write.
+TESTING_GRANTS = (
+    'write = ["worker_node_download_model", "custom_data", "skip_default", "runtime_env"]'
+)
+TEST_ENV = {"env_vars": {"WASMHOOKS_TEST_ENV": "set-by-a-plugin"}}
+
+
+def ported_callback(model: Path, op: Path, cache_dir: Path, **config: object):
+    """An ``LLMConfig`` whose callback runs Ray's TestingCallback, ported to
+    a plugin, with the callback kwargs Ray's test passes; its group spread
+    over both Ray nodes."""
+    config = {"kwargs_test_key": "kwargs_test_value", **config}
+    return llm_config(
+        model,
+        {
+            "operator": str(op),
+            "plugins": [(str(plugin("testing_callback")), config)],
+            "cache_dir": str(cache_dir),
+        },
+        strategy="STRICT_SPREAD",
+    )
+
+
+def remove_group(config) -> None:
+    """The group Ray's LLMConfig made for the callback, removed whatever
+    the test found, so the next test has the cluster's CPUs."""
+    ray.util.remove_placement_group(config.get_or_create_callback().ctx.placement_group)
+
+
+def test_rays_testing_callback_flow_with_the_callback_a_plugin(
+    ray_cluster, operator, tmp_path, cache_dir, monkeypatch
+):
+    """Ray's own test of its callbacks (``test_callback_base.py``:
+    ``TestingCallback``, ``test_callback_methods_called``), run through
+    ``LLMConfig`` with the callback a wasm plugin. What the plugin sets at
+    pre_initialization is on Ray's ctx when on_before_node_init returns and
+    still there at on_after_node_init; the runtime_env it sets at
+    custom_initialization is the ctx's, which Ray gives its tasks; the
+    Hugging Face token Ray put in that runtime_env is not shown to the
+    plugin, and stays."""
+    from ray.llm._internal.common.utils.download_utils import NodeModelDownloadable
+
+    monkeypatch.setenv("HF_TOKEN", "hf-secret-token")
+    model = model_folder(tmp_path)
+    op = operator(allow("testing-callback", "testing_callback", TESTING_GRANTS))
+    config = ported_callback(model, op, cache_dir, runtime_env=TEST_ENV)
+
+    async def run_initialization():
+        callback = config.get_or_create_callback()
+        ctx = callback.ctx
+        assert ctx.worker_node_download_model == NodeModelDownloadable.MODEL_AND_TOKENIZER
+        assert ctx.runtime_env["env_vars"]["HF_TOKEN"] == "hf-secret-token"
+        await callback.run_callback("on_before_node_init")
+        # What Ray's TestingCallback leaves on the ctx, the plugin left.
+        assert ctx.worker_node_download_model == NodeModelDownloadable.NONE
+        assert ctx.custom_data["ctx_test_key"] == "ctx_test_value"
+        assert ctx.runtime_env["env_vars"] == {
+            "WASMHOOKS_TEST_ENV": "set-by-a-plugin",
+            "HF_TOKEN": "hf-secret-token",
+        }
+        if ctx.run_init_node:
+            raise Exception("run_init_node is True")
+        await callback.run_callback("on_after_node_init")
+        assert ctx.worker_node_download_model == NodeModelDownloadable.NONE
+        assert ctx.custom_data["ctx_test_key"] == "ctx_test_value"
+        return callback
+
+    try:
+        callback = asyncio.run(run_initialization())
+    finally:
+        remove_group(config)
+    assert callback is config.get_or_create_callback()
+    data = callback._session.data
+    assert data["testing-callback.before_init_called"] is True
+    assert data["testing-callback.after_init_called"] is True
+    assert "hf-secret-token" not in json.dumps(data)
+
+
+def test_a_mode_and_runtime_env_set_at_pre_initialization_reach_rays_download_tasks(
+    ray_cluster, operator, tmp_path, cache_dir
+):
+    """The same plugin without skip_default: Ray's initialize_node runs its
+    download tasks with the mode and the runtime_env the plugin set at
+    pre_initialization (each task says what it ran with), and every later
+    phase shows the plugin the mode it set."""
+    model = model_folder(tmp_path)
+    op = operator(allow("testing-callback", "testing_callback", TESTING_GRANTS))
+    config = ported_callback(
+        model,
+        op,
+        cache_dir,
+        skip_default=False,
+        runtime_env=TEST_ENV,
+        runtime_env_at="pre_initialization",
+    )
+    try:
+        callback = start(config)
+    finally:
+        remove_group(config)
+    data = callback._session.data
+    assert callback.ctx.worker_node_download_model.name == "NONE"
+    assert callback.ctx.runtime_env["env_vars"]["WASMHOOKS_TEST_ENV"] == "set-by-a-plugin"
+    nodes = data["nodes"]
+    assert len(nodes) == 2
+    for n in nodes:
+        assert n["download_model"] == "NONE"
+        assert n["runtime_env_vars"] == ["WASMHOOKS_TEST_ENV"]
+    seen = data["testing-callback.seen"]
+    for phase in ["pre_download", "post_download", "pre_engine_init", "post_initialization"]:
+        assert seen[phase]["mode"] == "NONE", phase
+    assert data["testing-callback.after_init_called"] is True

@@ -458,3 +458,89 @@ def test_a_symlinked_output_folder_is_not_followed(ray_cluster, operator, tmp_pa
         initialize_node(job, node_operator(operator), cache_dir=tmp_path / "c")
     assert list(outside.iterdir()) == []
     assert not live_groups()
+
+
+TESTING_CALLBACK = {"kwargs_test_key": "kwargs_test_value", "skip_default": False}
+WORKER_MODE = "worker_node_download_model"
+#: What the adversary and the ported TestingCallback may write.
+EARLY_GRANTS = (
+    'write = ["local_node_download_model", "worker_node_download_model", "model_source", '
+    '"download_dir", "placement_request", "engine_kwargs", "runtime_env", "custom_data"]'
+)
+CALLBACK_GRANTS = (
+    'write = ["worker_node_download_model", "custom_data", "skip_default", "runtime_env"]'
+)
+
+
+def test_every_key_a_plugin_sets_early_stands_on_ray(ray_cluster, operator, tmp_path):
+    """Keys a plugin sets at pre_initialization are what the run acts on:
+    no default is put back over them before pre_download (or any later
+    phase). Ray's own TestingCallback flow, as a plugin, checks the
+    workers' mode at each phase."""
+    import tomllib
+
+    from wasmhooks.ray import initialize_node
+
+    # The ported TestingCallback sets worker_node_download_model to NONE
+    # (after checking Ray's default) and adds to custom_data.
+    early = {
+        "local_node_download_model": "TOKENIZER_ONLY",
+        "model_source": "file://./model",
+        "download_dir": "chosen-early",
+        "placement_request": {
+            "bundles": [{"CPU": 0.5}, {"CPU": 0.5}],
+            "strategy": "STRICT_SPREAD",
+        },
+        "runtime_env": {"env_vars": {"A": "1"}},
+        "custom_data": {"mine": 1},
+    }
+    early_engine = {"engine_kwargs": {"model": "tiny-llm", "max_batch_size": 3}}
+    # Every key the schema lets a plugin set in node initialization, but
+    # skip_default (it replaces the steps) and placement_group (the host
+    # makes it from placement_request).
+    schema = tomllib.loads((ROOT / "wit/keys.toml").read_text())
+    for name, key in schema["key"].items():
+        if "node" in key["lifecycles"] and key.get("set"):
+            if name not in ("skip_default", "placement_group"):
+                covered = name in early or name in early_engine or name == WORKER_MODE
+                assert covered, f"{name}: add it to this test"
+    op = node_operator(
+        operator,
+        allow("adversary", "adversary", EARLY_GRANTS),
+        allow("testing-callback", "testing_callback", CALLBACK_GRANTS),
+    )
+    plugins = [
+        ("adversary", {"updates": {"pre_initialization": early}}),
+        ("testing_callback", TESTING_CALLBACK),
+    ]
+    node = 'source = "file://model"\ntensor_parallel_size = 2\nstrategy = "PACK"\n'
+    job = bundle(tmp_path / "a", plugins, node=node, engine=False)
+    driver = ray.get_runtime_context().get_node_id()
+    with initialize_node(job, op, cache_dir=tmp_path / "c") as result:
+        data = result.data
+        expected = {
+            **early,
+            WORKER_MODE: "NONE",
+            "custom_data": {"mine": 1, "ctx_test_key": "ctx_test_value"},
+        }
+        for key, value in expected.items():
+            assert data[key] == value, key
+        assert data["placement_group"]["strategy"] == "STRICT_SPREAD"
+        nodes = data["nodes"]
+        assert len(nodes) == 2
+        for n in nodes:
+            # The driver's node is the local one.
+            local = n["node_id"] == driver
+            assert n["mode"] == ("TOKENIZER_ONLY" if local else "NONE"), n
+            assert len(n["files"]) == (1 if local else 0)
+            assert n["dir"].endswith("/models/chosen-early")
+            assert n["updates"]["testing-callback.seen"]["pre_download"]["mode"] == "NONE"
+        assert data["testing-callback.after_init_called"] is True
+
+    # engine_kwargs, with an engine (which needs the whole model).
+    plugins = [("adversary", {"updates": {"pre_initialization": early_engine}})]
+    job = bundle(tmp_path / "b", plugins, node=node)
+    with initialize_node(job, op, cache_dir=tmp_path / "c") as result:
+        assert result.data["engine_kwargs"] == early_engine["engine_kwargs"]
+        assert "--max-batch-size=3" in result.data["engine"]["argv"]
+    assert not live_groups()

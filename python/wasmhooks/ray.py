@@ -3,8 +3,12 @@
 :func:`initialize_node` runs the ``[node]`` lifecycle of a job bundle (the
 same ``job.toml``, plugins and data keys as ``wasmhooks run``) on Ray:
 
-1. ``pre_initialization`` in the driver; a plugin that sets
-   ``skip_default`` gets ``custom_initialization`` instead of steps 2 to 4.
+1. ``pre_initialization`` in the driver, with ``model_id`` and
+   ``worker_node_download_model`` (``MODEL_AND_TOKENIZER``); a plugin that
+   sets ``skip_default`` gets ``custom_initialization`` instead of steps 2
+   to 4. A key a plugin sets at an earlier phase than the one the host
+   would give it a default at keeps the plugin's value: a later step puts
+   a default only where no plugin set the key.
 2. ``pre_placement_group`` with ``placement_request`` (``bundles`` of
    ``[node] bundle`` times ``tensor_parallel_size``, ``strategy``); a real
    ``ray.util.placement_group`` is made from the request as the plugins left
@@ -83,6 +87,8 @@ __all__ = ["NodeInit", "NodeInitError", "initialize_node", "main"]
 logger = logging.getLogger(__name__)
 
 STRATEGIES = ("PACK", "SPREAD", "STRICT_PACK", "STRICT_SPREAD")
+#: Both download modes start here, as Ray's CallbackCtx does.
+DEFAULT_MODE = "MODEL_AND_TOKENIZER"
 MAX_BUNDLES = 1024
 MAX_FILES = 100_000
 MAX_RETRIES = 100
@@ -351,11 +357,12 @@ def _fetch_on_node(
 ) -> dict[str, Any]:
     session.start(rank)
     sent = {
+        # Where the files go, unless a plugin chose already (in the driver).
+        "download_dir": os.path.join(models.path, spec["model_id"]),
         **spec["data"],
         "node_id": node_id,
         "node_ip": ray.util.get_node_ip_address(),
         "node_rank": rank,
-        "download_dir": os.path.join(models.path, spec["model_id"]),
     }
     data = session.fire("pre_download", dict(sent))
     key = (
@@ -665,7 +672,12 @@ class _Run:
         restore_trap_handlers()
         self.session.start(0)
         try:
-            data = self.fire("pre_initialization", {"model_id": self.spec.model_id})
+            # A plugin may set the workers' download mode here already (as
+            # Ray's on_before_node_init may): its default comes first.
+            data = self.fire(
+                "pre_initialization",
+                {"model_id": self.spec.model_id, "worker_node_download_model": DEFAULT_MODE},
+            )
             if data.get("skip_default") is True:
                 self.result.skipped_default = True
                 self.fire("custom_initialization", {})
@@ -690,6 +702,13 @@ class _Run:
                 self.session.hooks.close()
         return self.result
 
+    def _defaults(self, values: dict[str, Any]) -> dict[str, Any]:
+        """The host's defaults for keys plugins may set, less those a plugin
+        set at an earlier phase: a default is never put back over a value a
+        plugin chose (a granted plugin may write a key before the phase the
+        schema names for it, and what it wrote is what the host acts on)."""
+        return {k: v for k, v in values.items() if k not in self.session.data}
+
     def _checked(self, value: Any, key: str) -> dict[str, Any]:
         try:
             return as_request(value, key)
@@ -702,7 +721,7 @@ class _Run:
             "bundles": [dict(spec.bundle)] * spec.tensor_parallel_size,
             "strategy": spec.strategy,
         }
-        data = self.fire("pre_placement_group", {"placement_request": request})
+        data = self.fire("pre_placement_group", self._defaults({"placement_request": request}))
         asked = self._checked(data.get("placement_request"), "placement_request")
         self.result.placement_group = place(asked, self.placement_timeout_s)
         described = describe(self.result.placement_group)
@@ -736,11 +755,7 @@ class _Run:
         ranks = self.ranks
         self._ship_bundle()
         self.session.data.update(
-            {
-                "local_node_download_model": "MODEL_AND_TOKENIZER",
-                "worker_node_download_model": "MODEL_AND_TOKENIZER",
-                "model_source": spec.source,
-            }
+            self._defaults({"local_node_download_model": DEFAULT_MODE, "model_source": spec.source})
         )
         limits = self.policy.job_limits
         task_spec = {
@@ -786,7 +801,7 @@ class _Run:
         spec, template = self.spec, self.template
         assert template is not None
         kwargs = {"model": spec.model_id, "tensor_parallel_size": spec.tensor_parallel_size}
-        data = self.fire("pre_engine_init", {"engine_kwargs": kwargs})
+        data = self.fire("pre_engine_init", self._defaults({"engine_kwargs": kwargs}))
         kwargs = _engine_kwargs(data.get("engine_kwargs"))
         actor = (
             ray.remote(num_cpus=0, max_restarts=0)(_Engine)

@@ -31,10 +31,15 @@ Keys and ``CallbackCtx`` fields:
   ``placement_group`` (the real group: its id, strategy, and each bundle's
   resources and node): a plugin that changes either gets a real new
   ``ray.util.placement_group``, waited for, in ``ctx.placement_group``.
-- ``worker_node_download_model`` (a ``NodeModelDownloadable`` name) and
-  ``runtime_env`` (the download tasks' runtime env) go back to the ctx.
+- ``worker_node_download_model`` (a ``NodeModelDownloadable`` name),
+  ``runtime_env`` (what Ray gives the download tasks) and ``custom_data``
+  (its JSON-able values) are the ctx's fields, both ways, at every phase:
+  the data map holds the ctx's values when a phase fires, and what the
+  plugins leave is checked and goes back to the ctx right after it. So a
+  mode set at ``pre_initialization`` is the one ``pre_download`` sees and
+  Ray's download tasks use, and a ``runtime_env`` set at
+  ``custom_initialization`` is the one Ray starts its tasks with.
 - ``engine_kwargs`` set at ``pre_engine_init`` go to the ``LLMConfig``.
-- ``custom_data`` is the ctx's ``custom_data`` (JSON-able values).
 
 Errors: a plugin failure the operator's ``on_error = "fail"`` decides is
 raised whatever ``raise_error_on_callback`` says (the operator is the one
@@ -60,6 +65,7 @@ from ray.experimental.internal_kv import (
 )
 from ray.llm._internal.common.callbacks.base import CallbackBase
 from ray.llm._internal.common.utils.download_utils import NodeModelDownloadable
+from ray.llm._internal.serve.constants import ENV_VARS_TO_PROPAGATE
 from ray.util.placement_group import (
     get_current_placement_group,
     remove_placement_group,
@@ -73,6 +79,12 @@ logger = logging.getLogger(__name__)
 
 #: Files a node lists of its model folder, at most.
 MAX_LISTED = 10_000
+#: What Ray copies from the replica's environment into the ctx's
+#: runtime_env (Hugging Face tokens): kept from the plugins, kept in the ctx.
+SECRET_ENV_VARS = frozenset(ENV_VARS_TO_PROPAGATE) | {"HF_TOKEN", "HUGGING_FACE_HUB_TOKEN"}
+#: The ctx field and data key for what Ray's download tasks fetch.
+WORKER_MODE = "worker_node_download_model"
+_MISSING = object()
 
 
 #: Where the download tasks leave their reports: Ray's internal key-value
@@ -123,13 +135,64 @@ class WasmNodeInitCallback(CallbackBase):
         return state
 
     def _fire(self, phase: str, values: dict[str, Any]) -> dict[str, Any]:
+        """Fires ``phase`` with the ctx's fields in the data map, then puts
+        what the plugins left of them back on the ctx."""
         if self._session is None:
             raise RuntimeError(f"{phase}: the plugins run in the replica, not in this copy")
         # Code in the same process (Lightning, for one) may have reset the
         # signal handlers wasmtime's traps need; a trap must be an error.
         restore_trap_handlers()
         self._session.start(0)
-        return self._session.fire(phase, values)
+        sent = {**self._ctx_values(), **values}
+        data = self._session.fire(phase, dict(sent))
+        self._to_ctx(phase, sent, data)
+        return data
+
+    def _ctx_values(self) -> dict[str, Any]:
+        """The ctx's fields that are keys of the data map, as data."""
+        ctx = self.ctx
+        values: dict[str, Any] = {
+            "runtime_env": _jsonable(_without_secrets(ctx.runtime_env)),
+            "custom_data": _jsonable(ctx.custom_data),
+        }
+        if ctx.worker_node_download_model is not None:
+            values[WORKER_MODE] = _mode_name(ctx.worker_node_download_model)
+        return values
+
+    def _to_ctx(self, phase: str, sent: dict[str, Any], data: dict[str, Any]) -> None:
+        """What the plugins changed of the ctx's fields at ``phase``, checked
+        and set on the ctx; a field they left alone is not touched (the ctx
+        may hold what does not cross as data)."""
+        ctx = self.ctx
+        mode = data.get(WORKER_MODE, _MISSING)
+        if mode != sent.get(WORKER_MODE, _MISSING):
+            if mode is _MISSING:
+                raise ValueError(f"{WORKER_MODE} is missing after {phase}: a plugin removed it")
+            if not isinstance(mode, str) or mode not in NodeModelDownloadable.__members__:
+                raise ValueError(
+                    f"{WORKER_MODE}, as the plugins left it at {phase}, is {mode!r:.80}; it must "
+                    f"be one of {sorted(NodeModelDownloadable.__members__)}"
+                )
+            ctx.worker_node_download_model = NodeModelDownloadable[mode]
+        env = data.get("runtime_env")
+        if env != sent.get("runtime_env"):
+            if env is not None and not isinstance(env, dict):
+                raise ValueError(
+                    f"runtime_env, as the plugins left it at {phase}, must be a map or null, "
+                    f"not {env!r:.200}"
+                )
+            ctx.runtime_env = _with_secrets(env, ctx.runtime_env)
+        custom = data.get("custom_data")
+        if custom != sent.get("custom_data"):
+            if not isinstance(custom, dict):
+                raise ValueError(
+                    f"custom_data, as the plugins left it at {phase}, must be a map, "
+                    f"not {custom!r:.200}"
+                )
+            # What never crossed (the plugins did not see it) stays.
+            kept = {k: v for k, v in ctx.custom_data.items() if not _crosses(v)}
+            ctx.custom_data.clear()
+            ctx.custom_data.update({**kept, **custom})
 
     def _handle_callback_error(self, method_name: str, e: Exception) -> None:
         if isinstance(e, PluginError):
@@ -145,35 +208,15 @@ class WasmNodeInitCallback(CallbackBase):
                 "model_id": engine.model_id,
                 "model_source": engine.actual_hf_model_id,
                 "skip_default": not self.ctx.run_init_node,
-                "custom_data": _jsonable(self.ctx.custom_data),
             },
         )
-        self._take_custom_data(data)
         if data.get("skip_default") is True:
             self.ctx.run_init_node = False
-            self._take_custom_data(self._fire("custom_initialization", {}))
+            self._fire("custom_initialization", {})
             return
         self.ctx.run_init_node = True
         self._place()
-        data = self._fire(
-            "pre_download",
-            {
-                "worker_node_download_model": _mode_name(self.ctx.worker_node_download_model),
-                "runtime_env": self.ctx.runtime_env,
-            },
-        )
-        mode = data.get("worker_node_download_model")
-        if not isinstance(mode, str) or mode not in NodeModelDownloadable.__members__:
-            raise ValueError(
-                f"worker_node_download_model, as the plugins left it, is {mode!r}; it must be "
-                f"one of {sorted(NodeModelDownloadable.__members__)}"
-            )
-        self.ctx.worker_node_download_model = NodeModelDownloadable[mode]
-        env = data.get("runtime_env")
-        if env is not None and not isinstance(env, dict):
-            raise ValueError(f"runtime_env, as the plugins left it, must be a map, not {env!r}")
-        self.ctx.runtime_env = env
-        self._take_custom_data(data)
+        self._fire("pre_download", {})
         self._reports = f"node-reports/{uuid.uuid4().hex}/"
         self._downloaded = True
 
@@ -184,12 +227,19 @@ class WasmNodeInitCallback(CallbackBase):
         context = ray.get_runtime_context()
         node_id = context.get_node_id()
         path = self.llm_config.get_engine_config().actual_hf_model_id
+        env_vars = (self.ctx.runtime_env or {}).get("env_vars") or {}
         report = {
             "node_id": node_id,
             "node_ip": ray.util.get_node_ip_address(),
             "node_rank": self._node_ranks.get(node_id, -1),
             "pid": os.getpid(),
             "model_path": path,
+            "download_model": _mode_name(self.ctx.worker_node_download_model),
+            # Whether Ray started this task in the ctx's runtime_env: its
+            # environment variables are set here.
+            "runtime_env_vars": sorted(
+                k for k, v in env_vars.items() if os.environ.get(str(k)) == str(v)
+            ),
             **_listing(Path(path)),
         }
         _internal_kv_put(self._reports + node_id, json.dumps(report), namespace=KV_NAMESPACE)
@@ -209,7 +259,7 @@ class WasmNodeInitCallback(CallbackBase):
             changed = {k: v for k, v in left.items() if kwargs.get(k) != v}
             if changed:
                 self.llm_config.update_engine_kwargs(**changed)
-            self._take_custom_data(self._fire("post_initialization", {}))
+            self._fire("post_initialization", {})
             if self._session is not None and self._session.hooks is not None:
                 self._session.hooks.flush(10.0)
         finally:
@@ -236,11 +286,7 @@ class WasmNodeInitCallback(CallbackBase):
         )
         engine = self.llm_config.get_engine_config()
         try:
-            self._take_custom_data(
-                self._fire(
-                    "post_download", {"nodes": nodes, "model_path": engine.actual_hf_model_id}
-                )
-            )
+            self._fire("post_download", {"nodes": nodes, "model_path": engine.actual_hf_model_id})
         except BaseException:
             await cleanup
             raise
@@ -271,11 +317,36 @@ class WasmNodeInitCallback(CallbackBase):
             remove_placement_group(old)
         self.ctx.placement_group = new
 
-    def _take_custom_data(self, data: dict[str, Any]) -> None:
-        custom = data.get("custom_data")
-        if isinstance(custom, dict):
-            self.ctx.custom_data.clear()
-            self.ctx.custom_data.update(custom)
+
+def _secret_env_vars(env: Any) -> dict[str, Any]:
+    """The variables of a runtime_env that Ray copied from this process's
+    environment (its Hugging Face tokens)."""
+    if not isinstance(env, dict) or not isinstance(env.get("env_vars"), dict):
+        return {}
+    return {k: v for k, v in env["env_vars"].items() if k in SECRET_ENV_VARS}
+
+
+def _without_secrets(env: Any) -> Any:
+    """``env`` as plugins see it: without the secrets Ray put in it. A
+    plugin sees an environment variable only under the operator's ``env``
+    grant, never through a data key."""
+    hidden = _secret_env_vars(env)
+    if not hidden:
+        return env
+    env_vars = {k: v for k, v in env["env_vars"].items() if k not in hidden}
+    return {**env, "env_vars": env_vars}
+
+
+def _with_secrets(env: dict[str, Any] | None, old: Any) -> dict[str, Any] | None:
+    """A plugin's runtime_env with the secrets it was not shown put back (a
+    variable it set itself stands)."""
+    hidden = _secret_env_vars(old)
+    if not hidden:
+        return env
+    env = dict(env or {})
+    env_vars = env.get("env_vars")
+    env["env_vars"] = {**hidden, **(env_vars if isinstance(env_vars, dict) else {})}
+    return env
 
 
 def _mode_name(mode: Any) -> str:
