@@ -23,12 +23,22 @@ from wasmhooks import PluginError
 
 ray = pytest.importorskip("ray")
 
+from wasmhooks.ray import machine_key  # noqa: E402
+
 EXAMPLE = ROOT / "examples/job"
 MODEL_FILES = [("config.json", "model"), ("tokenizer.json", "tokenizer"), ("weights.json", "model")]
 
 
 def digest(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+MODEL_BYTES = sum((EXAMPLE / "model" / name).stat().st_size for name, _ in MODEL_FILES)
+
+
+def machine_keys() -> set[str]:
+    """The cache folder names of the cluster's machines (here, one)."""
+    return {machine_key(n["NodeManagerAddress"]) for n in ray.nodes() if n["Alive"]}
 
 
 def files_table(source_dir: Path = EXAMPLE / "model") -> str:
@@ -115,16 +125,19 @@ def test_spread_group_downloads_on_each_node_and_starts_the_engine(ray_cluster, 
         assert len(on) == 2
         assert data["placement_group"]["id"] == first.placement_group.id.hex()
 
-        # One download task a node, each into its own cache, every file checked.
+        # One download task a node, into its machine's cache, every file
+        # checked. Both Ray nodes run on this machine and share its cache:
+        # one fetched the files, the other found them there.
         nodes = data["nodes"]
         assert [n["node_rank"] for n in nodes] == [0, 1]
         assert {n["node_id"] for n in nodes} == on
         assert nodes[0]["node_id"] == table["bundles_to_node_id"][0]
-        assert nodes[0]["dir"] != nodes[1]["dir"]
+        assert nodes[0]["dir"] == nodes[1]["dir"]
+        assert sorted(n["cache_hits"] for n in nodes) == [0, 3]
+        assert sum(n["bytes_downloaded"] for n in nodes) == MODEL_BYTES
         for n in nodes:
             assert n["mode"] == "MODEL_AND_TOKENIZER"
-            assert n["cache_hits"] == 0 and n["bytes_downloaded"] > 0
-            assert Path(n["dir"]).is_relative_to(cache / f"node-{n['node_id']}")
+            assert Path(n["dir"]).is_relative_to(cache / machine_key(n["node_ip"]))
             for name, _ in MODEL_FILES:
                 assert digest(Path(n["dir"]) / name) == digest(EXAMPLE / "model" / name)
         # Each node's plugins ran there, with the node's own keys.
@@ -207,21 +220,27 @@ def test_http_downloads_resume_on_each_node(ray_cluster, operator, tmp_path):
             engine=False,
         )
         cache = tmp_path / "node-cache"
-        # Half of weights.json is already on each node, from a cut transfer.
+        # Half of weights.json is already in this machine's cache, from a
+        # cut transfer.
         weights = (EXAMPLE / "model/weights.json").read_bytes()
-        for node in ray.nodes():
-            part = cache / f"node-{node['NodeID']}/models/tiny-llm/weights.json.part"
+        for key in machine_keys():
+            part = cache / key / "models/tiny-llm/weights.json.part"
             part.parent.mkdir(parents=True)
             part.write_bytes(weights[: len(weights) // 2])
         with initialize_node(job, node_operator(operator), cache_dir=cache) as result:
             nodes = result.data["nodes"]
         assert len(nodes) == 2
+        got = [{f["path"]: f for f in n["files"]}["weights.json"] for n in nodes]
+        # The first node to take the machine's cache resumed the transfer;
+        # the other found the whole file.
+        assert sorted((w["cached"], w["resumed_bytes"]) for w in got) == [
+            (False, len(weights) // 2),
+            (True, 0),
+        ]
         for n in nodes:
-            got = {f["path"]: f for f in n["files"]}
-            assert got["weights.json"]["resumed_bytes"] == len(weights) // 2
             assert digest(Path(n["dir"]) / "weights.json") == digest(EXAMPLE / "model/weights.json")
-        # Each node fetched only the rest of weights.json.
-        assert handler.sent.count(len(weights) - len(weights) // 2) == 2
+        # Only the rest of weights.json was sent, once.
+        assert handler.sent.count(len(weights) - len(weights) // 2) == 1
     finally:
         server.shutdown()
         server.server_close()
@@ -345,7 +364,9 @@ def test_a_group_the_cluster_cannot_place_says_so(ray_cluster, operator, tmp_pat
 
     gpu = {"strategy": "SPREAD", "bundles": [{"CPU": 1, "GPU": 1}]}
     job = bundle(tmp_path, [("custom_placement_group", gpu)], engine=False)
-    with pytest.raises(NodeInitError, match="lacks the resources"):
+    with pytest.raises(
+        NodeInitError, match=r"lacks GPU \(the bundles ask for 1, the cluster has 0\)"
+    ):
         initialize_node(
             job, node_operator(operator), cache_dir=tmp_path / "c", placement_timeout_s=2
         )
@@ -387,14 +408,15 @@ def test_a_planted_symlink_or_fifo_in_a_node_cache_is_replaced_not_followed(
     cache = tmp_path / "node-cache"
     target = tmp_path / "outside.json"
     target.write_text("not the model")
-    for node in ray.nodes():
-        folder = cache / f"node-{node['NodeID']}/models/tiny-llm"
+    for key in machine_keys():
+        folder = cache / key / "models/tiny-llm"
         folder.mkdir(parents=True)
         (folder / "config.json").symlink_to(target)
         os.mkfifo(folder / "tokenizer.json")
     with initialize_node(job, node_operator(operator), cache_dir=cache) as result:
+        # The first node replaced the planted files; the other found them.
+        assert sorted(n["cache_hits"] for n in result.data["nodes"]) == [0, 3]
         for n in result.data["nodes"]:
-            assert n["cache_hits"] == 0
             for name in ("config.json", "tokenizer.json"):
                 path = Path(n["dir"]) / name
                 assert path.is_file() and not path.is_symlink()
@@ -544,3 +566,104 @@ def test_every_key_a_plugin_sets_early_stands_on_ray(ray_cluster, operator, tmp_
         assert result.data["engine_kwargs"] == early_engine["engine_kwargs"]
         assert "--max-batch-size=3" in result.data["engine"]["argv"]
     assert not live_groups()
+
+
+def demo_bundle(tmp_path: Path) -> tuple[Path, Path]:
+    """The demo's job bundle and operator config, assembled as
+    ``cargo xtask demo`` assembles them: examples/job, the built plugins,
+    the template's digests and job folder filled in."""
+    from conftest import PLUGINS, sha256
+
+    job = tmp_path / "demo/job"
+    shutil.copytree(EXAMPLE, job)
+    (job / "plugins").mkdir(exist_ok=True)
+    (job / "output").mkdir(exist_ok=True)
+    text = (EXAMPLE / "operator.template.toml").read_text().replace("{job}", str(job))
+    for wasm in (PLUGINS / "wasm32-wasip2/release").glob("*.wasm"):
+        shutil.copy(wasm, job / "plugins" / wasm.name)
+        text = text.replace(f"{{sha256:{wasm.stem}}}", sha256(wasm))
+    # The engine runs as the operator's argv: this Python, for the test.
+    text = text.replace('command = ["python3",', f"command = [{json.dumps(sys.executable)},")
+    op = tmp_path / "demo/operator.toml"
+    op.write_text(text)
+    return job, op
+
+
+def tree_bytes(path: Path) -> int:
+    return sum(p.stat().st_size for p in path.rglob("*") if p.is_file() and not p.is_symlink())
+
+
+def test_the_demo_job_runs_on_a_cpu_cluster_and_a_rerun_hits_the_cache(ray_cluster, tmp_path):
+    """``python -m wasmhooks.ray run`` on the demo's bundle, on a cluster
+    without a GPU: its placement plugin asks for the job's own (CPU)
+    bundles. A rerun finds every file and compiled plugin in the machine's
+    cache and adds nothing to it."""
+    job, op = demo_bundle(tmp_path)
+    cache = tmp_path / "cache"
+    env = {**os.environ, "RAY_USAGE_STATS_ENABLED": "0"}
+    argv = ["-m", "wasmhooks.ray", "run", str(job), "--operator", str(op)]
+    argv += ["--address", ray_cluster.address, "--cache", str(cache), "--json"]
+    argv += ["--placement-timeout", "20"]
+    first = json.loads(run_python(*argv, env=env).stdout)
+    group = first["placement_group"]
+    assert group["strategy"] == "SPREAD"
+    assert [b["resources"] for b in group["bundles"]] == [{"CPU": 1.0}, {"CPU": 1.0}]
+    assert sum(n["bytes_downloaded"] for n in first["nodes"]) == MODEL_BYTES
+    size = tree_bytes(cache)
+    folders = sorted(p.name for p in cache.iterdir())
+    assert folders == sorted({"driver", *machine_keys()})
+
+    again = json.loads(run_python(*argv, env=env).stdout)
+    for n in again["nodes"]:
+        assert n["cache_hits"] == 3 and n["bytes_downloaded"] == 0, n
+    assert tree_bytes(cache) == size, "a rerun adds nothing to the cache"
+    assert sorted(p.name for p in cache.iterdir()) == folders
+    assert not live_groups()
+
+
+def test_a_group_the_cluster_cannot_place_is_waited_for_saying_what_it_lacks(
+    ray_cluster, operator, tmp_path
+):
+    import time
+
+    gpu = {"strategy": "SPREAD", "bundles": [{"CPU": 1, "GPU": 1}]}
+    job = bundle(tmp_path, [("custom_placement_group", gpu)], engine=False)
+    op = str(node_operator(operator))
+    argv = ["-m", "wasmhooks.ray", "run", str(job), "--operator", op]
+    argv += ["--address", ray_cluster.address, "--cache", str(tmp_path / "c")]
+    env = {**os.environ, "RAY_USAGE_STATS_ENABLED": "0"}
+    started = time.monotonic()
+    run = run_python(*argv, "--placement-timeout", "3", env=env, ok=False)
+    assert run.returncode == 1
+    assert time.monotonic() - started < 45
+    lack = "lacks GPU (the bundles ask for 1, the cluster has 0)"
+    waiting = [
+        line for line in run.stderr.splitlines() if "waiting for the placement group" in line
+    ]
+    assert waiting and lack in waiting[0], run.stderr[-2000:]
+    assert "not placed in 3 s" in run.stderr and lack in run.stderr
+    for bad in ("0", "-1", "nan", "100000000"):
+        run = run_python(*argv, "--placement-timeout", bad, env=env, ok=False)
+        assert run.returncode == 1 and "--placement-timeout" in run.stderr, run.stderr[-2000:]
+    assert not live_groups()
+
+
+def test_a_machine_keeps_the_most_recently_used_bundles_and_those_in_use(tmp_path):
+    """The cache of unpacked bundles is bounded: past the newest
+    KEEP_BUNDLES, an old bundle goes unless a run holds it."""
+    from wasmhooks._files import Root
+    from wasmhooks.ray import KEEP_BUNDLES, _lock, _prune
+
+    bundles = tmp_path / "bundles"
+    names = [f"{i:064x}" for i in range(KEEP_BUNDLES + 4)]
+    for age, name in enumerate(names):
+        (bundles / name).mkdir(parents=True)
+        (bundles / name / "job.toml").write_text("")
+        os.utime(bundles / name, (1e9 + age, 1e9 + age))
+    (bundles / ".unpacking").mkdir()
+    # names[0] is the oldest; a run holds names[1].
+    with Root(bundles) as root, root.dir(Path(names[1])) as held:
+        assert _lock(held.fd, exclusive=False)
+        _prune(root, keep=names[-1])
+    left = sorted(p.name for p in bundles.iterdir())
+    assert left == sorted([".unpacking", names[1], *names[-KEEP_BUNDLES:]])

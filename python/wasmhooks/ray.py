@@ -18,13 +18,15 @@ same ``job.toml``, plugins and data keys as ``wasmhooks run``) on Ray:
 3. One download task per node of the group (hard node affinity, no CPU).
    The bundle travels through Ray's object store: the driver packs its
    files and folders (read without following a link; at most 512 MiB) and
-   each node unpacks it once, into ``node-<id>/bundles/<sha256>`` of its
-   cache folder. The task loads the plugins from it (compiled once per
-   node, in ``node-<id>/compiled``), fires ``pre_download`` with the node's
-   keys (``node_id``, ``node_ip``, ``node_rank``, ``download_dir``) and
-   fetches the model's files into the node's own cache
-   (``node-<id>/models``; ``file://`` inside the bundle or ``http(s)://``;
-   sha256-checked, resumed, retried; a cache hit the next time). The node
+   each machine unpacks it once, into ``host-<key>/bundles/<sha256>`` of
+   its cache folder (``<key>``: a hash of the machine's id, hostname and
+   the node's IP, which a restart keeps; see :func:`machine_key`). The
+   task loads the plugins from it (compiled once per machine, in
+   ``host-<key>/compiled``), fires ``pre_download`` with the node's keys
+   (``node_id``, ``node_ip``, ``node_rank``, ``download_dir``) and fetches
+   the model's files into the machine's cache (``host-<key>/models``;
+   ``file://`` inside the bundle or ``http(s)://``; sha256-checked,
+   resumed, retried; a cache hit the next time, also after a restart). The node
    whose ``node_rank`` is 0 holds bundle 0 and is the one
    the engine starts on. Each node's result comes back to the driver, which
    fires ``post_download`` with every node under ``nodes`` (and node 0's
@@ -49,11 +51,13 @@ travels, and an engine runs only if the operator names it.
 from __future__ import annotations
 
 import argparse
+import fcntl
 import hashlib
 import json
 import logging
 import os
 import re
+import shutil
 import signal
 import socket
 import subprocess
@@ -182,23 +186,86 @@ def _resources(bundle: Any, where: str) -> dict[str, float]:
     return {k: float(v) for k, v in bundle.items()}
 
 
+#: Seconds between the lines a placement wait prints.
+PLACEMENT_REPORT_S = 10.0
+#: The longest placement wait: a day.
+MAX_PLACEMENT_TIMEOUT_S = 86_400.0
+
+
+def placement_timeout(value: Any, name: str = "placement_timeout_s") -> float:
+    """A placement wait in seconds, checked: a number above 0, at most a day."""
+    ok = isinstance(value, (int, float)) and not isinstance(value, bool)
+    if not ok or not 0 < value <= MAX_PLACEMENT_TIMEOUT_S:
+        raise NodeInitError(
+            f"{name} = {value!r:.40} must be a number of seconds above 0, at most "
+            f"{MAX_PLACEMENT_TIMEOUT_S:g}"
+        )
+    return float(value)
+
+
+def lacking(bundles: list[dict[str, float]]) -> str:
+    """What the cluster lacks for ``bundles``: each resource they ask for
+    more of than the alive nodes have in all, each bundle no single node
+    could hold; else what is in use now."""
+    nodes = [n["Resources"] for n in ray.nodes() if n["Alive"]]
+    total: dict[str, float] = {}
+    for resources in nodes:
+        for k, v in resources.items():
+            total[k] = total.get(k, 0.0) + v
+    asked: dict[str, float] = {}
+    for b in bundles:
+        for k, v in b.items():
+            asked[k] = asked.get(k, 0.0) + v
+    short = [
+        f"{k} (the bundles ask for {v:g}, the cluster has {total.get(k, 0.0):g})"
+        for k, v in sorted(asked.items())
+        if v > total.get(k, 0.0)
+    ]
+    big = [
+        i
+        for i, b in enumerate(bundles)
+        if not any(all(n.get(k, 0.0) >= v for k, v in b.items()) for n in nodes)
+    ]
+    parts = []
+    if short:
+        parts.append("it lacks " + ", ".join(short))
+    if big:
+        parts.append(f"no node can hold bundle(s) {big}")
+    if not parts:
+        free = {k: round(v, 3) for k, v in sorted(ray.available_resources().items()) if k in asked}
+        parts.append(f"it has the resources but they are in use (free now: {free})")
+    return f"{'; '.join(parts)}, on {len(nodes)} node(s)"
+
+
 def place(request: dict[str, Any], timeout_s: float) -> PlacementGroup:
     """A real group for ``request``, placed within ``timeout_s``, or an error
-    that says what the cluster lacks."""
+    that says what the cluster lacks. While it waits it says so every
+    ``PLACEMENT_REPORT_S`` (on the ``wasmhooks.ray`` logger), with what is
+    missing, rather than leaving only Ray's autoscaler lines."""
+    timeout_s = placement_timeout(timeout_s)
     pg = placement_group(bundles=request["bundles"], strategy=request["strategy"])
-    if not pg.wait(timeout_s):
-        remove_placement_group(pg)
-        # What the cluster has, without the resources Ray makes for groups.
-        has = {
-            k: v
-            for k, v in sorted(ray.cluster_resources().items())
-            if "_group_" not in k and not k.startswith("node:") and k != "object_store_memory"
-        }
-        raise NodeInitError(
-            f"the placement group ({request['strategy']}, bundles {request['bundles']}) was not "
-            f"placed in {timeout_s:g} s: the cluster lacks the resources (it has {has} in all, "
-            f"on {sum(n['Alive'] for n in ray.nodes())} node(s))"
-        )
+    now = time.monotonic()
+    deadline = now + timeout_s
+    # Most groups are placed at once: the first report waits a second.
+    report = now + 1.0
+    while not pg.wait(max(0.1, min(report, deadline) - now)):
+        now = time.monotonic()
+        if now >= deadline:
+            remove_placement_group(pg)
+            raise NodeInitError(
+                f"the placement group ({request['strategy']}, bundles {request['bundles']}) was "
+                f"not placed in {timeout_s:g} s: {lacking(request['bundles'])} "
+                "(a shorter wait: placement_timeout_s, or --placement-timeout)"
+            )
+        if now >= report:
+            logger.warning(
+                "waiting for the placement group (%s, %d bundle(s)): %s; %.0f s left",
+                request["strategy"],
+                len(request["bundles"]),
+                lacking(request["bundles"]),
+                deadline - now,
+            )
+            report = now + PLACEMENT_REPORT_S
     return pg
 
 
@@ -323,17 +390,92 @@ def confine_source(source: Any, field_name: str, base: str | None = None) -> str
 # In each node's download task.
 
 
-def _node_bundle(spec: dict[str, Any], bundle: list[Any], node_id: str) -> tuple[Root, str]:
-    """This node's cache folder, and the job bundle unpacked in it (fetched
-    from the object store only if this node has not unpacked it before)."""
-    node_cache = Root(spec["cache_root"], create=True).dir(
-        PurePosixPath(f"node-{node_id}"), create=True
-    )
+#: Unpacked bundles a machine keeps, the most recently used; older ones
+#: are removed when no task or engine holds them.
+KEEP_BUNDLES = 8
+#: Where a machine's id is, systemd's first.
+MACHINE_ID_FILES = ("/etc/machine-id", "/var/lib/dbus/machine-id")
+
+
+def machine_key(node_ip: str) -> str:
+    """The name of this machine's cache folder: ``host-`` and 16 hex digits
+    of a sha256 of its machine id, its hostname and the node's IP.
+
+    None of these changes when Ray (or the machine) restarts, unlike a Ray
+    node id, so a rerun finds what the last run fetched and compiled; none
+    is the job's to choose. The hostname and IP tell apart machines cloned
+    from one image (which share a machine id) on a shared home folder. Ray
+    nodes started on one machine share its folder (and its disk): a lock
+    orders their downloads."""
+    machine = ""
+    for path in MACHINE_ID_FILES:
+        try:
+            with open(path, "rb") as f:
+                machine = f.read(256).decode("ascii", "replace").strip()
+        except OSError:
+            continue
+        if machine:
+            break
+    text = "\0".join((machine, socket.gethostname(), node_ip))
+    return "host-" + hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+def _lock(fd: int, exclusive: bool, wait: bool = True) -> bool:
+    """``flock`` on a folder's descriptor; False if ``wait`` is off and
+    another process holds it."""
+    flags = fcntl.LOCK_EX if exclusive else fcntl.LOCK_SH
+    try:
+        fcntl.flock(fd, flags if wait else flags | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return False
+    return True
+
+
+def _node_bundle(spec: dict[str, Any], bundle: list[Any]) -> tuple[Root, Root]:
+    """This machine's cache folder, and the job bundle unpacked in it
+    (fetched from the object store only if no run on this machine has
+    unpacked it before), held with a shared lock until it is closed, so no
+    other run removes it while this one uses it."""
+    key = machine_key(ray.util.get_node_ip_address())
+    node_cache = Root(spec["cache_root"], create=True).dir(PurePosixPath(key), create=True)
     bundles = node_cache.dir(PurePosixPath("bundles"), create=True)
-    path = os.path.join(bundles.path, spec["bundle_sha256"])
-    if not os.path.isdir(path):
-        path = unpack(ray.get(bundle[0]), bundles, spec["bundle_sha256"])
-    return node_cache, path
+    name = spec["bundle_sha256"]
+    for _ in range(3):
+        if not os.path.isdir(os.path.join(bundles.path, name)):
+            unpack(ray.get(bundle[0]), bundles, name)
+        job = bundles.dir(PurePosixPath(name))
+        _lock(job.fd, exclusive=False)
+        if os.fstat(job.fd).st_nlink > 0:
+            # Its time is its last use: the newest are kept.
+            os.utime(job.fd)
+            _prune(bundles, keep=name)
+            return node_cache, job
+        # Removed as old between the check and the lock: unpacked again.
+        job.close()
+    raise NodeInitError(f"{bundles.path}/{name}: removed while this run was unpacking it")
+
+
+def _prune(bundles: Root, keep: str) -> None:
+    """Removes unpacked bundles past the ``KEEP_BUNDLES`` most recently
+    used that no run holds (their lock is free). A folder being unpacked
+    (``.``-named, renamed into place when whole) is not one of them."""
+    entries = []
+    for entry in os.scandir(bundles.path):
+        if (
+            entry.name != keep
+            and not entry.name.startswith(".")
+            and entry.is_dir(follow_symlinks=False)
+        ):
+            entries.append((entry.stat(follow_symlinks=False).st_mtime, entry.name))
+    entries.sort(reverse=True)
+    for _, name in entries[KEEP_BUNDLES - 1 :]:
+        try:
+            old = bundles.dir(PurePosixPath(name))
+        except OSError:
+            continue
+        with old:
+            if _lock(old.fd, exclusive=True, wait=False):
+                shutil.rmtree(old.path, ignore_errors=True)
 
 
 def _node_download(spec: dict[str, Any], bundle: list[Any]) -> dict[str, Any]:
@@ -341,15 +483,17 @@ def _node_download(spec: dict[str, Any], bundle: list[Any]) -> dict[str, Any]:
     node_id = ray.get_runtime_context().get_node_id()
     rank = spec["ranks"][node_id]
     restore_trap_handlers()
-    node_cache, job = _node_bundle(spec, bundle, node_id)
-    models = node_cache.dir(PurePosixPath("models"), create=True)
-    policy = Policy.from_toml(spec["operator"], spec["operator_base"])
-    session = Session(policy, job=job, cache_dir=os.path.join(node_cache.path, "compiled"))
-    try:
-        return _fetch_on_node(spec, session, node_id, rank, models, Root(job))
-    finally:
-        if session.hooks is not None:
-            session.hooks.close()
+    node_cache, job = _node_bundle(spec, bundle)
+    with job:
+        models = node_cache.dir(PurePosixPath("models"), create=True)
+        policy = Policy.from_toml(spec["operator"], spec["operator_base"])
+        cache = os.path.join(node_cache.path, "compiled")
+        session = Session(policy, job=job.path, cache_dir=cache)
+        try:
+            return _fetch_on_node(spec, session, node_id, rank, models, Root(job.path))
+        finally:
+            if session.hooks is not None:
+                session.hooks.close()
 
 
 def _fetch_on_node(
@@ -392,9 +536,14 @@ def _fetch_on_node(
         max_file_bytes=spec["max_file_bytes"],
     )
     try:
+        # Ray nodes on one machine share its cache: one fetches a folder at
+        # a time, and the next finds the files there.
+        _lock(fetch.dest.fd, exclusive=True)
         fetched = fetch_all(select(files, mode), fetch)
     except (OSError, RuntimeError, ValueError) as e:
         raise NodeInitError(f"node {rank} ({node_id[:12]}): download: {e}") from None
+    finally:
+        fetch.dest.close()
     changed = {k: v for k, v in data.items() if sent.get(k, _MISSING) != v}
     return {
         "node_id": node_id,
@@ -431,6 +580,7 @@ class _Engine:
 
     def __init__(self) -> None:
         self.proc: subprocess.Popen[bytes] | None = None
+        self.bundle: Root | None = None
 
     def start(
         self,
@@ -444,7 +594,9 @@ class _Engine:
         """Starts the engine in the job's bundle on this node, as the CLI
         starts it in the job's folder, and waits until it is ready."""
         node_id = ray.get_runtime_context().get_node_id()
-        _, cwd = _node_bundle(spec, bundle, node_id)
+        # Held while the engine runs: no other run removes its folder.
+        _, self.bundle = _node_bundle(spec, bundle)
+        cwd = self.bundle.path
         with socket.socket() as s:
             s.bind(("127.0.0.1", 0))
             port = s.getsockname()[1]
@@ -530,6 +682,9 @@ class _Engine:
             except subprocess.TimeoutExpired:
                 os.killpg(self.proc.pid, signal.SIGKILL)
                 self.proc.wait()
+        if self.bundle is not None:
+            self.bundle.close()
+            self.bundle = None
 
 
 def _read(stream: Any, ready_line: str | None, ready: Any, tail: Any) -> None:
@@ -615,10 +770,15 @@ def initialize_node(
     ``operator`` is the operator config's path (trusted; it is read here and
     sent to every node). ``address`` is passed to ``ray.init`` when this
     process is not connected yet (``None``: Ray's own default).
-    ``cache_dir`` is the folder, on every node, under which each node keeps
-    its own ``node-<id>/bundles`` (the job bundle, unpacked),
-    ``node-<id>/models`` (downloads) and ``node-<id>/compiled`` (compiled
-    plugins); by default ``~/.cache/wasmhooks/ray``.
+    ``cache_dir`` is the folder, on every node, under which each machine
+    keeps ``host-<key>/bundles`` (job bundles, unpacked; the
+    ``KEEP_BUNDLES`` most recently used), ``host-<key>/models``
+    (downloads) and ``host-<key>/compiled`` (compiled plugins); by default
+    ``~/.cache/wasmhooks/ray``. The key (:func:`machine_key`) survives a
+    restart of Ray or of the machine, so a rerun hits the cache.
+    ``placement_timeout_s`` bounds the wait for the cluster to place the
+    group (more than 0, at most a day); while it waits, what the cluster
+    lacks is logged every ``PLACEMENT_REPORT_S``.
     """
     run = _Run(Path(job_dir).resolve(), Path(operator).resolve(), cache_dir, placement_timeout_s)
     if not ray.is_initialized():
@@ -636,7 +796,7 @@ class _Run:
         self.operator = operator
         self.policy = Policy.from_file(operator)
         self.cache_root = Path(cache_dir or default_cache() / "ray").resolve()
-        self.placement_timeout_s = placement_timeout_s
+        self.placement_timeout_s = placement_timeout(placement_timeout_s)
         # The plugins load (and are checked against the operator) before Ray
         # does anything for the job.
         self.session = Session(self.policy, job=job, cache_dir=self.cache_root / "driver")
@@ -842,11 +1002,28 @@ def main(argv: list[str] | None = None) -> int:
     run.add_argument("--operator", required=True)
     run.add_argument("--address", default=None, help="the Ray cluster (default: Ray's own)")
     run.add_argument("--cache", default=None, help="the cache folder on every node")
+    run.add_argument(
+        "--placement-timeout",
+        type=float,
+        default=60.0,
+        metavar="SECONDS",
+        help="how long to wait for the cluster to place the group (default: 60)",
+    )
     run.add_argument("--json", action="store_true", help="print the final data map as JSON")
     args = parser.parse_args(argv)
+    # What the run waits for is said on stderr, as the errors are.
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter("wasmhooks: %(message)s"))
+    logger.addHandler(handler)
+    logger.propagate = False
     try:
+        timeout = placement_timeout(args.placement_timeout, "--placement-timeout")
         with initialize_node(
-            args.job_dir, args.operator, args.address, cache_dir=args.cache
+            args.job_dir,
+            args.operator,
+            args.address,
+            cache_dir=args.cache,
+            placement_timeout_s=timeout,
         ) as result:
             if args.json:
                 print(json.dumps(result.data, indent=2, default=str))

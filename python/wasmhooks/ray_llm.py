@@ -73,7 +73,14 @@ from ray.util.placement_group import (
 
 from wasmhooks._native import PluginError, restore_trap_handlers
 from wasmhooks._session import PathLike, PluginSpec, Session
-from wasmhooks.ray import as_request, describe, node_ranks, place, request_of
+from wasmhooks.ray import (
+    as_request,
+    describe,
+    node_ranks,
+    place,
+    placement_timeout,
+    request_of,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -117,7 +124,7 @@ class WasmNodeInitCallback(CallbackBase):
         **kwargs: Any,
     ) -> None:
         super().__init__(llm_config, raise_error_on_callback, ctx_kwargs, **kwargs)
-        self.placement_timeout_s = placement_timeout_s
+        self.placement_timeout_s = placement_timeout(placement_timeout_s)
         # Loaded here, so a plugin the operator did not allow fails the
         # deployment before any node work.
         self._session: Session | None = Session(

@@ -1,8 +1,11 @@
 //! Replaces the placement group after the default one is planned: the
 //! seeds' "custom placement group" callback. The plan comes from the
 //! plugin's config: `{"strategy": "SPREAD", "bundles": [{"CPU": 1}, ...]}`,
-//! or, without config, one `{CPU: 1, GPU: 1}` bundle per tensor-parallel
-//! rank of the job's node, spread.
+//! or, without config, one bundle per tensor-parallel rank of the job's
+//! node, spread. Each such bundle is the job's own `[node] bundle`, so a
+//! job that asks for CPUs runs on a machine without a GPU, and one that
+//! asks for GPUs gets them; only a job that names no bundle gets the
+//! seeds' `{CPU: 1, GPU: 1}`.
 
 use wasmhooks_sdk::{Data, Error, Manifest, Plugin, Updates, Value, json};
 
@@ -26,7 +29,11 @@ impl Plugin for CustomPlacementGroup {
                 .as_u64()
                 .or(job["tensor_parallel_size"].as_u64())
                 .unwrap_or(1);
-            let bundles: Vec<Value> = (0..tp).map(|_| json!({"CPU": 1, "GPU": 1})).collect();
+            let bundle = match &job["node"]["bundle"] {
+                Value::Object(b) if !b.is_empty() => Value::Object(b.clone()),
+                _ => json!({"CPU": 1, "GPU": 1}),
+            };
+            let bundles: Vec<Value> = (0..tp).map(|_| bundle.clone()).collect();
             json!({"strategy": "SPREAD", "bundles": bundles})
         } else {
             config.clone()
