@@ -667,3 +667,23 @@ def test_a_machine_keeps_the_most_recently_used_bundles_and_those_in_use(tmp_pat
         _prune(root, keep=names[-1])
     left = sorted(p.name for p in bundles.iterdir())
     assert left == sorted([".unpacking", names[1], *names[-KEEP_BUNDLES:]])
+
+
+def test_a_replaced_group_is_placed_where_both_would_not_fit(ray_cluster, operator, tmp_path):
+    """The group a plugin asks for at post_placement_group is placed after
+    the first one is removed: here the two together (2 CPUs, then 3) are
+    more than the cluster's 4, as the demo's are on a 2-CPU machine."""
+    from wasmhooks.ray import initialize_node
+
+    spread = {"strategy": "STRICT_SPREAD", "bundles": [{"CPU": 1.5}, {"CPU": 1.5}]}
+    node = 'source = "file://model"\ntensor_parallel_size = 2\nstrategy = "PACK"\n'
+    job = bundle(tmp_path, [("custom_placement_group", spread)], node=node, engine=False)
+    text = (job / "job.toml").read_text().replace("bundle = { CPU = 0.5 }", "bundle = { CPU = 1 }")
+    (job / "job.toml").write_text(text)
+    op = node_operator(operator)
+    with initialize_node(job, op, cache_dir=tmp_path / "c", placement_timeout_s=10) as result:
+        group = result.data["placement_group"]
+        assert group["strategy"] == "STRICT_SPREAD"
+        assert [b["resources"] for b in group["bundles"]] == [{"CPU": 1.5}, {"CPU": 1.5}]
+        assert len(live_groups()) == 1
+    assert not live_groups()

@@ -316,13 +316,14 @@ class WasmNodeInitCallback(CallbackBase):
         self._node_ranks = node_ranks(described)
 
     def _replace(self, request: dict[str, Any]) -> None:
-        """A real group for the bundles and strategy the plugins asked for."""
-        new = place(request, self.placement_timeout_s)
+        """A real group for the bundles and strategy the plugins asked for.
+        The group it replaces goes first (unless this replica runs in it),
+        so a cluster just big enough for one of them places the new one."""
         old = self.ctx.placement_group
         current = get_current_placement_group()
         if old is not None and (current is None or current.id != old.id):
             remove_placement_group(old)
-        self.ctx.placement_group = new
+        self.ctx.placement_group = place(request, self.placement_timeout_s)
 
 
 def _secret_env_vars(env: Any) -> dict[str, Any]:
