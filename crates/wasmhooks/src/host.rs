@@ -88,7 +88,8 @@ impl Shared {
         config
             .strategy(strategy)
             .consume_fuel(true)
-            .epoch_interruption(true);
+            .epoch_interruption(true)
+            .parallel_compilation(compiles_in_parallel());
         let engine = Engine::new(&config).map_err(Error::Engine)?;
         let compile_cache = compile_cache.map(|dir| {
             let mut hasher = std::hash::DefaultHasher::new();
@@ -111,6 +112,15 @@ impl Shared {
             _ticker: ticker,
         })
     }
+}
+
+/// Whether this process may compile on a thread pool: not in a child
+/// forked from the process that first did. The pool (rayon's, one per
+/// process) is made once, and a forked child inherits it without its
+/// threads, so compiling there would wait forever.
+fn compiles_in_parallel() -> bool {
+    static FIRST: std::sync::OnceLock<u32> = std::sync::OnceLock::new();
+    *FIRST.get_or_init(std::process::id) == std::process::id()
 }
 
 fn plugin_linker(engine: &Engine) -> wasmtime::Result<Linker<PluginState>> {

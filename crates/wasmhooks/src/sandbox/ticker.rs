@@ -5,30 +5,63 @@
 //! second for nothing. It ends by itself, within a tick, once no engine
 //! is registered.
 
-use std::sync::{Mutex, PoisonError};
+use std::sync::{Arc, LazyLock, Mutex, MutexGuard, PoisonError};
 use std::time::Duration;
 
+use arc_swap::ArcSwap;
 use wasmtime::{Engine, EngineWeak};
 
 /// How often the epoch advances; deadlines are rounded up to it.
 pub(crate) const TICK: Duration = Duration::from_millis(2);
 
-/// The engines the ticker advances, and the process whose thread runs it
-/// (a child forked from that process has no such thread).
+/// The engines one process's ticker advances. A child forked from that
+/// process has neither its thread nor, if that thread held it at the fork,
+/// a usable lock (waiting on it would hang the child's first host): so a
+/// registry belongs to the process that made it, and a child makes its own.
+struct Registry {
+    pid: u32,
+    ticking: Mutex<Ticking>,
+}
+
+#[derive(Default)]
 struct Ticking {
     engines: Vec<(u64, EngineWeak)>,
     next: u64,
-    running_in: Option<u32>,
+    /// Whether this registry's thread runs.
+    running: bool,
 }
 
-static TICKING: Mutex<Ticking> = Mutex::new(Ticking {
-    engines: Vec::new(),
-    next: 0,
-    running_in: None,
-});
+impl Registry {
+    fn new() -> Self {
+        Registry {
+            pid: std::process::id(),
+            ticking: Mutex::default(),
+        }
+    }
 
-fn ticking() -> std::sync::MutexGuard<'static, Ticking> {
-    TICKING.lock().unwrap_or_else(PoisonError::into_inner)
+    fn lock(&self) -> MutexGuard<'_, Ticking> {
+        self.ticking.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+}
+
+static REGISTRY: LazyLock<ArcSwap<Registry>> =
+    LazyLock::new(|| ArcSwap::from_pointee(Registry::new()));
+
+/// This process's registry (a fresh one, the first time a forked child
+/// asks). Read without a lock, so a fork at any moment leaves it readable.
+fn registry() -> Arc<Registry> {
+    let current = REGISTRY.load_full();
+    if current.pid == std::process::id() {
+        return current;
+    }
+    REGISTRY.rcu(|current| {
+        if current.pid == std::process::id() {
+            current.clone()
+        } else {
+            Arc::new(Registry::new())
+        }
+    });
+    REGISTRY.load_full()
 }
 
 /// An engine's registration with the ticker; dropping it ends the ticks.
@@ -38,13 +71,14 @@ pub(crate) struct EpochTicker {
 
 impl EpochTicker {
     pub(crate) fn start(engine: &Engine) -> std::io::Result<Self> {
-        let mut ticking = ticking();
-        let this = std::process::id();
-        if ticking.running_in != Some(this) {
+        let registry = registry();
+        let mut ticking = registry.lock();
+        if !ticking.running {
+            let registry = registry.clone();
             std::thread::Builder::new()
                 .name("wasmhooks-epoch".into())
-                .spawn(tick)?;
-            ticking.running_in = Some(this);
+                .spawn(move || tick(&registry))?;
+            ticking.running = true;
         }
         let id = ticking.next;
         ticking.next += 1;
@@ -62,16 +96,18 @@ impl EpochTicker {
 
 impl Drop for EpochTicker {
     fn drop(&mut self) {
-        ticking().engines.retain(|(id, _)| *id != self.id);
+        // This process's registry: in a forked child, an engine of the
+        // parent's is in none it can see, and nothing is to be done.
+        registry().lock().engines.retain(|(id, _)| *id != self.id);
     }
 }
 
-/// The ticker's thread: advances every registered engine, and ends when
-/// none is left.
-fn tick() {
+/// The ticker's thread: advances every engine of its registry, and ends
+/// when none is left.
+fn tick(registry: &Registry) {
     loop {
         std::thread::sleep(TICK);
-        let mut ticking = ticking();
+        let mut ticking = registry.lock();
         ticking.engines.retain(|(_, weak)| match weak.upgrade() {
             Some(engine) => {
                 engine.increment_epoch();
@@ -80,7 +116,7 @@ fn tick() {
             None => false,
         });
         if ticking.engines.is_empty() {
-            ticking.running_in = None;
+            ticking.running = false;
             return;
         }
     }
