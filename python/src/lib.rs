@@ -167,7 +167,9 @@ fn map_of(
     depth: usize,
 ) -> PyResult<Map<String, Value>> {
     let mut map = Map::new();
-    for (key, value) in dict.iter() {
+    // A copy: converting a value may run Python code (`.item()`) that
+    // changes the dict, and iterating a dict that changes size panics.
+    for (key, value) in dict.copy()?.iter() {
         let key: String = key
             .extract()
             .map_err(|_| PyTypeError::new_err(format!("{place}: keys must be str")))?;
@@ -207,6 +209,7 @@ fn map_to_py<'py>(py: Python<'py>, map: &Map<String, Value>) -> PyResult<Bound<'
     Ok(dict)
 }
 
+mod fork;
 mod traps;
 
 /// The operator's allowlist: which plugins may run, pinned by sha256, with
@@ -267,6 +270,25 @@ impl Policy {
         (from_toml, (self.text.as_str(), self.base.as_path()))
             .into_pyobject(py)
             .map(Bound::into_any)
+    }
+
+    /// What the operator said to do when a call into plugin `name` fails:
+    /// `"fail"`, `"skip"` or `"disable"`, for a runner that applies it to
+    /// what the plugin left (a value it cannot use).
+    fn on_error(&self, name: &str) -> PyResult<&'static str> {
+        let plugin = self
+            .inner
+            .plugins()
+            .iter()
+            .find(|p| p.name == name)
+            .ok_or_else(|| {
+                PolicyError::new_err(format!("the operator allows no plugin {name:?}"))
+            })?;
+        Ok(match plugin.on_error {
+            wasmhooks::OnError::Fail => "fail",
+            wasmhooks::OnError::Skip => "skip",
+            wasmhooks::OnError::Disable => "disable",
+        })
     }
 
     /// The folders the operator granted plugin `name`: `{"read": [(host,
@@ -529,6 +551,12 @@ impl Plugin {
     }
 }
 
+/// `timeout` seconds as a duration, or a `ValueError` naming it.
+fn duration(timeout: f64) -> PyResult<Duration> {
+    Duration::try_from_secs_f64(timeout)
+        .map_err(|_| PyValueError::new_err(format!("timeout {timeout} is not a duration")))
+}
+
 /// The live plugins of one job, called phase by phase. Safe to share
 /// between threads: calls are taken one at a time.
 #[pyclass(module = "wasmhooks._native", frozen)]
@@ -536,6 +564,25 @@ struct Hooks {
     inner: Mutex<Option<wasmhooks::Hooks>>,
     /// Per phase, what a fire needs to know of its plugins, found once.
     phases: Mutex<std::collections::HashMap<String, PhaseInfo>>,
+    /// The fork generation they were made in (`fork`): used after a fork,
+    /// they refuse to run.
+    born: u64,
+}
+
+impl Drop for Hooks {
+    fn drop(&mut self) {
+        // In a forked child, dropping the parent's hooks would join a
+        // worker thread that is not in this process, and wait forever:
+        // they are left to the process's end instead.
+        if fork::generation() != self.born {
+            let inner = self
+                .inner
+                .get_mut()
+                .unwrap_or_else(PoisonError::into_inner)
+                .take();
+            std::mem::forget(inner);
+        }
+    }
 }
 
 /// A key some plugin reads, and the same as an interned Python string.
@@ -561,6 +608,7 @@ impl Hooks {
 
     /// What a fire of `phase` needs to know of its plugins.
     fn phase_info(&self, py: Python<'_>, phase: &str) -> PyResult<PhaseInfo> {
+        fork::check(self.born)?;
         if let Some(info) = self
             .phases
             .lock()
@@ -599,6 +647,7 @@ impl Hooks {
         py: Python<'_>,
         f: impl FnOnce(&mut wasmhooks::Hooks) -> R + Send,
     ) -> PyResult<R> {
+        fork::check(self.born)?;
         let mut guard = match self.inner.try_lock() {
             Ok(guard) => guard,
             Err(TryLockError::Poisoned(p)) => p.into_inner(),
@@ -615,6 +664,7 @@ impl Hooks {
         py: Python<'_>,
         f: impl FnOnce(&mut wasmhooks::Hooks) -> R + Send,
     ) -> PyResult<R> {
+        fork::check(self.born)?;
         py.detach(|| {
             let mut guard = self.lock();
             guard.as_mut().map(f)
@@ -647,6 +697,7 @@ impl Hooks {
         Ok(Hooks {
             inner: Mutex::new(Some(hooks)),
             phases: Mutex::new(std::collections::HashMap::new()),
+            born: fork::generation(),
         })
     }
 
@@ -720,10 +771,15 @@ impl Hooks {
         })
     }
 
-    /// Each stateful plugin's state, by plugin name, for a checkpoint.
-    fn save_state<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyDict>> {
+    /// Each stateful plugin's state, by plugin name, for a checkpoint. A
+    /// background observer's state waits for what was queued before it for
+    /// at most `timeout` seconds in all; what is still queued then is
+    /// dropped and counted.
+    #[pyo3(signature = (timeout = 10.0))]
+    fn save_state<'py>(&self, py: Python<'py>, timeout: f64) -> PyResult<Bound<'py, PyDict>> {
+        let bound = duration(timeout)?;
         let states = self
-            .with(py, |hooks| hooks.save_states())?
+            .with(py, move |hooks| hooks.save_states(bound))?
             .map_err(|e| py_err(py, e))?;
         let dict = PyDict::new(py);
         for (name, state) in &states {
@@ -752,15 +808,17 @@ impl Hooks {
     /// many observations were still queued (and are now dropped).
     #[pyo3(signature = (timeout = 10.0))]
     fn flush(&self, py: Python<'_>, timeout: f64) -> PyResult<u64> {
-        let bound = Duration::try_from_secs_f64(timeout)
-            .map_err(|_| PyValueError::new_err(format!("timeout {timeout} is not a duration")))?;
+        let bound = duration(timeout)?;
         self.with(py, move |hooks| hooks.flush(bound))
     }
 
     /// Stops the plugins and joins the observer thread. The hooks cannot be
     /// used after; closing twice is harmless.
     fn close(&self, py: Python<'_>) {
-        py.detach(|| drop(self.lock().take()));
+        // In a forked child there is nothing of theirs to stop (`Drop`).
+        if fork::generation() == self.born {
+            py.detach(|| drop(self.lock().take()));
+        }
     }
 
     fn __enter__(slf: Py<Self>) -> Py<Self> {
@@ -860,6 +918,17 @@ fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(wit_versions, m)?)?;
     m.add_function(wrap_pyfunction!(schema, m)?)?;
     m.add_function(wrap_pyfunction!(restore_trap_handlers, m)?)?;
+    fork::register(m)?;
+    // Which build this is: a debug build costs 3-6x more per fire, so the
+    // benchmarks refuse one and a user can tell which they have.
+    m.add(
+        "BUILD",
+        if cfg!(debug_assertions) {
+            "debug"
+        } else {
+            "release"
+        },
+    )?;
     m.add("WasmHooksError", py.get_type::<WasmHooksError>())?;
     m.add("PolicyError", py.get_type::<PolicyError>())?;
     m.add("LoadError", py.get_type::<LoadError>())?;

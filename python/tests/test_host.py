@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import os
 import pickle
 import threading
+import time
 
 import pytest
 from conftest import allow, plugin
@@ -224,3 +226,81 @@ def test_the_key_schema_types_updates_at_merge(operator, cache_dir):
             hooks.fire("host", data)
         hooks.fire("own", data)
         assert data["adversary.best"] == 0.5
+
+
+class _Mutating:
+    """A scalar whose conversion (its ``.item()``) changes the dict being
+    fired, as a hostile or careless value could."""
+
+    def __init__(self, target: dict) -> None:
+        self.target = target
+
+    def item(self) -> float:
+        for i in range(100):
+            self.target[f"new-{i}"] = i
+        return 1.5
+
+
+def test_a_value_that_changes_the_dict_while_it_converts_is_no_panic(operator, cache_dir):
+    op = operator(allow("adversary", "adversary", 'write = ["count"]'))
+    host = Host(Policy.from_file(op), cache_dir=cache_dir)
+    with Hooks({}, [(host.load(plugin("adversary")), None)]) as hooks:
+        data: dict = {}
+        nested: dict = {"x": 1}
+        nested["m"] = _Mutating(nested)
+        data["nested"] = nested
+        data["top"] = _Mutating(data)
+        # The adversary reads the whole map: every value converts.
+        hooks.fire("count", data)
+        assert data["count"] == 1
+        assert "new-0" in data and "new-0" in nested
+
+
+def test_hooks_made_before_a_fork_refuse_to_run_in_the_child(operator, cache_dir, tmp_path):
+    op = operator(allow("adversary", "adversary", 'write = ["count"]'))
+    host = Host(Policy.from_file(op), cache_dir=cache_dir)
+    hooks = Hooks({}, [(host.load(plugin("adversary")), None)])
+    data = {"count": 0}
+    hooks.fire("observe_nap", data)  # the observer worker is running
+    out = tmp_path / "child.txt"
+    pid = os.fork()
+    if pid == 0:  # pragma: no cover - the child reports through the file
+        code = 1
+        try:
+            try:
+                hooks.fire("count", {})
+                result = "ran"
+            except RuntimeError as e:
+                result = str(e)
+            try:
+                hooks.save_state()
+            except RuntimeError as e:
+                result += " | " + str(e)
+            # Its own hooks work in the child.
+            fresh = Hooks({}, [(Host(Policy.from_file(op)).load(plugin("adversary")), None)])
+            d: dict = {}
+            fresh.fire("count", d)
+            result += f" | fresh {d.get('count')}"
+            fresh.close()
+            hooks.close()  # harmless, and does not wait on the parent's threads
+            del hooks
+            out.write_text(result)
+            code = 0
+        finally:
+            os._exit(code)
+    deadline = time.monotonic() + 120
+    while (done := os.waitpid(pid, os.WNOHANG))[0] == 0 and time.monotonic() < deadline:
+        time.sleep(0.05)
+    if done[0] == 0:
+        os.kill(pid, 9)
+        os.waitpid(pid, 0)
+        pytest.fail("the forked child hung")
+    assert os.waitstatus_to_exitcode(done[1]) == 0
+    said = out.read_text()
+    assert said.count("made before this process was forked") == 2, said
+    assert said.endswith("| fresh 1"), said
+    # The parent's hooks are untouched (its count went on from the nap
+    # observed before the fork).
+    hooks.fire("count", data)
+    assert data["count"] == 2
+    hooks.close()

@@ -17,6 +17,7 @@ built with PyO3: the same policy, sandbox, reports and plugins as the
 """
 
 from wasmhooks._native import (
+    BUILD,
     Hooks,
     Host,
     LoadError,
@@ -32,6 +33,7 @@ from wasmhooks._native import (
 )
 
 __all__ = [
+    "BUILD",
     "Hooks",
     "Host",
     "LoadError",
