@@ -99,14 +99,6 @@ from wasmhooks._files import JobPathError, Root, relative
 from wasmhooks._native import Hooks, Host, Plugin, PluginError, Policy, WasmHooksError
 from wasmhooks._session import PathLike, PluginSpec, Session
 
-try:
-    import tomllib
-except ImportError:  # Python 3.10: the operator's policy read with tomli, if installed
-    try:
-        import tomli as tomllib  # type: ignore[no-redef]
-    except ImportError:
-        tomllib = None  # type: ignore[assignment]
-
 #: The pipeline lifecycle's phases, in the order a successful node sees them.
 PHASES = (
     "on_pipeline_begin",
@@ -655,16 +647,8 @@ class _Unusable(ValueError):
 
 
 def _on_errors(policy: Policy) -> dict[str, str]:
-    """Each plugin's ``on_error`` (``fail``, ``skip``, ``disable``), from
-    the operator's config as the extension read it (it does not expose the
-    field); ``fail``, the default, wherever that text cannot be read here."""
-    text = policy.__reduce__()[1][0]
-    try:
-        config = tomllib.loads(text)
-        default = config.get("defaults", {}).get("on_error", "fail")
-        return {p["name"]: p.get("on_error", default) for p in config.get("plugin", [])}
-    except Exception:  # no TOML reader (Python 3.10), or TOML it does not read
-        return {}
+    """Each plugin's ``on_error`` (``fail``, ``skip``, ``disable``)."""
+    return {name: policy.on_error(name) for name in policy.plugins}
 
 
 def _digest(*parts: str) -> str:
