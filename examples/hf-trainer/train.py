@@ -59,7 +59,7 @@ def main() -> None:
         callbacks=[callback],
     )
     trainer.train()
-    data = callback.hooks and callback._session.data
+    data = callback.data
     print(f"stopped at step {trainer.state.global_step} of 200: {data['train_end_reason']}")
     print(f"early stopping: {json.dumps(data.get('early_stopping'))}")
     print(f"checkpoints kept: {sorted(os.listdir(out / 'run'))}")

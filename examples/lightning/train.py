@@ -54,9 +54,9 @@ def main() -> None:
     train = torch.utils.data.DataLoader(Tokens(800), batch_size=8)
     val = torch.utils.data.DataLoader(Tokens(64, seed=1), batch_size=8)
     trainer.fit(lightning_module(), train, val)
-    data = callback._session.data
+    data = callback.data
     print(f"stopped at step {trainer.global_step} of 200: {data['train_end_reason']}")
-    print(f"checkpoints kept: {[Path(p).name for p in callback._saved]}")
+    print(f"checkpoints kept: {[Path(p).name for p in callback.checkpoints]}")
 
 
 if __name__ == "__main__":

@@ -94,14 +94,19 @@ class Session:
         return known
 
     def fire(self, phase: str, values: dict[str, Any]) -> dict[str, Any]:
-        """Fires ``phase`` with ``values`` merged into the run's data map;
-        returns the map as the plugins left it."""
+        """Merges ``values`` (the host's own keys for ``phase``) into the
+        run's data map, then fires ``phase`` if some plugin listens to it;
+        returns the map as the plugins left it. The host's values are merged
+        at every event, listened to or not, so the map always says what the
+        trainer last said (``train_end_reason`` at the end of a run no plugin
+        subscribes to, ``step`` after an unobserved step)."""
         if self.hooks is None:
             raise RuntimeError(
                 "the plugins have not started; the trainer's first event starts them"
             )
         self.data.update(values)
-        self.hooks.fire(phase, self.data)
+        if self.listens(phase):
+            self.hooks.fire(phase, self.data)
         return self.data
 
     def requested(self, key: str) -> bool:

@@ -60,10 +60,22 @@ class WasmHooksCallback(pl.Callback):
         """The live :class:`wasmhooks.Hooks`, once fitting started."""
         return self._session.hooks
 
+    @property
+    def data(self) -> dict[str, Any]:
+        """The run's data map: the trainer's values at the last event, with
+        what plugins set (``train_end_reason`` once training ended)."""
+        return self._session.data
+
+    @property
+    def checkpoints(self) -> list[str]:
+        """The checkpoints saved on ``should_save`` that rotation kept."""
+        return list(self._saved)
+
     # Plugin states in Lightning checkpoints.
     def state_dict(self) -> dict[str, Any]:
         hooks = self._session.hooks
-        return {"plugin_states": hooks.save_state() if hooks is not None else (self._pending or {})}
+        states = hooks.save_state(self.flush_timeout) if hooks is not None else None
+        return {"plugin_states": states if states is not None else (self._pending or {})}
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         self._pending = state_dict.get("plugin_states") or None
@@ -90,14 +102,11 @@ class WasmHooksCallback(pl.Callback):
             if self._pending:
                 self._session.hooks.load_state(self._pending)
                 self._pending = None
-        flags = {"should_training_stop": bool(trainer.should_stop), "should_save": False}
-        if not self._session.listens(phase):
-            # No plugin to ask: the flags `_steer` reads are the trainer's.
-            self._session.data.update(flags)
-            return
         values = self._values(trainer)
         values.update(extra)
-        values.update(flags)
+        # The flags `_steer` reads: the trainer's, unless a plugin sets them.
+        values["should_training_stop"] = bool(trainer.should_stop)
+        values["should_save"] = False
         self._session.fire(phase, values)
 
     def _steer(self, trainer: pl.Trainer) -> None:

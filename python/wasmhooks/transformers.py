@@ -93,11 +93,21 @@ class WasmHooksCallback(TrainerCallback, ExportableState):
     # ExportableState: saved into each HF checkpoint's trainer_state.json.
     def state(self) -> dict[str, Any]:
         hooks = self._session.hooks
-        states = hooks.save_state() if hooks is not None else (self.plugin_states or {})
+        states = (
+            hooks.save_state(self.flush_timeout)
+            if hooks is not None
+            else (self.plugin_states or {})
+        )
         args = dict(self._export_args)
         if args["plugins"] is not None:
             args["plugins"] = [tuple(p) if isinstance(p, list) else p for p in args["plugins"]]
         return {"args": args, "attributes": {"plugin_states": states}}
+
+    @property
+    def data(self) -> dict[str, Any]:
+        """The run's data map: the trainer's values at the last event, with
+        what plugins set (``train_end_reason`` once training ended)."""
+        return self._session.data
 
     @property
     def hooks(self):
@@ -149,10 +159,6 @@ class WasmHooksCallback(TrainerCallback, ExportableState):
         session = self._session
         if session.hooks is None:
             self._start(args, state)
-        # The flags in the map are brought up to date at the next event a
-        # plugin listens to, before it runs.
-        if not session.listens(phase):
-            return
         values = self._values(args, state)
         for key in CONTROL_KEYS:
             values[key] = bool(getattr(control, key))

@@ -1,0 +1,42 @@
+"""Every training example in examples/, run as the README tells a user to:
+``target/venv/bin/python examples/<name>/train.py``, in a process of its
+own. (The pipeline's example runs in test_pipeline.py, the job bundle in
+the Rust suite and ``cargo xtask demo``.)"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+from conftest import run_python
+
+EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
+
+
+def test_the_lightning_example_trains_and_reports_how_it_ended():
+    # Stops early on the validation loss, or runs its 200 steps: either way
+    # the end of training is in the data map, though no plugin of the
+    # example subscribes to on_train_end.
+    run = run_python(str(EXAMPLES / "lightning/train.py"), timeout=600)
+    m = re.search(r"stopped at step (\d+) of 200: (stopped|completed)", run.stdout)
+    assert m, run.stdout
+    assert "checkpoints kept: [" in run.stdout
+
+
+def test_the_hf_example_trains_and_reports_how_it_ended():
+    run = run_python(str(EXAMPLES / "hf-trainer/train.py"), timeout=600)
+    m = re.search(r"stopped at step (\d+) of 200: (stopped|completed)", run.stdout)
+    assert m, run.stdout
+    assert "early stopping: {" in run.stdout
+    # Each plugin is listed with its calls.
+    for name in ("validate-every", "early-stopping", "checkpoint-policy", "metrics-logger"):
+        assert re.search(rf"{name}\s+\d+ calls", run.stdout), run.stdout
+
+
+def test_the_environment_the_readme_runs_examples_from_has_the_release_build():
+    # `cargo xtask test` installs the release build into target/venv, where
+    # the README runs the examples and the benchmarks run; a debug build
+    # costs 3-6x more per fire.
+    import wasmhooks
+
+    assert wasmhooks.BUILD == "release"
