@@ -26,7 +26,11 @@ import torch  # noqa: E402
 from tiny import GRANTS, PLUGINS, Tokens, gpt2, training_args, write_operator  # noqa: E402
 from transformers import Trainer, TrainerCallback, TrainerControl, TrainerState  # noqa: E402
 
+import wasmhooks  # noqa: E402
 from wasmhooks.transformers import WasmHooksCallback  # noqa: E402
+
+if wasmhooks.BUILD != "release":
+    sys.exit(f"{__file__}: measures the release build; this one is {wasmhooks.BUILD}")
 
 torch.set_num_threads(1)
 

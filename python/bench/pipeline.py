@@ -31,7 +31,11 @@ import daft  # noqa: E402
 from features import NODES, transactions  # noqa: E402
 from tiny import PLUGINS, write_operator  # noqa: E402
 
+import wasmhooks  # noqa: E402
 from wasmhooks.pipeline import Pipeline, PipelineRunner  # noqa: E402
+
+if wasmhooks.BUILD != "release":
+    sys.exit(f"{__file__}: measures the release build; this one is {wasmhooks.BUILD}")
 
 ROWS = 1_000_000
 BATCH = 65_536

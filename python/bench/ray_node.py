@@ -51,8 +51,12 @@ from ray.llm._internal.serve.utils.node_initialization_utils import (  # noqa: E
 )
 from tiny import PLUGINS  # noqa: E402
 
+import wasmhooks  # noqa: E402
 from wasmhooks.ray import initialize_node  # noqa: E402
 from wasmhooks.ray_llm import WasmNodeInitCallback  # noqa: E402
+
+if wasmhooks.BUILD != "release":
+    sys.exit(f"{__file__}: measures the release build; this one is {wasmhooks.BUILD}")
 
 logger = logging.getLogger("bench.python-node-init")
 STEMS = {

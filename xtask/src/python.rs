@@ -109,11 +109,15 @@ pub(crate) fn bench(root: &Path) -> anyhow::Result<serde_json::Value> {
     Ok(serde_json::Value::Object(figures))
 }
 
-/// Builds the package into the environment and runs its checks and tests.
+/// Builds the package into the environment (release: the examples, which
+/// the README runs from this environment, and the benchmarks use it; a
+/// debug build costs 3-6x more per fire) and runs its checks and tests.
 pub(crate) fn test(root: &Path) -> anyhow::Result<()> {
     let v = Venv::new(root)?;
-    eprintln!("xtask: building the Python package into the environment");
-    run(v.command("maturin").args(["develop", "--quiet"]))?;
+    eprintln!("xtask: building the Python package (release) into the environment");
+    run(v
+        .command("maturin")
+        .args(["develop", "--release", "--quiet"]))?;
     run(v.command("ruff").args(["check", "."]))?;
     run(v.command("ruff").args(["format", "--check", "."]))?;
     // The examples, under the package's ruff settings.
