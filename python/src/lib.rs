@@ -224,6 +224,17 @@ struct Policy {
     base: std::path::PathBuf,
 }
 
+impl Policy {
+    /// The operator's entry for plugin `name`, or a `PolicyError`.
+    fn plugin(&self, name: &str) -> PyResult<&wasmhooks::PluginPolicy> {
+        self.inner
+            .plugins()
+            .iter()
+            .find(|p| p.name == name)
+            .ok_or_else(|| PolicyError::new_err(format!("the operator allows no plugin {name:?}")))
+    }
+}
+
 #[pymethods]
 impl Policy {
     /// Reads and checks an operator config file; relative folders in it
@@ -276,14 +287,7 @@ impl Policy {
     /// `"fail"`, `"skip"` or `"disable"`, for a runner that applies it to
     /// what the plugin left (a value it cannot use).
     fn on_error(&self, name: &str) -> PyResult<&'static str> {
-        let plugin = self
-            .inner
-            .plugins()
-            .iter()
-            .find(|p| p.name == name)
-            .ok_or_else(|| {
-                PolicyError::new_err(format!("the operator allows no plugin {name:?}"))
-            })?;
+        let plugin = self.plugin(name)?;
         Ok(match plugin.on_error {
             wasmhooks::OnError::Fail => "fail",
             wasmhooks::OnError::Skip => "skip",
@@ -295,14 +299,7 @@ impl Policy {
     /// guest), ...], "readwrite": [...]}`, for a runner that writes or reads
     /// a file a plugin names by its guest path (and must keep it inside).
     fn folders<'py>(&self, py: Python<'py>, name: &str) -> PyResult<Bound<'py, PyAny>> {
-        let plugin = self
-            .inner
-            .plugins()
-            .iter()
-            .find(|p| p.name == name)
-            .ok_or_else(|| {
-                PolicyError::new_err(format!("the operator allows no plugin {name:?}"))
-            })?;
+        let plugin = self.plugin(name)?;
         let pairs = |grants: &[wasmhooks::DirGrant]| -> Vec<(String, String)> {
             grants
                 .iter()
