@@ -373,6 +373,33 @@ fn held(dir: &std::path::Path) -> u64 {
 }
 
 #[test]
+fn bytes_in_a_removed_file_still_held_open_count_against_the_quota() {
+    // Written through a handle to a file it removed: on the disk, in no
+    // folder a count walks.
+    let dir = tempfile::tempdir().unwrap();
+    let mut hooks = with_folder(dir.path(), 2, "");
+    let mut d = data(json!({"path": "/out/ghost", "mib": 1}));
+    hooks.fire("unlink_held", &mut d).unwrap();
+    let mut refused = false;
+    for _ in 0..4 {
+        refused |= hooks.fire("unlink_held", &mut d).is_err();
+    }
+    assert!(refused, "4 MiB more went into a removed file");
+    assert!(hooks.stats()[0].bytes_written <= 2 << 20);
+}
+
+#[test]
+fn emptying_a_file_by_reopening_it_gives_no_room_to_handles_kept_on_it() {
+    // Three 1 MiB files emptied by opening them with `truncate`, then
+    // 1 MiB through a handle kept on each: 3 MiB under a 2 MiB quota.
+    let dir = tempfile::tempdir().unwrap();
+    let mut hooks = with_folder(dir.path(), 2, "");
+    let mut d = data(json!({"path": "/out", "files": 3}));
+    assert!(hooks.fire("truncate_reopen", &mut d).is_err());
+    assert!(held(dir.path()) <= 2 << 20, "{}", held(dir.path()));
+}
+
+#[test]
 fn one_call_cannot_write_past_a_quota_whatever_its_deadline() {
     // 64 MiB in one call, under a 2 MiB quota and a generous deadline:
     // refused at the write that would cross it, not counted after.

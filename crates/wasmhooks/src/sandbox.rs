@@ -59,7 +59,8 @@ impl WritesView for PluginState {
     }
 
     fn may_grow(&mut self, bytes: u64) -> bool {
-        self.folders.may_grow(bytes)
+        let streams = &mut self.file_streams;
+        self.folders.may_grow(bytes, || streams.unlinked_bytes())
     }
 
     fn file_streams(&mut self) -> &mut FileStreams {
@@ -134,7 +135,8 @@ impl PluginState {
 
     /// Checks the read-write folders' quotas after a call.
     pub(crate) fn check_quotas(&mut self) -> Result<(), Cause> {
-        self.folders.check()
+        let streams = &mut self.file_streams;
+        self.folders.check(|| streams.unlinked_bytes())
     }
 
     /// Bytes its read-write folders grew by since it started.

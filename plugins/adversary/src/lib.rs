@@ -228,6 +228,42 @@ impl Plugin for Adversary {
                 file.write_all(b"x")?;
                 Ok(Updates::new().set("result", "written"))
             }
+            "unlink_held" => {
+                // Removes the file it holds open (the first call makes it),
+                // then writes through the handle: bytes no folder lists.
+                let path = data.str("path").ok_or("data has no `path`")?;
+                let mib = data.get("mib").and_then(Value::as_u64).unwrap_or(1);
+                if self.held.is_none() {
+                    self.held = Some(std::fs::File::create(path)?);
+                    std::fs::remove_file(path)?;
+                }
+                let file = self.held.as_mut().ok_or("no file held")?;
+                file.write_all(&vec![7u8; (mib << 20) as usize])?;
+                Ok(Updates::new().set("result", "written"))
+            }
+            "truncate_reopen" => {
+                // For each of `files` files: 1 MiB written, a handle kept
+                // past its first byte, the file emptied by opening it with
+                // `truncate`; then 1 MiB through each kept handle.
+                let dir = data.str("path").ok_or("data has no `path`")?;
+                let files = data.get("files").and_then(Value::as_u64).unwrap_or(1);
+                let mut kept = Vec::new();
+                for i in 0..files {
+                    let path = format!("{dir}/t{i}");
+                    std::fs::write(&path, vec![1u8; 1 << 20])?;
+                    let mut old = std::fs::OpenOptions::new().write(true).open(&path)?;
+                    old.write_all(b"x")?;
+                    std::fs::OpenOptions::new()
+                        .write(true)
+                        .truncate(true)
+                        .open(&path)?;
+                    kept.push(old);
+                }
+                for old in &mut kept {
+                    old.write_all(&vec![2u8; 1 << 20])?;
+                }
+                Ok(Updates::new().set("result", "written"))
+            }
             "append_held" => {
                 // Opens the file once, then appends through the handle it
                 // keeps, as a logger does.

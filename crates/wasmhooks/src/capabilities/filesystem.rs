@@ -33,11 +33,12 @@
 //! stream). A refused write fails as a full disk does (`ENOSPC`).
 
 use std::collections::{HashMap, HashSet};
+use std::sync::{Arc, Weak};
 
 use wasmtime::StoreContextMut;
 use wasmtime::component::{Linker, Resource, ResourceTable};
 use wasmtime_wasi::WasiView;
-use wasmtime_wasi::filesystem::{WasiFilesystemCtxView, WasiFilesystemView};
+use wasmtime_wasi::filesystem::{Descriptor, WasiFilesystemCtxView, WasiFilesystemView};
 use wasmtime_wasi::p2::bindings::sync::filesystem::types::{self as fs, Host as _, HostDescriptor};
 use wasmtime_wasi::p2::bindings::sync::io::streams as io;
 use wasmtime_wasi::p2::{DynInputStream, DynOutputStream, StreamError, StreamResult};
@@ -48,7 +49,7 @@ const TYPES: &str = "wasi:filesystem/types@0.2.12";
 const STREAMS: &str = "wasi:io/streams@0.2.12";
 
 type OpenArgs = (
-    Resource<fs::Descriptor>,
+    Resource<Descriptor>,
     fs::PathFlags,
     String,
     fs::OpenFlags,
@@ -79,7 +80,14 @@ pub(crate) trait WritesView {
 pub(crate) struct FileStreams {
     appending: HashSet<u32>,
     positioned: HashMap<u32, Position>,
+    /// Every file the plugin has written through, weakly (by address, so
+    /// once each): bytes in a file it removed but still holds open are on
+    /// the disk, not in the folder a count walks (`unlinked_bytes`).
+    written: HashMap<usize, Weak<std::fs::File>>,
 }
+
+/// Files of [`FileStreams::written`] past which dead entries are dropped.
+const WRITTEN_PRUNE: usize = 1024;
 
 /// A stream writing at a position: where its next byte goes, and the end
 /// of its file as it last knew it.
@@ -103,12 +111,55 @@ impl FileStreams {
         }
     }
 
-    /// A file was cut short: what any stream knew of its file's end may
-    /// be past it now, so every write at a position counts in full.
+    /// A file was cut short (a new size, or opened with `truncate`): what
+    /// any stream knew of its file's end may be past it now, so every
+    /// write at a position counts in full.
     fn truncated(&mut self) {
         for position in self.positioned.values_mut() {
             position.end = 0;
         }
+    }
+
+    /// Notes a file written through.
+    fn wrote(&mut self, file: &Arc<std::fs::File>) {
+        if self.written.len() >= WRITTEN_PRUNE {
+            self.written.retain(|_, weak| weak.strong_count() > 0);
+        }
+        self.written
+            .entry(Arc::as_ptr(file) as usize)
+            .or_insert_with(|| Arc::downgrade(file));
+    }
+
+    /// Bytes held by files the plugin wrote through, still holds open, and
+    /// that no folder lists any more (removed, or renamed over): a count
+    /// of the folders misses them, so they are added to it.
+    pub(crate) fn unlinked_bytes(&mut self) -> u64 {
+        use std::os::unix::fs::MetadataExt;
+        let mut held = 0u64;
+        self.written.retain(|_, weak| match weak.upgrade() {
+            Some(file) => {
+                if let Ok(meta) = file.metadata()
+                    && meta.nlink() == 0
+                {
+                    held = held.saturating_add(meta.len());
+                }
+                true
+            }
+            None => false,
+        });
+        held
+    }
+}
+
+/// The file a descriptor is open on, if it is a file.
+fn file_of<T: WasiView>(
+    state: &mut T,
+    fd: &Resource<Descriptor>,
+) -> Option<Arc<std::fs::File>> {
+    let view = state.filesystem();
+    match view.table.get(fd) {
+        Ok(Descriptor::File(f)) => Some(f.file.clone()),
+        _ => None,
     }
 }
 
@@ -135,7 +186,7 @@ fn writes_to<T: WritesView>(state: &mut T, rep: u32, bytes: u64) -> bool {
 
 /// The size of the file `fd` is open on (0 if it cannot be told: every
 /// byte written then counts).
-fn size_of(view: &mut WasiFilesystemCtxView<'_>, fd: &Resource<fs::Descriptor>) -> u64 {
+fn size_of(view: &mut WasiFilesystemCtxView<'_>, fd: &Resource<Descriptor>) -> u64 {
     HostDescriptor::stat(view, Resource::new_borrow(fd.rep())).map_or(0, |stat| stat.size)
 }
 
@@ -143,10 +194,13 @@ fn size_of(view: &mut WasiFilesystemCtxView<'_>, fd: &Resource<fs::Descriptor>) 
 /// of room: it can add what lies past the file's size. Noted either way.
 fn refused<T: WasiView + WritesView>(
     state: &mut T,
-    fd: &Resource<fs::Descriptor>,
+    fd: &Resource<Descriptor>,
     end: u64,
 ) -> bool {
     state.changed();
+    if let Some(file) = file_of(state, fd) {
+        state.file_streams().wrote(&file);
+    }
     let size = size_of(&mut state.filesystem(), fd);
     !state.may_grow(end.saturating_sub(size))
 }
@@ -209,11 +263,14 @@ pub(crate) fn add_to_linker<T: WasiView + WritesView + 'static>(
             if oflags.intersects(fs::OpenFlags::CREATE | fs::OpenFlags::TRUNCATE) {
                 store.data_mut().changed();
             }
+            if oflags.contains(fs::OpenFlags::TRUNCATE) {
+                store.data_mut().file_streams().truncated();
+            }
             let mut view = store.data_mut().filesystem();
             Ok((open_at(&mut view, fd, path_flags, path, oflags, flags)?,))
         },
     )?;
-    type Fd = Resource<fs::Descriptor>;
+    type Fd = Resource<Descriptor>;
     types.func_wrap(
         "[method]descriptor.write",
         |mut store: StoreContextMut<'_, T>, (fd, buf, offset): (Fd, Vec<u8>, u64)| {
@@ -258,6 +315,9 @@ pub(crate) fn add_to_linker<T: WasiView + WritesView + 'static>(
         |mut store: StoreContextMut<'_, T>, (fd, at): (Fd, u64)| {
             let state = store.data_mut();
             let end = size_of(&mut state.filesystem(), &fd);
+            if let Some(file) = file_of(state, &fd) {
+                state.file_streams().wrote(&file);
+            }
             let mut view = state.filesystem();
             let opened = match HostDescriptor::write_via_stream(&mut view, fd, at) {
                 Ok(stream) => Ok(stream),
@@ -274,6 +334,9 @@ pub(crate) fn add_to_linker<T: WasiView + WritesView + 'static>(
         "[method]descriptor.append-via-stream",
         |mut store: StoreContextMut<'_, T>, (fd,): (Fd,)| {
             let state = store.data_mut();
+            if let Some(file) = file_of(state, &fd) {
+                state.file_streams().wrote(&file);
+            }
             let mut view = state.filesystem();
             let opened = match HostDescriptor::append_via_stream(&mut view, fd) {
                 Ok(stream) => Ok(stream),
@@ -337,12 +400,12 @@ fn write(
 
 fn open_at(
     view: &mut WasiFilesystemCtxView<'_>,
-    fd: Resource<fs::Descriptor>,
+    fd: Resource<Descriptor>,
     path_flags: fs::PathFlags,
     path: String,
     oflags: fs::OpenFlags,
     flags: fs::DescriptorFlags,
-) -> wasmtime::Result<Result<Resource<fs::Descriptor>, fs::ErrorCode>> {
+) -> wasmtime::Result<Result<Resource<Descriptor>, fs::ErrorCode>> {
     let dir = Resource::new_borrow(fd.rep());
     match HostDescriptor::stat_at(view, dir, path_flags, path.clone()) {
         Ok(stat) => match stat.type_ {

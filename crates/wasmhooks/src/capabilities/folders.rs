@@ -125,7 +125,7 @@ impl Folders {
     /// write over old bytes, or into a file since removed, added nothing).
     /// A write the quota has no room for is refused before it is made, so
     /// no call writes past a quota, whatever its deadline.
-    pub(crate) fn may_grow(&mut self, bytes: u64) -> bool {
+    pub(crate) fn may_grow(&mut self, bytes: u64, unlinked: impl FnOnce() -> u64) -> bool {
         if self.quotas.is_empty() || bytes == 0 {
             return true;
         }
@@ -141,7 +141,7 @@ impl Folders {
             return true;
         }
         // A folder over its quota, or one that cannot be counted, has no room.
-        if self.recount().is_ok() && bytes <= room(&self.quotas) {
+        if self.recount(unlinked).is_ok() && bytes <= room(&self.quotas) {
             self.grown = bytes;
             true
         } else {
@@ -166,7 +166,7 @@ impl Folders {
     /// Checks every read-write folder against its quota after a call, when
     /// one is due (see the module's doc): what a call wrote past it fails
     /// the call (and every later one, until the folder is back under).
-    pub(crate) fn check(&mut self) -> Result<(), Cause> {
+    pub(crate) fn check(&mut self, unlinked: impl FnOnce() -> u64) -> Result<(), Cause> {
         if self.quotas.is_empty() {
             return Ok(());
         }
@@ -184,22 +184,24 @@ impl Folders {
             return Ok(());
         }
         self.settling = std::mem::take(&mut self.changed);
-        self.recount()
+        self.recount(unlinked)
     }
 
-    /// Counts every read-write folder now.
-    fn recount(&mut self) -> Result<(), Cause> {
+    /// Counts every read-write folder now, with the bytes of removed files
+    /// the plugin still holds open (`unlinked`: which folder held them is
+    /// not known, so each is charged them).
+    fn recount(&mut self, unlinked: impl FnOnce() -> u64) -> Result<(), Cause> {
         self.appended = 0;
         self.grown = 0;
         self.counted_at = Instant::now();
-        let counted = self.count();
+        let counted = self.count(unlinked());
         self.over = counted.is_err();
         counted
     }
 
-    fn count(&mut self) -> Result<(), Cause> {
+    fn count(&mut self, unlinked: u64) -> Result<(), Cause> {
         for q in &mut self.quotas {
-            let usage = q
+            let mut usage = q
                 .root
                 .usage(MAX_ENTRIES)
                 .map_err(|e| Cause::QuotaExceeded {
@@ -207,6 +209,7 @@ impl Folders {
                     used: format!("something the host cannot count ({e})"),
                     limit: format!("{} bytes", q.limit),
                 })?;
+            usage.bytes = usage.bytes.saturating_add(unlinked);
             q.now = usage.bytes;
             if usage.entries > MAX_ENTRIES {
                 return Err(Cause::QuotaExceeded {
