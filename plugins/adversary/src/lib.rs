@@ -131,7 +131,8 @@ impl Plugin for Adversary {
                 self.count += 1;
                 let mut updates = Updates::new();
                 for i in 0..1000 {
-                    updates = updates.remove(format!("adversary.{}-{i}-{}", self.count, "k".repeat(200)));
+                    updates =
+                        updates.remove(format!("adversary.{}-{i}-{}", self.count, "k".repeat(200)));
                 }
                 Ok(updates)
             }
