@@ -152,10 +152,7 @@ impl FileStreams {
 }
 
 /// The file a descriptor is open on, if it is a file.
-fn file_of<T: WasiView>(
-    state: &mut T,
-    fd: &Resource<Descriptor>,
-) -> Option<Arc<std::fs::File>> {
+fn file_of<T: WasiView>(state: &mut T, fd: &Resource<Descriptor>) -> Option<Arc<std::fs::File>> {
     let view = state.filesystem();
     match view.table.get(fd) {
         Ok(Descriptor::File(f)) => Some(f.file.clone()),
@@ -192,11 +189,7 @@ fn size_of(view: &mut WasiFilesystemCtxView<'_>, fd: &Resource<Descriptor>) -> u
 
 /// Whether a write to the file `fd` that ends at `end` is refused for want
 /// of room: it can add what lies past the file's size. Noted either way.
-fn refused<T: WasiView + WritesView>(
-    state: &mut T,
-    fd: &Resource<Descriptor>,
-    end: u64,
-) -> bool {
+fn refused<T: WasiView + WritesView>(state: &mut T, fd: &Resource<Descriptor>, end: u64) -> bool {
     state.changed();
     if let Some(file) = file_of(state, fd) {
         state.file_streams().wrote(&file);
