@@ -257,11 +257,12 @@ def test_a_value_that_changes_the_dict_while_it_converts_is_no_panic(operator, c
 
 
 def test_hooks_made_before_a_fork_refuse_to_run_in_the_child(operator, cache_dir, tmp_path):
-    op = operator(allow("adversary", "adversary", 'write = ["count"]'))
+    op = operator(allow("adversary", "adversary", 'write = ["count", "result"]'))
     host = Host(Policy.from_file(op), cache_dir=cache_dir)
     hooks = Hooks({}, [(host.load(plugin("adversary")), None)])
     data = {"count": 0}
     hooks.fire("observe_nap", data)  # the observer worker is running
+    hooks.fire("nap", data)  # and WASI's waits have run here
     out = tmp_path / "child.txt"
     pid = os.fork()
     if pid == 0:  # pragma: no cover - the child reports through the file
@@ -276,9 +277,16 @@ def test_hooks_made_before_a_fork_refuse_to_run_in_the_child(operator, cache_dir
                 hooks.save_state()
             except RuntimeError as e:
                 result += " | " + str(e)
-            # Its own hooks work in the child.
+            # The parent's host cannot load here either.
+            try:
+                host.load(plugin("adversary"))
+            except wasmhooks.WasmHooksError as e:
+                result += " | " + str(e)
+            # Its own host and hooks work in the child, WASI's waits too
+            # (a nap: the parent's runtime for them has no threads here).
             fresh = Hooks({}, [(Host(Policy.from_file(op)).load(plugin("adversary")), None)])
             d: dict = {}
+            fresh.fire("nap", d)
             fresh.fire("count", d)
             result += f" | fresh {d.get('count')}"
             fresh.close()
@@ -298,6 +306,7 @@ def test_hooks_made_before_a_fork_refuse_to_run_in_the_child(operator, cache_dir
     assert os.waitstatus_to_exitcode(done[1]) == 0
     said = out.read_text()
     assert said.count("made before this process was forked") == 2, said
+    assert "before it was forked: its threads are not in this one" in said, said
     assert said.endswith("| fresh 1"), said
     # The parent's hooks are untouched (its count went on from the nap
     # observed before the fork).

@@ -125,6 +125,16 @@ pub enum Error {
         /// Why.
         source: std::io::Error,
     },
+    /// A host made before this process was forked, used in the child: its
+    /// threads (the epoch ticker's, WASI's runtime's) are in the parent.
+    #[error(
+        "this host was made in process {made_in}, before it was forked: its threads are not in \
+         this one; make a Host in this process"
+    )]
+    Forked {
+        /// The process it was made in.
+        made_in: u32,
+    },
     /// A thread the host needs (the epoch ticker, the observer worker)
     /// could not be started.
     #[error("cannot start the {what} thread: {source}")]

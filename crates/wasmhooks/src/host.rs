@@ -26,6 +26,13 @@ pub(crate) struct Shared {
     pub(crate) linker: Linker<PluginState>,
     pub(crate) policy: Policy,
     pub(crate) compile_cache: Option<CompileCache>,
+    /// The process it was made in: a forked child cannot use it.
+    pub(crate) pid: u32,
+    /// In a process forked from the one that first made a host, the tokio
+    /// runtime WASI's waits run on (entered around every call): WASI's own
+    /// is global, and in such a child it may be the parent's, whose threads
+    /// are not there to wake a wait (a plugin's sleep hung forever).
+    pub(crate) runtime: Option<tokio::runtime::Runtime>,
     _ticker: EpochTicker,
 }
 
@@ -89,7 +96,7 @@ impl Shared {
             .strategy(strategy)
             .consume_fuel(true)
             .epoch_interruption(true)
-            .parallel_compilation(compiles_in_parallel());
+            .parallel_compilation(!forked());
         let engine = Engine::new(&config).map_err(Error::Engine)?;
         let compile_cache = compile_cache.map(|dir| {
             let mut hasher = std::hash::DefaultHasher::new();
@@ -104,23 +111,52 @@ impl Shared {
             what: "epoch ticker",
             source,
         })?;
+        let runtime = if forked() {
+            let runtime = tokio::runtime::Builder::new_multi_thread()
+                .worker_threads(1)
+                .thread_name("wasmhooks-wasi")
+                .enable_time()
+                .enable_io()
+                .build()
+                .map_err(|source| Error::Thread {
+                    what: "WASI runtime",
+                    source,
+                })?;
+            Some(runtime)
+        } else {
+            None
+        };
         Ok(Shared {
             engine,
             linker,
             policy,
             compile_cache,
+            pid: std::process::id(),
+            runtime,
             _ticker: ticker,
         })
     }
 }
 
-/// Whether this process may compile on a thread pool: not in a child
-/// forked from the process that first did. The pool (rayon's, one per
-/// process) is made once, and a forked child inherits it without its
-/// threads, so compiling there would wait forever.
-fn compiles_in_parallel() -> bool {
+/// Whether this process is a child forked from the one that first made a
+/// host. Such a child inherits that process's thread pools (rayon's, for
+/// parallel compilation; tokio's, for WASI's waits) without their threads,
+/// so a host made there compiles on its own thread and runs WASI's waits
+/// on a runtime of its own.
+fn forked() -> bool {
     static FIRST: std::sync::OnceLock<u32> = std::sync::OnceLock::new();
-    *FIRST.get_or_init(std::process::id) == std::process::id()
+    *FIRST.get_or_init(std::process::id) != std::process::id()
+}
+
+impl Shared {
+    /// Refuses a host made in another process (before a fork).
+    pub(crate) fn here(&self) -> Result<(), Error> {
+        if self.pid == std::process::id() {
+            Ok(())
+        } else {
+            Err(Error::Forked { made_in: self.pid })
+        }
+    }
 }
 
 fn plugin_linker(engine: &Engine) -> wasmtime::Result<Linker<PluginState>> {

@@ -59,6 +59,7 @@ impl Host {
     /// not a component; a component that does not fit the world is
     /// reported in [`Inspection::problem`].
     pub fn inspect(&self, path: impl AsRef<Path>) -> Result<Inspection, Error> {
+        self.shared.here()?;
         let path = path.as_ref();
         let file = path.display().to_string();
         let max = self.policy().job_limits().max_plugin_bytes;

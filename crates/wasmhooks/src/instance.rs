@@ -78,6 +78,8 @@ impl Instance {
     pub(crate) fn instantiate(plugin: &Plugin) -> Result<Self, Error> {
         let policy = plugin.policy();
         let shared = &plugin.inner.shared;
+        shared.here()?;
+        let _runtime = shared.runtime.as_ref().map(|r| r.enter());
         let mut store = Store::new(&shared.engine, PluginState::new(policy)?);
         store.limiter(|state| &mut state.memory);
         store.epoch_deadline_trap();
@@ -90,7 +92,7 @@ impl Instance {
                 cause,
             })
         })?;
-        let (result, _, _) = guarded(&mut store, &hooks, policy, |h, s| h.describe(s));
+        let (result, _, _) = guarded(&mut store, &hooks, plugin, |h, s| h.describe(s));
         let describe_error = |cause| {
             Error::Call(CallError {
                 plugin: policy.name.clone(),
@@ -159,7 +161,7 @@ impl Instance {
             manifest,
             poisoned,
         } = self;
-        let (result, usage, trapped) = guarded(store, hooks, plugin.policy(), |h, s| {
+        let (result, usage, trapped) = guarded(store, hooks, plugin, |h, s| {
             h.on_phase(s, manifest, phase, input)
         });
         *poisoned |= trapped;
@@ -200,8 +202,7 @@ impl Instance {
         &mut self,
         f: impl FnOnce(&bindings::Bound, &mut Store<PluginState>) -> wasmtime::Result<R>,
     ) -> (Result<R, Cause>, Usage) {
-        let (result, usage, trapped) =
-            guarded(&mut self.store, &self.hooks, self.plugin.policy(), f);
+        let (result, usage, trapped) = guarded(&mut self.store, &self.hooks, &self.plugin, f);
         self.poisoned |= trapped;
         (result, usage)
     }
@@ -212,9 +213,13 @@ impl Instance {
 fn guarded<R>(
     store: &mut Store<PluginState>,
     hooks: &bindings::Bound,
-    policy: &PluginPolicy,
+    plugin: &Plugin,
     f: impl FnOnce(&bindings::Bound, &mut Store<PluginState>) -> wasmtime::Result<R>,
 ) -> (Result<R, Cause>, Usage, bool) {
+    let policy = plugin.policy();
+    // WASI's waits run on the host's own runtime where it has one (a
+    // forked child's: `Shared::runtime`).
+    let _runtime = plugin.inner.shared.runtime.as_ref().map(|r| r.enter());
     let start = Instant::now();
     arm(store, policy, start);
     let result = f(hooks, store);

@@ -89,6 +89,7 @@ impl Host {
 
     /// Loads a plugin from bytes; `file` names them in messages.
     pub fn load_bytes(&self, file: &str, bytes: &[u8]) -> Result<Plugin, Error> {
+        self.shared.here()?;
         let digest = sha256_hex(bytes);
         let policy = match self.policy().by_digest(&digest) {
             Some(p) => p.clone(),
