@@ -423,11 +423,19 @@ fn inspect_and_digest_refuse_code_past_the_compiler_s_bounds_without_compiling_i
     let many_deep = format!("(module {})", one.repeat(10));
     // Shallow, but one function past the bytes the compiler is given.
     let huge = format!("(module (func {}))", "nop ".repeat(5 << 20));
+    // Shallow and small, but 30,000 branches over 2,000 stacked values
+    // (the baseline compiler saves the stack at each).
+    let stacked = format!(
+        "(module (func {} {} unreachable))",
+        "i32.const 1 ".repeat(2_000),
+        "i32.const 0 br_if 0 ".repeat(30_000)
+    );
     for (name, wat, want) in [
         ("deep.wasm", deep, "nests blocks more than 4000 deep"),
         ("many.wasm", many, "more than 100000 functions"),
         ("many-deep.wasm", many_deep, "nest blocks deeper, in all"),
         ("huge.wasm", huge, "this host compiles"),
+        ("stacked.wasm", stacked, "on the stack at their branches"),
     ] {
         let path = dir.path().join(name);
         std::fs::write(&path, component_of(&wat)).unwrap();

@@ -292,6 +292,15 @@ pub(crate) const MAX_NESTING: usize = 4_000;
 /// them add. CPython's, Go's and SpiderMonkey's sums are about a million to
 /// two; this is 25 times that, about a second of compile.
 pub(crate) const MAX_NESTING_COST: u64 = 50_000_000;
+/// Values on the operand stack at each control instruction, summed over a
+/// component's functions. The baseline compiler `inspect` uses (Winch)
+/// saves the stack at every branch and block, so its time grows with
+/// both: a 4 MB function of a million branches over 8,000 stacked values
+/// took 12 s, 28 of them five minutes. Measured on this repository's
+/// plugins: SpiderMonkey 351,000, CPython 180,000, Go 59,000, Rust and
+/// Zig a few thousand; this is 140 times SpiderMonkey's (about a tenth of
+/// a second of Winch at that rate).
+pub(crate) const MAX_STACK_AT_BRANCHES: u64 = 50_000_000;
 /// Bytes of one function's body: the compiler's memory grows with a
 /// function (its registers and blocks), so one huge function, however
 /// shallow, is bounded too. CPython's largest is 427 KB; ten times that.
@@ -383,5 +392,61 @@ pub(crate) fn check_code(bytes: &[u8], depth: CodeCheck) -> Result<(), String> {
             _ => {}
         }
     }
+    if depth == CodeCheck::Bodies {
+        stack_at_branches(bytes)?;
+    }
     Ok(())
+}
+
+/// Validates every function body, summing the operand stack's height at
+/// each control instruction; refused past [`MAX_STACK_AT_BRANCHES`] (or if
+/// the code is not valid, which the compiler would refuse anyway).
+fn stack_at_branches(bytes: &[u8]) -> Result<u64, String> {
+    use wasmparser::{
+        FuncValidatorAllocations, Operator, Parser, ValidPayload, Validator, WasmFeatures,
+    };
+    let invalid = |e: wasmparser::BinaryReaderError| format!("invalid: {e}");
+    let mut validator = Validator::new_with_features(WasmFeatures::all());
+    let mut allocations = FuncValidatorAllocations::default();
+    let mut total: u64 = 0;
+    for payload in Parser::new(0).parse_all(bytes) {
+        let payload = payload.map_err(invalid)?;
+        let ValidPayload::Func(func, body) = validator.payload(&payload).map_err(invalid)? else {
+            continue;
+        };
+        let mut func = func.into_validator(std::mem::take(&mut allocations));
+        for local in body.get_locals_reader().map_err(invalid)? {
+            let (count, ty) = local.map_err(invalid)?;
+            func.define_locals(body.range().start, count, ty)
+                .map_err(invalid)?;
+        }
+        let mut ops = body.get_operators_reader().map_err(invalid)?;
+        while !ops.eof() {
+            let offset = ops.original_position();
+            let op = ops.read().map_err(invalid)?;
+            if matches!(
+                op,
+                Operator::Block { .. }
+                    | Operator::Loop { .. }
+                    | Operator::If { .. }
+                    | Operator::Else
+                    | Operator::End
+                    | Operator::Br { .. }
+                    | Operator::BrIf { .. }
+                    | Operator::BrTable { .. }
+                    | Operator::Return
+            ) {
+                total = total.saturating_add(u64::from(func.operand_stack_height()));
+                if total > MAX_STACK_AT_BRANCHES {
+                    return Err(format!(
+                        "its functions hold more values on the stack at their branches, in all, \
+                         than this host compiles (past {MAX_STACK_AT_BRANCHES})"
+                    ));
+                }
+            }
+            func.op(offset, &op).map_err(invalid)?;
+        }
+        allocations = func.into_allocations();
+    }
+    Ok(total)
 }
