@@ -36,6 +36,18 @@ fn config(dir: &Path, source: String) -> NodeConfig {
 
 /// A node config for a job folder `dir` holding a copy of the example
 /// model, read through a `file://` source inside it.
+/// [`file_config`] with the example engine in `dir`, started as the
+/// operator's `example`.
+fn engine_config(dir: &Path) -> NodeConfig {
+    std::fs::copy(example().join("engine.py"), dir.join("engine.py")).unwrap();
+    let mut cfg = file_config(dir);
+    cfg.engine = Some(EngineConfig {
+        name: "example".into(),
+        args: Vec::new(),
+    });
+    cfg
+}
+
 fn file_config(dir: &Path) -> NodeConfig {
     std::fs::create_dir_all(dir.join("model")).unwrap();
     for f in model_files() {
@@ -231,12 +243,7 @@ fn a_digest_mismatch_fails_the_download_after_its_retries() {
 #[test]
 fn every_phase_runs_the_engine_starts_and_the_output_is_written() {
     let dir = tempfile::tempdir().unwrap();
-    std::fs::copy(example().join("engine.py"), dir.path().join("engine.py")).unwrap();
-    let mut cfg = file_config(dir.path());
-    cfg.engine = Some(EngineConfig {
-        name: "example".into(),
-        args: Vec::new(),
-    });
+    let cfg = engine_config(dir.path());
     let host = node_host();
     let script = json!({"updates": {"pre_engine_init": {"engine_kwargs": {"model": "tiny-llm", "max_batch_size": 8}}}});
     let mut hooks = hooks(
@@ -647,12 +654,7 @@ fn every_key_a_plugin_sets_early_is_never_reset_by_a_later_default() {
     assert_eq!(pg["bundles"].as_array().unwrap().len(), 1, "{pg}");
 
     let dir = tempfile::tempdir().unwrap();
-    std::fs::copy(example().join("engine.py"), dir.path().join("engine.py")).unwrap();
-    let mut cfg = file_config(dir.path());
-    cfg.engine = Some(EngineConfig {
-        name: "example".into(),
-        args: Vec::new(),
-    });
+    let cfg = engine_config(dir.path());
     let script = json!({"updates": {"pre_initialization": early_engine}});
     let mut h = hooks(&host, &[(plugins::ADVERSARY, script)]);
     let out = node::initialize(&cfg, host.policy(), &mut h).unwrap();
