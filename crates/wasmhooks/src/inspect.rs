@@ -131,19 +131,17 @@ fn describe(
     file: &str,
     component: &wasmtime::component::Component,
 ) -> Result<Manifest, Error> {
-    {
-        let pre = loading::pre(shared, &policy.name, file, component)?;
-        let plugin = Plugin {
-            inner: std::sync::Arc::new(PluginInner {
-                policy: PluginPolicy {
-                    grants: Default::default(),
-                    ..policy.clone()
-                },
-                file: file.to_owned(),
-                pre,
-                shared: shared.clone(),
-            }),
-        };
-        Instance::instantiate(&plugin).map(|instance| instance.manifest)
-    }
+    let pre = loading::pre(shared, &policy.name, file, component)?;
+    let plugin = Plugin {
+        inner: std::sync::Arc::new(PluginInner {
+            policy: PluginPolicy {
+                grants: Default::default(),
+                ..policy.clone()
+            },
+            file: file.to_owned(),
+            pre,
+            shared: shared.clone(),
+        }),
+    };
+    Instance::instantiate(&plugin).map(|instance| instance.manifest)
 }
