@@ -194,15 +194,15 @@ impl Root {
 
     /// Bytes and entries below this folder, counted without following
     /// symlinks; stops counting past `max_entries`.
-    pub fn usage(&self, max_entries: usize) -> io::Result<Usage> {
-        let mut usage = Usage::default();
+    pub fn size(&self, max_entries: usize) -> io::Result<FolderSize> {
+        let mut size = FolderSize::default();
         let mut stack = vec![self.dir.open_dir(".")?];
         while let Some(dir) = stack.pop() {
             for entry in dir.entries()? {
                 let entry = entry?;
-                usage.entries += 1;
-                if usage.entries > max_entries {
-                    return Ok(usage);
+                size.entries += 1;
+                if size.entries > max_entries {
+                    return Ok(size);
                 }
                 let kind = entry.file_type()?;
                 if kind.is_dir() {
@@ -210,11 +210,11 @@ impl Root {
                         stack.push(sub);
                     }
                 } else {
-                    usage.bytes = usage.bytes.saturating_add(entry.metadata()?.len());
+                    size.bytes = size.bytes.saturating_add(entry.metadata()?.len());
                 }
             }
         }
-        Ok(usage)
+        Ok(size)
     }
 
     /// The folder holding `rel` and its last component.
@@ -235,9 +235,9 @@ impl Root {
     }
 }
 
-/// What a folder holds.
+/// What a folder holds: its bytes and entries.
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
-pub struct Usage {
+pub struct FolderSize {
     /// Bytes of its files (their lengths, so a sparse file counts whole).
     pub bytes: u64,
     /// Files, folders and links.

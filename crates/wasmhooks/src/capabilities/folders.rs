@@ -85,7 +85,7 @@ impl Folders {
             if perms == FsPerms::ReadWrite {
                 let root = Root::open(&dir.host).map_err(|e| grant_error(e.to_string()))?;
                 let held = root
-                    .usage(MAX_ENTRIES)
+                    .size(MAX_ENTRIES)
                     .map_err(|e| grant_error(e.to_string()))?
                     .bytes;
                 quotas.push(Quota {
@@ -201,27 +201,27 @@ impl Folders {
 
     fn count(&mut self, unlinked: u64) -> Result<(), Cause> {
         for q in &mut self.quotas {
-            let mut usage = q
+            let mut size = q
                 .root
-                .usage(MAX_ENTRIES)
+                .size(MAX_ENTRIES)
                 .map_err(|e| Cause::QuotaExceeded {
                     folder: q.guest.clone(),
                     used: format!("something the host cannot count ({e})"),
                     limit: format!("{} bytes", q.limit),
                 })?;
-            usage.bytes = usage.bytes.saturating_add(unlinked);
-            q.now = usage.bytes;
-            if usage.entries > MAX_ENTRIES {
+            size.bytes = size.bytes.saturating_add(unlinked);
+            q.now = size.bytes;
+            if size.entries > MAX_ENTRIES {
                 return Err(Cause::QuotaExceeded {
                     folder: q.guest.clone(),
                     used: format!("more than {MAX_ENTRIES} entries"),
                     limit: format!("{MAX_ENTRIES} entries"),
                 });
             }
-            if usage.bytes > q.limit {
+            if size.bytes > q.limit {
                 return Err(Cause::QuotaExceeded {
                     folder: q.guest.clone(),
-                    used: format!("{} bytes", usage.bytes),
+                    used: format!("{} bytes", size.bytes),
                     limit: format!("{} bytes", q.limit),
                 });
             }
