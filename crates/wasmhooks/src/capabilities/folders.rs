@@ -201,14 +201,11 @@ impl Folders {
 
     fn count(&mut self, unlinked: u64) -> Result<(), Cause> {
         for q in &mut self.quotas {
-            let mut size = q
-                .root
-                .size(MAX_ENTRIES)
-                .map_err(|e| Cause::QuotaExceeded {
-                    folder: q.guest.clone(),
-                    used: format!("something the host cannot count ({e})"),
-                    limit: format!("{} bytes", q.limit),
-                })?;
+            let mut size = q.root.size(MAX_ENTRIES).map_err(|e| Cause::QuotaExceeded {
+                folder: q.guest.clone(),
+                used: format!("something the host cannot count ({e})"),
+                limit: format!("{} bytes", q.limit),
+            })?;
             size.bytes = size.bytes.saturating_add(unlinked);
             q.now = size.bytes;
             if size.entries > MAX_ENTRIES {
