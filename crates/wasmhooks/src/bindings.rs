@@ -63,7 +63,7 @@ macro_rules! unchanged_since_0_1_0 {
             store: &mut Store<PluginState>,
             job: &str,
             config: &str,
-        ) -> super::Called<Option<Vec<String>>> {
+        ) -> super::CallResult<Option<Vec<String>>> {
             // The generated signature takes the WIT `json` alias as `&String`.
             let (job, config) = (job.to_owned(), config.to_owned());
             Ok(p.wasmhooks_plugin_hooks()
@@ -83,7 +83,7 @@ macro_rules! unchanged_since_0_1_0 {
             p: &Plugin,
             store: &mut Store<PluginState>,
             state: &str,
-        ) -> super::Called<()> {
+        ) -> super::CallResult<()> {
             Ok(p.wasmhooks_plugin_hooks()
                 .call_load_state(store, &state.to_owned())?
                 .map_err(|f| f.message))
@@ -266,7 +266,7 @@ impl Pre {
 }
 
 /// A call's result: a trap (outer), or the plugin's own failure message.
-pub(crate) type Called<T> = wasmtime::Result<Result<T, String>>;
+pub(crate) type CallResult<T> = wasmtime::Result<Result<T, String>>;
 
 impl Bound {
     pub(crate) fn describe(&self, store: &mut Store<PluginState>) -> wasmtime::Result<Manifest> {
@@ -283,7 +283,7 @@ impl Bound {
         store: &mut Store<PluginState>,
         job: &str,
         config: &str,
-    ) -> Called<Option<Vec<String>>> {
+    ) -> CallResult<Option<Vec<String>>> {
         match self {
             Bound::V0_1_0(p) => v0_1_0::init(p, store, job, config),
             Bound::V0_2_0(p) => v0_2_0::init(p, store, job, config),
@@ -298,7 +298,7 @@ impl Bound {
         manifest: &Manifest,
         phase: &str,
         input: &Input,
-    ) -> Called<Vec<Update>> {
+    ) -> CallResult<Vec<Update>> {
         match self {
             Bound::V0_1_0(p) => v0_1_0::on_phase(p, store, phase, manifest.reads.as_deref(), input),
             Bound::V0_2_0(p) => v0_2_0::on_phase(p, store, &manifest.phases, phase, input),
@@ -315,7 +315,7 @@ impl Bound {
         }
     }
 
-    pub(crate) fn load_state(&self, store: &mut Store<PluginState>, state: &str) -> Called<()> {
+    pub(crate) fn load_state(&self, store: &mut Store<PluginState>, state: &str) -> CallResult<()> {
         match self {
             Bound::V0_1_0(p) => v0_1_0::load_state(p, store, state),
             Bound::V0_2_0(p) => v0_2_0::load_state(p, store, state),

@@ -17,12 +17,12 @@ use serde_json::Value;
 use crate::Error;
 use crate::bindings::Input;
 use crate::error::{Call, CallError};
-use crate::instance::Usage;
+use crate::instance::Cost;
 use crate::loading::Plugin;
 use crate::manifest::Manifest;
 
 use observer::Observer;
-use slot::{Called, Failed, Slot};
+use slot::{Failed, Slot, Succeeded};
 pub use updates::Change;
 
 /// The job's shared data: string keys to JSON values.
@@ -318,10 +318,10 @@ impl PluginStats {
         }
     }
 
-    fn add(&mut self, usage: Usage) {
+    fn add(&mut self, cost: Cost) {
         self.calls += 1;
-        self.fuel += usage.fuel;
-        self.time += usage.elapsed;
+        self.fuel += cost.fuel;
+        self.time += cost.elapsed;
     }
 }
 
@@ -475,7 +475,7 @@ impl Hooks {
             });
             match result {
                 Ok((
-                    Called {
+                    Succeeded {
                         report: call,
                         changes,
                         sizes,

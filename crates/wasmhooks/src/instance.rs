@@ -15,9 +15,17 @@ use crate::{Error, policy::PluginPolicy};
 
 /// What one call cost.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub(crate) struct Usage {
+pub(crate) struct Cost {
     pub(crate) fuel: u64,
     pub(crate) elapsed: Duration,
+}
+
+impl Plugin {
+    /// Its manifest, from a fresh instance's `describe`, without `init`
+    /// (so a plugin that needs a config can be described without one).
+    pub fn manifest(&self) -> Result<Manifest, Error> {
+        Instance::instantiate(self).map(|instance| instance.manifest)
+    }
 }
 
 pub(crate) struct Instance {
@@ -153,7 +161,7 @@ impl Instance {
         &mut self,
         phase: &str,
         input: &bindings::Input,
-    ) -> (Result<Vec<bindings::Update>, Cause>, Usage) {
+    ) -> (Result<Vec<bindings::Update>, Cause>, Cost) {
         let Instance {
             store,
             hooks,
@@ -161,11 +169,11 @@ impl Instance {
             manifest,
             poisoned,
         } = self;
-        let (result, usage, trapped) = guarded(store, hooks, plugin, |h, s| {
+        let (result, cost, trapped) = guarded(store, hooks, plugin, |h, s| {
             h.on_phase(s, manifest, phase, input)
         });
         *poisoned |= trapped;
-        (result.and_then(|r| r.map_err(returned)), usage)
+        (result.and_then(|r| r.map_err(returned)), cost)
     }
 
     /// Calls `save-state`.
@@ -201,10 +209,10 @@ impl Instance {
     fn guarded<R>(
         &mut self,
         f: impl FnOnce(&bindings::Bound, &mut Store<PluginState>) -> wasmtime::Result<R>,
-    ) -> (Result<R, Cause>, Usage) {
-        let (result, usage, trapped) = guarded(&mut self.store, &self.hooks, &self.plugin, f);
+    ) -> (Result<R, Cause>, Cost) {
+        let (result, cost, trapped) = guarded(&mut self.store, &self.hooks, &self.plugin, f);
         self.poisoned |= trapped;
-        (result, usage)
+        (result, cost)
     }
 }
 
@@ -215,7 +223,7 @@ fn guarded<R>(
     hooks: &bindings::Bound,
     plugin: &Plugin,
     f: impl FnOnce(&bindings::Bound, &mut Store<PluginState>) -> wasmtime::Result<R>,
-) -> (Result<R, Cause>, Usage, bool) {
+) -> (Result<R, Cause>, Cost, bool) {
     let policy = plugin.policy();
     // WASI's waits run on the host's own runtime where it has one (a
     // forked child's: `Shared::runtime`).
@@ -223,30 +231,26 @@ fn guarded<R>(
     let start = Instant::now();
     arm(store, policy, start);
     let result = f(hooks, store);
-    let usage = Usage {
+    let cost = Cost {
         fuel: policy.limits.fuel - store.get_fuel().unwrap_or(0),
         elapsed: start.elapsed(),
     };
     match result {
-        Err(e) => (
-            Err(sandbox::classify(&e, store.data(), policy)),
-            usage,
-            true,
-        ),
+        Err(e) => (Err(sandbox::classify(&e, store.data(), policy)), cost, true),
         // It returned, but past its deadline (say, from a wait the host cut
         // short, with no epoch check after it): a timeout all the same, and
         // its results are not used.
-        Ok(_) if usage.elapsed > policy.limits.timeout => (
+        Ok(_) if cost.elapsed > policy.limits.timeout => (
             Err(Cause::Timeout {
                 timeout: policy.limits.timeout,
             }),
-            usage,
+            cost,
             false,
         ),
         // What it wrote past a read-write folder's quota fails the call.
         Ok(r) => match store.data_mut().check_quotas() {
-            Ok(()) => (Ok(r), usage, false),
-            Err(cause) => (Err(cause), usage, false),
+            Ok(()) => (Ok(r), cost, false),
+            Err(cause) => (Err(cause), cost, false),
         },
     }
 }

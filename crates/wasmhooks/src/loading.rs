@@ -15,7 +15,9 @@ use crate::host::{Host, Shared};
 use crate::policy::PluginPolicy;
 
 /// A plugin that passed the allowlist and compiled: ready to instantiate,
-/// as many times as jobs need. Cheap to clone.
+/// as many times as jobs need. Cheap to clone. What needs an instance
+/// (its manifest) is in `instance`, which builds on this module, not the
+/// other way round.
 #[derive(Clone)]
 pub struct Plugin {
     pub(crate) inner: Arc<PluginInner>,
@@ -47,12 +49,6 @@ impl Plugin {
     /// The operator's limits, error policy and grants for it.
     pub fn policy(&self) -> &PluginPolicy {
         &self.inner.policy
-    }
-
-    /// Its manifest, from a fresh instance's `describe`, without `init`
-    /// (so a plugin that needs a config can be described without one).
-    pub fn manifest(&self) -> Result<crate::Manifest, Error> {
-        crate::instance::Instance::instantiate(self).map(|instance| instance.manifest)
     }
 }
 

@@ -4,7 +4,7 @@
 use serde_json::Value;
 use wasmtime::Store;
 
-use super::{Called, Incoming, Input, Update};
+use super::{CallResult, Incoming, Input, Update};
 use crate::sandbox::PluginState;
 
 wasmtime::component::bindgen!({
@@ -48,7 +48,7 @@ pub(super) fn on_phase(
     phase: &str,
     reads: Option<&[String]>,
     input: &Input,
-) -> Called<Vec<Update>> {
+) -> CallResult<Vec<Update>> {
     let entry = |key: &str, value: &Value| types::Entry {
         key: key.to_owned(),
         value: value.to_string(),

@@ -7,7 +7,7 @@
 use serde_json::{Number, Value};
 use wasmtime::Store;
 
-use super::{Called, Incoming, Input, Update};
+use super::{CallResult, Incoming, Input, Update};
 use crate::sandbox::PluginState;
 
 wasmtime::component::bindgen!({
@@ -82,7 +82,7 @@ pub(super) fn on_phase(
     phases: &[String],
     phase: &str,
     input: &Input,
-) -> Called<Vec<Update>> {
+) -> CallResult<Vec<Update>> {
     let listed = phases.iter().position(|p| p == phase);
     let phase = match listed.and_then(|i| u32::try_from(i).ok()) {
         Some(i) => types::Phase::Listed(i),

@@ -26,7 +26,7 @@ use std::time::{Duration, Instant};
 use serde_json::Value;
 
 use super::PluginStats;
-use super::slot::{Called, Failed, Slot};
+use super::slot::{Failed, Slot, Succeeded};
 use crate::Error;
 use crate::bindings::Input;
 use crate::error::CallError;
@@ -64,7 +64,7 @@ pub(super) enum Message {
         slot: usize,
         phase: String,
         input: Input,
-        reply: mpsc::Sender<Result<Called, Failed>>,
+        reply: mpsc::Sender<Result<Succeeded, Failed>>,
     },
     /// A failure found after a call returned (its updates would overfill
     /// the data map): the slot applies the policy to it.
@@ -114,7 +114,7 @@ impl Observer {
         max_bytes: usize,
     ) -> std::io::Result<Self> {
         let (tx, rx) = mpsc::sync_channel(QUEUE);
-        let shared = Shared {
+        let shared = WorkerState {
             cancel: Arc::new(AtomicBool::new(false)),
             pending: Arc::new(AtomicU64::new(0)),
             queued_bytes: Arc::new(AtomicU64::new(0)),
@@ -207,7 +207,7 @@ impl Observer {
         slot: usize,
         phase: &str,
         input: Input,
-    ) -> Option<Result<Called, Failed>> {
+    ) -> Option<Result<Succeeded, Failed>> {
         let (reply, answer) = mpsc::channel();
         self.send(Message::Call {
             slot,
@@ -293,7 +293,7 @@ impl Drop for Observer {
 
 /// What the hooks' side and the worker share.
 #[derive(Clone)]
-struct Shared {
+struct WorkerState {
     cancel: Arc<AtomicBool>,
     pending: Arc<AtomicU64>,
     queued_bytes: Arc<AtomicU64>,
@@ -302,7 +302,7 @@ struct Shared {
     stats: Arc<Mutex<Vec<PluginStats>>>,
 }
 
-fn work(job: &str, mut slots: Vec<Slot>, rx: &Receiver<Message>, shared: &Shared) {
+fn work(job: &str, mut slots: Vec<Slot>, rx: &Receiver<Message>, shared: &WorkerState) {
     let mut batch = Vec::with_capacity(BATCH);
     // Idle, it waits on the queue, and the first message wakes it.
     while let Ok(first) = rx.recv() {
@@ -335,7 +335,7 @@ fn work(job: &str, mut slots: Vec<Slot>, rx: &Receiver<Message>, shared: &Shared
 }
 
 /// Runs one message on the worker's slots.
-fn handle(job: &str, slots: &mut [Slot], message: Message, shared: &Shared) {
+fn handle(job: &str, slots: &mut [Slot], message: Message, shared: &WorkerState) {
     let publish = |i: usize, slots: &[Slot]| {
         shared.stats.lock().unwrap_or_else(PoisonError::into_inner)[i] = slots[i].stats.clone();
     };

@@ -61,7 +61,7 @@ impl NotLive {
 
 /// A successful call: its report and the checked changes to merge, with
 /// the bytes each takes.
-pub(super) struct Called {
+pub(super) struct Succeeded {
     pub(super) report: CallReport,
     pub(super) changes: Vec<Change>,
     pub(super) sizes: Vec<usize>,
@@ -189,10 +189,10 @@ impl Slot {
         phase: &str,
         input: &Input,
         observe: bool,
-    ) -> Result<Called, Failed> {
+    ) -> Result<Succeeded, Failed> {
         let name = self.plugin.name().to_owned();
         if self.disabled.is_some() {
-            return Ok(Called {
+            return Ok(Succeeded {
                 report: CallReport::new(name, Outcome::Disabled),
                 changes: Vec::new(),
                 sizes: Vec::new(),
@@ -203,7 +203,7 @@ impl Slot {
         let result = match self.live(job) {
             Err(NotLive::Failed(failed)) => return Err(failed),
             Ok(Some(instance)) => {
-                let (result, usage) = instance.on_phase(phase, input);
+                let (result, cost) = instance.on_phase(phase, input);
                 let (memory, peak, written) = (
                     instance.memory_used(),
                     instance.memory_peak(),
@@ -212,31 +212,31 @@ impl Slot {
                 self.stats.memory = memory;
                 self.stats.peak_memory = self.stats.peak_memory.max(peak);
                 self.stats.bytes_written = written;
-                self.stats.add(usage);
+                self.stats.add(cost);
                 let policy = self.plugin.policy();
                 let max = policy.limits.max_update_bytes;
                 result
                     .and_then(|u| updates::check(u, &policy.name, &policy.grants, max))
-                    .map(|checked| (checked, usage))
+                    .map(|checked| (checked, cost))
                     .map_err(|cause| self.error(call(), cause))
             }
             Ok(None) => unreachable!("a slot that is not disabled has an instance"),
             Err(NotLive::Host(other)) => Err(self.error(call(), Cause::Host(other.to_string()))),
         };
         match result {
-            Ok(((changes, sizes), usage)) => {
+            Ok(((changes, sizes), cost)) => {
                 let (changes, sizes) = if observe {
                     (Vec::new(), Vec::new())
                 } else {
                     (changes, sizes)
                 };
                 let mut report = CallReport::new(name, Outcome::applied(&changes));
-                report.fuel = usage.fuel;
-                report.elapsed = usage.elapsed;
+                report.fuel = cost.fuel;
+                report.elapsed = cost.elapsed;
                 for change in &changes {
                     self.stats.note_changed(change.key());
                 }
-                Ok(Called {
+                Ok(Succeeded {
                     report,
                     changes,
                     sizes,
