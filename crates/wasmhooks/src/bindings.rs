@@ -29,16 +29,16 @@ macro_rules! unchanged_since_0_1_0 {
             }
         }
 
-        pub(super) fn add_to_linker(
-            linker: &mut wasmtime::component::Linker<PluginState>,
+        pub(super) fn add_log_to_linker<T: crate::capabilities::CapabilityView + 'static>(
+            linker: &mut wasmtime::component::Linker<T>,
         ) -> wasmtime::Result<()> {
             use crate::capabilities::log::PluginLog;
             use wasmtime::component::HasSelf;
-            fn get(state: &mut PluginState) -> &mut PluginLog {
-                &mut state.log
+            fn get<T: crate::capabilities::CapabilityView>(state: &mut T) -> &mut PluginLog {
+                &mut state.capabilities().log
             }
-            log::add_to_linker::<_, HasSelf<PluginLog>>(linker, get)?;
-            types::add_to_linker::<_, HasSelf<PluginLog>>(linker, get)
+            log::add_to_linker::<_, HasSelf<PluginLog>>(linker, get::<T>)?;
+            types::add_to_linker::<_, HasSelf<PluginLog>>(linker, get::<T>)
         }
 
         pub(super) fn describe(
@@ -121,11 +121,14 @@ pub(crate) fn targeted_version(component: &Component, engine: &wasmtime::Engine)
         .find_map(|(name, _)| Some(name.strip_prefix(HOOKS)?.strip_prefix('@')?.to_owned()))
 }
 
-/// Adds every version's imports (today, `log`) to the plugin linker. The
-/// versions' interfaces have distinct names, so one linker serves them all.
-pub(crate) fn add_to_linker(linker: &mut Linker<PluginState>) -> wasmtime::Result<()> {
-    v0_1_0::add_to_linker(linker)?;
-    v0_2_0::add_to_linker(linker)
+/// Adds every version's `log` import (the one import the interface has) to
+/// the plugin linker, for the `log` capability. The versions' interfaces
+/// have distinct names, so one linker serves them all.
+pub(crate) fn add_log_to_linker<T: crate::capabilities::CapabilityView + 'static>(
+    linker: &mut Linker<T>,
+) -> wasmtime::Result<()> {
+    v0_1_0::add_log_to_linker(linker)?;
+    v0_2_0::add_log_to_linker(linker)
 }
 
 /// What a plugin is called with at a phase, in the host's terms.

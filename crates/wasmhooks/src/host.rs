@@ -10,7 +10,7 @@ use wasmtime::component::Linker;
 use wasmtime::{Config, Engine, Strategy};
 
 use crate::Error;
-use crate::capabilities;
+use crate::capabilities::Capabilities;
 use crate::policy::Policy;
 use crate::sandbox::{EpochTicker, PluginState};
 
@@ -162,8 +162,7 @@ impl Shared {
 fn plugin_linker(engine: &Engine) -> wasmtime::Result<Linker<PluginState>> {
     let mut linker = Linker::<PluginState>::new(engine);
     wasmtime_wasi::p2::add_to_linker_sync(&mut linker)?;
-    capabilities::clocks::add_to_linker(&mut linker)?;
-    capabilities::filesystem::add_to_linker(&mut linker)?;
-    crate::bindings::add_to_linker(&mut linker)?;
+    // After WASI's: some capabilities shadow its functions.
+    Capabilities::add_to_linker(&mut linker)?;
     Ok(linker)
 }

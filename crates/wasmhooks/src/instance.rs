@@ -50,7 +50,12 @@ impl Instance {
     ) -> Result<Self, Error> {
         let mut instance = Self::instantiate(plugin)?;
         if let Some(baseline) = folder_baseline {
-            instance.store.data_mut().folders.resume(baseline);
+            instance
+                .store
+                .data_mut()
+                .capabilities
+                .folders
+                .resume(baseline);
         }
         let allowed = &plugin.policy().name;
         if &instance.manifest.name != allowed {
@@ -139,12 +144,12 @@ impl Instance {
     /// What its read-write folders held when it started (or the instance
     /// it replaced did).
     pub(crate) fn folder_baseline(&self) -> Vec<u64> {
-        self.store.data().folders.baseline()
+        self.store.data().capabilities.folders.baseline()
     }
 
     /// Bytes its read-write folders grew by since it started.
     pub(crate) fn bytes_written(&self) -> u64 {
-        self.store.data().bytes_written()
+        self.store.data().capabilities.folders.bytes_written()
     }
 
     pub(crate) fn error(&self, call: Call, cause: Cause) -> Error {
@@ -248,7 +253,7 @@ fn guarded<R>(
             false,
         ),
         // What it wrote past a read-write folder's quota fails the call.
-        Ok(r) => match store.data_mut().check_quotas() {
+        Ok(r) => match store.data_mut().end_call() {
             Ok(()) => (Ok(r), cost, false),
             Err(cause) => (Err(cause), cost, false),
         },

@@ -12,11 +12,7 @@ use std::time::Instant;
 use wasmtime::component::ResourceTable;
 use wasmtime_wasi::{WasiCtx, WasiCtxBuilder, WasiCtxView, WasiView};
 
-use crate::capabilities::clocks::{DeadlineView, MonotonicClock};
-use crate::capabilities::env;
-use crate::capabilities::filesystem::{FileStreams, WritesView};
-use crate::capabilities::folders::Folders;
-use crate::capabilities::log::PluginLog;
+use crate::capabilities::{Capabilities, CapabilityView};
 use crate::policy::PluginPolicy;
 use crate::{Cause, Error};
 
@@ -24,48 +20,15 @@ pub(crate) use limiter::MemoryCap;
 pub(crate) use output::Output;
 pub(crate) use ticker::EpochTicker;
 
-/// Entries a read-write folder may hold; past this the quota check would
-/// take longer than the calls it guards.
-/// Everything a plugin's store holds.
+/// Everything a plugin's store holds: WASI's context and resource table,
+/// the bounds the sandbox keeps on every plugin (its memory cap, its
+/// captured stderr), and the state of each capability (`capabilities`).
 pub(crate) struct PluginState {
     wasi: WasiCtx,
     table: ResourceTable,
     pub(crate) memory: MemoryCap,
-    pub(crate) folders: Folders,
-    file_streams: FileStreams,
-    pub(crate) log: PluginLog,
     pub(crate) stderr: Output,
-    clock: MonotonicClock,
-    deadline: Instant,
-}
-
-impl DeadlineView for PluginState {
-    fn clock(&self) -> &MonotonicClock {
-        &self.clock
-    }
-
-    fn deadline(&self) -> Instant {
-        self.deadline
-    }
-}
-
-impl WritesView for PluginState {
-    fn changed(&mut self) {
-        self.folders.changed();
-    }
-
-    fn appended(&mut self, bytes: u64) {
-        self.folders.appended(bytes);
-    }
-
-    fn may_grow(&mut self, bytes: u64) -> bool {
-        let streams = &mut self.file_streams;
-        self.folders.may_grow(bytes, || streams.unlinked_bytes())
-    }
-
-    fn file_streams(&mut self) -> &mut FileStreams {
-        &mut self.file_streams
-    }
+    pub(crate) capabilities: Capabilities,
 }
 
 impl WasiView for PluginState {
@@ -77,13 +40,18 @@ impl WasiView for PluginState {
     }
 }
 
+impl CapabilityView for PluginState {
+    #[inline]
+    fn capabilities(&mut self) -> &mut Capabilities {
+        &mut self.capabilities
+    }
+}
+
 impl PluginState {
     /// A state with exactly the operator's grants: no ambient files,
     /// network, environment, arguments or stdin.
     pub(crate) fn new(policy: &PluginPolicy) -> Result<Self, Error> {
         let mut wasi = WasiCtxBuilder::new();
-        let clock = MonotonicClock::new();
-        wasi.monotonic_clock(clock.clone());
         let stdout = Output::new(Arc::from(policy.name.as_str()), "stdout");
         let stderr = Output::new(Arc::from(policy.name.as_str()), "stderr");
         wasi.stdout(stdout).stderr(stderr.clone());
@@ -97,15 +65,7 @@ impl PluginState {
         // logging plugin). It bounds nothing less: a call's deadline never
         // interrupted a host call in progress.
         wasi.allow_blocking_current_thread(true);
-        let grants = &policy.grants;
-        let folders = Folders::grant(
-            &mut wasi,
-            &policy.name,
-            &grants.read,
-            &grants.read_write,
-            policy.limits.readwrite_quota_bytes,
-        )?;
-        env::grant(&mut wasi, &grants.env);
+        let capabilities = Capabilities::grant(policy, &mut wasi)?;
         let mut table = ResourceTable::new();
         // Every file, folder, stream and pollable a plugin holds is an entry;
         // files are descriptors of the host process as well, shared with the
@@ -115,33 +75,23 @@ impl PluginState {
             wasi: wasi.build(),
             table,
             memory: MemoryCap::new(policy.limits.memory_bytes),
-            folders,
-            file_streams: FileStreams::default(),
-            log: PluginLog::new(&policy.name),
             stderr,
-            clock,
-            deadline: Instant::now(),
+            capabilities,
         })
     }
 
     /// Resets the per-call trackers before a call that must end by
     /// `deadline`.
     pub(crate) fn begin_call(&mut self, deadline: Instant) {
-        self.deadline = deadline;
         self.memory.begin_call();
-        self.log.begin_call();
         self.stderr.begin_call();
+        self.capabilities.begin_call(deadline);
     }
 
-    /// Checks the read-write folders' quotas after a call.
-    pub(crate) fn check_quotas(&mut self) -> Result<(), Cause> {
-        let streams = &mut self.file_streams;
-        self.folders.check(|| streams.unlinked_bytes())
-    }
-
-    /// Bytes its read-write folders grew by since it started.
-    pub(crate) fn bytes_written(&self) -> u64 {
-        self.folders.bytes_written()
+    /// What the capabilities check after a call that returned in time (the
+    /// read-write folders' quotas).
+    pub(crate) fn end_call(&mut self) -> Result<(), Cause> {
+        self.capabilities.end_call()
     }
 }
 

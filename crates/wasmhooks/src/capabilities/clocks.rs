@@ -10,7 +10,11 @@ use std::time::{Duration, Instant};
 
 use wasmtime::component::{Linker, Resource};
 use wasmtime_wasi::p2::{DynPollable, Pollable, subscribe};
-use wasmtime_wasi::{HostMonotonicClock, WasiView};
+use wasmtime_wasi::{HostMonotonicClock, WasiCtxBuilder};
+
+use super::{Capability, CapabilityView};
+use crate::Error;
+use crate::policy::PluginPolicy;
 
 /// The interface wasmtime-wasi links; its guests' older 0.2.x imports
 /// resolve to it.
@@ -20,19 +24,42 @@ const MONOTONIC_CLOCK: &str = "wasi:clocks/monotonic-clock@0.2.12";
 /// time the wait returns.
 const SLACK: Duration = Duration::from_millis(5);
 
+/// A plugin's clock, and when the call in progress must end.
+pub(crate) struct Clocks {
+    clock: MonotonicClock,
+    deadline: Instant,
+}
+
+impl Capability for Clocks {
+    /// Every plugin has the clock; it is not the operator's to grant.
+    fn grant(_: &PluginPolicy, wasi: &mut WasiCtxBuilder) -> Result<Self, Error> {
+        let clock = MonotonicClock {
+            origin: Arc::new(Instant::now()),
+        };
+        wasi.monotonic_clock(clock.clone());
+        Ok(Clocks {
+            clock,
+            deadline: Instant::now(),
+        })
+    }
+
+    fn add_to_linker<T: CapabilityView + 'static>(linker: &mut Linker<T>) -> wasmtime::Result<()> {
+        add_to_linker(linker)
+    }
+
+    #[inline]
+    fn begin_call(&mut self, deadline: Instant) {
+        self.deadline = deadline;
+    }
+}
+
 /// A plugin's monotonic clock, with an origin the host can read back.
 #[derive(Clone)]
-pub(crate) struct MonotonicClock {
+struct MonotonicClock {
     origin: Arc<Instant>,
 }
 
 impl MonotonicClock {
-    pub(crate) fn new() -> Self {
-        MonotonicClock {
-            origin: Arc::new(Instant::now()),
-        }
-    }
-
     fn nanos(&self, at: Instant) -> u64 {
         u64::try_from(at.saturating_duration_since(*self.origin).as_nanos()).unwrap_or(u64::MAX)
     }
@@ -48,14 +75,6 @@ impl HostMonotonicClock for MonotonicClock {
     }
 }
 
-/// What the waits need of the store state.
-pub(crate) trait DeadlineView: WasiView {
-    /// The plugin's clock.
-    fn clock(&self) -> &MonotonicClock;
-    /// When the current call must end.
-    fn deadline(&self) -> Instant;
-}
-
 struct Wake(tokio::time::Instant);
 
 #[wasmtime_wasi::async_trait]
@@ -66,12 +85,13 @@ impl Pollable for Wake {
 }
 
 /// A pollable ready after `wait`, cut at the call's deadline.
-fn wake_after<T: DeadlineView>(
+fn wake_after<T: CapabilityView>(
     state: &mut T,
     wait: Duration,
 ) -> wasmtime::Result<Resource<DynPollable>> {
     let now = Instant::now();
-    let left = state.deadline().saturating_duration_since(now) + SLACK;
+    let deadline = state.capabilities().clocks.deadline;
+    let left = deadline.saturating_duration_since(now) + SLACK;
     let until = tokio::time::Instant::from_std(now + wait.min(left));
     let table = state.ctx().table;
     let wake = table.push(Wake(until))?;
@@ -80,9 +100,7 @@ fn wake_after<T: DeadlineView>(
 
 /// Shadows the monotonic clock's two subscriptions in a linker that already
 /// has WASI.
-pub(crate) fn add_to_linker<T: DeadlineView + 'static>(
-    linker: &mut Linker<T>,
-) -> wasmtime::Result<()> {
+fn add_to_linker<T: CapabilityView + 'static>(linker: &mut Linker<T>) -> wasmtime::Result<()> {
     linker.allow_shadowing(true);
     let mut clock = linker.instance(MONOTONIC_CLOCK)?;
     clock.func_wrap("subscribe-duration", |mut store, (nanos,): (u64,)| {
@@ -90,7 +108,7 @@ pub(crate) fn add_to_linker<T: DeadlineView + 'static>(
     })?;
     clock.func_wrap("subscribe-instant", |mut store, (when,): (u64,)| {
         let state = store.data_mut();
-        let now = state.clock().now();
+        let now = state.capabilities().clocks.clock.now();
         Ok((wake_after(
             state,
             Duration::from_nanos(when.saturating_sub(now)),

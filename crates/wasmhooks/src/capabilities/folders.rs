@@ -10,14 +10,22 @@
 //! what was appended to files since (which `filesystem` sums) could take
 //! one past its quota, and at least every [`RECOUNT`] (other writers).
 //! A restarted instance goes on from its first one's baseline.
+//!
+//! WASI's filesystem is shadowed where it would block the host or write
+//! past a quota, and what may change a folder is noted: `filesystem`.
+
+mod filesystem;
 
 use std::time::{Duration, Instant};
 
+use wasmtime::component::Linker;
 use wasmtime_wasi::{FsPerms, WasiCtxBuilder};
 
+use super::{Capability, CapabilityView};
 use crate::files::Root;
-use crate::policy::DirGrant;
+use crate::policy::{DirGrant, PluginPolicy};
 use crate::{Cause, Error};
+use filesystem::FileStreams;
 
 /// Entries a read-write folder may hold: counting more would itself be a
 /// cost a plugin could impose on every call.
@@ -52,13 +60,39 @@ pub(crate) struct Folders {
     /// checked against the room left (`may_grow`).
     grown: u64,
     counted_at: Instant,
+    /// The plugin's file output streams, by how they were opened.
+    streams: FileStreams,
+}
+
+impl Capability for Folders {
+    /// The operator's `read` and `readwrite` grants, each read-write
+    /// folder under the plugin's `readwrite_quota`.
+    fn grant(policy: &PluginPolicy, wasi: &mut WasiCtxBuilder) -> Result<Self, Error> {
+        Folders::preopen(
+            wasi,
+            &policy.name,
+            &policy.grants.read,
+            &policy.grants.read_write,
+            policy.limits.readwrite_quota_bytes,
+        )
+    }
+
+    fn add_to_linker<T: CapabilityView + 'static>(linker: &mut Linker<T>) -> wasmtime::Result<()> {
+        filesystem::add_to_linker(linker)
+    }
+
+    /// Checks the quotas after a call (see [`Folders::check`]).
+    #[inline]
+    fn end_call(&mut self) -> Result<(), Cause> {
+        self.check()
+    }
 }
 
 impl Folders {
     /// Preopens the folders in `wasi`, read-only or read-write, under their
     /// guest paths; a folder that does not exist is an error naming the
     /// plugin. `quota` bounds what each read-write folder may grow by.
-    pub(crate) fn grant(
+    fn preopen(
         wasi: &mut WasiCtxBuilder,
         plugin: &str,
         read: &[DirGrant],
@@ -105,16 +139,17 @@ impl Folders {
             over: false,
             grown: 0,
             counted_at: Instant::now(),
+            streams: FileStreams::default(),
         })
     }
 
     /// Notes something that may change a folder by any amount.
-    pub(crate) fn changed(&mut self) {
+    fn changed(&mut self) {
         self.changed = true;
     }
 
     /// Notes `bytes` appended to a file.
-    pub(crate) fn appended(&mut self, bytes: u64) {
+    fn appended(&mut self, bytes: u64) {
         self.appended = self.appended.saturating_add(bytes);
     }
 
@@ -125,7 +160,7 @@ impl Folders {
     /// write over old bytes, or into a file since removed, added nothing).
     /// A write the quota has no room for is refused before it is made, so
     /// no call writes past a quota, whatever its deadline.
-    pub(crate) fn may_grow(&mut self, bytes: u64, unlinked: impl FnOnce() -> u64) -> bool {
+    fn may_grow(&mut self, bytes: u64) -> bool {
         if self.quotas.is_empty() || bytes == 0 {
             return true;
         }
@@ -141,7 +176,7 @@ impl Folders {
             return true;
         }
         // A folder over its quota, or one that cannot be counted, has no room.
-        if self.recount(unlinked).is_ok() && bytes <= room(&self.quotas) {
+        if self.recount().is_ok() && bytes <= room(&self.quotas) {
             self.grown = bytes;
             true
         } else {
@@ -166,7 +201,7 @@ impl Folders {
     /// Checks every read-write folder against its quota after a call, when
     /// one is due (see the module's doc): what a call wrote past it fails
     /// the call (and every later one, until the folder is back under).
-    pub(crate) fn check(&mut self, unlinked: impl FnOnce() -> u64) -> Result<(), Cause> {
+    fn check(&mut self) -> Result<(), Cause> {
         if self.quotas.is_empty() {
             return Ok(());
         }
@@ -184,17 +219,18 @@ impl Folders {
             return Ok(());
         }
         self.settling = std::mem::take(&mut self.changed);
-        self.recount(unlinked)
+        self.recount()
     }
 
     /// Counts every read-write folder now, with the bytes of removed files
-    /// the plugin still holds open (`unlinked`: which folder held them is
-    /// not known, so each is charged them).
-    fn recount(&mut self, unlinked: impl FnOnce() -> u64) -> Result<(), Cause> {
+    /// the plugin still holds open (which folder held them is not known, so
+    /// each is charged them).
+    fn recount(&mut self) -> Result<(), Cause> {
         self.appended = 0;
         self.grown = 0;
         self.counted_at = Instant::now();
-        let counted = self.count(unlinked());
+        let unlinked = self.streams.unlinked_bytes();
+        let counted = self.count(unlinked);
         self.over = counted.is_err();
         counted
     }

@@ -1,6 +1,15 @@
 //! `wasmhooks:plugin/log`: plugin messages go to the host's `tracing` log,
-//! tagged with the plugin's name. Each version's import (linked in
-//! `bindings`) lands in [`PluginLog::record`].
+//! tagged with the plugin's name. Each version's import (generated and
+//! linked in `bindings`) lands in [`PluginLog::record`].
+
+use std::time::Instant;
+
+use wasmtime::component::Linker;
+use wasmtime_wasi::WasiCtxBuilder;
+
+use super::{Capability, CapabilityView};
+use crate::Error;
+use crate::policy::PluginPolicy;
 
 /// Longest message kept, in bytes; longer ones are cut.
 const MAX_MESSAGE: usize = 4096;
@@ -14,17 +23,25 @@ pub(crate) struct PluginLog {
     dropped: usize,
 }
 
-impl PluginLog {
-    pub(crate) fn new(plugin: &str) -> Self {
-        PluginLog {
-            plugin: plugin.to_owned(),
+impl Capability for PluginLog {
+    /// Every plugin may log; its messages are tagged with its name.
+    fn grant(policy: &PluginPolicy, _: &mut WasiCtxBuilder) -> Result<Self, Error> {
+        Ok(PluginLog {
+            plugin: policy.name.clone(),
             this_call: 0,
             dropped: 0,
-        }
+        })
+    }
+
+    /// Each version's `log` import, from `bindings` (the interface is
+    /// generated per version).
+    fn add_to_linker<T: CapabilityView + 'static>(linker: &mut Linker<T>) -> wasmtime::Result<()> {
+        crate::bindings::add_log_to_linker(linker)
     }
 
     /// Resets the per-call budget; reports what the last call dropped.
-    pub(crate) fn begin_call(&mut self) {
+    #[inline]
+    fn begin_call(&mut self, _: Instant) {
         if self.dropped > 0 {
             tracing::warn!(plugin = %self.plugin, dropped = self.dropped, "plugin logged too much; messages dropped");
         }

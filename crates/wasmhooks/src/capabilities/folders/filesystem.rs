@@ -44,6 +44,8 @@ use wasmtime_wasi::p2::bindings::sync::io::streams as io;
 use wasmtime_wasi::p2::{DynInputStream, DynOutputStream, StreamError, StreamResult};
 use wasmtime_wasi::runtime::in_tokio;
 
+use crate::capabilities::CapabilityView;
+
 /// The interfaces wasmtime-wasi links; older 0.2.x imports resolve to them.
 const TYPES: &str = "wasi:filesystem/types@0.2.12";
 const STREAMS: &str = "wasi:io/streams@0.2.12";
@@ -57,7 +59,9 @@ type OpenArgs = (
 );
 
 /// Notes, for the quota checks, what a call did that may change what a
-/// plugin's folders hold.
+/// plugin's folders hold: the view of [`Folders`](super::Folders) the
+/// shadowed functions take, so they run on any store state that holds the
+/// capabilities.
 pub(crate) trait WritesView {
     /// Something that may change a folder by any amount.
     fn changed(&mut self);
@@ -68,6 +72,28 @@ pub(crate) trait WritesView {
     fn may_grow(&mut self, bytes: u64) -> bool;
     /// The plugin's file output streams, by how they were opened.
     fn file_streams(&mut self) -> &mut FileStreams;
+}
+
+impl<T: CapabilityView> WritesView for T {
+    #[inline]
+    fn changed(&mut self) {
+        self.capabilities().folders.changed();
+    }
+
+    #[inline]
+    fn appended(&mut self, bytes: u64) {
+        self.capabilities().folders.appended(bytes);
+    }
+
+    #[inline]
+    fn may_grow(&mut self, bytes: u64) -> bool {
+        self.capabilities().folders.may_grow(bytes)
+    }
+
+    #[inline]
+    fn file_streams(&mut self) -> &mut FileStreams {
+        &mut self.capabilities().folders.streams
+    }
 }
 
 /// The output streams a plugin opened on files, by resource handle: those
@@ -133,7 +159,7 @@ impl FileStreams {
     /// Bytes held by files the plugin wrote through, still holds open, and
     /// that no folder lists any more (removed, or renamed over): a count
     /// of the folders misses them, so they are added to it.
-    pub(crate) fn unlinked_bytes(&mut self) -> u64 {
+    pub(super) fn unlinked_bytes(&mut self) -> u64 {
         use std::os::unix::fs::MetadataExt;
         let mut held = 0u64;
         self.written.retain(|_, weak| match weak.upgrade() {
