@@ -4,6 +4,7 @@
 //! declare observe-only phases run on a background worker.
 
 mod observer;
+mod place;
 mod slot;
 mod updates;
 
@@ -22,6 +23,7 @@ use crate::loading::Plugin;
 use crate::manifest::Manifest;
 
 use observer::Observer;
+use place::Place;
 use slot::{Failed, Slot, Succeeded};
 pub use updates::Change;
 
@@ -174,11 +176,6 @@ struct Member {
     name: String,
     manifest: Option<Manifest>,
     place: Place,
-}
-
-enum Place {
-    Here(Box<Slot>),
-    Observer(usize),
 }
 
 /// What happened at one phase.
@@ -379,8 +376,7 @@ impl Hooks {
         let route = self.route(phase);
         route.iter().all(|&i| {
             let member = &self.members[i];
-            matches!(member.place, Place::Observer(_))
-                && member.manifest.as_ref().is_some_and(|m| m.observes(phase))
+            member.place.observed() && member.manifest.as_ref().is_some_and(|m| m.observes(phase))
         })
     }
 
@@ -393,17 +389,7 @@ impl Hooks {
             .unwrap_or_default();
         self.members
             .iter()
-            .map(|m| match &m.place {
-                Place::Here(slot) => slot.stats.clone(),
-                Place::Observer(i) => {
-                    let mut stats = observed
-                        .get(*i)
-                        .cloned()
-                        .unwrap_or_else(|| PluginStats::new(&m.name));
-                    stats.dropped = self.observer.as_ref().map_or(0, |o| o.dropped(*i));
-                    stats
-                }
-            })
+            .map(|m| m.place.stats(&m.name, &observed, self.observer.as_ref()))
             .collect()
     }
 
@@ -421,33 +407,29 @@ impl Hooks {
             calls: Vec::with_capacity(route.len()),
         };
         for &i in route.iter() {
-            let member = &mut self.members[i];
-            let manifest = member
-                .manifest
-                .as_ref()
-                .expect("routed plugins have manifests");
+            let Member {
+                name,
+                manifest,
+                place,
+            } = &mut self.members[i];
+            let manifest = manifest.as_ref().expect("routed plugins have manifests");
             let input = input_for(manifest, data);
-            let result = match &mut member.place {
-                Place::Here(slot) => slot.call(&self.job, phase, &input, false),
-                Place::Observer(slot) => {
-                    let observer = self
-                        .observer
-                        .as_mut()
-                        .expect("observed plugins have a worker");
-                    if manifest.observes(phase) {
-                        observer.observe(*slot, phase, input);
-                        report.calls.push(CallReport {
-                            plugin: member.name.clone(),
-                            outcome: Outcome::Queued,
-                            fuel: 0,
-                            elapsed: Duration::ZERO,
-                        });
-                        continue;
-                    }
-                    observer
-                        .call(*slot, phase, input)
-                        .unwrap_or_else(|| Err(worker_gone(&member.name, phase)))
-                }
+            let called = place.call(
+                self.observer.as_mut(),
+                &self.job,
+                name,
+                manifest,
+                phase,
+                input,
+            );
+            let Some(result) = called else {
+                report.calls.push(CallReport {
+                    plugin: name.clone(),
+                    outcome: Outcome::Queued,
+                    fuel: 0,
+                    elapsed: Duration::ZERO,
+                });
+                continue;
             };
             // Updates that would overfill the data map fail the call too.
             let result = result.and_then(|called| {
@@ -464,14 +446,9 @@ impl Hooks {
                         limit: self.data_bytes.limit,
                     },
                 };
-                Err(match &mut member.place {
-                    Place::Here(slot) => slot.failed(error, false),
-                    Place::Observer(slot) => self
-                        .observer
-                        .as_ref()
-                        .and_then(|o| o.failed(*slot, error))
-                        .unwrap_or_else(|| worker_gone(&member.name, phase)),
-                })
+                Err(member
+                    .place
+                    .failed(self.observer.as_ref(), &member.name, error, phase))
             });
             match result {
                 Ok((
@@ -529,13 +506,7 @@ impl Hooks {
         }
         let mut states = BTreeMap::new();
         for member in &mut self.members {
-            let state = match &mut member.place {
-                Place::Here(slot) => slot.save_state(&self.job)?,
-                Place::Observer(i) => match &self.observer {
-                    Some(o) => o.save_state(*i)?,
-                    None => None,
-                },
-            };
+            let state = member.place.save_state(self.observer.as_ref(), &self.job)?;
             if let Some(state) = state {
                 states.insert(member.name.clone(), state);
             }
@@ -549,14 +520,9 @@ impl Hooks {
             let Some(state) = states.get(&member.name) else {
                 continue;
             };
-            match &mut member.place {
-                Place::Here(slot) => slot.load_state(&self.job, state)?,
-                Place::Observer(i) => {
-                    if let Some(o) = &self.observer {
-                        o.load_state(*i, state)?;
-                    }
-                }
-            }
+            member
+                .place
+                .load_state(self.observer.as_ref(), &self.job, state)?;
         }
         Ok(())
     }
