@@ -10,6 +10,7 @@ use sha2::{Digest, Sha256};
 
 mod bench;
 mod python;
+mod schema;
 mod toolchains;
 
 const USAGE: &str = "usage: cargo xtask <task>
@@ -26,8 +27,10 @@ tasks:
   bench     install the toolchains, run the benchmarks (criterion, the Python
             package's) and print the table of ratios
   bench-table  print that table again from the last run
-  schema    remake what wit/keys.toml feeds: the README's key tables and each
-            SDK's constants (sdk/src/keys.rs, sdk/*/..keys..)";
+  schema    remake what wit/keys.toml feeds: the README's key tables, each
+            SDK's constants (sdk/src/keys.rs, sdk/*/..keys..) and the Python
+            package's phase constants (python/wasmhooks/_phases.py);
+            with --check, change nothing and fail if any is out of step";
 
 fn main() -> anyhow::Result<()> {
     let task = std::env::args().nth(1).unwrap_or_default();
@@ -47,15 +50,7 @@ fn main() -> anyhow::Result<()> {
         }
         "bench" => bench::run(&root),
         "bench-table" => bench::table(&root),
-        // The schema module's test compares them; told to, it rewrites them.
-        "schema" => run(cargo_command(&root).env("UPDATE_EXPECT", "1").args([
-            "test",
-            "-q",
-            "-p",
-            "wasmhooks",
-            "--lib",
-            "schema::",
-        ])),
+        "schema" => schema::run(&root, std::env::args().nth(2).as_deref() == Some("--check")),
         _ => {
             eprintln!("{USAGE}");
             if task.is_empty() {
