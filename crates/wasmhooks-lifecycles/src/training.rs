@@ -28,22 +28,25 @@ pub use model::{Mlp, Sgd};
 
 use super::{Driver, LifecycleError, PhaseTimings};
 use wasmhooks::files::Root;
+use wasmhooks::schema::phases::training as phase;
 use wasmhooks::{DataMap, Hooks, JobLimits};
 
-/// The phases of training, in the order they first fire.
+/// The phases the reference trainer fires, in the order they first fire:
+/// the schema's training phases but `on_pre_optimizer_step`, which only the
+/// HF and Lightning adapters fire.
 pub const PHASES: [&str; 12] = [
-    "on_train_begin",
-    "on_epoch_begin",
-    "on_step_begin",
-    "on_before_forward",
-    "on_after_backward",
-    "on_optimizer_step",
-    "on_step_end",
-    "on_log",
-    "on_evaluate",
-    "on_save",
-    "on_epoch_end",
-    "on_train_end",
+    phase::ON_TRAIN_BEGIN,
+    phase::ON_EPOCH_BEGIN,
+    phase::ON_STEP_BEGIN,
+    phase::ON_BEFORE_FORWARD,
+    phase::ON_AFTER_BACKWARD,
+    phase::ON_OPTIMIZER_STEP,
+    phase::ON_STEP_END,
+    phase::ON_LOG,
+    phase::ON_EVALUATE,
+    phase::ON_SAVE,
+    phase::ON_EPOCH_END,
+    phase::ON_TRAIN_END,
 ];
 
 /// Keys a plugin sets to `true` to steer training.
@@ -284,7 +287,7 @@ pub fn train(
     let bound = std::time::Duration::from_secs(config.flush_timeout_s);
     let left = trainer.driver.hooks.flush(bound);
     trainer.driver.set("observations_unflushed", left);
-    let end = trainer.driver.fire("on_train_end");
+    let end = trainer.driver.fire(phase::ON_TRAIN_END);
     let reason = result?;
     end?;
     Ok(trainer.outcome(reason))
@@ -363,10 +366,10 @@ impl Trainer<'_, '_> {
     }
 
     fn run(&mut self) -> Result<EndReason, LifecycleError> {
-        self.driver.fire("on_train_begin")?;
+        self.driver.fire(phase::ON_TRAIN_BEGIN)?;
         while self.epoch < self.config.epochs {
             self.driver.set("epoch", self.epoch);
-            self.driver.fire("on_epoch_begin")?;
+            self.driver.fire(phase::ON_EPOCH_BEGIN)?;
             let mut order: Vec<usize> = (0..self.shard.len()).collect();
             order.shuffle(&mut StdRng::seed_from_u64(
                 self.config.seed ^ (self.epoch + 1),
@@ -381,7 +384,7 @@ impl Trainer<'_, '_> {
             }
             self.batch = 0;
             self.epoch += 1;
-            self.driver.fire("on_epoch_end")?;
+            self.driver.fire(phase::ON_EPOCH_END)?;
             if self.config.eval_every == 0 || self.driver.flag("should_evaluate") {
                 self.evaluate()?;
             }
@@ -402,7 +405,7 @@ impl Trainer<'_, '_> {
     fn train_step(&mut self, batch: &[usize]) -> Result<(), LifecycleError> {
         self.step = self.step.saturating_add(1);
         self.driver.set("step", self.step);
-        self.driver.fire("on_step_begin")?;
+        self.driver.fire(phase::ON_STEP_BEGIN)?;
         if let Some(lr) = self
             .driver
             .data
@@ -413,7 +416,7 @@ impl Trainer<'_, '_> {
             self.optimizer.learning_rate = lr;
         }
         self.driver.set("batch_size", batch.len());
-        self.driver.fire("on_before_forward")?;
+        self.driver.fire(phase::ON_BEFORE_FORWARD)?;
         let xs: Vec<Vec<f64>> = batch.iter().map(|&i| self.shard.x[i].clone()).collect();
         let ys: Vec<usize> = batch.iter().map(|&i| self.shard.y[i]).collect();
         let (loss, mut grad) = self.model.loss_and_grad(&xs, &ys);
@@ -426,11 +429,11 @@ impl Trainer<'_, '_> {
         self.driver.set("loss", loss);
         let norm = grad.iter().map(|g| g * g).sum::<f64>().sqrt();
         self.driver.set("grad_norm", norm);
-        self.driver.fire("on_after_backward")?;
+        self.driver.fire(phase::ON_AFTER_BACKWARD)?;
         self.optimizer.step(&mut self.model.params, &grad);
-        self.driver.fire("on_optimizer_step")?;
+        self.driver.fire(phase::ON_OPTIMIZER_STEP)?;
         self.batch += 1;
-        self.driver.fire("on_step_end")
+        self.driver.fire(phase::ON_STEP_END)
     }
 
     /// Logging, evaluation and saving as the schedule or the plugins ask;
@@ -446,7 +449,7 @@ impl Trainer<'_, '_> {
                 "learning_rate": self.optimizer.learning_rate,
             });
             self.driver.set("logs", logs);
-            self.driver.fire("on_log")?;
+            self.driver.fire(phase::ON_LOG)?;
             self.driver.set("should_log", false);
         }
         if every(self.config.eval_every) || self.driver.flag("should_evaluate") {
@@ -462,7 +465,7 @@ impl Trainer<'_, '_> {
         let (loss, accuracy) = self.model.evaluate(&self.eval.x, &self.eval.y);
         self.driver.set("eval_loss", loss);
         self.driver.set("eval_accuracy", accuracy);
-        self.driver.fire("on_evaluate")?;
+        self.driver.fire(phase::ON_EVALUATE)?;
         self.driver.set("should_evaluate", false);
         Ok(())
     }
@@ -491,7 +494,7 @@ impl Trainer<'_, '_> {
         self.driver.set("checkpoint", path.display().to_string());
         let listed = self.checkpoint_paths();
         self.driver.set("checkpoints", paths(&listed));
-        self.driver.fire("on_save")?;
+        self.driver.fire(phase::ON_SAVE)?;
         self.driver.set("should_save", false);
         self.delete_requested()
     }
