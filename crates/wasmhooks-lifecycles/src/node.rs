@@ -39,15 +39,15 @@ const MAX_STALL_S: u64 = 3_600;
 
 /// The phases, in order (`custom_initialization` only with `skip_default`).
 pub const PHASES: [&str; 9] = [
-    "pre_initialization",
-    "pre_download",
-    "post_download",
-    "pre_placement_group",
-    "post_placement_group",
-    "pre_engine_init",
-    "post_engine_init",
-    "post_initialization",
-    "custom_initialization",
+    wasmhooks::schema::phases::node::PRE_INITIALIZATION,
+    wasmhooks::schema::phases::node::PRE_DOWNLOAD,
+    wasmhooks::schema::phases::node::POST_DOWNLOAD,
+    wasmhooks::schema::phases::node::PRE_PLACEMENT_GROUP,
+    wasmhooks::schema::phases::node::POST_PLACEMENT_GROUP,
+    wasmhooks::schema::phases::node::PRE_ENGINE_INIT,
+    wasmhooks::schema::phases::node::POST_ENGINE_INIT,
+    wasmhooks::schema::phases::node::POST_INITIALIZATION,
+    wasmhooks::schema::phases::node::CUSTOM_INITIALIZATION,
 ];
 
 /// What to download: the seeds' download modes.
