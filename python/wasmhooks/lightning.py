@@ -28,6 +28,7 @@ from typing import Any
 
 import lightning.pytorch as pl
 
+from wasmhooks import _phases as phases
 from wasmhooks._native import Policy, restore_trap_handlers
 from wasmhooks._session import PathLike, PluginSpec, Session, numbers
 
@@ -125,7 +126,9 @@ class WasmHooksCallback(pl.Callback):
             path = os.path.join(folder, f"wasmhooks-step={trainer.global_step}.ckpt")
             trainer.save_checkpoint(path)
             self._saved.append(path)
-            self._fire("on_save", trainer, checkpoint=path, checkpoints=list(self._saved))
+            self._fire(
+                phases.training.ON_SAVE, trainer, checkpoint=path, checkpoints=list(self._saved)
+            )
             for doomed in self._session.take_deletions(self._saved):
                 if trainer.is_global_zero and os.path.isfile(doomed):
                     os.remove(doomed)
@@ -141,37 +144,37 @@ class WasmHooksCallback(pl.Callback):
         self._fire("on_fit_start", trainer)
 
     def on_train_start(self, trainer, pl_module):
-        self._fire("on_train_begin", trainer)
+        self._fire(phases.training.ON_TRAIN_BEGIN, trainer)
 
     def on_train_epoch_start(self, trainer, pl_module):
-        self._fire("on_epoch_begin", trainer)
+        self._fire(phases.training.ON_EPOCH_BEGIN, trainer)
 
     def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
-        self._fire("on_step_begin", trainer, batch_idx=int(batch_idx))
+        self._fire(phases.training.ON_STEP_BEGIN, trainer, batch_idx=int(batch_idx))
 
     def on_after_backward(self, trainer, pl_module):
-        self._fire("on_after_backward", trainer)
+        self._fire(phases.training.ON_AFTER_BACKWARD, trainer)
 
     def on_before_optimizer_step(self, trainer, pl_module, optimizer):
-        self._fire("on_pre_optimizer_step", trainer)
+        self._fire(phases.training.ON_PRE_OPTIMIZER_STEP, trainer)
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
         loss = outputs.get("loss") if isinstance(outputs, dict) else outputs
         extra = {"batch_idx": int(batch_idx)}
         if loss is not None and hasattr(loss, "item"):
             extra["loss"] = float(loss.item())
-        self._fire("on_step_end", trainer, **extra)
+        self._fire(phases.training.ON_STEP_END, trainer, **extra)
         self._steer(trainer)
 
     def on_validation_end(self, trainer, pl_module):
         if trainer.sanity_checking:
             return
         metrics = numbers(dict(trainer.callback_metrics))
-        self._fire("on_evaluate", trainer, metrics=metrics)
+        self._fire(phases.training.ON_EVALUATE, trainer, metrics=metrics)
         self._steer(trainer)
 
     def on_train_epoch_end(self, trainer, pl_module):
-        self._fire("on_epoch_end", trainer)
+        self._fire(phases.training.ON_EPOCH_END, trainer)
         self._steer(trainer)
 
     def on_exception(self, trainer, pl_module, exception):
@@ -184,7 +187,7 @@ class WasmHooksCallback(pl.Callback):
         left = self._session.hooks.flush(self.flush_timeout)
         stopped = trainer.should_stop
         self._fire(
-            "on_train_end",
+            phases.training.ON_TRAIN_END,
             trainer,
             train_end_reason="stopped" if stopped else "completed",
             observations_unflushed=left,

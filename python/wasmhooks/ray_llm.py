@@ -71,6 +71,7 @@ from ray.util.placement_group import (
     remove_placement_group,
 )
 
+from wasmhooks import _phases as phases
 from wasmhooks._native import PluginError, restore_trap_handlers
 from wasmhooks._session import PathLike, PluginSpec, Session
 from wasmhooks.ray import (
@@ -210,7 +211,7 @@ class WasmNodeInitCallback(CallbackBase):
     async def on_before_node_init(self) -> None:
         engine = self.llm_config.get_engine_config()
         data = self._fire(
-            "pre_initialization",
+            phases.node.PRE_INITIALIZATION,
             {
                 "model_id": engine.model_id,
                 "model_source": engine.actual_hf_model_id,
@@ -219,11 +220,11 @@ class WasmNodeInitCallback(CallbackBase):
         )
         if data.get("skip_default") is True:
             self.ctx.run_init_node = False
-            self._fire("custom_initialization", {})
+            self._fire(phases.node.CUSTOM_INITIALIZATION, {})
             return
         self.ctx.run_init_node = True
         self._place()
-        self._fire("pre_download", {})
+        self._fire(phases.node.PRE_DOWNLOAD, {})
         self._reports = f"node-reports/{uuid.uuid4().hex}/"
         self._downloaded = True
 
@@ -257,7 +258,7 @@ class WasmNodeInitCallback(CallbackBase):
             if self._downloaded and self._reports is not None:
                 cleanup = await self._node_reports()
             kwargs = dict(self.llm_config.engine_kwargs)
-            data = self._fire("pre_engine_init", {"engine_kwargs": _jsonable(kwargs)})
+            data = self._fire(phases.node.PRE_ENGINE_INIT, {"engine_kwargs": _jsonable(kwargs)})
             left = data.get("engine_kwargs")
             if not isinstance(left, dict):
                 raise ValueError(
@@ -266,7 +267,7 @@ class WasmNodeInitCallback(CallbackBase):
             changed = {k: v for k, v in left.items() if kwargs.get(k) != v}
             if changed:
                 self.llm_config.update_engine_kwargs(**changed)
-            self._fire("post_initialization", {})
+            self._fire(phases.node.POST_INITIALIZATION, {})
             if self._session is not None and self._session.hooks is not None:
                 self._session.hooks.flush(10.0)
         finally:
@@ -293,7 +294,9 @@ class WasmNodeInitCallback(CallbackBase):
         )
         engine = self.llm_config.get_engine_config()
         try:
-            self._fire("post_download", {"nodes": nodes, "model_path": engine.actual_hf_model_id})
+            self._fire(
+                phases.node.POST_DOWNLOAD, {"nodes": nodes, "model_path": engine.actual_hf_model_id}
+            )
         except BaseException:
             await cleanup
             raise
@@ -302,12 +305,12 @@ class WasmNodeInitCallback(CallbackBase):
     def _place(self) -> None:
         described = describe(self.ctx.placement_group)
         request = request_of(described)
-        data = self._fire("pre_placement_group", {"placement_request": request})
+        data = self._fire(phases.node.PRE_PLACEMENT_GROUP, {"placement_request": request})
         left = data.get("placement_request")
         if left != request:
             self._replace(as_request(left, "placement_request"))
             described = describe(self.ctx.placement_group)
-        data = self._fire("post_placement_group", {"placement_group": described})
+        data = self._fire(phases.node.POST_PLACEMENT_GROUP, {"placement_group": described})
         left = data.get("placement_group")
         if left != described:
             self._replace(as_request(left, "placement_group"))

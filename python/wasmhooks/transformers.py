@@ -38,6 +38,7 @@ from typing import Any
 from transformers import TrainerCallback
 from transformers.trainer_callback import ExportableState
 
+from wasmhooks import _phases as phases
 from wasmhooks._native import Policy
 from wasmhooks._session import (
     CONTROL_KEYS,
@@ -201,31 +202,36 @@ class WasmHooksCallback(TrainerCallback, ExportableState):
         if self._session.hooks is None:
             self._start(args, state)
         self._restore(state)
-        self._fire("on_train_begin", args, state, control)
+        self._fire(phases.training.ON_TRAIN_BEGIN, args, state, control)
 
     def on_epoch_begin(self, args, state, control, **kwargs):
-        self._fire("on_epoch_begin", args, state, control)
+        self._fire(phases.training.ON_EPOCH_BEGIN, args, state, control)
 
     def on_step_begin(self, args, state, control, **kwargs):
-        self._fire("on_step_begin", args, state, control)
+        self._fire(phases.training.ON_STEP_BEGIN, args, state, control)
 
     def on_pre_optimizer_step(self, args, state, control, **kwargs):
-        self._fire("on_pre_optimizer_step", args, state, control)
+        self._fire(phases.training.ON_PRE_OPTIMIZER_STEP, args, state, control)
 
     def on_optimizer_step(self, args, state, control, **kwargs):
-        self._fire("on_optimizer_step", args, state, control)
+        self._fire(phases.training.ON_OPTIMIZER_STEP, args, state, control)
 
     def on_substep_end(self, args, state, control, **kwargs):
         self._fire("on_substep_end", args, state, control)
 
     def on_step_end(self, args, state, control, **kwargs):
-        self._fire("on_step_end", args, state, control)
+        self._fire(phases.training.ON_STEP_END, args, state, control)
         self._agree(control)
 
     def on_evaluate(self, args, state, control, metrics=None, **kwargs):
         metrics = metrics or {}
         self._fire(
-            "on_evaluate", args, state, control, metrics=numbers(metrics), **numbers(metrics)
+            phases.training.ON_EVALUATE,
+            args,
+            state,
+            control,
+            metrics=numbers(metrics),
+            **numbers(metrics),
         )
         self._agree(control)
 
@@ -238,12 +244,14 @@ class WasmHooksCallback(TrainerCallback, ExportableState):
 
     def on_log(self, args, state, control, logs=None, **kwargs):
         logs = numbers(logs)
-        self._fire("on_log", args, state, control, logs=logs, **logs)
+        self._fire(phases.training.ON_LOG, args, state, control, logs=logs, **logs)
 
     def on_save(self, args, state, control, **kwargs):
         ours = self._checkpoints(args)
         saved = os.path.join(args.output_dir, f"checkpoint-{state.global_step}")
-        self._fire("on_save", args, state, control, checkpoint=saved, checkpoints=ours)
+        self._fire(
+            phases.training.ON_SAVE, args, state, control, checkpoint=saved, checkpoints=ours
+        )
         doomed = self._session.take_deletions(ours)
         if doomed and state.is_world_process_zero:
             for path in doomed:
@@ -251,7 +259,7 @@ class WasmHooksCallback(TrainerCallback, ExportableState):
         self._session.data["checkpoints"] = self._checkpoints(args)
 
     def on_epoch_end(self, args, state, control, **kwargs):
-        self._fire("on_epoch_end", args, state, control)
+        self._fire(phases.training.ON_EPOCH_END, args, state, control)
         self._agree(control)
 
     def on_push_begin(self, args, state, control, **kwargs):
@@ -264,7 +272,7 @@ class WasmHooksCallback(TrainerCallback, ExportableState):
         left = self._session.hooks.flush(self.flush_timeout)
         stopped = control.should_training_stop and state.global_step < state.max_steps
         self._fire(
-            "on_train_end",
+            phases.training.ON_TRAIN_END,
             args,
             state,
             control,
