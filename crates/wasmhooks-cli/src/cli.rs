@@ -178,10 +178,11 @@ fn default_cache() -> Option<PathBuf> {
     Some(base.join("wasmhooks"))
 }
 
-/// A host under the operator config at `path`, or an empty policy.
+/// A host under the operator config at `path` (its engines checked too),
+/// or an empty policy.
 fn host(operator: Option<&std::path::Path>) -> anyhow::Result<Host> {
     let policy = match operator {
-        Some(path) => Policy::from_file(path)?,
+        Some(path) => wasmhooks_lifecycles::node::engine::load_policy(path)?,
         None => Policy::default(),
     };
     host_for(policy)

@@ -54,7 +54,7 @@ pub use host::Host;
 pub use inspect::Inspection;
 pub use loading::{Plugin, sha256_hex};
 pub use manifest::{ALL_PHASES, Manifest};
-pub use policy::{DirGrant, EngineTemplate, JobLimits, OnError, PluginPolicy, Policy};
+pub use policy::{DirGrant, JobLimits, OnError, PluginPolicy, Policy, Section};
 pub use text::clean as clean_text;
 
 /// The newest version of the `wasmhooks:plugin` WIT package this host

@@ -7,7 +7,7 @@ use std::process::ExitCode;
 
 use serde::Serialize;
 use serde_json::Value;
-use wasmhooks::{Hooks, Host, Policy};
+use wasmhooks::{Hooks, Host};
 
 use super::{print, print_json};
 
@@ -20,7 +20,9 @@ struct Finding {
 }
 
 pub fn check(operator: &Path, files: &[PathBuf], json: bool) -> anyhow::Result<ExitCode> {
-    let policy = Policy::from_file(operator)?;
+    // As `run` reads it: the engines node initialization may start are
+    // checked with the rest.
+    let policy = wasmhooks_lifecycles::node::engine::load_policy(operator)?;
     let host = super::host_for(policy.clone())?;
     let mut findings = Vec::new();
     let mut checked = std::collections::BTreeSet::new();

@@ -180,6 +180,39 @@ fn operator_config_errors_name_the_file() {
 }
 
 #[test]
+fn engines_are_checked_when_the_operator_config_is_loaded() {
+    use wasmhooks_lifecycles::node::engine::{Engines, load_policy};
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("operator.toml");
+    std::fs::write(&path, "[engine.x]\ncommand = [\"e\"]\n").unwrap();
+    let err = load_policy(&path).unwrap_err().to_string();
+    assert!(err.contains("operator.toml"), "{err}");
+    assert!(
+        err.contains("[engine.x]: set ready_line or health_url"),
+        "{err}"
+    );
+    // The core alone reads no engines, and refuses a table it does not know.
+    let err = Policy::from_file(&path).unwrap_err().to_string();
+    assert!(err.contains("unknown field `engine`"), "{err}");
+    std::fs::write(
+        &path,
+        "[engine.x]\ncommand = [\"e\"]\nready_line = \"R\"\n[enigne.y]\n",
+    )
+    .unwrap();
+    let err = load_policy(&path).unwrap_err().to_string();
+    assert!(
+        err.contains(
+            "unknown field `enigne`, expected one of `defaults`, `job`, `engine`, `plugin`"
+        ),
+        "{err}"
+    );
+    std::fs::write(&path, "[engine.x]\ncommand = [\"e\"]\nready_line = \"R\"\n").unwrap();
+    let policy = load_policy(&path).unwrap();
+    let engines = Engines::of(&policy).unwrap();
+    assert_eq!(engines.get("x").unwrap().ready_line.as_deref(), Some("R"));
+}
+
+#[test]
 fn inspect_reads_the_manifest_of_a_plugin_not_yet_allowed() {
     let info = host("").inspect(plugins::METRICS_COLLECTOR).unwrap();
     assert_eq!(info.sha256, digest(plugins::METRICS_COLLECTOR));

@@ -11,7 +11,7 @@ use proptest::prelude::*;
 use proptest::test_runner::{Config, TestRunner};
 use serde_json::json;
 use toml::Value as T;
-use wasmhooks::{Hooks, JobLimits, Policy};
+use wasmhooks::{Hooks, JobLimits};
 use wasmhooks_lifecycles::job::JobBundle;
 use wasmhooks_lifecycles::training::{self, Solo, TrainingConfig};
 
@@ -223,7 +223,10 @@ fn no_operator_config_panics_the_host() {
     runner(512)
         .run(&operator_toml(), |op| {
             let text = toml::to_string(&op).unwrap();
-            if let Ok(policy) = Policy::from_toml_str(&text, Path::new(".")) {
+            // Read as the CLI reads one: the core's tables and the engines.
+            if let Ok(policy) =
+                wasmhooks_lifecycles::node::engine::parse_policy(&text, Path::new("."))
+            {
                 // What it accepts, a host can be built on.
                 prop_assert!(wasmhooks::Host::new(policy).is_ok(), "{text}");
             }

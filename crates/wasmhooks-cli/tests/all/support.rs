@@ -4,7 +4,7 @@
 use std::path::Path;
 
 use serde_json::{Value, json};
-use wasmhooks::{DataMap, Hooks, Host, Plugin, Policy, sha256_hex};
+use wasmhooks::{DataMap, Hooks, Host, Plugin, sha256_hex};
 
 /// The sha256 of a file.
 pub fn digest(path: impl AsRef<Path>) -> String {
@@ -19,10 +19,11 @@ pub fn allow(name: &str, path: &str, extra: &str) -> String {
     )
 }
 
-/// A host under the operator config `toml`, sharing one compile cache with
-/// every test (plugins in Python or JavaScript take seconds to compile).
+/// A host under the operator config `toml` (read as the CLI reads one, with
+/// its `[engine.NAME]` tables), sharing one compile cache with every test
+/// (plugins in Python or JavaScript take seconds to compile).
 pub fn host(toml: &str) -> Host {
-    let policy = Policy::from_toml_str(toml, Path::new(".")).unwrap();
+    let policy = wasmhooks_lifecycles::node::engine::parse_policy(toml, Path::new(".")).unwrap();
     Host::with_compile_cache(policy, compile_cache()).unwrap()
 }
 

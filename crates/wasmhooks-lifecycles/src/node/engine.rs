@@ -4,9 +4,17 @@
 //! waited for until it says it is ready (a line on its stdout, or a health
 //! URL answering 200), with a timeout. The engine is stopped when the
 //! handle drops.
+//!
+//! The engines are the operator's, in its config's `[engine.NAME]` tables:
+//! node-initialization policy, which the core host does not read. The core
+//! keeps those tables for this crate (it claims them, see [`SECTIONS`]);
+//! [`load_policy`] and [`parse_policy`] load an operator config with them
+//! checked, so a bad engine is refused when the config is loaded, as any
+//! other mistake in it is.
 
 use std::collections::BTreeMap;
 use std::io::{BufRead, BufReader, Read};
+use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
@@ -14,14 +22,146 @@ use std::time::{Duration, Instant};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
-use super::super::LifecycleError;
+use wasmhooks::{Error, Policy};
 
-pub use wasmhooks::EngineTemplate;
+use super::super::LifecycleError;
 
 /// Arguments a job may append to an engine's command, at most.
 const MAX_ARGS: usize = 256;
 /// Bytes of one argument, at most.
 const MAX_ARG: usize = 4096;
+/// Seconds an operator may let an engine take to be ready, at most: past
+/// that a number is a typo.
+const MAX_TIMEOUT_S: u64 = 24 * 3_600;
+
+/// The operator config's top-level tables this crate reads: `[engine.NAME]`.
+pub const SECTIONS: &[&str] = &[SECTION];
+const SECTION: &str = "engine";
+
+/// Reads an operator config file, with the tables this crate claims
+/// ([`SECTIONS`]) checked as well as the core's.
+pub fn load_policy(path: impl AsRef<Path>) -> Result<Policy, Error> {
+    let path = path.as_ref();
+    let policy = Policy::from_file_claiming(path, SECTIONS)?;
+    checked(policy, path.display().to_string())
+}
+
+/// Parses an operator config (relative folders resolve against `base`),
+/// with the tables this crate claims ([`SECTIONS`]) checked as well as the
+/// core's.
+pub fn parse_policy(text: &str, base: &Path) -> Result<Policy, Error> {
+    let policy = Policy::from_toml_str_claiming(text, base, SECTIONS)?;
+    checked(policy, "<inline>".into())
+}
+
+/// `policy` once its engines are read and checked (and kept with it).
+fn checked(policy: Policy, source_name: String) -> Result<Policy, Error> {
+    match Engines::of(&policy) {
+        Ok(_) => Ok(policy),
+        Err(message) => Err(Error::Policy {
+            source_name,
+            message,
+        }),
+    }
+}
+
+/// An engine the operator lets jobs start: a command template, never a
+/// shell. A job names it and may add arguments only where `job_args` is on.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EngineTemplate {
+    /// Program and arguments; `{port}` and `{model_dir}` are filled in, and
+    /// each engine keyword argument is appended as `--key=value`.
+    pub command: Vec<String>,
+    /// A line the engine prints on stdout once it serves.
+    pub ready_line: Option<String>,
+    /// A URL that answers 200 once it serves (`{port}` is filled in).
+    pub health_url: Option<String>,
+    /// Seconds to wait for readiness.
+    #[serde(default = "default_timeout")]
+    pub timeout_s: u64,
+    /// Whether a job may append arguments of its own (as argv entries).
+    #[serde(default)]
+    pub job_args: bool,
+}
+
+fn default_timeout() -> u64 {
+    30
+}
+
+/// The engines the operator lets jobs start, by name.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+#[serde(transparent)]
+pub struct Engines(BTreeMap<String, EngineTemplate>);
+
+impl Engines {
+    /// The engines of `policy`'s `[engine.NAME]` tables: none if it has
+    /// none (or was read without claiming them). They are parsed and
+    /// checked the first time (when the config is loaded, through
+    /// [`load_policy`] or [`parse_policy`]) and kept with the policy.
+    pub fn of(policy: &Policy) -> Result<&Engines, String> {
+        static NONE: Engines = Engines(BTreeMap::new());
+        let Some(section) = policy.section(SECTION) else {
+            return Ok(&NONE);
+        };
+        section.get_or_parse(|section| {
+            let engines: BTreeMap<String, EngineTemplate> = section.deserialize()?;
+            for (name, engine) in &engines {
+                check(name, engine)?;
+            }
+            Ok(Engines(engines))
+        })
+    }
+
+    /// The engine a job may start under this name.
+    pub fn get(&self, name: &str) -> Option<&EngineTemplate> {
+        self.0.get(name)
+    }
+
+    /// The names of the engines jobs may start, in order.
+    pub fn names(&self) -> impl Iterator<Item = &str> {
+        self.0.keys().map(String::as_str)
+    }
+
+    /// Each engine with its name, in order of names.
+    pub fn iter(&self) -> impl Iterator<Item = (&str, &EngineTemplate)> {
+        self.0.iter().map(|(name, e)| (name.as_str(), e))
+    }
+}
+
+/// What the operator wrote for engine `name` is one that can start and be
+/// seen ready.
+fn check(name: &str, engine: &EngineTemplate) -> Result<(), String> {
+    let place = format!("[engine.{name}]");
+    if name.is_empty()
+        || !name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"-_".contains(&b))
+    {
+        return Err(format!(
+            "{place}: engine names are letters, digits, '-' and '_'"
+        ));
+    }
+    if engine.command.is_empty() {
+        return Err(format!("{place}: command is empty"));
+    }
+    if engine.ready_line.is_none() && engine.health_url.is_none() {
+        return Err(format!(
+            "{place}: set ready_line or health_url, so readiness can be seen"
+        ));
+    }
+    if engine.timeout_s == 0 {
+        return Err(format!("{place}: timeout_s must be above zero"));
+    }
+    if engine.timeout_s > MAX_TIMEOUT_S {
+        // Worded as the core words its own bounds.
+        return Err(format!(
+            "{place} timeout_s = {} is out of range (at most {MAX_TIMEOUT_S})",
+            engine.timeout_s
+        ));
+    }
+    Ok(())
+}
 
 /// The `[node.engine]` table of a job: which of the operator's engines to
 /// start, and arguments to append if the operator lets jobs add them.
@@ -69,11 +209,15 @@ impl Drop for Engine {
 /// anything starts.
 pub fn allowed<'p>(
     job: &EngineConfig,
-    policy: &'p wasmhooks::Policy,
+    policy: &'p Policy,
 ) -> Result<&'p EngineTemplate, LifecycleError> {
+    // Checked when the config was loaded; a policy read without this
+    // crate's loaders is checked here, before anything starts.
+    let engines =
+        Engines::of(policy).map_err(|m| LifecycleError::Config(format!("operator config: {m}")))?;
     let fail = |m: String| LifecycleError::Config(format!("[node.engine] {m}"));
-    let Some(template) = policy.engine(&job.name) else {
-        let names: Vec<&str> = policy.engine_names().collect();
+    let Some(template) = engines.get(&job.name) else {
+        let names: Vec<&str> = engines.names().collect();
         return Err(fail(format!(
             "name = {:?} is not an engine the operator allows (allowed: {})",
             wasmhooks::clean_text(&job.name, 80),
@@ -116,7 +260,7 @@ fn valid_kwarg(key: &str) -> bool {
 pub fn start(
     config: &EngineTemplate,
     job_args: &[String],
-    cwd: &std::path::Path,
+    cwd: &Path,
     model_dir: &str,
     kwargs: &serde_json::Map<String, Value>,
 ) -> Result<Engine, LifecycleError> {
@@ -245,5 +389,63 @@ fn tail(stderr: Option<std::process::ChildStderr>) -> String {
         "no output".into()
     } else {
         tail
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn bad_engines_are_refused_when_the_config_is_loaded() {
+        let cases = [
+            (
+                "[engine.x]\ncommand = []\nready_line = \"R\"",
+                "command is empty",
+            ),
+            (
+                "[engine.x]\ncommand = [\"e\"]",
+                "set ready_line or health_url",
+            ),
+            (
+                "[engine.x]\ncommand = [\"e\"]\nready_line = \"R\"\ntimeout_s = 99999999",
+                "[engine.x] timeout_s = 99999999 is out of range (at most 86400)",
+            ),
+            (
+                "[engine.x]\ncommand = [\"e\"]\nready_line = \"R\"\ntimeout_s = 0",
+                "timeout_s must be above zero",
+            ),
+            (
+                "[engine.\"a b\"]\ncommand = [\"e\"]\nready_line = \"R\"",
+                "engine names are letters",
+            ),
+            (
+                "[engine.x]\ncomand = [\"e\"]",
+                "TOML parse error at line 2, column 1",
+            ),
+            ("[engin.x]\ncommand = [\"e\"]", "unknown field `engin`"),
+        ];
+        for (text, want) in cases {
+            let err = parse_policy(text, Path::new(".")).unwrap_err().to_string();
+            assert!(err.starts_with("operator config <inline>: "), "{err}");
+            assert!(err.contains(want), "{err} should mention {want}");
+        }
+    }
+
+    #[test]
+    fn engines_are_read_from_the_policy_they_were_checked_with() {
+        let text = "[engine.sim]\ncommand = [\"python3\", \"engine.py\"]\n\
+                    health_url = \"http://127.0.0.1:{port}/health\"\n";
+        let policy = parse_policy(text, Path::new(".")).unwrap();
+        let engines = Engines::of(&policy).unwrap();
+        assert_eq!(engines.names().collect::<Vec<_>>(), ["sim"]);
+        let sim = engines.get("sim").unwrap();
+        assert_eq!(sim.timeout_s, 30);
+        assert!(!sim.job_args);
+        // Read again, it is the same value, not parsed anew.
+        assert!(std::ptr::eq(engines, Engines::of(&policy).unwrap()));
+        // A policy without engines (or read by the core alone) has none.
+        let core = Policy::from_toml_str("", Path::new(".")).unwrap();
+        assert_eq!(Engines::of(&core).unwrap().names().count(), 0);
     }
 }

@@ -1,0 +1,148 @@
+//! What the operator lets one plugin do: the keys it may write, the folders
+//! it may read or write, the environment it may see, what a failure of it
+//! does, and its limits ([`PluginPolicy`]).
+
+use std::path::PathBuf;
+
+use serde::{Deserialize, Serialize};
+
+use super::Limits;
+
+/// What the host does when a call into a plugin fails.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum OnError {
+    /// Abort the job with an error naming the plugin and phase.
+    #[default]
+    Fail,
+    /// Log the failure and go on; call the plugin again at later phases.
+    Skip,
+    /// Log the failure and never call the plugin again in this job.
+    Disable,
+}
+
+/// A data key a plugin may write: an exact key, a prefix ending in `*`
+/// (`metrics.*`), or `*` for every key.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(transparent)]
+pub struct KeyPattern(String);
+
+impl KeyPattern {
+    /// Parses a pattern; `*` may only stand at the end.
+    pub fn new(pattern: &str) -> Result<Self, String> {
+        if pattern.is_empty() {
+            return Err("an empty key pattern".into());
+        }
+        if pattern[..pattern.len() - 1].contains('*') {
+            return Err(format!("key pattern {pattern:?} has `*` before its end"));
+        }
+        Ok(KeyPattern(pattern.to_owned()))
+    }
+
+    /// Whether the pattern covers `key`.
+    pub fn matches(&self, key: &str) -> bool {
+        match self.0.strip_suffix('*') {
+            Some(prefix) => key.starts_with(prefix),
+            None => self.0 == key,
+        }
+    }
+
+    /// The pattern as written.
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+/// A host folder the plugin may read, and where it sees it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct DirGrant {
+    /// The folder on the host (relative paths in the TOML are resolved against
+    /// the operator config's folder).
+    pub host: PathBuf,
+    /// The path the plugin opens it under.
+    pub guest: String,
+}
+
+/// What a plugin may touch beyond its own memory.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+pub struct Grants {
+    /// Data keys it may set or remove. Empty: it may change nothing.
+    pub write: Vec<KeyPattern>,
+    /// Folders it may read (never write).
+    pub read: Vec<DirGrant>,
+    /// Folders it may read and write (a metrics log, say).
+    pub read_write: Vec<DirGrant>,
+    /// Names of host environment variables it may see.
+    pub env: Vec<String>,
+}
+
+impl Grants {
+    /// Whether the plugin may set or remove `key`.
+    pub fn may_write(&self, key: &str) -> bool {
+        self.write.iter().any(|p| p.matches(key))
+    }
+
+    /// Whether a write grant names `key` exactly (not by `*` or a prefix):
+    /// what a key only the host provides needs.
+    pub fn names(&self, key: &str) -> bool {
+        self.write.iter().any(|p| p.as_str() == key)
+    }
+
+    /// The write grants, for messages.
+    pub fn describe_write(&self) -> String {
+        if self.write.is_empty() {
+            return "nothing".into();
+        }
+        let names: Vec<&str> = self.write.iter().map(KeyPattern::as_str).collect();
+        names.join(", ")
+    }
+}
+
+/// One allowed plugin.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct PluginPolicy {
+    /// The name the plugin must give in its manifest.
+    pub name: String,
+    /// The sha256 of the `.wasm` file, lowercase hex.
+    pub sha256: String,
+    /// Where the operator keeps the file, if the config says; `check` loads
+    /// it from there. Jobs ship their own files, matched by digest.
+    pub file: Option<PathBuf>,
+    /// Its limits.
+    pub limits: Limits,
+    /// What to do when a call fails.
+    pub on_error: OnError,
+    /// What it may touch.
+    pub grants: Grants,
+}
+
+impl PluginPolicy {
+    /// A policy with default limits, `fail` on error and no grants; for
+    /// embedding hosts that build their allowlist in code.
+    pub fn new(name: impl Into<String>, sha256: impl Into<String>) -> Self {
+        PluginPolicy {
+            name: name.into(),
+            sha256: sha256.into().to_ascii_lowercase(),
+            file: None,
+            limits: Limits::default(),
+            on_error: OnError::default(),
+            grants: Grants::default(),
+        }
+    }
+
+    /// Grants writes to the keys the patterns cover.
+    ///
+    /// # Panics
+    /// If a pattern is empty or has `*` before its end: a programming error
+    /// in the embedding host (configs from files go through
+    /// [`Policy::from_file`](super::Policy::from_file), which reports it as an
+    /// error instead).
+    pub fn allow_write<'a>(mut self, patterns: impl IntoIterator<Item = &'a str>) -> Self {
+        for p in patterns {
+            self.grants
+                .write
+                .push(KeyPattern::new(p).expect("valid key pattern"));
+        }
+        self
+    }
+}
