@@ -1,7 +1,9 @@
 //! The operator's config, as Python sees it.
 
 use pyo3::prelude::*;
-use serde_json::{Map, Value};
+// The operator config as the CLI reads it: the core's tables and the
+// `[engine.NAME]` tables node initialization claims, checked on load.
+use wasmhooks_lifecycles::node::engine::{Engines, parse_policy};
 
 use crate::convert::to_py;
 use crate::errors::{PolicyError, py_err};
@@ -46,7 +48,7 @@ impl Policy {
             .parent()
             .unwrap_or(std::path::Path::new("."))
             .to_owned();
-        let inner = wasmhooks::Policy::from_toml_str(&text, &base).map_err(|e| match e {
+        let inner = parse_policy(&text, &base).map_err(|e| match e {
             wasmhooks::Error::Policy { message, .. } => py_err(py, named(message)),
             other => py_err(py, other),
         })?;
@@ -62,7 +64,7 @@ impl Policy {
         base_dir: Option<std::path::PathBuf>,
     ) -> PyResult<Self> {
         let base = base_dir.unwrap_or_else(|| ".".into());
-        let inner = wasmhooks::Policy::from_toml_str(text, &base).map_err(|e| py_err(py, e))?;
+        let inner = parse_policy(text, &base).map_err(|e| py_err(py, e))?;
         Ok(Policy {
             inner,
             text: text.to_owned(),
@@ -122,15 +124,11 @@ impl Policy {
     /// that starts them itself (on Ray, inside a placement group).
     #[getter]
     fn engines<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyAny>> {
-        let engines: Map<String, Value> = self
-            .inner
-            .engine_names()
-            .filter_map(|name| {
-                let template = self.inner.engine(name)?;
-                Some((name.to_owned(), serde_json::to_value(template).ok()?))
-            })
-            .collect();
-        to_py(py, &Value::Object(engines))
+        // Checked when the policy was read, and kept with it since.
+        let engines = Engines::of(&self.inner).map_err(PolicyError::new_err)?;
+        let engines =
+            serde_json::to_value(engines).map_err(|e| PolicyError::new_err(e.to_string()))?;
+        to_py(py, &engines)
     }
 
     /// The operator's bounds on one job (`[job]`), in bytes:
