@@ -84,3 +84,24 @@ def test_every_phase_an_adapter_fires_is_one_of_its_lifecycle(adapter):
             assert phase not in listed, f"{adapter} spells {phase!r}; use _phases"
         names.add(phase)
     assert names - set(listed) == own
+
+
+def test_every_phase_constant_the_package_names_exists():
+    """``phases.<lifecycle>.<NAME>`` is looked up only when the line runs;
+    this finds a misspelt one in any module (a rarely taken path, or a
+    driver not listed above) before a run does."""
+    named = 0
+    for path in sorted(PACKAGE.rglob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text())):
+            if (
+                isinstance(node, ast.Attribute)
+                and isinstance(node.value, ast.Attribute)
+                and isinstance(node.value.value, ast.Name)
+                and node.value.value.id == "phases"
+            ):
+                lifecycle = getattr(_phases, node.value.attr, None)
+                where = f"{path.relative_to(PACKAGE)}:{node.lineno}"
+                assert lifecycle is not None, f"{where}: no lifecycle {node.value.attr}"
+                assert hasattr(lifecycle, node.attr), f"{where}: no phase {node.attr}"
+                named += 1
+    assert named > 0
