@@ -30,19 +30,20 @@ const END: &str = "<!-- keys:end -->";
 /// Remakes every file from `wit/keys.toml`; with `check`, writes nothing
 /// and fails naming each file that is out of step.
 pub fn run(root: &Path, check: bool) -> anyhow::Result<()> {
-    let stale = outputs(root)?
-        .into_iter()
-        .filter(|(_, now, made)| now != made)
-        .map(|(path, _, made)| {
-            if !check {
-                let full = root.join(path);
-                std::fs::write(&full, made).with_context(|| format!("{}", full.display()))?;
-                eprintln!("xtask: wrote {path}");
-            }
-            Ok(path)
-        })
-        .collect::<anyhow::Result<Vec<_>>>()?;
-    if check && !stale.is_empty() {
+    let mut stale = Vec::new();
+    for (path, now, made) in outputs(root)? {
+        if now == made {
+            continue;
+        }
+        if check {
+            stale.push(path);
+            continue;
+        }
+        let full = root.join(path);
+        std::fs::write(&full, made).with_context(|| format!("cannot write {}", full.display()))?;
+        eprintln!("xtask: wrote {path}");
+    }
+    if !stale.is_empty() {
         bail!(
             "out of step with wit/keys.toml: {}; run `cargo xtask schema`",
             stale.join(", ")
