@@ -1,5 +1,6 @@
-//! The sandbox around one plugin instance: its store state, memory cap,
-//! captured output, WASI grants, the epoch ticker behind wall-clock
+//! The sandbox around one plugin instance: its store state (WASI's
+//! context, the memory cap, captured output, and each capability's state,
+//! granted from the operator's policy), the epoch ticker behind wall-clock
 //! deadlines, and the reading of traps into causes.
 
 mod limiter;
