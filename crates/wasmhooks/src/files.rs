@@ -23,21 +23,69 @@ pub struct Root {
     path: PathBuf,
 }
 
+/// Components a path a job gives may have, and its bytes: a path is a name
+/// below a folder, not a place to hide a quadratic walk or a huge string.
+pub const MAX_COMPONENTS: usize = 64;
+/// Bytes of a path a job gives, at most.
+pub const MAX_PATH_BYTES: usize = 4096;
+
 /// Checks that `rel` (a path a job gave for `field`) stays below its folder:
-/// relative, with no `..`, no root and no prefix. Returns it as a path.
+/// relative, with no `..`, no root and no prefix, no NUL, at most
+/// [`MAX_PATH_BYTES`] bytes and [`MAX_COMPONENTS`] components. Returns it
+/// with its `.` components dropped.
 pub fn relative(field: &str, rel: &Path) -> Result<PathBuf, String> {
-    let ok = !rel.as_os_str().is_empty()
-        && rel
-            .components()
-            .all(|c| matches!(c, Component::Normal(_) | Component::CurDir));
-    if ok {
-        Ok(rel.to_owned())
-    } else {
-        Err(format!(
-            "{field} = {:?} must be a relative path that stays inside the job's folder",
-            crate::text::clean(&rel.display().to_string(), 200)
-        ))
+    use std::os::unix::ffi::OsStrExt;
+    let shown = || crate::text::clean(&rel.display().to_string(), 200);
+    let bytes = rel.as_os_str().as_bytes();
+    if bytes.is_empty() || bytes.len() > MAX_PATH_BYTES || bytes.contains(&0) {
+        return Err(format!(
+            "{field} = {:?}: a path of 1 to {MAX_PATH_BYTES} bytes without NUL",
+            shown()
+        ));
     }
+    let mut parts = PathBuf::new();
+    let mut count = 0;
+    for c in rel.components() {
+        match c {
+            Component::Normal(part) => {
+                parts.push(part);
+                count += 1;
+            }
+            Component::CurDir => {}
+            _ => {
+                return Err(format!(
+                    "{field} = {:?} must be a relative path that stays inside the job's folder",
+                    shown()
+                ));
+            }
+        }
+    }
+    if count > MAX_COMPONENTS {
+        return Err(format!(
+            "{field} = {:?}: at most {MAX_COMPONENTS} path components",
+            shown()
+        ));
+    }
+    // `.` (the folder itself) is a folder a job may name; as a file's
+    // path it names nothing, and opening it fails.
+    Ok(if count == 0 {
+        PathBuf::from(".")
+    } else {
+        parts
+    })
+}
+
+/// What an entry of a folder is, seen without following it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum EntryKind {
+    /// A regular file.
+    File,
+    /// A folder.
+    Folder,
+    /// A symbolic link (never followed).
+    Symlink,
+    /// A FIFO, a socket or a device.
+    Other,
 }
 
 fn nofollow_file() -> OpenOptions {
@@ -50,6 +98,13 @@ fn nofollow_file() -> OpenOptions {
         rustix::fs::OFlags::NONBLOCK.bits() as i32,
     );
     options
+}
+
+impl std::os::fd::AsFd for Root {
+    /// The folder's descriptor, to lock it (`flock`) or to ask what it is.
+    fn as_fd(&self) -> std::os::fd::BorrowedFd<'_> {
+        self.dir.as_fd()
+    }
 }
 
 impl Root {
@@ -190,6 +245,41 @@ impl Root {
         }
         names.sort();
         Ok(names)
+    }
+
+    /// The entries directly in this folder, each with what it is (a link
+    /// is reported, not followed), sorted by name; names that are not
+    /// UTF-8 are refused, as no job path could name them.
+    pub fn entries(&self) -> io::Result<Vec<(String, EntryKind)>> {
+        let mut out = Vec::new();
+        for entry in self.dir.open_dir(".")?.entries()? {
+            let entry = entry?;
+            let kind = entry.file_type()?;
+            let kind = if kind.is_file() {
+                EntryKind::File
+            } else if kind.is_dir() {
+                EntryKind::Folder
+            } else if kind.is_symlink() {
+                EntryKind::Symlink
+            } else {
+                EntryKind::Other
+            };
+            let name = entry.file_name().into_string().map_err(|name| {
+                io::Error::new(
+                    io::ErrorKind::InvalidData,
+                    format!("{}/{name:?}: a name that is not UTF-8", self.path.display()),
+                )
+            })?;
+            out.push((name, kind));
+        }
+        out.sort_by(|a, b| a.0.cmp(&b.0));
+        Ok(out)
+    }
+
+    /// Removes the folder `rel` and everything in it, following no link.
+    pub fn remove_dir_all(&self, rel: &Path) -> io::Result<()> {
+        let (parent, name) = self.parent_of(rel, false)?;
+        parent.dir.remove_dir_all(name)
     }
 
     /// Bytes and entries below this folder, counted without following
@@ -342,7 +432,13 @@ mod tests {
     fn paths_must_stay_below_their_folder() {
         assert!(relative("f", Path::new("a/b.json")).is_ok());
         assert!(relative("f", Path::new("./a")).is_ok());
-        for bad in ["/etc/passwd", "../x", "a/../../b", ""] {
+        assert_eq!(
+            relative("f", Path::new("./a/./b")).unwrap(),
+            Path::new("a/b")
+        );
+        let deep = vec!["d"; 65].join("/");
+        let long = "x".repeat(4097);
+        for bad in ["/etc/passwd", "../x", "a/../../b", "", &deep, &long, "a\0b"] {
             let err = relative("output_dir", Path::new(bad)).unwrap_err();
             assert!(err.contains("output_dir"), "{err}");
         }
