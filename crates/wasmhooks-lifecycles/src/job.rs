@@ -32,7 +32,7 @@ use crate::LifecycleError;
 use crate::node::{self, NodeConfig, NodeOutcome};
 use crate::training::{self, Collective, Solo, Tcp, TrainingConfig, TrainingOutcome};
 use wasmhooks::files::{self, Root};
-use wasmhooks::{DataMap, Hooks, Host, PluginStats};
+use wasmhooks::{DataMap, Hooks, Host, Plugin, PluginStats};
 
 /// `job.toml`.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -47,6 +47,10 @@ pub struct JobSpec {
     pub node: Option<NodeConfig>,
     /// Training to run.
     pub training: Option<TrainingConfig>,
+    /// A data pipeline's DAG (`[pipeline]`): read by the Python package's
+    /// pipeline runner, the one lifecycle that runs it, and passed over here.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pipeline: Option<Value>,
 }
 
 /// One plugin of a job.
@@ -124,10 +128,22 @@ impl JobBundle {
     /// files are read from inside the bundle, regular files only, within
     /// the operator's `max_plugin_mib`.
     pub fn hooks(&self, host: &Host, rank: usize) -> Result<Hooks, LifecycleError> {
-        let root = Root::open(&self.dir).map_err(LifecycleError::io(&self.dir))?;
-        let max = host.policy().job_limits().max_plugin_bytes;
         let mut builder =
             Hooks::builder(self.config.clone()).rank(u32::try_from(rank).unwrap_or(u32::MAX));
+        for (plugin, config) in self.plugins(host)? {
+            builder = builder.plugin(plugin, config);
+        }
+        Ok(builder.start()?)
+    }
+
+    /// The job's plugins, loaded under the operator's policy (a plugin the
+    /// operator has not allowed is refused here), each with its config, in
+    /// job order. Plugin files are read from inside the bundle, regular
+    /// files only, within the operator's `max_plugin_mib`.
+    pub fn plugins(&self, host: &Host) -> Result<Vec<(Plugin, Value)>, LifecycleError> {
+        let root = Root::open(&self.dir).map_err(LifecycleError::io(&self.dir))?;
+        let max = host.policy().job_limits().max_plugin_bytes;
+        let mut plugins = Vec::with_capacity(self.spec.plugin.len());
         for p in &self.spec.plugin {
             let path = self.dir.join(&p.file);
             let bytes = root
@@ -137,9 +153,9 @@ impl JobBundle {
                     source,
                 })?;
             let plugin = host.load_bytes(&path.display().to_string(), &bytes)?;
-            builder = builder.plugin(plugin, p.config.clone());
+            plugins.push((plugin, p.config.clone()));
         }
-        Ok(builder.start()?)
+        Ok(plugins)
     }
 }
 

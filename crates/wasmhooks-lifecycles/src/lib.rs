@@ -4,6 +4,7 @@
 //! bundles. Each does real work at its default steps and calls the plugins
 //! at every phase through [`Hooks`](wasmhooks::Hooks).
 
+pub mod bundle;
 mod driver;
 mod error;
 pub mod job;

@@ -15,18 +15,21 @@
 pub mod download;
 pub mod engine;
 pub mod placement;
+pub mod plan;
 
 use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
-use serde_json::{Value, json};
+use serde_json::Value;
 
 pub use download::ModelFile;
 pub use engine::{Engine, EngineConfig, EngineTemplate};
 pub use placement::{Node, Plan, Request, Resources, Strategy};
+pub use plan::{DownloadPlan, Step};
 
 use super::{Driver, LifecycleError, PhaseTimings};
 use wasmhooks::files::{self, Root};
+use wasmhooks::schema::phases::node as phase;
 use wasmhooks::{DataMap, Hooks, Policy};
 
 /// Bundles a placement group may have.
@@ -39,15 +42,15 @@ const MAX_STALL_S: u64 = 3_600;
 
 /// The phases, in order (`custom_initialization` only with `skip_default`).
 pub const PHASES: [&str; 9] = [
-    wasmhooks::schema::phases::node::PRE_INITIALIZATION,
-    wasmhooks::schema::phases::node::PRE_DOWNLOAD,
-    wasmhooks::schema::phases::node::POST_DOWNLOAD,
-    wasmhooks::schema::phases::node::PRE_PLACEMENT_GROUP,
-    wasmhooks::schema::phases::node::POST_PLACEMENT_GROUP,
-    wasmhooks::schema::phases::node::PRE_ENGINE_INIT,
-    wasmhooks::schema::phases::node::POST_ENGINE_INIT,
-    wasmhooks::schema::phases::node::POST_INITIALIZATION,
-    wasmhooks::schema::phases::node::CUSTOM_INITIALIZATION,
+    phase::PRE_INITIALIZATION,
+    phase::PRE_DOWNLOAD,
+    phase::POST_DOWNLOAD,
+    phase::PRE_PLACEMENT_GROUP,
+    phase::POST_PLACEMENT_GROUP,
+    phase::PRE_ENGINE_INIT,
+    phase::POST_ENGINE_INIT,
+    phase::POST_INITIALIZATION,
+    phase::CUSTOM_INITIALIZATION,
 ];
 
 /// What to download: the seeds' download modes.
@@ -157,6 +160,9 @@ impl NodeConfig {
                 self.stall_timeout_s
             )));
         }
+        for (i, file) in self.files.iter_mut().enumerate() {
+            file.check(i).map_err(bad)?;
+        }
         if self.nodes.len() > MAX_NODES || self.files.len() > MAX_FILES {
             return Err(bad(format!(
                 "at most {MAX_NODES} nodes and {MAX_FILES} files"
@@ -171,6 +177,9 @@ impl NodeConfig {
                 )));
             }
         }
+        // Past the finite, non-negative check above, which names the
+        // resource: the bounds Ray can place.
+        plan::check_resources(&self.bundle, "bundle").map_err(bad)?;
         self.job_dir = base.to_owned();
         Ok(self)
     }
@@ -180,8 +189,14 @@ impl NodeConfig {
 /// `file://` only below the job's folder `base` (absolute paths in it are
 /// made relative), so the host copies no file the job does not own.
 fn confine_source(source: &str, base: &Path) -> Result<String, String> {
-    let Some(path) = source.strip_prefix("file://") else {
+    if source.starts_with("http://") || source.starts_with("https://") {
         return Ok(source.to_owned());
+    }
+    let Some(path) = source.strip_prefix("file://") else {
+        return Err(format!(
+            "{:?} must start with file://, http:// or https://",
+            wasmhooks::clean_text(source, 200)
+        ));
     };
     let path = Path::new(path);
     let rel = match path.strip_prefix(base) {
@@ -241,20 +256,28 @@ pub fn initialize(
     // (Ray's `on_before_node_init` may): its default is in the map before
     // that phase, so the plugin sees it and what it leaves stands.
     d.set("worker_node_download_model", DEFAULT_MODE);
-    d.fire("pre_initialization")?;
+    d.fire(phase::PRE_INITIALIZATION)?;
     let skipped = d.flag("skip_default");
     let mut engine = None;
     if skipped {
-        d.fire("custom_initialization")?;
+        d.fire(phase::CUSTOM_INITIALIZATION)?;
     } else {
-        let limit = policy.job_limits().max_download_bytes;
-        download(config, &job, limit, &mut d)?;
-        place(config, &mut d)?;
-        if let Some((template, args)) = engine_template {
-            engine = Some(start_engine(config, template, args, &mut d)?);
+        for step in plan::ON_ONE_MACHINE {
+            match step {
+                Step::Download => {
+                    let limits = policy.job_limits();
+                    download(config, &job, limits, &mut d)?;
+                }
+                Step::Place => place(config, &mut d)?,
+                Step::Engine => {
+                    if let Some((template, args)) = engine_template {
+                        engine = Some(start_engine(config, template, args, &mut d)?);
+                    }
+                }
+            }
         }
     }
-    d.fire("post_initialization")?;
+    d.fire(phase::POST_INITIALIZATION)?;
     let outcome = NodeOutcome {
         data: d.data,
         skipped_default: skipped,
@@ -277,25 +300,10 @@ fn default(d: &mut Driver<'_>, key: &str, value: impl Into<Value>) {
     d.data.entry(key).or_insert_with(|| value.into());
 }
 
-/// A key the host reads back after the plugins had their turn; a plugin
-/// may have removed it or left it of another type.
-fn string_key(d: &Driver<'_>, key: &str, phase: &str) -> Result<String, LifecycleError> {
-    match d.data.get(key) {
-        Some(Value::String(s)) => Ok(s.clone()),
-        Some(other) => Err(LifecycleError::Config(format!(
-            "{key} must be a string after {phase}; the plugins left {}",
-            wasmhooks::clean_text(&other.to_string(), 200)
-        ))),
-        None => Err(LifecycleError::Config(format!(
-            "{key} is missing after {phase}: a plugin removed it"
-        ))),
-    }
-}
-
 fn download(
     config: &NodeConfig,
     job: &Root,
-    max_bytes: u64,
+    limits: &wasmhooks::JobLimits,
     d: &mut Driver<'_>,
 ) -> Result<(), LifecycleError> {
     default(d, "local_node_download_model", DEFAULT_MODE);
@@ -310,83 +318,43 @@ fn download(
             .display()
             .to_string(),
     );
-    d.fire("pre_download")?;
-    let mode = string_key(d, "local_node_download_model", "pre_download")?;
-    if !MODES.contains(&mode.as_str()) {
-        return Err(LifecycleError::Config(format!(
-            "local_node_download_model is {:?}; it must be one of {MODES:?}",
-            wasmhooks::clean_text(&mode, 80)
-        )));
-    }
-    let files: Vec<ModelFile> = config
-        .files
-        .iter()
-        .filter(|f| match mode.as_str() {
-            "NONE" => false,
-            "TOKENIZER_ONLY" => f.kind == "tokenizer",
-            _ => true,
-        })
-        .cloned()
-        .collect();
-    let bad = |key: &str, m: String| {
-        LifecycleError::Config(format!("{key}, as the plugins left it: {m}"))
-    };
-    let source = string_key(d, "model_source", "pre_download")?;
-    let source = confine_source(&source, &config.job_dir).map_err(|m| bad("model_source", m))?;
-    let dir = PathBuf::from(string_key(d, "download_dir", "pre_download")?);
+    d.fire(phase::PRE_DOWNLOAD)?;
     // The download folder is the job's: below its folder, however given.
-    let rel = match dir.strip_prefix(&config.job_dir) {
-        Ok(rel) if dir.is_absolute() => rel.to_owned(),
-        _ => dir.clone(),
-    };
-    let rel = files::relative("download_dir", &rel).map_err(|m| bad("download_dir", m))?;
+    let plan = DownloadPlan::from_data(
+        config,
+        &d.data,
+        "local_node_download_model",
+        &config.job_dir,
+        &config.job_dir,
+    )?;
     let cache = job
-        .dir(&rel, true)
-        .map_err(LifecycleError::io(config.job_dir.join(&rel)))?;
+        .dir(&plan.folder, true)
+        .map_err(LifecycleError::io(config.job_dir.join(&plan.folder)))?;
     let fetch = download::Fetch {
         dir: &cache,
         job,
         retries: config.retries,
         stall: std::time::Duration::from_secs(config.stall_timeout_s),
-        max_bytes,
+        max_bytes: limits.max_download_bytes,
+        max_file_bytes: limits.max_file_bytes,
     };
-    let fetched = download::fetch_all(&source, &files, &fetch)?;
-    let dir = config.job_dir.join(&rel);
-    let downloaded: u64 = fetched.iter().filter(|f| !f.cached).map(|f| f.bytes).sum();
+    let fetched = download::fetch_all(&plan.source, &plan.files, &fetch)?;
+    let dir = config.job_dir.join(&plan.folder);
     d.set(
         "download_result",
-        json!({
-            "mode": mode,
-            "dir": dir.display().to_string(),
-            "files": fetched,
-            "bytes_downloaded": downloaded,
-            "cache_hits": fetched.iter().filter(|f| f.cached).count(),
-        }),
+        download::result(&plan.mode, &dir, &fetched),
     );
-    d.fire("post_download")
+    d.fire(phase::POST_DOWNLOAD)
 }
 
 fn place(config: &NodeConfig, d: &mut Driver<'_>) -> Result<(), LifecycleError> {
-    let request = Request {
-        bundles: vec![config.bundle.clone(); config.tensor_parallel_size.max(1)],
-        strategy: config.strategy,
-    };
-    default(d, "placement_request", to_value(&request)?);
-    d.fire("pre_placement_group")?;
-    let left = d.data.get("placement_request").cloned().ok_or_else(|| {
-        LifecycleError::Config(
-            "placement_request is missing after pre_placement_group: a plugin removed it".into(),
-        )
-    })?;
-    let request: Request = serde_json::from_value(left).map_err(|e| {
-        LifecycleError::Config(format!("placement_request, as the plugins left it: {e}"))
-    })?;
-    if request.bundles.len() > MAX_BUNDLES {
-        return Err(LifecycleError::Config(format!(
-            "placement_request, as the plugins left it, has {} bundles; at most {MAX_BUNDLES}",
-            request.bundles.len()
-        )));
-    }
+    default(
+        d,
+        "placement_request",
+        to_value(&config.placement_request())?,
+    );
+    d.fire(phase::PRE_PLACEMENT_GROUP)?;
+    let request = plan::request_from(d.data.get("placement_request"), "placement_request")?;
     let nodes = if config.nodes.is_empty() {
         vec![placement::this_machine()]
     } else {
@@ -395,7 +363,7 @@ fn place(config: &NodeConfig, d: &mut Driver<'_>) -> Result<(), LifecycleError> 
     let plan = placement::plan(&request, &nodes)
         .map_err(|e| LifecycleError::Config(format!("placement group is infeasible: {e}")))?;
     d.set("placement_group", to_value(&plan)?);
-    d.fire("post_placement_group")
+    d.fire(phase::POST_PLACEMENT_GROUP)
 }
 
 fn start_engine(
@@ -404,20 +372,9 @@ fn start_engine(
     job_args: &[String],
     d: &mut Driver<'_>,
 ) -> Result<Engine, LifecycleError> {
-    default(
-        d,
-        "engine_kwargs",
-        json!({"model": config.model_id, "tensor_parallel_size": config.tensor_parallel_size}),
-    );
-    d.fire("pre_engine_init")?;
-    let kwargs = match d.data.get("engine_kwargs") {
-        Some(Value::Object(map)) => map.clone(),
-        _ => {
-            return Err(LifecycleError::Config(
-                "engine_kwargs must stay an object".into(),
-            ));
-        }
-    };
+    default(d, "engine_kwargs", config.engine_kwargs());
+    d.fire(phase::PRE_ENGINE_INIT)?;
+    let kwargs = plan::engine_kwargs_from(d.data.get("engine_kwargs"))?;
     // Where the files are, as `download_result` says (or where the host
     // puts them, if a plugin removed it); it reaches the engine as argv.
     let model_dir = config
@@ -438,7 +395,7 @@ fn start_engine(
         &kwargs,
     )?;
     d.set("engine", to_value(&engine.info)?);
-    d.fire("post_engine_init")?;
+    d.fire(phase::POST_ENGINE_INIT)?;
     Ok(engine)
 }
 

@@ -12,7 +12,7 @@ use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
 use super::super::LifecycleError;
-use wasmhooks::files::Root;
+use wasmhooks::files::{self, Root};
 
 /// One file of a model.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -29,6 +29,31 @@ pub struct ModelFile {
 
 fn model_kind() -> String {
     "model".into()
+}
+
+impl ModelFile {
+    /// Checks the `i`th file of a job's list: a path below the model's
+    /// folder, a sha256 of 64 lowercase hex digits, a known kind.
+    pub fn check(&mut self, i: usize) -> Result<(), String> {
+        let field = format!("files[{i}]");
+        let path = files::relative(&format!("{field}.path"), Path::new(&self.path))?;
+        self.path = path.display().to_string();
+        let hex = self.sha256.len() == 64
+            && self
+                .sha256
+                .bytes()
+                .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b));
+        if !hex {
+            return Err(format!("{field}.sha256 must be 64 lowercase hex digits"));
+        }
+        if self.kind != "model" && self.kind != "tokenizer" {
+            return Err(format!(
+                "{field}.kind must be 'model' or 'tokenizer', not {:?}",
+                wasmhooks::clean_text(&self.kind, 80)
+            ));
+        }
+        Ok(())
+    }
 }
 
 /// What one file's fetch came to.
@@ -61,6 +86,8 @@ pub struct Fetch<'a> {
     pub stall: Duration,
     /// Bytes all the files may take, downloaded or found in the cache.
     pub max_bytes: u64,
+    /// Bytes one file may take.
+    pub max_file_bytes: u64,
 }
 
 /// Fetches `files` from `source` (a `file://` path below the job's folder,
@@ -80,7 +107,13 @@ pub fn fetch_all(
     let mut budget = fetch.max_bytes;
     let mut fetched = Vec::with_capacity(files.len());
     for file in files {
-        let one = fetch_one(&agent, source, file, fetch, budget)?;
+        let one = fetch_one(
+            &agent,
+            source,
+            file,
+            fetch,
+            budget.min(fetch.max_file_bytes),
+        )?;
         budget = budget.saturating_sub(one.bytes);
         fetched.push(one);
     }
@@ -96,11 +129,11 @@ fn fetch_one(
 ) -> Result<Fetched, LifecycleError> {
     let rel = safe_path(&file.path)?;
     let io = |e| LifecycleError::io(fetch.dir.path().join(&rel))(e);
-    if let Some(bytes) = fetch.dir.file_len(&rel).map_err(io)?
+    if let Some(bytes) = regular_len(fetch.dir, &rel).map_err(io)?
         && sha256_file(fetch.dir, &rel)? == file.sha256
     {
         if bytes > budget {
-            return Err(over_budget(&file.path, fetch.max_bytes));
+            return Err(over_budget(&file.path, budget));
         }
         return Ok(Fetched {
             path: file.path.clone(),
@@ -141,7 +174,7 @@ fn fetch_one(
                     resumed_bytes,
                 });
             }
-            Err(Failure::OverBudget) => return Err(over_budget(&file.path, fetch.max_bytes)),
+            Err(Failure::OverBudget) => return Err(over_budget(&file.path, budget)),
             Err(Failure::Other(e)) => {
                 tracing::warn!(url, attempt, "download failed: {e}");
                 last_error = e;
@@ -154,11 +187,23 @@ fn fetch_one(
     )))
 }
 
-fn over_budget(path: &str, max: u64) -> LifecycleError {
+fn over_budget(path: &str, budget: u64) -> LifecycleError {
     LifecycleError::Config(format!(
-        "downloading {path} would take the job past the {max} bytes the operator allows \
-         (max_download_mib)"
+        "downloading {path} would take more than the {budget} bytes it may still take \
+         (the operator's max_download_mib for the job, max_file_mib for a file)"
     ))
+}
+
+/// `download_result`: what a node's download came to, for the plugins.
+pub fn result(mode: &str, dir: &Path, fetched: &[Fetched]) -> serde_json::Value {
+    let downloaded: u64 = fetched.iter().filter(|f| !f.cached).map(|f| f.bytes).sum();
+    serde_json::json!({
+        "mode": mode,
+        "dir": dir.display().to_string(),
+        "files": fetched,
+        "bytes_downloaded": downloaded,
+        "cache_hits": fetched.iter().filter(|f| f.cached).count(),
+    })
 }
 
 /// Why a transfer stopped.
@@ -195,7 +240,7 @@ fn transfer(
             "{url}: only file://, http:// and https:// sources are supported"
         )));
     }
-    let have = fetch.dir.file_len(part).map_err(text)?.unwrap_or(0);
+    let have = regular_len(fetch.dir, part).map_err(text)?.unwrap_or(0);
     let mut request = agent.get(url);
     if have > 0 {
         request = request.header("Range", format!("bytes={have}-"));
@@ -287,6 +332,24 @@ fn safe_path(rel: &str) -> Result<PathBuf, LifecycleError> {
     Ok(path.to_owned())
 }
 
+/// The size of the regular file `rel` in the cache, or `None` where there
+/// is none, or a symlink, FIFO or device stands at its name (something
+/// planted in a shared cache): never followed or read, and replaced by the
+/// rename of the fetched file onto that name.
+fn regular_len(dir: &Root, rel: &Path) -> std::io::Result<Option<u64>> {
+    match dir.file_len(rel) {
+        Err(e)
+            if matches!(
+                e.kind(),
+                std::io::ErrorKind::PermissionDenied | std::io::ErrorKind::InvalidInput
+            ) =>
+        {
+            Ok(None)
+        }
+        other => other,
+    }
+}
+
 /// The sha256 of a file below `dir`, lowercase hex.
 pub fn sha256_file(dir: &Root, rel: &Path) -> Result<String, LifecycleError> {
     let path = dir.path().join(rel);
@@ -315,6 +378,7 @@ mod tests {
             retries,
             stall: Duration::from_secs(5),
             max_bytes,
+            max_file_bytes: u64::MAX,
         }
     }
 

@@ -198,10 +198,36 @@ pub struct EngineInfo {
     pub url: Option<String>,
 }
 
-impl Drop for Engine {
-    fn drop(&mut self) {
+impl Engine {
+    /// Whether the engine's process is still running.
+    pub fn alive(&mut self) -> bool {
+        matches!(self.child.try_wait(), Ok(None))
+    }
+
+    /// Stops the engine and whatever it started: SIGTERM to its process
+    /// group, and SIGKILL after 5 s if it has not exited by then.
+    pub fn stop(&mut self) {
+        use rustix::process::{Pid, Signal, kill_process_group};
+        if !self.alive() {
+            return;
+        }
+        let group = i32::try_from(self.child.id()).ok().and_then(Pid::from_raw);
+        if let Some(group) = group {
+            let _ = kill_process_group(group, Signal::TERM);
+            let deadline = Instant::now() + Duration::from_secs(5);
+            while Instant::now() < deadline && self.alive() {
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            let _ = kill_process_group(group, Signal::KILL);
+        }
         let _ = self.child.kill();
         let _ = self.child.wait();
+    }
+}
+
+impl Drop for Engine {
+    fn drop(&mut self) {
+        self.stop();
     }
 }
 
@@ -275,36 +301,29 @@ pub fn start(
         vars.iter()
             .fold(s.to_owned(), |s, (k, v)| s.replace(&format!("{{{k}}}"), v))
     };
+    check_kwargs(kwargs)?;
     let mut argv: Vec<String> = config.command.iter().map(|a| fill(a)).collect();
     argv.extend(job_args.iter().cloned());
     for (key, value) in kwargs {
-        if !valid_kwarg(key) {
-            return Err(fail(format!(
-                "engine_kwargs key {:?} must be 1 to 64 of a-z, 0-9 and '_'",
-                wasmhooks::clean_text(key, 80)
-            )));
-        }
         let value = match value {
             Value::String(s) => s.clone(),
             other => other.to_string(),
         };
-        if value.len() > MAX_ARG || value.contains('\0') {
-            return Err(fail(format!(
-                "engine_kwargs {key}: at most {MAX_ARG} bytes, without NUL"
-            )));
-        }
         argv.push(format!("--{}={value}", key.replace('_', "-")));
     }
     let (program, args) = argv
         .split_first()
         .ok_or_else(|| fail("the command is empty".into()))?;
     let started = Instant::now();
-    let mut child = Command::new(program)
+    let mut command = Command::new(program);
+    command
         .args(args)
         .current_dir(cwd)
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
+        .stderr(Stdio::piped());
+    own_group_dying_with_parent(&mut command);
+    let mut child = command
         .spawn()
         .map_err(|e| fail(format!("cannot start {program}: {e}")))?;
     let pid = child.id();
@@ -312,16 +331,32 @@ pub fn start(
     if let Some(stdout) = child.stdout.take() {
         let ready_line = config.ready_line.clone();
         std::thread::spawn(move || {
-            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-                let line = wasmhooks::clean_text(&line, 4096);
+            lines(stdout, |line| {
                 tracing::info!(target: "wasmhooks::engine", pid, "{line}");
                 if ready_line.as_deref().is_some_and(|r| line.contains(r)) {
                     let _ = ready_tx.send(());
                 }
-            }
+            });
         });
     }
-    let stderr = child.stderr.take();
+    // Its stderr is read all along (a pipe nobody reads fills, and the
+    // engine blocks on it); the last lines are kept for the error if it
+    // dies before it is ready.
+    let tail = std::sync::Arc::new(std::sync::Mutex::new(std::collections::VecDeque::new()));
+    if let Some(stderr) = child.stderr.take() {
+        let tail = tail.clone();
+        std::thread::spawn(move || {
+            lines(stderr, |line| {
+                let mut tail = tail
+                    .lock()
+                    .unwrap_or_else(std::sync::PoisonError::into_inner);
+                if tail.len() == TAIL_LINES {
+                    tail.pop_front();
+                }
+                tail.push_back(wasmhooks::clean_text(&line, 400));
+            });
+        });
+    }
     let url = config.health_url.as_deref().map(fill);
     // The operator's timeout is bounded when its config is read.
     let deadline = started + Duration::from_secs(config.timeout_s);
@@ -350,9 +385,15 @@ pub fn start(
             return Ok(engine);
         }
         if let Ok(Some(status)) = engine.child.try_wait() {
+            // Its last lines reach the reader thread a moment after it exits.
+            std::thread::sleep(Duration::from_millis(200));
+            let tail = tail
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
+            let said = Vec::from(tail.clone()).join(" | ");
             return Err(fail(format!(
                 "exited with {status} before it was ready: {}",
-                tail(stderr)
+                if said.is_empty() { "no output" } else { &said }
             )));
         }
         if Instant::now() > deadline {
@@ -368,28 +409,88 @@ fn free_port() -> std::io::Result<u16> {
         .port())
 }
 
-/// The last lines of a dead process's stderr. Read on a thread of its own
-/// and waited for briefly: a child the engine left behind may hold the pipe
-/// open for ever, and only the first MiB is read.
-fn tail(stderr: Option<std::process::ChildStderr>) -> String {
-    let (tx, rx) = mpsc::channel();
-    if let Some(s) = stderr {
-        std::thread::spawn(move || {
-            let mut bytes = Vec::new();
-            let _ = s.take(1 << 20).read_to_end(&mut bytes);
-            let _ = tx.send(bytes);
+/// Lines of an engine's stderr kept for an error.
+const TAIL_LINES: usize = 5;
+/// Bytes of one line an engine prints that are looked at; the rest of a
+/// longer line is passed over.
+const MAX_LINE: usize = 4096;
+
+/// Calls `each` with every line read from `stream`, each cut to
+/// [`MAX_LINE`] bytes, until the stream ends: memory stays bounded however
+/// the engine writes.
+fn lines(stream: impl Read, mut each: impl FnMut(String)) {
+    let mut reader = BufReader::new(stream);
+    let mut line = Vec::new();
+    loop {
+        let buf = match reader.fill_buf() {
+            Ok([]) | Err(_) => break,
+            Ok(buf) => buf,
+        };
+        let (used, end) = match buf.iter().position(|b| *b == b'\n') {
+            Some(i) => (i + 1, true),
+            None => (buf.len(), false),
+        };
+        let room = MAX_LINE.saturating_sub(line.len());
+        line.extend_from_slice(&buf[..used.min(room)]);
+        reader.consume(used);
+        if end {
+            each(wasmhooks::clean_text(
+                String::from_utf8_lossy(&line).trim_end(),
+                MAX_LINE,
+            ));
+            line.clear();
+        }
+    }
+    if !line.is_empty() {
+        each(wasmhooks::clean_text(
+            String::from_utf8_lossy(&line).trim_end(),
+            MAX_LINE,
+        ));
+    }
+}
+
+/// Starts the engine in a process group of its own (so stopping it stops
+/// what it started) that gets SIGTERM when the process that started it
+/// dies, however that ends: a Ray actor killed, the CLI's process gone.
+#[allow(unsafe_code)]
+fn own_group_dying_with_parent(command: &mut Command) {
+    use std::os::unix::process::CommandExt;
+    command.process_group(0);
+    // SAFETY: between fork and exec the closure makes one system call
+    // (prctl), which is async-signal-safe, and touches no memory of the
+    // parent's.
+    unsafe {
+        command.pre_exec(|| {
+            rustix::process::set_parent_process_death_signal(Some(rustix::process::Signal::TERM))
+                .map_err(std::io::Error::from)
         });
     }
-    let bytes = rx.recv_timeout(Duration::from_secs(1)).unwrap_or_default();
-    let text = String::from_utf8_lossy(&bytes);
-    let lines: Vec<&str> = text.lines().collect();
-    let start = lines.len().saturating_sub(5);
-    let tail = wasmhooks::clean_text(&lines[start..].join(" | "), 2048);
-    if tail.is_empty() {
-        "no output".into()
-    } else {
-        tail
+}
+
+/// Checks the engine's keyword arguments (a plugin's to change): each name
+/// becomes `--name=value`, so 1 to 64 of a-z, 0-9 and `_`; each value at
+/// most [`MAX_ARG`] bytes, without NUL.
+pub fn check_kwargs(kwargs: &serde_json::Map<String, Value>) -> Result<(), LifecycleError> {
+    let fail = |m: String| LifecycleError::Config(format!("engine: {m}"));
+    for (key, value) in kwargs {
+        if !valid_kwarg(key) {
+            return Err(fail(format!(
+                "engine_kwargs key {:?} must be 1 to 64 of a-z, 0-9 and '_'",
+                wasmhooks::clean_text(key, 80)
+            )));
+        }
+        let len = match value {
+            Value::String(s) if !s.contains('\0') => s.len(),
+            Value::String(_) => usize::MAX,
+            other => other.to_string().len(),
+        };
+        if len > MAX_ARG {
+            return Err(fail(format!(
+                "engine_kwargs {key}: at most {MAX_ARG} bytes, without NUL"
+            )));
+        }
     }
+    Ok(())
 }
 
 #[cfg(test)]
