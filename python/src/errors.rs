@@ -4,6 +4,16 @@
 use pyo3::exceptions::PyException;
 use pyo3::prelude::*;
 
+/// `JobError` with `message`.
+pub(crate) fn job_err(message: String) -> PyErr {
+    JobError::new_err(message)
+}
+
+/// `NodeInitError` with `message`.
+pub(crate) fn node_err(message: String) -> PyErr {
+    NodeInitError::new_err(message)
+}
+
 pyo3::create_exception!(
     wasmhooks,
     WasmHooksError,
@@ -28,6 +38,33 @@ pyo3::create_exception!(
     WasmHooksError,
     "A call into a plugin failed under the `fail` policy; `.plugin`, `.call` and `.cause` say who, where and why."
 );
+
+pyo3::create_exception!(
+    wasmhooks,
+    JobError,
+    LoadError,
+    "A job bundle is not usable: its job.toml, a path in it or a file it brings (named in the message)."
+);
+pyo3::create_exception!(
+    wasmhooks,
+    NodeInitError,
+    WasmHooksError,
+    "Node initialization failed for a reason other than a plugin's: a value a plugin left, a download, a placement, an engine."
+);
+
+/// A lifecycle's error as the Python exception of its kind: a plugin's as
+/// `py_err` makes it, anything else as `other` (`JobError` while a job is
+/// read, `NodeInitError` while a node is initialized).
+pub(crate) fn lifecycle_err(
+    py: Python<'_>,
+    err: wasmhooks_lifecycles::LifecycleError,
+    other: fn(String) -> PyErr,
+) -> PyErr {
+    match err {
+        wasmhooks_lifecycles::LifecycleError::Hook(e) => py_err(py, e),
+        e => other(e.to_string()),
+    }
+}
 
 /// Turns a host error into the Python exception of its kind, with the same
 /// message the CLI prints.

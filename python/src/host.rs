@@ -5,7 +5,8 @@ use pyo3::types::PyDict;
 use serde_json::Value;
 
 use crate::convert::{map_to_py, to_py};
-use crate::errors::{LoadError, py_err};
+use crate::errors::{job_err, lifecycle_err, py_err};
+use crate::job::Job;
 use crate::policy::Policy;
 use crate::traps;
 
@@ -49,27 +50,33 @@ impl Host {
         Plugin::new(py, plugin)
     }
 
-    /// Reads a job bundle's `job.toml` and loads the plugins it lists from
-    /// inside the bundle (regular files, within the operator's size cap;
-    /// symlinks are not followed). Returns the job's config (what every
-    /// plugin's `init` gets) and the `(plugin, config)` pairs in job order.
-    fn load_job<'py>(
-        &self,
-        py: Python<'py>,
-        job_dir: std::path::PathBuf,
-    ) -> PyResult<LoadedJob<'py>> {
+    /// Loads the plugins a job bundle lists, from inside the bundle
+    /// (regular files, within the operator's size cap; symlinks are not
+    /// followed). `job` is a `Job` or the bundle's folder. Returns the job's
+    /// config (what every plugin's `init` gets) and the `(plugin, config)`
+    /// pairs in job order.
+    fn load_job<'py>(&self, py: Python<'py>, job: &Bound<'py, PyAny>) -> PyResult<LoadedJob<'py>> {
+        let loaded;
+        let job: &Job = if let Ok(job) = job.cast::<Job>() {
+            loaded = job.clone().unbind();
+            loaded.get()
+        } else {
+            let dir: std::path::PathBuf = job.extract()?;
+            let read = py
+                .detach(|| wasmhooks_lifecycles::job::JobBundle::load(&dir))
+                .map_err(|e| lifecycle_err(py, e, job_err))?;
+            loaded = Py::new(py, Job { inner: read })?;
+            loaded.get()
+        };
         let host = self.inner.clone();
-        let (job, loaded) = py
-            .detach(move || read_job(&host, &job_dir))
-            .map_err(|e| match e {
-                JobError::Host(e) => py_err(py, e),
-                JobError::Job(m) => LoadError::new_err(m),
-            })?;
-        let mut plugins = Vec::with_capacity(loaded.len());
-        for (plugin, config) in loaded {
-            plugins.push((Plugin::new(py, plugin)?, to_py(py, &config)?));
+        let plugins = py
+            .detach(|| job.inner.plugins(&host))
+            .map_err(|e| lifecycle_err(py, e, job_err))?;
+        let mut pairs = Vec::with_capacity(plugins.len());
+        for (plugin, config) in plugins {
+            pairs.push((Plugin::new(py, plugin)?, to_py(py, &config)?));
         }
-        Ok((to_py(py, &job)?, plugins))
+        Ok((to_py(py, &job.inner.config)?, pairs))
     }
 
     /// Loads a plugin from bytes; `name` names them in messages.
@@ -86,58 +93,6 @@ impl Host {
 
 /// A job's config and its `(plugin, config)` pairs, as Python values.
 type LoadedJob<'py> = (Bound<'py, PyAny>, Vec<(Plugin, Bound<'py, PyAny>)>);
-
-enum JobError {
-    Host(wasmhooks::Error),
-    Job(String),
-}
-
-/// Bytes of `job.toml`, at most.
-const MAX_JOB_TOML: u64 = 1 << 20;
-
-/// `job.toml` as JSON, and its plugins loaded from inside the bundle.
-fn read_job(
-    host: &wasmhooks::Host,
-    dir: &std::path::Path,
-) -> Result<(Value, Vec<(wasmhooks::Plugin, Value)>), JobError> {
-    use wasmhooks::files::{Root, relative};
-    let path = dir.join("job.toml");
-    let job = |e: std::io::Error| JobError::Job(format!("{}: {e}", path.display()));
-    let root = Root::open(dir).map_err(job)?;
-    let bytes = root
-        .read(std::path::Path::new("job.toml"), MAX_JOB_TOML)
-        .map_err(job)?;
-    let text =
-        String::from_utf8(bytes).map_err(|e| JobError::Job(format!("{}: {e}", path.display())))?;
-    let config: Value =
-        toml::from_str(&text).map_err(|e| JobError::Job(format!("{}: {e}", path.display())))?;
-    let max = host.policy().job_limits().max_plugin_bytes;
-    let mut plugins = Vec::new();
-    let listed = config
-        .get("plugin")
-        .and_then(Value::as_array)
-        .cloned()
-        .unwrap_or_default();
-    for (i, entry) in listed.iter().enumerate() {
-        let file = entry.get("file").and_then(Value::as_str).ok_or_else(|| {
-            JobError::Job(format!("{}: [[plugin]] {i} has no file", path.display()))
-        })?;
-        let rel = relative("[[plugin]] file", std::path::Path::new(file))
-            .map_err(|m| JobError::Job(format!("{}: {m}", path.display())))?;
-        let full = dir.join(&rel);
-        let bytes = root.read(&rel, max).map_err(|source| {
-            JobError::Host(wasmhooks::Error::Read {
-                path: full.clone(),
-                source,
-            })
-        })?;
-        let plugin = host
-            .load_bytes(&full.display().to_string(), &bytes)
-            .map_err(JobError::Host)?;
-        plugins.push((plugin, entry.get("config").cloned().unwrap_or(Value::Null)));
-    }
-    Ok((config, plugins))
-}
 
 /// A plugin that passed the allowlist and compiled; cheap to share.
 #[pyclass(module = "wasmhooks._native", frozen)]

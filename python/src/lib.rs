@@ -5,16 +5,19 @@
 
 mod convert;
 mod errors;
+mod files;
 mod fork;
 mod hooks;
 mod host;
+mod job;
+mod node;
 mod policy;
 mod traps;
 
 use pyo3::prelude::*;
 
 use crate::convert::to_py;
-use crate::errors::{LoadError, PluginError, PolicyError, WasmHooksError};
+use crate::errors::{JobError, LoadError, NodeInitError, PluginError, PolicyError, WasmHooksError};
 use crate::hooks::{Hooks, PhaseReport};
 use crate::host::{Host, Plugin};
 use crate::policy::Policy;
@@ -60,6 +63,13 @@ fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<Plugin>()?;
     m.add_class::<Hooks>()?;
     m.add_class::<PhaseReport>()?;
+    m.add_class::<files::Root>()?;
+    m.add_class::<job::Job>()?;
+    m.add_class::<node::NodePlan>()?;
+    m.add_class::<node::Engine>()?;
+    m.add_function(wrap_pyfunction!(files::relative, m)?)?;
+    m.add_function(wrap_pyfunction!(node::pack_bundle, m)?)?;
+    m.add_function(wrap_pyfunction!(node::unpack_bundle, m)?)?;
     m.add_function(wrap_pyfunction!(wit_version, m)?)?;
     m.add_function(wrap_pyfunction!(wit_versions, m)?)?;
     m.add_function(wrap_pyfunction!(schema, m)?)?;
@@ -79,5 +89,7 @@ fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add("PolicyError", py.get_type::<PolicyError>())?;
     m.add("LoadError", py.get_type::<LoadError>())?;
     m.add("PluginError", py.get_type::<PluginError>())?;
+    m.add("JobError", py.get_type::<JobError>())?;
+    m.add("NodeInitError", py.get_type::<NodeInitError>())?;
     Ok(())
 }

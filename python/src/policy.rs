@@ -1,9 +1,6 @@
 //! The operator's config, as Python sees it.
 
 use pyo3::prelude::*;
-// The operator config as the CLI reads it: the core's tables and the
-// `[engine.NAME]` tables node initialization claims, checked on load.
-use wasmhooks_lifecycles::node::engine::{Engines, parse_policy};
 
 use crate::convert::to_py;
 use crate::errors::{PolicyError, py_err};
@@ -48,10 +45,12 @@ impl Policy {
             .parent()
             .unwrap_or(std::path::Path::new("."))
             .to_owned();
-        let inner = parse_policy(&text, &base).map_err(|e| match e {
-            wasmhooks::Error::Policy { message, .. } => py_err(py, named(message)),
-            other => py_err(py, other),
-        })?;
+        let inner = wasmhooks_lifecycles::node::engine::parse_policy(&text, &base).map_err(
+            |e| match e {
+                wasmhooks::Error::Policy { message, .. } => py_err(py, named(message)),
+                other => py_err(py, other),
+            },
+        )?;
         Ok(Policy { inner, text, base })
     }
 
@@ -64,7 +63,8 @@ impl Policy {
         base_dir: Option<std::path::PathBuf>,
     ) -> PyResult<Self> {
         let base = base_dir.unwrap_or_else(|| ".".into());
-        let inner = parse_policy(text, &base).map_err(|e| py_err(py, e))?;
+        let inner = wasmhooks_lifecycles::node::engine::parse_policy(text, &base)
+            .map_err(|e| py_err(py, e))?;
         Ok(Policy {
             inner,
             text: text.to_owned(),
@@ -117,18 +117,6 @@ impl Policy {
             .iter()
             .map(|p| p.name.clone())
             .collect()
-    }
-
-    /// The engines jobs may start, by name: each one's command template,
-    /// `ready_line`, `health_url`, `timeout_s` and `job_args`, for a driver
-    /// that starts them itself (on Ray, inside a placement group).
-    #[getter]
-    fn engines<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyAny>> {
-        // Checked when the policy was read, and kept with it since.
-        let engines = Engines::of(&self.inner).map_err(PolicyError::new_err)?;
-        let engines =
-            serde_json::to_value(engines).map_err(|e| PolicyError::new_err(e.to_string()))?;
-        to_py(py, &engines)
     }
 
     /// The operator's bounds on one job (`[job]`), in bytes:
