@@ -402,9 +402,9 @@ def test_the_operator_decides_when_a_plugin_fails_at_on_node_error(
 
 HOSTILE = [
     ({"skip_execution": True, "cached_path": "/etc/passwd"}, "outside its grants"),
-    ({"skip_execution": True, "cached_path": "/cache/../../etc/passwd"}, "no '..'"),
+    ({"skip_execution": True, "cached_path": "/cache/../../etc/passwd"}, "stays inside"),
     ({"skip_execution": True, "cached_path": "/cache/junk.arrow"}, "ArrowInvalid"),
-    ({"skip_execution": True, "cached_path": "/cache/link.arrow"}, "OSError"),
+    ({"skip_execution": True, "cached_path": "/cache/link.arrow"}, "a symbolic link"),
     ({"skip_execution": True, "cached_path": "/cache/fifo.arrow"}, "OSError"),
     ({"skip_execution": True, "cached_path": "/cache/other.arrow"}, "rows, not"),
     ({"skip_execution": True}, "no plugin of this phase set it"),
@@ -819,7 +819,7 @@ def test_missing_inputs_and_oversized_or_mislabelled_cache_entries_are_named(
     with PipelineRunner(one, op, plugins, cache_dir=cache_dir) as runner:
         runner.run(daft.from_pydict({"amount": [1.0]}))
         assert runner.report.outcomes() == {"log_amount": "computed"}
-        assert "over the 1048576 cap" in runner.report.data["cache_miss_reason"]
+        assert "larger than the 1048576 bytes allowed" in runner.report.data["cache_miss_reason"]
     sneaky = {"cache_signature": "../../escaped"}
     plugins = [
         (plugin("adversary"), {"updates": {"on_node_begin": sneaky}}),

@@ -6,7 +6,9 @@ and merges its updates into the job's data. This package is the Rust host,
 built with PyO3: the same policy, sandbox, reports and plugins as the
 ``wasmhooks`` CLI.
 
-- :class:`Policy`, :class:`Host`, :class:`Plugin`, :class:`Hooks`: the host.
+- :class:`Policy`, :class:`Host`, :class:`Plugin`, :class:`Hooks`: the host;
+  :class:`Job`: a job bundle, its ``job.toml`` read and checked as the CLI
+  reads it.
 - :mod:`wasmhooks.transformers`: a ``TrainerCallback`` for HF Transformers.
 - :mod:`wasmhooks.lightning`: a ``Callback`` for Lightning.
 - :mod:`wasmhooks.ray`: a job bundle's node initialization on a Ray cluster
@@ -20,7 +22,10 @@ from wasmhooks._native import (
     BUILD,
     Hooks,
     Host,
+    Job,
+    JobError,
     LoadError,
+    NodeInitError,
     PhaseReport,
     Plugin,
     PluginError,
@@ -36,7 +41,10 @@ __all__ = [
     "BUILD",
     "Hooks",
     "Host",
+    "Job",
+    "JobError",
     "LoadError",
+    "NodeInitError",
     "PhaseReport",
     "Plugin",
     "PluginError",

@@ -9,7 +9,7 @@ from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any, Union
 
-from wasmhooks._native import Hooks, Host, Plugin, Policy
+from wasmhooks._native import Hooks, Host, Job, Plugin, Policy
 
 PathLike = Union[str, "os.PathLike[str]"]
 PluginSpec = Union[PathLike, tuple[PathLike, Any]]
@@ -43,7 +43,7 @@ class Session:
         self,
         operator: PathLike | Policy,
         plugins: Sequence[PluginSpec] | None = None,
-        job: PathLike | None = None,
+        job: PathLike | Job | None = None,
         cache_dir: PathLike | None = None,
         job_config: dict[str, Any] | None = None,
     ) -> None:
@@ -59,7 +59,7 @@ class Session:
         self.host = Host(policy, cache_dir=self.cache_dir)
         self.pairs: list[tuple[Plugin, Any]]
         if job is not None:
-            config, self.pairs = self.host.load_job(os.fspath(job))
+            config, self.pairs = self.host.load_job(job if isinstance(job, Job) else os.fspath(job))
             self.job_config: dict[str, Any] = job_config or config
         else:
             self.pairs = [self._load(spec) for spec in plugins or []]

@@ -67,6 +67,7 @@ matches the checksum the runner wrote in it, or it is a miss. A
 the plugin that set it, under the operator's ``on_error``.
 """
 
+from wasmhooks import _phases as phases
 from wasmhooks.pipeline._cache_files import CHECKSUM_KEY, MAX_CACHE_BATCHES
 from wasmhooks.pipeline._columns import column_signature
 from wasmhooks.pipeline._dag import DTYPES, Node, Pipeline, PipelineError, code_version, node
@@ -80,18 +81,18 @@ from wasmhooks.pipeline._workers import _run_batch as _run_batch
 
 #: The pipeline lifecycle's phases, in the order a successful node sees them.
 PHASES = (
-    "on_pipeline_begin",
-    "on_node_begin",
-    "on_cache_check",
-    "on_cache_hit",
-    "on_cache_miss",
-    "on_batch_begin",
-    "on_batch_end",
-    "on_node_end",
-    "on_cache_store",
-    "on_node_error",
-    "on_pipeline_error",
-    "on_pipeline_end",
+    phases.pipeline.ON_PIPELINE_BEGIN,
+    phases.pipeline.ON_NODE_BEGIN,
+    phases.pipeline.ON_CACHE_CHECK,
+    phases.pipeline.ON_CACHE_HIT,
+    phases.pipeline.ON_CACHE_MISS,
+    phases.pipeline.ON_BATCH_BEGIN,
+    phases.pipeline.ON_BATCH_END,
+    phases.pipeline.ON_NODE_END,
+    phases.pipeline.ON_CACHE_STORE,
+    phases.pipeline.ON_NODE_ERROR,
+    phases.pipeline.ON_PIPELINE_ERROR,
+    phases.pipeline.ON_PIPELINE_END,
 )
 
 __all__ = [

@@ -1,7 +1,7 @@
 """The runner's cache handling: the paths plugins leave, checked against
-their grants, the entries read from them and written to them. The one
-module that imports :mod:`wasmhooks._files` (the runner takes ``Root``
-from here)."""
+their grants, the entries read from them and written to them. Files are
+reached through the host's own ``Root`` (cap-std: no symlink followed at
+any depth, regular files only, within a cap)."""
 
 from __future__ import annotations
 
@@ -12,8 +12,8 @@ from typing import Any
 
 import pyarrow as pa
 
-from wasmhooks._files import JobPathError, Root, relative
-from wasmhooks._native import PluginError, Policy
+from wasmhooks import _phases as phases
+from wasmhooks._native import JobError, PluginError, Policy, Root, relative
 from wasmhooks._session import Session
 from wasmhooks.pipeline._cache_files import (
     CHECKSUM_KEY,
@@ -50,21 +50,17 @@ class _CacheEntries:
                     return call["plugin"], report.phase
         return None
 
-    def _granted(
-        self, reports: Sequence[Any], key: str, writable: bool
-    ) -> tuple[str, str, PurePosixPath]:
+    def _granted(self, reports: Sequence[Any], key: str, writable: bool) -> tuple[str, str, str]:
         """The plugin that last set ``key`` (``reports``: newest phase
         first), the host folder its guest path falls in, and the path below
         it."""
         value = self.session.data.get(key)
         who = self._setter(reports, key)
         if who is None:
-            raise JobPathError(f"{key}: no plugin of this phase set it")
+            raise JobError(f"{key}: no plugin of this phase set it")
         setter = who[0]
         if not isinstance(value, str) or not value.startswith("/") or len(value) > 4096:
-            raise JobPathError(
-                f"{key} = {value!r:.200} from {setter!r} is not an absolute guest path"
-            )
+            raise JobError(f"{key} = {value!r:.200} from {setter!r} is not an absolute guest path")
         folders = self.policy.folders(setter)
         grants = folders["readwrite"] + ([] if writable else folders["read"])
         path = PurePosixPath(value)
@@ -75,7 +71,7 @@ class _CacheEntries:
                 continue
             return setter, host, relative(f"{key} (from {setter!r})", str(rest))
         kind = "read-write " if writable else ""
-        raise JobPathError(f"{key} = {value!r:.200} from {setter!r} is outside its {kind}grants")
+        raise JobError(f"{key} = {value!r:.200} from {setter!r} is outside its {kind}grants")
 
     def _refused(self, n: Node, reports: Sequence[Any], key: str, why: str) -> str:
         """A value a plugin left (``key``) that cannot be the node's column
@@ -101,7 +97,7 @@ class _CacheEntries:
         want = n.dtype.to_arrow_dtype()
         try:
             _, host, rel = self._granted(reports, "cached_path", writable=False)
-            with Root(host) as root, root.open_read(rel, self.max_file_bytes) as f:
+            with Root(host) as root, root.open(rel, self.max_file_bytes) as f:
                 # The file opened, as it is now: a column read from it
                 # before, unchanged since, was validated then.
                 st = os.fstat(f.fileno())
@@ -121,7 +117,7 @@ class _CacheEntries:
             return column, "", size
         except _Unusable as e:
             return None, str(e), 0
-        except (OSError, EOFError, ValueError, TypeError, pa.ArrowException) as e:
+        except (OSError, EOFError, ValueError, TypeError, JobError, pa.ArrowException) as e:
             # EOFError: pyarrow's word for a block that is an end of stream.
             return None, f"{type(e).__name__}: {str(e)[:300]}", 0
 
@@ -190,10 +186,13 @@ class _CacheEntries:
                 root.write_atomic(rel, memoryview(raw))
                 # What was just written is known valid: a later run in this
                 # process takes it from memory while the file stays as it is.
-                with root.open_read(rel, self.max_file_bytes) as f:
+                with root.open(rel, self.max_file_bytes) as f:
                     self._memory.put(_identity(os.fstat(f.fileno())), table, raw.size)
-        except (OSError, ValueError) as e:
+        except (OSError, ValueError, JobError) as e:
             # A cache that cannot be written costs a recomputation, not the run.
             data["cache_store_error"] = f"{type(e).__name__}: {str(e)[:300]}"
             return
-        self._fire("on_cache_store", {"cached_path": data["cache_store"], "cache_bytes": raw.size})
+        self._fire(
+            phases.pipeline.ON_CACHE_STORE,
+            {"cached_path": data["cache_store"], "cache_bytes": raw.size},
+        )

@@ -8,29 +8,38 @@ from typing import Any
 from daft.subscribers import Subscriber
 from daft.subscribers import events as daft_events
 
+from wasmhooks import _phases as phases
 from wasmhooks._native import Hooks, WasmHooksError
 
 #: daft's query events, surfaced for plugins that subscribe; observe-only.
-QUERY_PHASES = ("on_query_begin", "on_query_end", "on_operator_begin", "on_operator_end")
+QUERY_PHASES = (
+    phases.pipeline.ON_QUERY_BEGIN,
+    phases.pipeline.ON_QUERY_END,
+    phases.pipeline.ON_OPERATOR_BEGIN,
+    phases.pipeline.ON_OPERATOR_END,
+)
 
 
 class _QueryEvents(Subscriber):
     """daft's query events, fired as observe-only phases: each gets a fresh
     map, so a plugin's updates there change nothing."""
 
-    def __init__(self, hooks: Hooks, phases: set[str], base: Callable[[], dict[str, Any]]):
+    def __init__(self, hooks: Hooks, subscribed: set[str], base: Callable[[], dict[str, Any]]):
         self.hooks, self.base = hooks, base
         self.failures: list[str] = []
         # daft sends every event of a query (stats, heartbeats, optimizer
         # steps, a few dozen) through ``on_event``'s single dispatch; only
         # those of a phase some plugin subscribes to go further.
         handlers = {
-            daft_events.QueryStarted: ("on_query_begin", self.on_query_started),
-            daft_events.QueryFinished: ("on_query_end", self.on_query_finished),
-            daft_events.OperatorStarted: ("on_operator_begin", self.on_operator_start),
-            daft_events.OperatorFinished: ("on_operator_end", self.on_operator_end),
+            daft_events.QueryStarted: (phases.pipeline.ON_QUERY_BEGIN, self.on_query_started),
+            daft_events.QueryFinished: (phases.pipeline.ON_QUERY_END, self.on_query_finished),
+            daft_events.OperatorStarted: (
+                phases.pipeline.ON_OPERATOR_BEGIN,
+                self.on_operator_start,
+            ),
+            daft_events.OperatorFinished: (phases.pipeline.ON_OPERATOR_END, self.on_operator_end),
         }
-        self._handlers = {t: h for t, (p, h) in handlers.items() if p in phases}
+        self._handlers = {t: h for t, (p, h) in handlers.items() if p in subscribed}
 
     def on_event(self, event: Any) -> None:  # type: ignore[override]
         handler = self._handlers.get(type(event))
@@ -44,15 +53,17 @@ class _QueryEvents(Subscriber):
             self.failures.append(str(e))
 
     def on_query_started(self, event: Any) -> None:
-        self._fire("on_query_begin", {"id": event.query_id})
+        self._fire(phases.pipeline.ON_QUERY_BEGIN, {"id": event.query_id})
 
     def on_query_finished(self, event: Any) -> None:
-        self._fire("on_query_end", {"id": event.query_id, "duration_ms": event.duration_ms})
+        self._fire(
+            phases.pipeline.ON_QUERY_END, {"id": event.query_id, "duration_ms": event.duration_ms}
+        )
 
     def on_operator_start(self, event: Any) -> None:
         q = {"id": event.query_id, "operator": event.name, "operator_id": event.node_id}
-        self._fire("on_operator_begin", q)
+        self._fire(phases.pipeline.ON_OPERATOR_BEGIN, q)
 
     def on_operator_end(self, event: Any) -> None:
         q = {"id": event.query_id, "operator": event.name, "operator_id": event.node_id}
-        self._fire("on_operator_end", q)
+        self._fire(phases.pipeline.ON_OPERATOR_END, q)

@@ -9,15 +9,15 @@ import time
 import uuid
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from pathlib import PurePosixPath
 from typing import Any
 
 import daft
 import pyarrow as pa
 
-from wasmhooks._native import Plugin, PluginError, Policy, WasmHooksError
+from wasmhooks import _phases as phases
+from wasmhooks._native import Plugin, PluginError, Policy, Root, WasmHooksError
 from wasmhooks._session import PathLike, PluginSpec, Session
-from wasmhooks.pipeline._cache import Root, _CacheEntries  # Root: wasmhooks._files's
+from wasmhooks.pipeline._cache import _CacheEntries
 from wasmhooks.pipeline._cache_files import _ReadCache
 from wasmhooks.pipeline._columns import _digest, _signatures
 from wasmhooks.pipeline._dag import Node, Pipeline, PipelineError
@@ -151,8 +151,8 @@ class PipelineRunner(_CacheEntries):
         self._running: list[str] = []
 
     def _worker_plugins(self) -> _WorkerPlugins | None:
-        names = set(self.hooks.subscribers("on_batch_begin"))
-        names |= set(self.hooks.subscribers("on_batch_end"))
+        names = set(self.hooks.subscribers(phases.pipeline.ON_BATCH_BEGIN))
+        names |= set(self.hooks.subscribers(phases.pipeline.ON_BATCH_END))
         if not names:
             return None
         chosen: list[tuple[Plugin, Any]] = [
@@ -164,7 +164,7 @@ class PipelineRunner(_CacheEntries):
             # A job's file: read as a regular file within the cap, never
             # through a symlink; the worker checks its digest again.
             folder, name = os.path.split(p.file)
-            with Root(folder) as root, root.open_read(PurePosixPath(name), cap) as f:
+            with Root(folder) as root, root.open(name, cap) as f:
                 plugins.append((f.read(), p.name, config))
         # Per runner: its own instances here, fresh ones in a worker.
         key = _digest(uuid.uuid4().hex, *(p.sha256 + repr(c) for p, c in chosen))
@@ -212,7 +212,7 @@ class PipelineRunner(_CacheEntries):
             daft.attach_subscriber(alias, events)
         try:
             self._fire(
-                "on_pipeline_begin",
+                phases.pipeline.ON_PIPELINE_BEGIN,
                 {
                     **base,
                     "nodes": [n.name for n in self.pipeline.nodes],
@@ -232,7 +232,7 @@ class PipelineRunner(_CacheEntries):
             error = {"node": None, "type": type(e).__name__, "message": str(e)[:2000]}
             data.setdefault("error", error)
             with _noted(e):
-                self._fire("on_pipeline_error", {})
+                self._fire(phases.pipeline.ON_PIPELINE_ERROR, {})
             raise
         finally:
             if self._query_phases:
@@ -241,7 +241,7 @@ class PipelineRunner(_CacheEntries):
             try:
                 with _noted(failure):
                     end = {"status": status, "elapsed_ms": report.elapsed_ms}
-                    self._fire("on_pipeline_end", end)
+                    self._fire(phases.pipeline.ON_PIPELINE_END, end)
             finally:
                 # Even when a plugin fails at on_pipeline_end.
                 self.hooks.flush(self.flush_timeout_s)
@@ -296,21 +296,26 @@ class PipelineRunner(_CacheEntries):
         inputs = self._inputs(n.inputs, table.num_rows, sigs)
         signature = _digest("node", n.name, n.version, inputs["signature"])
         begin = self._fire(
-            "on_node_begin", {"node": n.name, "node_version": n.version, "inputs": inputs}
+            phases.pipeline.ON_NODE_BEGIN,
+            {"node": n.name, "node_version": n.version, "inputs": inputs},
         )
         column, reason = None, ""
         reports = [begin]
         if "cache_signature" in data:
-            reports.insert(0, self._fire("on_cache_check", {}))
+            reports.insert(0, self._fire(phases.pipeline.ON_CACHE_CHECK, {}))
         if data.get("skip_execution") is True:
             column, reason, size = self._cached(n, table.num_rows, reports)
             if column is not None:
-                self._fire("on_cache_hit", {"cache_hit": True, "cache_bytes": size})
+                self._fire(phases.pipeline.ON_CACHE_HIT, {"cache_hit": True, "cache_bytes": size})
             else:
-                self._fire("on_cache_miss", {"cache_hit": False, "cache_miss_reason": reason})
+                self._fire(
+                    phases.pipeline.ON_CACHE_MISS, {"cache_hit": False, "cache_miss_reason": reason}
+                )
         elif "cache_signature" in data:
             reason = "no entry"
-            self._fire("on_cache_miss", {"cache_hit": False, "cache_miss_reason": reason})
+            self._fire(
+                phases.pipeline.ON_CACHE_MISS, {"cache_hit": False, "cache_miss_reason": reason}
+            )
         if column is None:
             data.pop("skip_execution", None)
         keys = {k: data[k] for k in NODE_KEYS if k in data}
@@ -335,7 +340,7 @@ class PipelineRunner(_CacheEntries):
             "dtype": str(n.dtype),
         }
         end = self._fire(
-            "on_node_end",
+            phases.pipeline.ON_NODE_END,
             {"outputs": outputs, "cache_hit": p.outcome == "cached", "elapsed_ms": elapsed},
         )
         if p.outcome == "computed" and isinstance(data.get("cache_store"), str):
@@ -397,7 +402,7 @@ class PipelineRunner(_CacheEntries):
         cause = e.__cause__ if type(e).__name__ == "UDFException" and e.__cause__ else e
         error = {"node": n.name, "type": type(cause).__name__, "message": str(cause)[:2000]}
         try:
-            self._fire("on_node_error", {"error": error})
+            self._fire(phases.pipeline.ON_NODE_ERROR, {"error": error})
         except PluginError as pe:
             raise pe from e
         if data.get("error_action") == "ignore":

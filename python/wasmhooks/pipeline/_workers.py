@@ -19,6 +19,7 @@ import daft
 import pyarrow as pa
 from daft.udf import Func as DaftFunc
 
+from wasmhooks import _phases as phases
 from wasmhooks._native import Hooks, Host, Policy
 from wasmhooks.pipeline._columns import _as_arrow
 from wasmhooks.pipeline._dag import Node
@@ -113,11 +114,11 @@ def _run_batch(
     hooks = worker.hooks
     batch = {"index": worker.next_batch(name), "rows": rows, "worker": worker.tag}
     data: dict[str, Any] = {"pipeline": pipeline, "node": name, "mode": mode, "batch": batch}
-    hooks.fire("on_batch_begin", data)
+    hooks.fire(phases.pipeline.ON_BATCH_BEGIN, data)
     start = time.perf_counter()
     out = _as_arrow(fn(*cols), rows, name)
     data["elapsed_ms"] = (time.perf_counter() - start) * 1e3
-    hooks.fire("on_batch_end", data)
+    hooks.fire(phases.pipeline.ON_BATCH_END, data)
     return out
 
 
