@@ -20,12 +20,16 @@ PACKAGE = Path(_phases.__file__).parent
 #: may still subscribe to them). A phase added to the schema leaves this
 #: list, and the adapter fires it through ``_phases``.
 ADAPTERS = {
-    "transformers.py": (
-        "training",
-        {"on_init_end", "on_substep_end", "on_predict", "on_prediction_step", "on_push_begin"},
-    ),
-    "lightning.py": ("training", {"on_fit_start", "on_exception"}),
+    "transformers.py": ("training", set()),
+    "lightning.py": ("training", set()),
     "ray_llm.py": ("node", set()),
+    "ray/driver.py": ("node", set()),
+    "ray/tasks.py": ("node", set()),
+    "pipeline/__init__.py": ("pipeline", set()),
+    "pipeline/_runner.py": ("pipeline", set()),
+    "pipeline/_cache.py": ("pipeline", set()),
+    "pipeline/_query.py": ("pipeline", set()),
+    "pipeline/_workers.py": ("pipeline", set()),
 }
 
 

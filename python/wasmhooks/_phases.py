@@ -128,6 +128,12 @@ class pipeline:
 class training:
     """Training: the reference trainer, HF Transformers' Trainer, Lightning, Ray Train."""
 
+    ON_INIT_END = "on_init_end"
+    """at the end of the trainer's construction; HF."""
+
+    ON_FIT_START = "on_fit_start"
+    """when fit starts, before on_train_begin; Lightning."""
+
     ON_TRAIN_BEGIN = "on_train_begin"
     """once, before the first step."""
 
@@ -149,6 +155,9 @@ class training:
     ON_OPTIMIZER_STEP = "on_optimizer_step"
     """after the optimizer steps."""
 
+    ON_SUBSTEP_END = "on_substep_end"
+    """after each gradient-accumulation substep; HF."""
+
     ON_STEP_END = "on_step_end"
     """after each step; control flags are read here."""
 
@@ -158,16 +167,30 @@ class training:
     ON_EVALUATE = "on_evaluate"
     """after an evaluation, with its metrics."""
 
+    ON_PREDICTION_STEP = "on_prediction_step"
+    """after each prediction step; HF."""
+
+    ON_PREDICT = "on_predict"
+    """after a prediction run, with its metrics; HF."""
+
     ON_SAVE = "on_save"
     """after a checkpoint is written."""
 
     ON_EPOCH_END = "on_epoch_end"
     """at the end of each epoch."""
 
+    ON_PUSH_BEGIN = "on_push_begin"
+    """before the model is pushed to a hub; HF."""
+
+    ON_EXCEPTION = "on_exception"
+    """when the run raises, before on_train_end; Lightning."""
+
     ON_TRAIN_END = "on_train_end"
     """on every exit path: completion, a stop, an error."""
 
     ALL = (
+        ON_INIT_END,
+        ON_FIT_START,
         ON_TRAIN_BEGIN,
         ON_EPOCH_BEGIN,
         ON_STEP_BEGIN,
@@ -175,11 +198,16 @@ class training:
         ON_AFTER_BACKWARD,
         ON_PRE_OPTIMIZER_STEP,
         ON_OPTIMIZER_STEP,
+        ON_SUBSTEP_END,
         ON_STEP_END,
         ON_LOG,
         ON_EVALUATE,
+        ON_PREDICTION_STEP,
+        ON_PREDICT,
         ON_SAVE,
         ON_EPOCH_END,
+        ON_PUSH_BEGIN,
+        ON_EXCEPTION,
         ON_TRAIN_END,
     )
     """Every phase of the lifecycle, in the schema's order."""

@@ -141,7 +141,7 @@ class WasmHooksCallback(pl.Callback):
             self._session.start(int(trainer.global_rank))
 
     def on_fit_start(self, trainer, pl_module):
-        self._fire("on_fit_start", trainer)
+        self._fire(phases.training.ON_FIT_START, trainer)
 
     def on_train_start(self, trainer, pl_module):
         self._fire(phases.training.ON_TRAIN_BEGIN, trainer)
@@ -179,7 +179,7 @@ class WasmHooksCallback(pl.Callback):
 
     def on_exception(self, trainer, pl_module, exception):
         if self._session.hooks is not None:
-            self._fire("on_exception", trainer, error=str(exception)[:2048])
+            self._fire(phases.training.ON_EXCEPTION, trainer, error=str(exception)[:2048])
 
     def on_train_end(self, trainer, pl_module):
         if self._session.hooks is None:

@@ -196,7 +196,7 @@ class WasmHooksCallback(TrainerCallback, ExportableState):
 
     # HF's events, each firing the wasmhooks phase of its name.
     def on_init_end(self, args, state, control, **kwargs):
-        self._fire("on_init_end", args, state, control)
+        self._fire(phases.training.ON_INIT_END, args, state, control)
 
     def on_train_begin(self, args, state, control, **kwargs):
         if self._session.hooks is None:
@@ -217,7 +217,7 @@ class WasmHooksCallback(TrainerCallback, ExportableState):
         self._fire(phases.training.ON_OPTIMIZER_STEP, args, state, control)
 
     def on_substep_end(self, args, state, control, **kwargs):
-        self._fire("on_substep_end", args, state, control)
+        self._fire(phases.training.ON_SUBSTEP_END, args, state, control)
 
     def on_step_end(self, args, state, control, **kwargs):
         self._fire(phases.training.ON_STEP_END, args, state, control)
@@ -237,10 +237,10 @@ class WasmHooksCallback(TrainerCallback, ExportableState):
 
     def on_predict(self, args, state, control, metrics=None, **kwargs):
         metrics = metrics or {}
-        self._fire("on_predict", args, state, control, metrics=numbers(metrics))
+        self._fire(phases.training.ON_PREDICT, args, state, control, metrics=numbers(metrics))
 
     def on_prediction_step(self, args, state, control, **kwargs):
-        self._fire("on_prediction_step", args, state, control)
+        self._fire(phases.training.ON_PREDICTION_STEP, args, state, control)
 
     def on_log(self, args, state, control, logs=None, **kwargs):
         logs = numbers(logs)
@@ -263,7 +263,7 @@ class WasmHooksCallback(TrainerCallback, ExportableState):
         self._agree(control)
 
     def on_push_begin(self, args, state, control, **kwargs):
-        self._fire("on_push_begin", args, state, control)
+        self._fire(phases.training.ON_PUSH_BEGIN, args, state, control)
 
     def on_train_end(self, args, state, control, **kwargs):
         if self._session.hooks is None:

@@ -53,6 +53,10 @@
 #define WASMHOOKS_PHASE_ON_OPERATOR_BEGIN "on_operator_begin"
 // pipeline: an operator of daft's plan finished; observe-only.
 #define WASMHOOKS_PHASE_ON_OPERATOR_END "on_operator_end"
+// training: at the end of the trainer's construction; HF.
+#define WASMHOOKS_PHASE_ON_INIT_END "on_init_end"
+// training: when fit starts, before on_train_begin; Lightning.
+#define WASMHOOKS_PHASE_ON_FIT_START "on_fit_start"
 // training: once, before the first step.
 #define WASMHOOKS_PHASE_ON_TRAIN_BEGIN "on_train_begin"
 // training: at the start of each epoch.
@@ -67,16 +71,26 @@
 #define WASMHOOKS_PHASE_ON_PRE_OPTIMIZER_STEP "on_pre_optimizer_step"
 // training: after the optimizer steps.
 #define WASMHOOKS_PHASE_ON_OPTIMIZER_STEP "on_optimizer_step"
+// training: after each gradient-accumulation substep; HF.
+#define WASMHOOKS_PHASE_ON_SUBSTEP_END "on_substep_end"
 // training: after each step; control flags are read here.
 #define WASMHOOKS_PHASE_ON_STEP_END "on_step_end"
 // training: when metrics are logged.
 #define WASMHOOKS_PHASE_ON_LOG "on_log"
 // training: after an evaluation, with its metrics.
 #define WASMHOOKS_PHASE_ON_EVALUATE "on_evaluate"
+// training: after each prediction step; HF.
+#define WASMHOOKS_PHASE_ON_PREDICTION_STEP "on_prediction_step"
+// training: after a prediction run, with its metrics; HF.
+#define WASMHOOKS_PHASE_ON_PREDICT "on_predict"
 // training: after a checkpoint is written.
 #define WASMHOOKS_PHASE_ON_SAVE "on_save"
 // training: at the end of each epoch.
 #define WASMHOOKS_PHASE_ON_EPOCH_END "on_epoch_end"
+// training: before the model is pushed to a hub; HF.
+#define WASMHOOKS_PHASE_ON_PUSH_BEGIN "on_push_begin"
+// training: when the run raises, before on_train_end; Lightning.
+#define WASMHOOKS_PHASE_ON_EXCEPTION "on_exception"
 // training: on every exit path: completion, a stop, an error.
 #define WASMHOOKS_PHASE_ON_TRAIN_END "on_train_end"
 

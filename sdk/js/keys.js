@@ -53,6 +53,10 @@ export const phases = Object.freeze({
   ON_OPERATOR_BEGIN: "on_operator_begin",
   /** pipeline: an operator of daft's plan finished; observe-only. */
   ON_OPERATOR_END: "on_operator_end",
+  /** training: at the end of the trainer's construction; HF. */
+  ON_INIT_END: "on_init_end",
+  /** training: when fit starts, before on_train_begin; Lightning. */
+  ON_FIT_START: "on_fit_start",
   /** training: once, before the first step. */
   ON_TRAIN_BEGIN: "on_train_begin",
   /** training: at the start of each epoch. */
@@ -67,16 +71,26 @@ export const phases = Object.freeze({
   ON_PRE_OPTIMIZER_STEP: "on_pre_optimizer_step",
   /** training: after the optimizer steps. */
   ON_OPTIMIZER_STEP: "on_optimizer_step",
+  /** training: after each gradient-accumulation substep; HF. */
+  ON_SUBSTEP_END: "on_substep_end",
   /** training: after each step; control flags are read here. */
   ON_STEP_END: "on_step_end",
   /** training: when metrics are logged. */
   ON_LOG: "on_log",
   /** training: after an evaluation, with its metrics. */
   ON_EVALUATE: "on_evaluate",
+  /** training: after each prediction step; HF. */
+  ON_PREDICTION_STEP: "on_prediction_step",
+  /** training: after a prediction run, with its metrics; HF. */
+  ON_PREDICT: "on_predict",
   /** training: after a checkpoint is written. */
   ON_SAVE: "on_save",
   /** training: at the end of each epoch. */
   ON_EPOCH_END: "on_epoch_end",
+  /** training: before the model is pushed to a hub; HF. */
+  ON_PUSH_BEGIN: "on_push_begin",
+  /** training: when the run raises, before on_train_end; Lightning. */
+  ON_EXCEPTION: "on_exception",
   /** training: on every exit path: completion, a stop, an error. */
   ON_TRAIN_END: "on_train_end",
 });

@@ -82,6 +82,12 @@ class phases:
     ON_OPERATOR_END = "on_operator_end"
     """pipeline: an operator of daft's plan finished; observe-only."""
 
+    ON_INIT_END = "on_init_end"
+    """training: at the end of the trainer's construction; HF."""
+
+    ON_FIT_START = "on_fit_start"
+    """training: when fit starts, before on_train_begin; Lightning."""
+
     ON_TRAIN_BEGIN = "on_train_begin"
     """training: once, before the first step."""
 
@@ -103,6 +109,9 @@ class phases:
     ON_OPTIMIZER_STEP = "on_optimizer_step"
     """training: after the optimizer steps."""
 
+    ON_SUBSTEP_END = "on_substep_end"
+    """training: after each gradient-accumulation substep; HF."""
+
     ON_STEP_END = "on_step_end"
     """training: after each step; control flags are read here."""
 
@@ -112,11 +121,23 @@ class phases:
     ON_EVALUATE = "on_evaluate"
     """training: after an evaluation, with its metrics."""
 
+    ON_PREDICTION_STEP = "on_prediction_step"
+    """training: after each prediction step; HF."""
+
+    ON_PREDICT = "on_predict"
+    """training: after a prediction run, with its metrics; HF."""
+
     ON_SAVE = "on_save"
     """training: after a checkpoint is written."""
 
     ON_EPOCH_END = "on_epoch_end"
     """training: at the end of each epoch."""
+
+    ON_PUSH_BEGIN = "on_push_begin"
+    """training: before the model is pushed to a hub; HF."""
+
+    ON_EXCEPTION = "on_exception"
+    """training: when the run raises, before on_train_end; Lightning."""
 
     ON_TRAIN_END = "on_train_end"
     """training: on every exit path: completion, a stop, an error."""

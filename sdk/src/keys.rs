@@ -53,6 +53,10 @@ pub mod phases {
     pub const ON_OPERATOR_BEGIN: &str = "on_operator_begin";
     /// pipeline: an operator of daft's plan finished; observe-only.
     pub const ON_OPERATOR_END: &str = "on_operator_end";
+    /// training: at the end of the trainer's construction; HF.
+    pub const ON_INIT_END: &str = "on_init_end";
+    /// training: when fit starts, before on_train_begin; Lightning.
+    pub const ON_FIT_START: &str = "on_fit_start";
     /// training: once, before the first step.
     pub const ON_TRAIN_BEGIN: &str = "on_train_begin";
     /// training: at the start of each epoch.
@@ -67,16 +71,26 @@ pub mod phases {
     pub const ON_PRE_OPTIMIZER_STEP: &str = "on_pre_optimizer_step";
     /// training: after the optimizer steps.
     pub const ON_OPTIMIZER_STEP: &str = "on_optimizer_step";
+    /// training: after each gradient-accumulation substep; HF.
+    pub const ON_SUBSTEP_END: &str = "on_substep_end";
     /// training: after each step; control flags are read here.
     pub const ON_STEP_END: &str = "on_step_end";
     /// training: when metrics are logged.
     pub const ON_LOG: &str = "on_log";
     /// training: after an evaluation, with its metrics.
     pub const ON_EVALUATE: &str = "on_evaluate";
+    /// training: after each prediction step; HF.
+    pub const ON_PREDICTION_STEP: &str = "on_prediction_step";
+    /// training: after a prediction run, with its metrics; HF.
+    pub const ON_PREDICT: &str = "on_predict";
     /// training: after a checkpoint is written.
     pub const ON_SAVE: &str = "on_save";
     /// training: at the end of each epoch.
     pub const ON_EPOCH_END: &str = "on_epoch_end";
+    /// training: before the model is pushed to a hub; HF.
+    pub const ON_PUSH_BEGIN: &str = "on_push_begin";
+    /// training: when the run raises, before on_train_end; Lightning.
+    pub const ON_EXCEPTION: &str = "on_exception";
     /// training: on every exit path: completion, a stop, an error.
     pub const ON_TRAIN_END: &str = "on_train_end";
 }

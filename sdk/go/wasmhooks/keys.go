@@ -55,6 +55,10 @@ const (
 	PhaseOnOperatorBegin = "on_operator_begin"
 	// pipeline: an operator of daft's plan finished; observe-only.
 	PhaseOnOperatorEnd = "on_operator_end"
+	// training: at the end of the trainer's construction; HF.
+	PhaseOnInitEnd = "on_init_end"
+	// training: when fit starts, before on_train_begin; Lightning.
+	PhaseOnFitStart = "on_fit_start"
 	// training: once, before the first step.
 	PhaseOnTrainBegin = "on_train_begin"
 	// training: at the start of each epoch.
@@ -69,16 +73,26 @@ const (
 	PhaseOnPreOptimizerStep = "on_pre_optimizer_step"
 	// training: after the optimizer steps.
 	PhaseOnOptimizerStep = "on_optimizer_step"
+	// training: after each gradient-accumulation substep; HF.
+	PhaseOnSubstepEnd = "on_substep_end"
 	// training: after each step; control flags are read here.
 	PhaseOnStepEnd = "on_step_end"
 	// training: when metrics are logged.
 	PhaseOnLog = "on_log"
 	// training: after an evaluation, with its metrics.
 	PhaseOnEvaluate = "on_evaluate"
+	// training: after each prediction step; HF.
+	PhaseOnPredictionStep = "on_prediction_step"
+	// training: after a prediction run, with its metrics; HF.
+	PhaseOnPredict = "on_predict"
 	// training: after a checkpoint is written.
 	PhaseOnSave = "on_save"
 	// training: at the end of each epoch.
 	PhaseOnEpochEnd = "on_epoch_end"
+	// training: before the model is pushed to a hub; HF.
+	PhaseOnPushBegin = "on_push_begin"
+	// training: when the run raises, before on_train_end; Lightning.
+	PhaseOnException = "on_exception"
 	// training: on every exit path: completion, a stop, an error.
 	PhaseOnTrainEnd = "on_train_end"
 )
