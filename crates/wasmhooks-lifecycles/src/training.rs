@@ -1,4 +1,4 @@
-//! The training lifecycle: a real model trained on a real data set, with
+//! The training lifecycle of the embedded reference trainer: a real model trained on a real data set, with
 //! the plugins called at every phase of every step, and control flowing
 //! back through data keys as in HF's `TrainerControl`:
 //! `should_training_stop`, `should_save`, `should_evaluate`, `should_log`.
@@ -23,8 +23,10 @@ use serde_json::{Value, json};
 
 pub use checkpoint::Checkpoint;
 pub use collective::{Collective, Solo, Tcp};
-pub use dataset::{Dataset, Split};
-pub use model::{Mlp, Sgd};
+// The reference's model and data set are its own: the CLI runs them, and
+// no embedder builds on them.
+pub(crate) use dataset::{Dataset, Split};
+pub(crate) use model::{Mlp, Sgd};
 
 use super::{Driver, LifecycleError, PhaseTimings};
 use wasmhooks::files::Root;
@@ -32,8 +34,8 @@ use wasmhooks::schema::phases::training as phase;
 use wasmhooks::{DataMap, Hooks, JobLimits};
 
 /// The phases the reference trainer fires, in the order they first fire:
-/// the schema's training phases but `on_pre_optimizer_step`, which only the
-/// HF and Lightning adapters fire.
+/// the schema's training phases but those only the HF or Lightning adapters
+/// fire (`on_pre_optimizer_step`, `on_init_end`, ...; the schema marks them).
 pub const PHASES: [&str; 12] = [
     phase::ON_TRAIN_BEGIN,
     phase::ON_EPOCH_BEGIN,

@@ -20,10 +20,10 @@ pub struct Checkpoint {
     pub epoch: u64,
     /// Batches of that epoch already done.
     pub batch_in_epoch: u64,
-    /// The model.
-    pub model: Mlp,
+    /// The model (the embedded reference's own, not public API).
+    pub(crate) model: Mlp,
     /// The optimizer.
-    pub optimizer: Sgd,
+    pub(crate) optimizer: Sgd,
     /// The last evaluation loss, if there was one.
     pub eval_loss: Option<f64>,
     /// Plugin states, by plugin name.

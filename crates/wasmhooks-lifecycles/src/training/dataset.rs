@@ -29,11 +29,6 @@ impl Split {
         self.y.len()
     }
 
-    /// Whether the split has no samples.
-    pub fn is_empty(&self) -> bool {
-        self.y.is_empty()
-    }
-
     /// Every `world_size`-th sample from `rank`: this rank's shard.
     pub fn shard(&self, rank: usize, world_size: usize) -> Split {
         let pick = |i: &usize| i % world_size == rank;
@@ -63,6 +58,7 @@ pub struct Dataset {
 impl Dataset {
     /// Reads the CSV at `path` (a regular file of at most 256 MiB), holds
     /// out `eval_fraction` of it, and standardizes the features.
+    #[cfg(test)]
     pub fn load(path: &Path, eval_fraction: f64, seed: u64) -> Result<Self, String> {
         let bytes = wasmhooks::files::read_regular(path, 256 << 20)
             .map_err(|e| format!("{}: {e}", path.display()))?;
