@@ -18,53 +18,44 @@ use crate::LifecycleError;
 pub const MAX_ENTRIES: usize = 100_000;
 
 /// Packs the folder `dir` as an uncompressed tar of its files and folders,
-/// in name order, without those at the paths in `skip` (the download
-/// cache, the output). At most `max_bytes` of file content; a symlink, a
-/// FIFO, a device or a socket anywhere in it is refused.
+/// without those at the paths in `skip` (the download cache, the output).
+/// At most `max_bytes` of file content, [`MAX_ENTRIES`] entries and
+/// [`files::MAX_COMPONENTS`] levels of folders (what unpacking takes); a
+/// symlink, a FIFO, a device or a socket anywhere in it is refused. The
+/// same folder packs to the same bytes.
 pub fn pack(dir: &Path, skip: &[PathBuf], max_bytes: u64) -> Result<Vec<u8>, LifecycleError> {
     let root = Root::open(dir).map_err(LifecycleError::io(dir))?;
     let mut tar = tar::Builder::new(Vec::new());
     tar.mode(tar::HeaderMode::Deterministic);
-    let mut state = Packing {
-        skip,
-        total: 0,
-        entries: 0,
-        max_bytes,
-    };
-    state.folder(&root, Path::new(""), &mut tar)?;
-    tar.into_inner().map_err(LifecycleError::io(dir))
-}
-
-struct Packing<'a> {
-    skip: &'a [PathBuf],
-    total: u64,
-    entries: usize,
-    max_bytes: u64,
-}
-
-impl Packing<'_> {
-    fn folder(
-        &mut self,
-        folder: &Root,
-        rel: &Path,
-        tar: &mut tar::Builder<Vec<u8>>,
-    ) -> Result<(), LifecycleError> {
+    let (mut total, mut entries) = (0u64, 0usize);
+    // Folders still to list, each with its path in the bundle: a stack, not
+    // recursion, so a deep tree costs memory, not the thread's stack.
+    let mut folders = vec![(root, PathBuf::new())];
+    while let Some((folder, rel)) = folders.pop() {
         let here = folder.path().to_owned();
         for (name, kind) in folder.entries().map_err(LifecycleError::io(&here))? {
             let child = rel.join(&name);
-            if self.skip.iter().any(|s| s == &child) {
+            if skip.iter().any(|s| s == &child) {
                 continue;
             }
-            self.entries += 1;
-            if self.entries > MAX_ENTRIES {
+            entries += 1;
+            if entries > MAX_ENTRIES {
                 return Err(LifecycleError::Config(format!(
                     "{}: more than {MAX_ENTRIES} entries",
-                    folder.path().display()
+                    dir.display()
                 )));
             }
-            let io = LifecycleError::io(here.join(&name));
+            let full = here.join(&name);
+            let io = LifecycleError::io(&full);
             match kind {
                 EntryKind::Folder => {
+                    if child.components().count() >= files::MAX_COMPONENTS {
+                        return Err(LifecycleError::Config(format!(
+                            "{}: folders nested more than {} deep",
+                            full.display(),
+                            files::MAX_COMPONENTS
+                        )));
+                    }
                     let mut header = tar::Header::new_gnu();
                     header.set_entry_type(tar::EntryType::Directory);
                     header.set_mode(0o755);
@@ -73,23 +64,17 @@ impl Packing<'_> {
                         .map_err(io)?;
                     let sub = folder
                         .dir(Path::new(&name), false)
-                        .map_err(LifecycleError::io(here.join(&name)))?;
-                    self.folder(&sub, &child, tar)?;
+                        .map_err(LifecycleError::io(&full))?;
+                    folders.push((sub, child));
                 }
                 EntryKind::File => {
-                    let file = folder
-                        .open_file(Path::new(&name))
-                        .map_err(LifecycleError::io(here.join(&name)))?;
-                    let len = file
-                        .metadata()
-                        .map_err(LifecycleError::io(here.join(&name)))?
-                        .len();
-                    self.total = self.total.saturating_add(len);
-                    if self.total > self.max_bytes {
+                    let file = folder.open_file(Path::new(&name)).map_err(io)?;
+                    let len = file.metadata().map_err(LifecycleError::io(&full))?.len();
+                    total = total.saturating_add(len);
+                    if total > max_bytes {
                         return Err(LifecycleError::Config(format!(
-                            "{}: the bundle's files come to more than the {} bytes a bundle may carry",
-                            here.join(&name).display(),
-                            self.max_bytes
+                            "{}: the bundle's files come to more than the {max_bytes} bytes a bundle may carry",
+                            full.display()
                         )));
                     }
                     let mut header = tar::Header::new_gnu();
@@ -97,9 +82,14 @@ impl Packing<'_> {
                     header.set_mode(0o644);
                     header.set_size(len);
                     // Exactly the length stated: a file that grows while
-                    // read does not make the archive lie.
-                    tar.append_data(&mut header, &child, file.take(len))
-                        .map_err(io)?;
+                    // read is cut there, and one that shrinks is an error
+                    // rather than an archive that lies.
+                    let exact = Exact {
+                        inner: file.take(len),
+                        left: len,
+                    };
+                    tar.append_data(&mut header, &child, exact)
+                        .map_err(LifecycleError::io(&full))?;
                 }
                 EntryKind::Symlink | EntryKind::Other => {
                     let what = if kind == EntryKind::Symlink {
@@ -109,12 +99,35 @@ impl Packing<'_> {
                     };
                     return Err(LifecycleError::Config(format!(
                         "{}: {what}; a job bundle holds only files and folders",
-                        here.join(&name).display()
+                        full.display()
                     )));
                 }
             }
         }
-        Ok(())
+    }
+    tar.into_inner().map_err(LifecycleError::io(dir))
+}
+
+/// A reader of exactly `left` more bytes: ending sooner is an error.
+struct Exact<R> {
+    inner: R,
+    left: u64,
+}
+
+impl<R: Read> Read for Exact<R> {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        let n = self.inner.read(buf)?;
+        if n == 0 && self.left > 0 && !buf.is_empty() {
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::UnexpectedEof,
+                format!(
+                    "the file shrank while it was packed ({} bytes short)",
+                    self.left
+                ),
+            ));
+        }
+        self.left = self.left.saturating_sub(n as u64);
+        Ok(n)
     }
 }
 
@@ -125,16 +138,24 @@ impl Packing<'_> {
 pub fn unpack(data: &[u8], into: &Root, name: &str) -> Result<PathBuf, LifecycleError> {
     let name_path =
         files::relative("bundle name", Path::new(name)).map_err(LifecycleError::Config)?;
+    if name_path.components().count() != 1 {
+        return Err(LifecycleError::Config(format!(
+            "bundle name {:?}: one folder name",
+            wasmhooks::clean_text(name, 80)
+        )));
+    }
     let final_path = into.path().join(&name_path);
     if into.dir(&name_path, false).is_ok() {
         return Ok(final_path);
     }
-    let tmp = format!(
-        ".{}-{}-{}",
-        &name[..name.len().min(16)],
-        std::process::id(),
-        unique()
-    );
+    // A name of the caller's (a sha256 on Ray): only its first letters and
+    // digits name the temporary folder.
+    let short: String = name
+        .chars()
+        .filter(char::is_ascii_alphanumeric)
+        .take(16)
+        .collect();
+    let tmp = format!(".{short}-{}-{}", std::process::id(), unique());
     let tmp_path = Path::new(&tmp);
     let result = extract(data, into, tmp_path);
     let result = result.and_then(|()| match into.rename(tmp_path, &name_path) {
@@ -219,6 +240,18 @@ mod tests {
             1,
             "no temporary folder is left"
         );
+
+        let mut deep = job.path().join("deep");
+        for _ in 0..70 {
+            deep.push("d");
+        }
+        std::fs::create_dir_all(&deep).unwrap();
+        let err = pack(job.path(), &[], 1 << 20).unwrap_err().to_string();
+        assert!(err.contains("nested more than 64 deep"), "{err}");
+        std::fs::remove_dir_all(job.path().join("deep")).unwrap();
+        let err = unpack(&data, &into, "a/b").unwrap_err().to_string();
+        assert!(err.contains("one folder name"), "{err}");
+        assert!(unpack(&data, &into, &("a".repeat(15) + "é")).is_ok());
 
         std::os::unix::fs::symlink("/etc", job.path().join("plugins/etc")).unwrap();
         let err = pack(job.path(), &[], 1 << 20).unwrap_err().to_string();

@@ -93,8 +93,17 @@ impl JobBundle {
             .map_err(LifecycleError::io(&path))?;
         let text = String::from_utf8(bytes)
             .map_err(|e| LifecycleError::Config(format!("{}: {e}", path.display())))?;
-        let spec: JobSpec = toml::from_str(&text)
-            .map_err(|e| LifecycleError::Config(format!("{}: {e}", path.display())))?;
+        let spec: JobSpec = toml::from_str(&text).map_err(|e| {
+            // The parser quotes the line at fault, which the job chose (a
+            // line may be a MiB): each line of the message is cut.
+            let said: Vec<String> = e
+                .to_string()
+                .lines()
+                .take(20)
+                .map(|l| wasmhooks::clean_text(l, 300))
+                .collect();
+            LifecycleError::Config(format!("{}: {}", path.display(), said.join("\n")))
+        })?;
         let config = serde_json::to_value(&spec)
             .map_err(|e| LifecycleError::Config(format!("{}: {e}", path.display())))?;
         let in_file =

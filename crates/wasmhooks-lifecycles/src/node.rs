@@ -381,12 +381,26 @@ fn start_engine(
         .job_dir
         .join(&config.cache_dir)
         .join(&config.model_id);
-    let model_dir = d
+    // A plugin may have rewritten `download_result`: its folder, as any
+    // path a plugin leaves, must stay inside the job's folder.
+    let model_dir = match d
         .data
         .get("download_result")
         .and_then(|r| r.get("dir"))
         .and_then(Value::as_str)
-        .map_or(model_dir, PathBuf::from);
+    {
+        None => model_dir,
+        Some(dir) => {
+            let dir = Path::new(dir);
+            let rel = match dir.strip_prefix(&config.job_dir) {
+                Ok(rel) if dir.is_absolute() => rel,
+                _ => dir,
+            };
+            let rel = files::relative("download_result.dir", rel)
+                .map_err(|m| LifecycleError::Config(format!("{m}, as the plugins left it")))?;
+            config.job_dir.join(rel)
+        }
+    };
     let engine = engine::start(
         template,
         job_args,

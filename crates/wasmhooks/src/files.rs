@@ -175,13 +175,19 @@ impl Root {
             Err(e) if e.kind() != io::ErrorKind::NotFound => return Err(e),
             _ => {}
         }
-        let mut file = parent
+        let written = parent
             .dir
-            .open_with(&tmp, nofollow_file().write(true).create_new(true))?;
-        file.write_all(bytes)?;
-        file.sync_data()?;
-        drop(file);
-        parent.dir.rename(&tmp, &parent.dir, name)
+            .open_with(&tmp, nofollow_file().write(true).create_new(true))
+            .and_then(|mut file| {
+                file.write_all(bytes)?;
+                file.sync_data()
+            })
+            .and_then(|()| parent.dir.rename(&tmp, &parent.dir, name));
+        if written.is_err() {
+            // No half-written file left behind under the temporary name.
+            let _ = parent.dir.remove_file_or_symlink(&tmp);
+        }
+        written
     }
 
     /// Creates `rel` anew (replacing a file or symlink there) for writing.

@@ -101,6 +101,9 @@ pub fn fetch_all(
         .timeout_connect(Some(Duration::from_secs(10)))
         // A stall, not the whole transfer: each read restarts the clock.
         .timeout_per_read(Some(fetch.stall))
+        // The response's head, however slowly it trickles in, within one
+        // stall; its body is held to a floor of bytes a second (`Floor`).
+        .timeout_recv_response(Some(fetch.stall))
         .http_status_as_error(false)
         .build()
         .into();
@@ -129,12 +132,12 @@ fn fetch_one(
 ) -> Result<Fetched, LifecycleError> {
     let rel = safe_path(&file.path)?;
     let io = |e| LifecycleError::io(fetch.dir.path().join(&rel))(e);
+    // Hashed only within the budget: a file larger than this one may take
+    // (a sparse terabyte planted in the cache) is a miss, not hours read.
     if let Some(bytes) = regular_len(fetch.dir, &rel).map_err(io)?
+        && bytes <= budget
         && sha256_file(fetch.dir, &rel)? == file.sha256
     {
-        if bytes > budget {
-            return Err(over_budget(&file.path, budget));
-        }
         return Ok(Fetched {
             path: file.path.clone(),
             bytes,
@@ -240,7 +243,12 @@ fn transfer(
             "{url}: only file://, http:// and https:// sources are supported"
         )));
     }
-    let have = regular_len(fetch.dir, part).map_err(text)?.unwrap_or(0);
+    let mut have = regular_len(fetch.dir, part).map_err(text)?.unwrap_or(0);
+    if have > budget {
+        // Not ours to hash or resume: more than this file may take.
+        fetch.dir.remove(part).map_err(text)?;
+        have = 0;
+    }
     let mut request = agent.get(url);
     if have > 0 {
         request = request.header("Range", format!("bytes={have}-"));
@@ -268,7 +276,7 @@ fn transfer(
         return Err(Failure::OverBudget);
     }
     let bar = progress(url, total, resumed);
-    let body = response.into_body().into_reader();
+    let body = Floor::new(response.into_body().into_reader(), fetch.stall);
     let got = copy_capped(bar.wrap_read(body), out, budget.saturating_sub(resumed))?
         .saturating_add(resumed);
     bar.finish_and_clear();
@@ -280,6 +288,54 @@ fn transfer(
         )));
     }
     Ok(resumed)
+}
+
+/// Bytes a second a transfer must keep up, averaged over each stall window:
+/// a source that sends a byte now and then never stalls a read, and would
+/// otherwise hold the download (and the cache folder's lock) for days.
+const MIN_BYTES_PER_S: u64 = 1024;
+
+/// A body reader held to [`MIN_BYTES_PER_S`] over every window of `window`.
+struct Floor<R> {
+    inner: R,
+    window: Duration,
+    started: std::time::Instant,
+    got: u64,
+}
+
+impl<R> Floor<R> {
+    fn new(inner: R, window: Duration) -> Self {
+        Floor {
+            inner,
+            window,
+            started: std::time::Instant::now(),
+            got: 0,
+        }
+    }
+}
+
+impl<R: Read> Read for Floor<R> {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        let n = self.inner.read(buf)?;
+        self.got = self.got.saturating_add(n as u64);
+        let elapsed = self.started.elapsed();
+        if elapsed >= self.window {
+            let floor = MIN_BYTES_PER_S.saturating_mul(self.window.as_secs().max(1));
+            if self.got < floor && n > 0 {
+                return Err(std::io::Error::new(
+                    std::io::ErrorKind::TimedOut,
+                    format!(
+                        "{} bytes in {} s: slower than {MIN_BYTES_PER_S} bytes a second",
+                        self.got,
+                        elapsed.as_secs()
+                    ),
+                ));
+            }
+            self.started = std::time::Instant::now();
+            self.got = 0;
+        }
+        Ok(n)
+    }
 }
 
 /// Copies at most `budget` bytes; more is `OverBudget`.
@@ -441,5 +497,42 @@ mod tests {
         .unwrap_err()
         .to_string();
         assert!(err.contains("leaves its folder"), "{err}");
+    }
+
+    #[test]
+    fn a_trickle_is_cut_and_an_oversized_cache_file_is_not_read() {
+        // One byte every 30 ms: never a stalled read, far under the floor.
+        struct Trickle;
+        impl Read for Trickle {
+            fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+                std::thread::sleep(Duration::from_millis(30));
+                buf[0] = b'x';
+                Ok(1)
+            }
+        }
+        let mut floor = Floor::new(Trickle, Duration::from_millis(100));
+        let err = std::io::copy(&mut floor, &mut std::io::sink()).unwrap_err();
+        assert_eq!(err.kind(), std::io::ErrorKind::TimedOut, "{err}");
+
+        let job_dir = tempfile::tempdir().unwrap();
+        std::fs::create_dir(job_dir.path().join("src")).unwrap();
+        std::fs::write(job_dir.path().join("src/w.bin"), b"weights").unwrap();
+        let job = Root::open(job_dir.path()).unwrap();
+        let cache = job.dir(Path::new("cache/m"), true).unwrap();
+        // A sparse terabyte planted at the file's name: a miss, replaced,
+        // never hashed (which would take hours).
+        let planted = std::fs::File::create(job_dir.path().join("cache/m/w.bin")).unwrap();
+        planted.set_len(1 << 40).unwrap();
+        let file = ModelFile {
+            path: "w.bin".into(),
+            sha256: format!("{:x}", Sha256::digest(b"weights")),
+            kind: "model".into(),
+        };
+        let got = fetch_all("file://src", &[file], &fetch(&cache, &job, 0, 100)).unwrap();
+        assert!(!got[0].cached);
+        assert_eq!(
+            std::fs::read(job_dir.path().join("cache/m/w.bin")).unwrap(),
+            b"weights"
+        );
     }
 }

@@ -275,7 +275,7 @@ pub fn allowed<'p>(
 
 /// An engine keyword argument's name: it becomes `--name=value`.
 fn valid_kwarg(key: &str) -> bool {
-    !key.is_empty()
+    key.starts_with(|c: char| c.is_ascii_lowercase())
         && key.len() <= 64
         && key
             .bytes()
@@ -472,10 +472,16 @@ fn own_group_dying_with_parent(command: &mut Command) {
 /// most [`MAX_ARG`] bytes, without NUL.
 pub fn check_kwargs(kwargs: &serde_json::Map<String, Value>) -> Result<(), LifecycleError> {
     let fail = |m: String| LifecycleError::Config(format!("engine: {m}"));
+    if kwargs.len() > MAX_ARGS {
+        return Err(fail(format!(
+            "engine_kwargs: at most {MAX_ARGS} arguments, not {}",
+            kwargs.len()
+        )));
+    }
     for (key, value) in kwargs {
         if !valid_kwarg(key) {
             return Err(fail(format!(
-                "engine_kwargs key {:?} must be 1 to 64 of a-z, 0-9 and '_'",
+                "engine_kwargs key {:?} must be 1 to 64 of a-z, 0-9 and '_', from a letter",
                 wasmhooks::clean_text(key, 80)
             )));
         }

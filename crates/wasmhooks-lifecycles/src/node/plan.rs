@@ -60,6 +60,7 @@ pub fn check_resources(resources: &Resources, place: &str) -> Result<(), String>
     let ok = (1..=MAX_RESOURCES).contains(&resources.len())
         && resources.iter().all(|(k, v)| {
             (1..=MAX_RESOURCE_NAME).contains(&k.len())
+                && !k.chars().any(char::is_control)
                 && v.is_finite()
                 && (0.0..MAX_RESOURCE_VALUE).contains(v)
         });
@@ -67,7 +68,7 @@ pub fn check_resources(resources: &Resources, place: &str) -> Result<(), String>
         Ok(())
     } else {
         Err(format!(
-            "{place} must map 1 to {MAX_RESOURCES} resource names to numbers from 0 to 1e9"
+            "{place} must map 1 to {MAX_RESOURCES} resource names (printable) to numbers from 0 to 1e9"
         ))
     }
 }
