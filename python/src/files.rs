@@ -56,6 +56,12 @@ impl Root {
         }
     }
 
+    /// The plain descriptor `fileno()` opened, if it has.
+    fn plain_fd(&self) -> Option<i32> {
+        let plain = self.plain.lock().unwrap_or_else(PoisonError::into_inner);
+        plain.as_ref().map(AsRawFd::as_raw_fd)
+    }
+
     /// Where it is.
     pub(crate) fn path_str(&self) -> String {
         self.path.display().to_string()
@@ -105,16 +111,26 @@ impl Root {
     /// The folder's descriptor (for `flock`, `fstat`); it stays this
     /// root's, open while the root is.
     fn fileno(&self, py: Python<'_>) -> PyResult<i32> {
-        let mut plain = self.plain.lock().unwrap_or_else(PoisonError::into_inner);
-        if plain.is_none() {
-            *plain = Some(self.with(py, plain_fd)?);
+        if let Some(fd) = self.plain_fd() {
+            return Ok(fd);
         }
-        Ok(plain.as_ref().map_or(-1, |fd| fd.as_raw_fd()))
+        // Opened without holding `plain` (nor, in `with`, the GIL): a
+        // second thread asking at the same time opens its own, and the
+        // first one stored is kept.
+        let fresh = self.with(py, plain_fd)?;
+        let mut plain = self.plain.lock().unwrap_or_else(PoisonError::into_inner);
+        Ok(plain.get_or_insert(fresh).as_raw_fd())
     }
 
     /// Closes the folder's descriptor (and with it any lock taken on it);
     /// closing twice is harmless.
     fn close(&self) {
+        drop(
+            self.plain
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .take(),
+        );
         drop(
             self.inner
                 .lock()
@@ -181,7 +197,7 @@ impl Root {
                     std::io::ErrorKind::PermissionDenied
                         | std::io::ErrorKind::InvalidInput
                         | std::io::ErrorKind::NotADirectory
-                ) =>
+                ) || e.raw_os_error() == Some(rustix::io::Errno::NXIO.raw_os_error()) =>
             {
                 Ok(None)
             }
@@ -194,12 +210,16 @@ impl Root {
     /// either name is followed.
     fn write_atomic(&self, py: Python<'_>, rel: &str, data: &Bound<'_, PyAny>) -> PyResult<()> {
         let rel = checked("file", rel)?;
-        // Any bytes-like object (a memoryview, an Arrow buffer), as bytes.
+        // Any bytes-like object (a memoryview, an Arrow buffer), as bytes;
+        // through `memoryview`, so an int is refused rather than taken as
+        // a count of zero bytes to write.
         let data = match data.cast::<pyo3::types::PyBytes>() {
             Ok(b) => b.clone(),
             Err(_) => py
-                .get_type::<pyo3::types::PyBytes>()
+                .import("builtins")?
+                .getattr("memoryview")?
                 .call1((data,))?
+                .call_method0("tobytes")?
                 .cast_into::<pyo3::types::PyBytes>()?,
         };
         let bytes = data.as_bytes().to_vec();

@@ -101,10 +101,13 @@ class _CacheEntries:
                 # The file opened, as it is now: a column read from it
                 # before, unchanged since, was validated then.
                 st = os.fstat(f.fileno())
+                if st.st_size > self.max_file_bytes:
+                    # Grown past the cap since it was opened.
+                    raise OSError(f"{st.st_size} bytes, over the operator's max_file_mib")
                 key = _identity(st)
                 table = self._memory.get(key)
                 if table is None:
-                    table, held = self._read_entry(_read_all(f), want)
+                    table, held = self._read_entry(_read_all(f, st.st_size), want)
                     self._memory.put(key, table, held)
             size = st.st_size
             if table.num_columns != 1:

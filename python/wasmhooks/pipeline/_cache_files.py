@@ -21,12 +21,12 @@ CHECKSUM_KEY = b"wasmhooks.checksum"
 MAX_CACHE_BATCHES = 1024
 
 
-def _read_all(f: Any) -> pa.Buffer:
-    """The rest of ``f`` (bounded by its caller) in one Arrow buffer: read
-    straight into it, a copy, never a mapping (a plugin with the folder's
-    grant may truncate the file, and a mapped page past the end is a
-    SIGBUS)."""
-    size = os.fstat(f.fileno()).st_size
+def _read_all(f: Any, size: int) -> pa.Buffer:
+    """The first ``size`` bytes of ``f`` (its size when the caller checked
+    it against its cap: a file that grows since is read no further) in one
+    Arrow buffer: read straight into it, a copy, never a mapping (a plugin
+    with the folder's grant may truncate the file, and a mapped page past
+    the end is a SIGBUS)."""
     buf = pa.allocate_buffer(size)
     view = memoryview(buf)
     done = 0

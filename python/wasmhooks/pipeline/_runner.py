@@ -164,8 +164,8 @@ class PipelineRunner(_CacheEntries):
             # A job's file: read as a regular file within the cap, never
             # through a symlink; the worker checks its digest again.
             folder, name = os.path.split(p.file)
-            with Root(folder) as root, root.open(name, cap) as f:
-                plugins.append((f.read(), p.name, config))
+            with Root(folder) as root:
+                plugins.append((root.read(name, cap), p.name, config))
         # Per runner: its own instances here, fresh ones in a worker.
         key = _digest(uuid.uuid4().hex, *(p.sha256 + repr(c) for p, c in chosen))
         return _WorkerPlugins(
