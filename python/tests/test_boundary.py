@@ -75,7 +75,7 @@ def test_bundles_pack_only_files_and_folders_and_unpack_below_their_target(tmp_p
         unpack_bundle(data, into, "a/b")
     # A deep tree is refused, not a crash of the driver.
     fd = os.open(job, os.O_RDONLY)
-    for _ in range(2000):
+    for _ in range(70):
         os.mkdir("d", dir_fd=fd)
         nxt = os.open("d", os.O_RDONLY, dir_fd=fd)
         os.close(fd)
