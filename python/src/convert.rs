@@ -72,12 +72,15 @@ fn convert(obj: &Bound<'_, PyAny>, place: &Place<'_>, depth: usize) -> PyResult<
     if let Ok(dict) = obj.cast::<PyDict>() {
         return map_of(dict, place, depth + 1).map(Value::Object);
     }
-    if obj.is_instance_of::<PyList>() || obj.is_instance_of::<PyTuple>() {
-        let mut items = Vec::new();
-        for (i, item) in obj.try_iter()?.enumerate() {
-            items.push(convert(&item?, &Place::Index(place, i), depth + 1)?);
-        }
-        return Ok(Value::Array(items));
+    if let Ok(list) = obj.cast::<PyList>() {
+        // The items there when the conversion starts, read from a copy: a
+        // subclass's `__iter__` that never ends, or an item's `.item()` that
+        // appends to the list, cannot make it run on.
+        let list = PyList::new(obj.py(), list.iter())?;
+        return items(list.iter(), place, depth);
+    }
+    if let Ok(tuple) = obj.cast::<PyTuple>() {
+        return items(tuple.iter(), place, depth);
     }
     // Scalars that are not Python's own (numpy, torch) convert through
     // their float or int value.
@@ -90,6 +93,19 @@ fn convert(obj: &Bound<'_, PyAny>, place: &Place<'_>, depth: usize) -> PyResult<
         "{place}: a {} cannot cross into a plugin (None, bool, int, float, str, list, tuple or dict)",
         obj.get_type().name()?
     )))
+}
+
+/// A list's or tuple's items as a host array.
+fn items<'py>(
+    items: impl Iterator<Item = Bound<'py, PyAny>>,
+    place: &Place<'_>,
+    depth: usize,
+) -> PyResult<Value> {
+    let mut out = Vec::new();
+    for (i, item) in items.enumerate() {
+        out.push(convert(&item, &Place::Index(place, i), depth + 1)?);
+    }
+    Ok(Value::Array(out))
 }
 
 pub(crate) fn dict_to_map(

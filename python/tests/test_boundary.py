@@ -104,3 +104,27 @@ def test_job_toml_errors_name_the_field_and_stay_short(tmp_path):
     with pytest.raises(JobError) as e:
         Job.load(tmp_path)
     assert len(str(e.value)) < 10_000
+
+
+def test_values_a_conversion_would_grow_are_taken_as_they_were(tmp_path):
+    """A list whose ``__iter__`` never ends, or an item that appends to its
+    list while it converts, crosses as the items that were there."""
+    from wasmhooks import Hooks
+
+    class Endless(list):
+        def __iter__(self):
+            while True:
+                yield 1
+
+    box: list = []
+
+    class Grows:
+        def item(self):
+            box.append(Grows())
+            return 1.0
+
+    box.append(Grows())
+    with Hooks({"a": Endless([1, 2]), "b": box}, []) as hooks:
+        data = {"a": Endless([1, 2]), "b": box}
+        hooks.fire("on_step_end", data)
+    assert len(box) <= 3
