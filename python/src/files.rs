@@ -105,7 +105,7 @@ impl Root {
     /// Where the folder is.
     #[getter]
     fn path(&self) -> String {
-        self.path.display().to_string()
+        self.path_str()
     }
 
     /// The folder's descriptor (for `flock`, `fstat`); it stays this
@@ -174,35 +174,20 @@ impl Root {
         // Blocking again for reads: opened without, so a FIFO could not hang.
         let fd: std::os::fd::OwnedFd = file.into_std().into();
         rustix::fs::fcntl_setfl(&fd, rustix::fs::OFlags::empty()).map_err(|e| os_err(e.into()))?;
-        let raw = fd.into_raw_fd();
-        let io = py.import("io")?;
-        match io.call_method1("open", (raw, "rb")) {
-            Ok(f) => Ok(f),
-            Err(e) => {
-                // Not taken by a file object: closed here.
-                drop(unsafe_close(raw));
-                Err(e)
-            }
-        }
+        let file = py
+            .import("io")?
+            .call_method1("open", (fd.as_raw_fd(), "rb"))?;
+        // The file object owns the descriptor now (and closes it); had the
+        // open failed, `fd` would have closed it on the way out.
+        let _ = fd.into_raw_fd();
+        Ok(file)
     }
 
     /// The size of the regular file `rel`; `None` if there is none, or a
     /// symlink, FIFO or device stands there (never followed or read).
     fn size(&self, py: Python<'_>, rel: &str) -> PyResult<Option<u64>> {
         let rel = checked("file", rel)?;
-        self.with(py, |r| match r.file_len(&rel) {
-            Err(e)
-                if matches!(
-                    e.kind(),
-                    std::io::ErrorKind::PermissionDenied
-                        | std::io::ErrorKind::InvalidInput
-                        | std::io::ErrorKind::NotADirectory
-                ) || e.raw_os_error() == Some(rustix::io::Errno::NXIO.raw_os_error()) =>
-            {
-                Ok(None)
-            }
-            other => other,
-        })
+        self.with(py, |r| r.regular_len(&rel))
     }
 
     /// Writes `data` (any bytes-like object) to a fresh file beside `rel`
@@ -222,8 +207,8 @@ impl Root {
                 .call_method0("tobytes")?
                 .cast_into::<pyo3::types::PyBytes>()?,
         };
-        let bytes = data.as_bytes().to_vec();
-        self.with(py, |r| r.write_atomic(&rel, &bytes))
+        let bytes = data.as_bytes();
+        self.with(py, |r| r.write_atomic(&rel, bytes))
     }
 
     /// Removes the file (or symlink) `rel`, if it is there.
@@ -268,14 +253,4 @@ pub(crate) fn plain_fd(root: &wasmhooks::files::Root) -> std::io::Result<std::os
     use rustix::fs::{Mode, OFlags, openat};
     let flags = OFlags::RDONLY | OFlags::DIRECTORY | OFlags::CLOEXEC | OFlags::NOFOLLOW;
     Ok(openat(root.as_fd(), ".", flags, Mode::empty())?)
-}
-
-/// Closes a descriptor that no file object took.
-fn unsafe_close(raw: i32) -> std::io::Result<()> {
-    use std::os::fd::FromRawFd;
-    #[allow(unsafe_code)]
-    // SAFETY: `raw` came from `into_raw_fd` just above and nothing else owns it.
-    let owned = unsafe { std::os::fd::OwnedFd::from_raw_fd(raw) };
-    drop(owned);
-    Ok(())
 }

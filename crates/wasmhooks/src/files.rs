@@ -222,6 +222,26 @@ impl Root {
         }
     }
 
+    /// The size of the regular file `rel`, or `None` where there is none,
+    /// or where a symlink, FIFO, socket or device stands at its name
+    /// (something planted): never followed or read, and replaced by a
+    /// rename onto that name.
+    pub fn regular_len(&self, rel: &Path) -> io::Result<Option<u64>> {
+        match self.file_len(rel) {
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    io::ErrorKind::PermissionDenied
+                        | io::ErrorKind::InvalidInput
+                        | io::ErrorKind::NotADirectory
+                ) || e.raw_os_error() == Some(rustix::io::Errno::NXIO.raw_os_error()) =>
+            {
+                Ok(None)
+            }
+            other => other,
+        }
+    }
+
     /// Renames `from` to `to`, both in this folder tree.
     pub fn rename(&self, from: &Path, to: &Path) -> io::Result<()> {
         let (a, a_name) = self.parent_of(from, false)?;

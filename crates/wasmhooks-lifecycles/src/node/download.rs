@@ -134,7 +134,7 @@ fn fetch_one(
     let io = |e| LifecycleError::io(fetch.dir.path().join(&rel))(e);
     // Hashed only within the budget: a file larger than this one may take
     // (a sparse terabyte planted in the cache) is a miss, not hours read.
-    if let Some(bytes) = regular_len(fetch.dir, &rel).map_err(io)?
+    if let Some(bytes) = fetch.dir.regular_len(&rel).map_err(io)?
         && bytes <= budget
         && sha256_file(fetch.dir, &rel)? == file.sha256
     {
@@ -243,7 +243,7 @@ fn transfer(
             "{url}: only file://, http:// and https:// sources are supported"
         )));
     }
-    let mut have = regular_len(fetch.dir, part).map_err(text)?.unwrap_or(0);
+    let mut have = fetch.dir.regular_len(part).map_err(text)?.unwrap_or(0);
     if have > budget {
         // Not ours to hash or resume: more than this file may take.
         fetch.dir.remove(part).map_err(text)?;
@@ -386,24 +386,6 @@ fn safe_path(rel: &str) -> Result<PathBuf, LifecycleError> {
         )));
     }
     Ok(path.to_owned())
-}
-
-/// The size of the regular file `rel` in the cache, or `None` where there
-/// is none, or a symlink, FIFO or device stands at its name (something
-/// planted in a shared cache): never followed or read, and replaced by the
-/// rename of the fetched file onto that name.
-fn regular_len(dir: &Root, rel: &Path) -> std::io::Result<Option<u64>> {
-    match dir.file_len(rel) {
-        Err(e)
-            if matches!(
-                e.kind(),
-                std::io::ErrorKind::PermissionDenied | std::io::ErrorKind::InvalidInput
-            ) =>
-        {
-            Ok(None)
-        }
-        other => other,
-    }
 }
 
 /// The sha256 of a file below `dir`, lowercase hex.
