@@ -26,6 +26,8 @@ use crate::policy::Policy;
 pub(crate) struct NodePlan {
     config: NodeConfig,
     engine: Option<node::EngineTemplate>,
+    /// The operator's bounds on the job's downloads.
+    limits: wasmhooks::JobLimits,
 }
 
 fn to_py_value<'py>(py: Python<'py>, v: &impl serde::Serialize) -> PyResult<Bound<'py, PyAny>> {
@@ -52,7 +54,11 @@ impl NodePlan {
             ),
             None => None,
         };
-        Ok(NodePlan { config, engine })
+        Ok(NodePlan {
+            config,
+            engine,
+            limits: policy.inner.job_limits().clone(),
+        })
     }
 
     /// The default steps in the order they run `on_ray` or on one machine:
@@ -134,7 +140,6 @@ impl NodePlan {
     /// one fetches a folder at a time, and the next finds the files there),
     /// and its files fetched from `job` (`file://`) or over HTTP, each
     /// checked against its sha256. Returns `download_result`.
-    #[allow(clippy::too_many_arguments)]
     fn download<'py>(
         &self,
         py: Python<'py>,
@@ -143,14 +148,13 @@ impl NodePlan {
         job_dir: PathBuf,
         models: &Root,
         job: &Root,
-        policy: &Policy,
     ) -> PyResult<Bound<'py, PyAny>> {
         let data = dict_to_map(data, "", 0)?;
         let models_path = PathBuf::from(models.path_str());
         let plan = DownloadPlan::from_data(&self.config, &data, mode_key, &job_dir, &models_path)
             .map_err(|e| lifecycle_err(py, e, node_err))?;
-        let limits = policy.inner.job_limits().clone();
         let (retries, stall) = (self.config.retries, self.config.stall_timeout_s);
+        let limits = &self.limits;
         let dest = models.with(py, |m| m.dir(&plan.folder, true))?;
         let fetched = job.with(py, |job| {
             // Held until the fetch ends (the descriptor closes with it).
@@ -265,9 +269,8 @@ pub(crate) fn unpack_bundle(
     into: &Root,
     name: &str,
 ) -> PyResult<String> {
-    let data = data.to_vec();
     let result = into.with(py, |root| {
-        Ok(wasmhooks_lifecycles::bundle::unpack(&data, root, name))
+        Ok(wasmhooks_lifecycles::bundle::unpack(data, root, name))
     })?;
     result
         .map(|p| p.display().to_string())

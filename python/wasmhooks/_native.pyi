@@ -121,7 +121,6 @@ class NodePlan:
         job_dir: _Path,
         models: Root,
         job: Root,
-        policy: Policy,
     ) -> dict[str, Any]: ...
     def start_engine(self, kwargs: dict[str, Any], model_dir: str, cwd: _Path) -> Engine: ...
 

@@ -35,7 +35,7 @@ def node_download(spec: dict[str, Any], bundle: list[Any]) -> dict[str, Any]:
         cache = os.path.join(node_cache.path, "compiled")
         session = Session(policy, job=loaded, cache_dir=cache)
         try:
-            return _fetch_on_node(spec, session, plan, policy, node_id, rank, models, job)
+            return _fetch_on_node(spec, session, plan, node_id, rank, models, job)
         finally:
             if session.hooks is not None:
                 session.hooks.close()
@@ -45,7 +45,6 @@ def _fetch_on_node(
     spec: dict[str, Any],
     session: Session,
     plan: NodePlan,
-    policy: Policy,
     node_id: str,
     rank: int,
     models: Root,
@@ -69,7 +68,7 @@ def _fetch_on_node(
     try:
         # A file:// source the plugins left may name the driver's folder:
         # it is confined to (and read below) the bundle as unpacked here.
-        result = plan.download(data, key, spec["job_dir"], models, job, policy)
+        result = plan.download(data, key, spec["job_dir"], models, job)
     except (NodeInitError, OSError) as e:
         raise NodeInitError(f"node {rank} ({node_id[:12]}): {e}") from None
     changed = {k: v for k, v in data.items() if sent.get(k, _MISSING) != v}
