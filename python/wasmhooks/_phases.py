@@ -125,6 +125,34 @@ class pipeline:
     """Every phase of the lifecycle, in the schema's order."""
 
 
+class serving:
+    """LLM serving, per request: wasmhooks.asgi (any ASGI server, vLLM's own among them) and
+    wasmhooks.ray_llm's ingress for Ray Serve LLM.
+    """
+
+    ON_REQUEST = "on_request"
+    """the request, before inference; a plugin may rewrite it, clamp its sampling, or block it."""
+
+    ON_RESPONSE_CHUNK = "on_response_chunk"
+    """each streamed chunk of each choice; a plugin may rewrite the delta or stop the stream."""
+
+    ON_RESPONSE = "on_response"
+    """the whole response when not streamed; a plugin may rewrite it or block it."""
+
+    ON_REQUEST_END = "on_request_end"
+    """on every exit path: done, blocked, stopped, client gone, error; observe-only plugins
+    (metering, audit) run in the background.
+    """
+
+    ALL = (
+        ON_REQUEST,
+        ON_RESPONSE_CHUNK,
+        ON_RESPONSE,
+        ON_REQUEST_END,
+    )
+    """Every phase of the lifecycle, in the schema's order."""
+
+
 class training:
     """Training: the reference trainer, HF Transformers' Trainer, Lightning, Ray Train."""
 

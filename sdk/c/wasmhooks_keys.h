@@ -53,6 +53,14 @@
 #define WASMHOOKS_PHASE_ON_OPERATOR_BEGIN "on_operator_begin"
 // pipeline: an operator of daft's plan finished; observe-only.
 #define WASMHOOKS_PHASE_ON_OPERATOR_END "on_operator_end"
+// serving: the request, before inference; a plugin may rewrite it, clamp its sampling, or block it.
+#define WASMHOOKS_PHASE_ON_REQUEST "on_request"
+// serving: each streamed chunk of each choice; a plugin may rewrite the delta or stop the stream.
+#define WASMHOOKS_PHASE_ON_RESPONSE_CHUNK "on_response_chunk"
+// serving: the whole response when not streamed; a plugin may rewrite it or block it.
+#define WASMHOOKS_PHASE_ON_RESPONSE "on_response"
+// serving: on every exit path: done, blocked, stopped, client gone, error; observe-only plugins (metering, audit) run in the background.
+#define WASMHOOKS_PHASE_ON_REQUEST_END "on_request_end"
 // training: at the end of the trainer's construction; HF.
 #define WASMHOOKS_PHASE_ON_INIT_END "on_init_end"
 // training: when fit starts, before on_train_begin; Lightning.
@@ -100,6 +108,9 @@
 // a number or null; HF: the best metric so far.
 #define WASMHOOKS_KEY_BEST_METRIC "best_metric"
 
+// a map; refuse the request: {status: 400, 402, 403 or 429, rule, reason, retry_after_s?}; the client gets that status and an OpenAI error naming the rule.
+#define WASMHOOKS_KEY_BLOCK "block"
+
 // an int; bytes read from, or written to, the cache.
 #define WASMHOOKS_KEY_CACHE_BYTES "cache_bytes"
 
@@ -130,8 +141,14 @@
 // a list; checkpoints of this run to delete (others are ignored).
 #define WASMHOOKS_KEY_CHECKPOINTS_TO_DELETE "checkpoints_to_delete"
 
+// an int; the chunk's place in its choice's stream, from 0.
+#define WASMHOOKS_KEY_CHUNK "chunk"
+
 // a map; Ray Serve LLM: the callback context's custom_data, passed back to Ray.
 #define WASMHOOKS_KEY_CUSTOM_DATA "custom_data"
+
+// a string; the chunk's text as the client gets it.
+#define WASMHOOKS_KEY_DELTA "delta"
 
 // a string; the folder the files go to, inside the job's (or the node's) cache.
 #define WASMHOOKS_KEY_DOWNLOAD_DIR "download_dir"
@@ -141,6 +158,9 @@
 
 // a number; wall time of the batch, the node's level, or the run.
 #define WASMHOOKS_KEY_ELAPSED_MS "elapsed_ms"
+
+// one of "done", "blocked", "stopped", "disconnected", "error"; how the request ended: answered, blocked by a plugin, stream stopped by a plugin, client gone, failed.
+#define WASMHOOKS_KEY_END_REASON "end_reason"
 
 // a map; the running engine: pid, port, url, node.
 #define WASMHOOKS_KEY_ENGINE "engine"
@@ -163,11 +183,23 @@
 // a number; the evaluation loss.
 #define WASMHOOKS_KEY_EVAL_LOSS "eval_loss"
 
+// a string or null; null until the choice's last chunk: then why it ended (a plugin holding text back gives it out here).
+#define WASMHOOKS_KEY_FINISH_REASON "finish_reason"
+
 // a number; the gradients' norm.
 #define WASMHOOKS_KEY_GRAD_NORM "grad_norm"
 
+// a map; the request headers the operator lets plugins see ([serving] headers), by lower-case name.
+#define WASMHOOKS_KEY_HEADERS "headers"
+
+// an int; the choice the chunk belongs to.
+#define WASMHOOKS_KEY_INDEX "index"
+
 // a map; columns, rows, signature (of them all) and signatures (each column's).
 #define WASMHOOKS_KEY_INPUTS "inputs"
+
+// a number; from the request's arrival to its end.
+#define WASMHOOKS_KEY_LATENCY_MS "latency_ms"
 
 // a number; reference trainer: the optimizer's learning rate from the next step.
 #define WASMHOOKS_KEY_LEARNING_RATE "learning_rate"
@@ -187,8 +219,14 @@
 // an int; the steps the run will take at most.
 #define WASMHOOKS_KEY_MAX_STEPS "max_steps"
 
+// a list; chat: the messages the engine gets, each {role, content} with content a string.
+#define WASMHOOKS_KEY_MESSAGES "messages"
+
 // a string; daft's runner: native or ray.
 #define WASMHOOKS_KEY_MODE "mode"
+
+// a string; the model the request names.
+#define WASMHOOKS_KEY_MODEL "model"
 
 // a string; the job's model id.
 #define WASMHOOKS_KEY_MODEL_ID "model_id"
@@ -214,6 +252,9 @@
 // a list; node initialization on Ray: every node's download result; a pipeline: its nodes in run order.
 #define WASMHOOKS_KEY_NODES "nodes"
 
+// a list; the response's text, one string per choice: what the client gets.
+#define WASMHOOKS_KEY_OUTPUT "output"
+
 // a map; columns, rows, signature, dtype.
 #define WASMHOOKS_KEY_OUTPUTS "outputs"
 
@@ -226,17 +267,29 @@
 // a map; the group to make: bundles (resource maps) and strategy (PACK, SPREAD, STRICT_PACK, STRICT_SPREAD).
 #define WASMHOOKS_KEY_PLACEMENT_REQUEST "placement_request"
 
+// a string; completions: the prompt the engine gets.
+#define WASMHOOKS_KEY_PROMPT "prompt"
+
 // a map; daft's query id, operator and duration.
 #define WASMHOOKS_KEY_QUERY "query"
 
 // an int; this process's global rank.
 #define WASMHOOKS_KEY_RANK "rank"
 
+// a string; the request's id: the client's x-request-id if it sent one, else one the host made.
+#define WASMHOOKS_KEY_REQUEST_ID "request_id"
+
 // a string; the checkpoint the run resumed from.
 #define WASMHOOKS_KEY_RESUMED_FROM "resumed_from"
 
+// one of "chat", "completions"; the OpenAI endpoint: /v1/chat/completions or /v1/completions.
+#define WASMHOOKS_KEY_ROUTE "route"
+
 // a map; Ray Serve LLM: the runtime_env the download tasks get.
 #define WASMHOOKS_KEY_RUNTIME_ENV "runtime_env"
+
+// a map; the request's sampling fields (max_tokens, temperature, top_p, stop, ...): the ones a plugin sets replace the request's.
+#define WASMHOOKS_KEY_SAMPLING "sampling"
 
 // a bool; true: an evaluation runs after this step.
 #define WASMHOOKS_KEY_SHOULD_EVALUATE "should_evaluate"
@@ -259,14 +312,35 @@
 // one of "ok", "error"; how the run ended.
 #define WASMHOOKS_KEY_STATUS "status"
 
+// an int; the HTTP status the client got.
+#define WASMHOOKS_KEY_STATUS_CODE "status_code"
+
 // an int; optimizer steps done.
 #define WASMHOOKS_KEY_STEP "step"
+
+// a bool; true: the stream ends after this chunk, with finish_reason content_filter.
+#define WASMHOOKS_KEY_STOP "stop"
+
+// a bool; whether the response is streamed.
+#define WASMHOOKS_KEY_STREAM "stream"
+
+// a string or null; the value of the header the operator names in [serving] tenant_header; null without it.
+#define WASMHOOKS_KEY_TENANT "tenant"
+
+// an int; the choice's completion tokens so far, this chunk's included.
+#define WASMHOOKS_KEY_TOKENS_SO_FAR "tokens_so_far"
 
 // a string; completed, stopped by a plugin, or error.
 #define WASMHOOKS_KEY_TRAIN_END_REASON "train_end_reason"
 
 // a string; the error that ended the run.
 #define WASMHOOKS_KEY_TRAIN_ERROR "train_error"
+
+// a number or null; from the request's arrival to the first chunk of text; null when none came.
+#define WASMHOOKS_KEY_TTFT_MS "ttft_ms"
+
+// a map; prompt_tokens, completion_tokens and total_tokens, as the engine counted them.
+#define WASMHOOKS_KEY_USAGE "usage"
 
 // one of "NONE", "TOKENIZER_ONLY", "MODEL_AND_TOKENIZER"; what the other nodes download.
 #define WASMHOOKS_KEY_WORKER_NODE_DOWNLOAD_MODEL "worker_node_download_model"

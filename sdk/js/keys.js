@@ -53,6 +53,14 @@ export const phases = Object.freeze({
   ON_OPERATOR_BEGIN: "on_operator_begin",
   /** pipeline: an operator of daft's plan finished; observe-only. */
   ON_OPERATOR_END: "on_operator_end",
+  /** serving: the request, before inference; a plugin may rewrite it, clamp its sampling, or block it. */
+  ON_REQUEST: "on_request",
+  /** serving: each streamed chunk of each choice; a plugin may rewrite the delta or stop the stream. */
+  ON_RESPONSE_CHUNK: "on_response_chunk",
+  /** serving: the whole response when not streamed; a plugin may rewrite it or block it. */
+  ON_RESPONSE: "on_response",
+  /** serving: on every exit path: done, blocked, stopped, client gone, error; observe-only plugins (metering, audit) run in the background. */
+  ON_REQUEST_END: "on_request_end",
   /** training: at the end of the trainer's construction; HF. */
   ON_INIT_END: "on_init_end",
   /** training: when fit starts, before on_train_begin; Lightning. */
@@ -101,6 +109,9 @@ export const BATCH = "batch";
 /** a number or null; HF: the best metric so far. */
 export const BEST_METRIC = "best_metric";
 
+/** a map; refuse the request: {status: 400, 402, 403 or 429, rule, reason, retry_after_s?}; the client gets that status and an OpenAI error naming the rule. */
+export const BLOCK = "block";
+
 /** an int; bytes read from, or written to, the cache. */
 export const CACHE_BYTES = "cache_bytes";
 
@@ -131,8 +142,14 @@ export const CHECKPOINTS = "checkpoints";
 /** a list; checkpoints of this run to delete (others are ignored). */
 export const CHECKPOINTS_TO_DELETE = "checkpoints_to_delete";
 
+/** an int; the chunk's place in its choice's stream, from 0. */
+export const CHUNK = "chunk";
+
 /** a map; Ray Serve LLM: the callback context's custom_data, passed back to Ray. */
 export const CUSTOM_DATA = "custom_data";
+
+/** a string; the chunk's text as the client gets it. */
+export const DELTA = "delta";
 
 /** a string; the folder the files go to, inside the job's (or the node's) cache. */
 export const DOWNLOAD_DIR = "download_dir";
@@ -142,6 +159,9 @@ export const DOWNLOAD_RESULT = "download_result";
 
 /** a number; wall time of the batch, the node's level, or the run. */
 export const ELAPSED_MS = "elapsed_ms";
+
+/** one of "done", "blocked", "stopped", "disconnected", "error"; how the request ended: answered, blocked by a plugin, stream stopped by a plugin, client gone, failed. */
+export const END_REASON = "end_reason";
 
 /** a map; the running engine: pid, port, url, node. */
 export const ENGINE = "engine";
@@ -164,11 +184,23 @@ export const EVAL_ACCURACY = "eval_accuracy";
 /** a number; the evaluation loss. */
 export const EVAL_LOSS = "eval_loss";
 
+/** a string or null; null until the choice's last chunk: then why it ended (a plugin holding text back gives it out here). */
+export const FINISH_REASON = "finish_reason";
+
 /** a number; the gradients' norm. */
 export const GRAD_NORM = "grad_norm";
 
+/** a map; the request headers the operator lets plugins see ([serving] headers), by lower-case name. */
+export const HEADERS = "headers";
+
+/** an int; the choice the chunk belongs to. */
+export const INDEX = "index";
+
 /** a map; columns, rows, signature (of them all) and signatures (each column's). */
 export const INPUTS = "inputs";
+
+/** a number; from the request's arrival to its end. */
+export const LATENCY_MS = "latency_ms";
 
 /** a number; reference trainer: the optimizer's learning rate from the next step. */
 export const LEARNING_RATE = "learning_rate";
@@ -188,8 +220,14 @@ export const LOSS = "loss";
 /** an int; the steps the run will take at most. */
 export const MAX_STEPS = "max_steps";
 
+/** a list; chat: the messages the engine gets, each {role, content} with content a string. */
+export const MESSAGES = "messages";
+
 /** a string; daft's runner: native or ray. */
 export const MODE = "mode";
+
+/** a string; the model the request names. */
+export const MODEL = "model";
 
 /** a string; the job's model id. */
 export const MODEL_ID = "model_id";
@@ -215,6 +253,9 @@ export const NODE_VERSION = "node_version";
 /** a list; node initialization on Ray: every node's download result; a pipeline: its nodes in run order. */
 export const NODES = "nodes";
 
+/** a list; the response's text, one string per choice: what the client gets. */
+export const OUTPUT = "output";
+
 /** a map; columns, rows, signature, dtype. */
 export const OUTPUTS = "outputs";
 
@@ -227,17 +268,29 @@ export const PLACEMENT_GROUP = "placement_group";
 /** a map; the group to make: bundles (resource maps) and strategy (PACK, SPREAD, STRICT_PACK, STRICT_SPREAD). */
 export const PLACEMENT_REQUEST = "placement_request";
 
+/** a string; completions: the prompt the engine gets. */
+export const PROMPT = "prompt";
+
 /** a map; daft's query id, operator and duration. */
 export const QUERY = "query";
 
 /** an int; this process's global rank. */
 export const RANK = "rank";
 
+/** a string; the request's id: the client's x-request-id if it sent one, else one the host made. */
+export const REQUEST_ID = "request_id";
+
 /** a string; the checkpoint the run resumed from. */
 export const RESUMED_FROM = "resumed_from";
 
+/** one of "chat", "completions"; the OpenAI endpoint: /v1/chat/completions or /v1/completions. */
+export const ROUTE = "route";
+
 /** a map; Ray Serve LLM: the runtime_env the download tasks get. */
 export const RUNTIME_ENV = "runtime_env";
+
+/** a map; the request's sampling fields (max_tokens, temperature, top_p, stop, ...): the ones a plugin sets replace the request's. */
+export const SAMPLING = "sampling";
 
 /** a bool; true: an evaluation runs after this step. */
 export const SHOULD_EVALUATE = "should_evaluate";
@@ -260,14 +313,35 @@ export const SKIP_EXECUTION = "skip_execution";
 /** one of "ok", "error"; how the run ended. */
 export const STATUS = "status";
 
+/** an int; the HTTP status the client got. */
+export const STATUS_CODE = "status_code";
+
 /** an int; optimizer steps done. */
 export const STEP = "step";
+
+/** a bool; true: the stream ends after this chunk, with finish_reason content_filter. */
+export const STOP = "stop";
+
+/** a bool; whether the response is streamed. */
+export const STREAM = "stream";
+
+/** a string or null; the value of the header the operator names in [serving] tenant_header; null without it. */
+export const TENANT = "tenant";
+
+/** an int; the choice's completion tokens so far, this chunk's included. */
+export const TOKENS_SO_FAR = "tokens_so_far";
 
 /** a string; completed, stopped by a plugin, or error. */
 export const TRAIN_END_REASON = "train_end_reason";
 
 /** a string; the error that ended the run. */
 export const TRAIN_ERROR = "train_error";
+
+/** a number or null; from the request's arrival to the first chunk of text; null when none came. */
+export const TTFT_MS = "ttft_ms";
+
+/** a map; prompt_tokens, completion_tokens and total_tokens, as the engine counted them. */
+export const USAGE = "usage";
 
 /** one of "NONE", "TOKENIZER_ONLY", "MODEL_AND_TOKENIZER"; what the other nodes download. */
 export const WORKER_NODE_DOWNLOAD_MODEL = "worker_node_download_model";

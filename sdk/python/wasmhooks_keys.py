@@ -82,6 +82,18 @@ class phases:
     ON_OPERATOR_END = "on_operator_end"
     """pipeline: an operator of daft's plan finished; observe-only."""
 
+    ON_REQUEST = "on_request"
+    """serving: the request, before inference; a plugin may rewrite it, clamp its sampling, or block it."""
+
+    ON_RESPONSE_CHUNK = "on_response_chunk"
+    """serving: each streamed chunk of each choice; a plugin may rewrite the delta or stop the stream."""
+
+    ON_RESPONSE = "on_response"
+    """serving: the whole response when not streamed; a plugin may rewrite it or block it."""
+
+    ON_REQUEST_END = "on_request_end"
+    """serving: on every exit path: done, blocked, stopped, client gone, error; observe-only plugins (metering, audit) run in the background."""
+
     ON_INIT_END = "on_init_end"
     """training: at the end of the trainer's construction; HF."""
 
@@ -149,6 +161,9 @@ BATCH = "batch"
 BEST_METRIC = "best_metric"
 """a number or null; HF: the best metric so far."""
 
+BLOCK = "block"
+"""a map; refuse the request: {status: 400, 402, 403 or 429, rule, reason, retry_after_s?}; the client gets that status and an OpenAI error naming the rule."""
+
 CACHE_BYTES = "cache_bytes"
 """an int; bytes read from, or written to, the cache."""
 
@@ -179,8 +194,14 @@ CHECKPOINTS = "checkpoints"
 CHECKPOINTS_TO_DELETE = "checkpoints_to_delete"
 """a list; checkpoints of this run to delete (others are ignored)."""
 
+CHUNK = "chunk"
+"""an int; the chunk's place in its choice's stream, from 0."""
+
 CUSTOM_DATA = "custom_data"
 """a map; Ray Serve LLM: the callback context's custom_data, passed back to Ray."""
+
+DELTA = "delta"
+"""a string; the chunk's text as the client gets it."""
 
 DOWNLOAD_DIR = "download_dir"
 """a string; the folder the files go to, inside the job's (or the node's) cache."""
@@ -190,6 +211,9 @@ DOWNLOAD_RESULT = "download_result"
 
 ELAPSED_MS = "elapsed_ms"
 """a number; wall time of the batch, the node's level, or the run."""
+
+END_REASON = "end_reason"
+"""one of "done", "blocked", "stopped", "disconnected", "error"; how the request ended: answered, blocked by a plugin, stream stopped by a plugin, client gone, failed."""
 
 ENGINE = "engine"
 """a map; the running engine: pid, port, url, node."""
@@ -212,11 +236,23 @@ EVAL_ACCURACY = "eval_accuracy"
 EVAL_LOSS = "eval_loss"
 """a number; the evaluation loss."""
 
+FINISH_REASON = "finish_reason"
+"""a string or null; null until the choice's last chunk: then why it ended (a plugin holding text back gives it out here)."""
+
 GRAD_NORM = "grad_norm"
 """a number; the gradients' norm."""
 
+HEADERS = "headers"
+"""a map; the request headers the operator lets plugins see ([serving] headers), by lower-case name."""
+
+INDEX = "index"
+"""an int; the choice the chunk belongs to."""
+
 INPUTS = "inputs"
 """a map; columns, rows, signature (of them all) and signatures (each column's)."""
+
+LATENCY_MS = "latency_ms"
+"""a number; from the request's arrival to its end."""
 
 LEARNING_RATE = "learning_rate"
 """a number; reference trainer: the optimizer's learning rate from the next step."""
@@ -236,8 +272,14 @@ LOSS = "loss"
 MAX_STEPS = "max_steps"
 """an int; the steps the run will take at most."""
 
+MESSAGES = "messages"
+"""a list; chat: the messages the engine gets, each {role, content} with content a string."""
+
 MODE = "mode"
 """a string; daft's runner: native or ray."""
+
+MODEL = "model"
+"""a string; the model the request names."""
 
 MODEL_ID = "model_id"
 """a string; the job's model id."""
@@ -263,6 +305,9 @@ NODE_VERSION = "node_version"
 NODES = "nodes"
 """a list; node initialization on Ray: every node's download result; a pipeline: its nodes in run order."""
 
+OUTPUT = "output"
+"""a list; the response's text, one string per choice: what the client gets."""
+
 OUTPUTS = "outputs"
 """a map; columns, rows, signature, dtype."""
 
@@ -275,17 +320,29 @@ PLACEMENT_GROUP = "placement_group"
 PLACEMENT_REQUEST = "placement_request"
 """a map; the group to make: bundles (resource maps) and strategy (PACK, SPREAD, STRICT_PACK, STRICT_SPREAD)."""
 
+PROMPT = "prompt"
+"""a string; completions: the prompt the engine gets."""
+
 QUERY = "query"
 """a map; daft's query id, operator and duration."""
 
 RANK = "rank"
 """an int; this process's global rank."""
 
+REQUEST_ID = "request_id"
+"""a string; the request's id: the client's x-request-id if it sent one, else one the host made."""
+
 RESUMED_FROM = "resumed_from"
 """a string; the checkpoint the run resumed from."""
 
+ROUTE = "route"
+"""one of "chat", "completions"; the OpenAI endpoint: /v1/chat/completions or /v1/completions."""
+
 RUNTIME_ENV = "runtime_env"
 """a map; Ray Serve LLM: the runtime_env the download tasks get."""
+
+SAMPLING = "sampling"
+"""a map; the request's sampling fields (max_tokens, temperature, top_p, stop, ...): the ones a plugin sets replace the request's."""
 
 SHOULD_EVALUATE = "should_evaluate"
 """a bool; true: an evaluation runs after this step."""
@@ -308,14 +365,35 @@ SKIP_EXECUTION = "skip_execution"
 STATUS = "status"
 """one of "ok", "error"; how the run ended."""
 
+STATUS_CODE = "status_code"
+"""an int; the HTTP status the client got."""
+
 STEP = "step"
 """an int; optimizer steps done."""
+
+STOP = "stop"
+"""a bool; true: the stream ends after this chunk, with finish_reason content_filter."""
+
+STREAM = "stream"
+"""a bool; whether the response is streamed."""
+
+TENANT = "tenant"
+"""a string or null; the value of the header the operator names in [serving] tenant_header; null without it."""
+
+TOKENS_SO_FAR = "tokens_so_far"
+"""an int; the choice's completion tokens so far, this chunk's included."""
 
 TRAIN_END_REASON = "train_end_reason"
 """a string; completed, stopped by a plugin, or error."""
 
 TRAIN_ERROR = "train_error"
 """a string; the error that ended the run."""
+
+TTFT_MS = "ttft_ms"
+"""a number or null; from the request's arrival to the first chunk of text; null when none came."""
+
+USAGE = "usage"
+"""a map; prompt_tokens, completion_tokens and total_tokens, as the engine counted them."""
 
 WORKER_NODE_DOWNLOAD_MODEL = "worker_node_download_model"
 """one of "NONE", "TOKENIZER_ONLY", "MODEL_AND_TOKENIZER"; what the other nodes download."""

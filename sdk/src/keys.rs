@@ -53,6 +53,14 @@ pub mod phases {
     pub const ON_OPERATOR_BEGIN: &str = "on_operator_begin";
     /// pipeline: an operator of daft's plan finished; observe-only.
     pub const ON_OPERATOR_END: &str = "on_operator_end";
+    /// serving: the request, before inference; a plugin may rewrite it, clamp its sampling, or block it.
+    pub const ON_REQUEST: &str = "on_request";
+    /// serving: each streamed chunk of each choice; a plugin may rewrite the delta or stop the stream.
+    pub const ON_RESPONSE_CHUNK: &str = "on_response_chunk";
+    /// serving: the whole response when not streamed; a plugin may rewrite it or block it.
+    pub const ON_RESPONSE: &str = "on_response";
+    /// serving: on every exit path: done, blocked, stopped, client gone, error; observe-only plugins (metering, audit) run in the background.
+    pub const ON_REQUEST_END: &str = "on_request_end";
     /// training: at the end of the trainer's construction; HF.
     pub const ON_INIT_END: &str = "on_init_end";
     /// training: when fit starts, before on_train_begin; Lightning.
@@ -101,6 +109,9 @@ pub const BATCH: &str = "batch";
 /// a number or null; HF: the best metric so far.
 pub const BEST_METRIC: &str = "best_metric";
 
+/// a map; refuse the request: {status: 400, 402, 403 or 429, rule, reason, retry_after_s?}; the client gets that status and an OpenAI error naming the rule.
+pub const BLOCK: &str = "block";
+
 /// an int; bytes read from, or written to, the cache.
 pub const CACHE_BYTES: &str = "cache_bytes";
 
@@ -131,8 +142,14 @@ pub const CHECKPOINTS: &str = "checkpoints";
 /// a list; checkpoints of this run to delete (others are ignored).
 pub const CHECKPOINTS_TO_DELETE: &str = "checkpoints_to_delete";
 
+/// an int; the chunk's place in its choice's stream, from 0.
+pub const CHUNK: &str = "chunk";
+
 /// a map; Ray Serve LLM: the callback context's custom_data, passed back to Ray.
 pub const CUSTOM_DATA: &str = "custom_data";
+
+/// a string; the chunk's text as the client gets it.
+pub const DELTA: &str = "delta";
 
 /// a string; the folder the files go to, inside the job's (or the node's) cache.
 pub const DOWNLOAD_DIR: &str = "download_dir";
@@ -142,6 +159,9 @@ pub const DOWNLOAD_RESULT: &str = "download_result";
 
 /// a number; wall time of the batch, the node's level, or the run.
 pub const ELAPSED_MS: &str = "elapsed_ms";
+
+/// one of "done", "blocked", "stopped", "disconnected", "error"; how the request ended: answered, blocked by a plugin, stream stopped by a plugin, client gone, failed.
+pub const END_REASON: &str = "end_reason";
 
 /// a map; the running engine: pid, port, url, node.
 pub const ENGINE: &str = "engine";
@@ -164,11 +184,23 @@ pub const EVAL_ACCURACY: &str = "eval_accuracy";
 /// a number; the evaluation loss.
 pub const EVAL_LOSS: &str = "eval_loss";
 
+/// a string or null; null until the choice's last chunk: then why it ended (a plugin holding text back gives it out here).
+pub const FINISH_REASON: &str = "finish_reason";
+
 /// a number; the gradients' norm.
 pub const GRAD_NORM: &str = "grad_norm";
 
+/// a map; the request headers the operator lets plugins see ([serving] headers), by lower-case name.
+pub const HEADERS: &str = "headers";
+
+/// an int; the choice the chunk belongs to.
+pub const INDEX: &str = "index";
+
 /// a map; columns, rows, signature (of them all) and signatures (each column's).
 pub const INPUTS: &str = "inputs";
+
+/// a number; from the request's arrival to its end.
+pub const LATENCY_MS: &str = "latency_ms";
 
 /// a number; reference trainer: the optimizer's learning rate from the next step.
 pub const LEARNING_RATE: &str = "learning_rate";
@@ -188,8 +220,14 @@ pub const LOSS: &str = "loss";
 /// an int; the steps the run will take at most.
 pub const MAX_STEPS: &str = "max_steps";
 
+/// a list; chat: the messages the engine gets, each {role, content} with content a string.
+pub const MESSAGES: &str = "messages";
+
 /// a string; daft's runner: native or ray.
 pub const MODE: &str = "mode";
+
+/// a string; the model the request names.
+pub const MODEL: &str = "model";
 
 /// a string; the job's model id.
 pub const MODEL_ID: &str = "model_id";
@@ -215,6 +253,9 @@ pub const NODE_VERSION: &str = "node_version";
 /// a list; node initialization on Ray: every node's download result; a pipeline: its nodes in run order.
 pub const NODES: &str = "nodes";
 
+/// a list; the response's text, one string per choice: what the client gets.
+pub const OUTPUT: &str = "output";
+
 /// a map; columns, rows, signature, dtype.
 pub const OUTPUTS: &str = "outputs";
 
@@ -227,17 +268,29 @@ pub const PLACEMENT_GROUP: &str = "placement_group";
 /// a map; the group to make: bundles (resource maps) and strategy (PACK, SPREAD, STRICT_PACK, STRICT_SPREAD).
 pub const PLACEMENT_REQUEST: &str = "placement_request";
 
+/// a string; completions: the prompt the engine gets.
+pub const PROMPT: &str = "prompt";
+
 /// a map; daft's query id, operator and duration.
 pub const QUERY: &str = "query";
 
 /// an int; this process's global rank.
 pub const RANK: &str = "rank";
 
+/// a string; the request's id: the client's x-request-id if it sent one, else one the host made.
+pub const REQUEST_ID: &str = "request_id";
+
 /// a string; the checkpoint the run resumed from.
 pub const RESUMED_FROM: &str = "resumed_from";
 
+/// one of "chat", "completions"; the OpenAI endpoint: /v1/chat/completions or /v1/completions.
+pub const ROUTE: &str = "route";
+
 /// a map; Ray Serve LLM: the runtime_env the download tasks get.
 pub const RUNTIME_ENV: &str = "runtime_env";
+
+/// a map; the request's sampling fields (max_tokens, temperature, top_p, stop, ...): the ones a plugin sets replace the request's.
+pub const SAMPLING: &str = "sampling";
 
 /// a bool; true: an evaluation runs after this step.
 pub const SHOULD_EVALUATE: &str = "should_evaluate";
@@ -260,14 +313,35 @@ pub const SKIP_EXECUTION: &str = "skip_execution";
 /// one of "ok", "error"; how the run ended.
 pub const STATUS: &str = "status";
 
+/// an int; the HTTP status the client got.
+pub const STATUS_CODE: &str = "status_code";
+
 /// an int; optimizer steps done.
 pub const STEP: &str = "step";
+
+/// a bool; true: the stream ends after this chunk, with finish_reason content_filter.
+pub const STOP: &str = "stop";
+
+/// a bool; whether the response is streamed.
+pub const STREAM: &str = "stream";
+
+/// a string or null; the value of the header the operator names in [serving] tenant_header; null without it.
+pub const TENANT: &str = "tenant";
+
+/// an int; the choice's completion tokens so far, this chunk's included.
+pub const TOKENS_SO_FAR: &str = "tokens_so_far";
 
 /// a string; completed, stopped by a plugin, or error.
 pub const TRAIN_END_REASON: &str = "train_end_reason";
 
 /// a string; the error that ended the run.
 pub const TRAIN_ERROR: &str = "train_error";
+
+/// a number or null; from the request's arrival to the first chunk of text; null when none came.
+pub const TTFT_MS: &str = "ttft_ms";
+
+/// a map; prompt_tokens, completion_tokens and total_tokens, as the engine counted them.
+pub const USAGE: &str = "usage";
 
 /// one of "NONE", "TOKENIZER_ONLY", "MODEL_AND_TOKENIZER"; what the other nodes download.
 pub const WORKER_NODE_DOWNLOAD_MODEL: &str = "worker_node_download_model";

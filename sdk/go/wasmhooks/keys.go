@@ -55,6 +55,14 @@ const (
 	PhaseOnOperatorBegin = "on_operator_begin"
 	// pipeline: an operator of daft's plan finished; observe-only.
 	PhaseOnOperatorEnd = "on_operator_end"
+	// serving: the request, before inference; a plugin may rewrite it, clamp its sampling, or block it.
+	PhaseOnRequest = "on_request"
+	// serving: each streamed chunk of each choice; a plugin may rewrite the delta or stop the stream.
+	PhaseOnResponseChunk = "on_response_chunk"
+	// serving: the whole response when not streamed; a plugin may rewrite it or block it.
+	PhaseOnResponse = "on_response"
+	// serving: on every exit path: done, blocked, stopped, client gone, error; observe-only plugins (metering, audit) run in the background.
+	PhaseOnRequestEnd = "on_request_end"
 	// training: at the end of the trainer's construction; HF.
 	PhaseOnInitEnd = "on_init_end"
 	// training: when fit starts, before on_train_begin; Lightning.
@@ -103,6 +111,8 @@ const (
 	KeyBatch = "batch"
 	// a number or null; HF: the best metric so far.
 	KeyBestMetric = "best_metric"
+	// a map; refuse the request: {status: 400, 402, 403 or 429, rule, reason, retry_after_s?}; the client gets that status and an OpenAI error naming the rule.
+	KeyBlock = "block"
 	// an int; bytes read from, or written to, the cache.
 	KeyCacheBytes = "cache_bytes"
 	// a bool; whether the node's result came from the cache.
@@ -123,14 +133,20 @@ const (
 	KeyCheckpoints = "checkpoints"
 	// a list; checkpoints of this run to delete (others are ignored).
 	KeyCheckpointsToDelete = "checkpoints_to_delete"
+	// an int; the chunk's place in its choice's stream, from 0.
+	KeyChunk = "chunk"
 	// a map; Ray Serve LLM: the callback context's custom_data, passed back to Ray.
 	KeyCustomData = "custom_data"
+	// a string; the chunk's text as the client gets it.
+	KeyDelta = "delta"
 	// a string; the folder the files go to, inside the job's (or the node's) cache.
 	KeyDownloadDir = "download_dir"
 	// a map; what the (first) node fetched: mode, folder, files, bytes, cache hits.
 	KeyDownloadResult = "download_result"
 	// a number; wall time of the batch, the node's level, or the run.
 	KeyElapsedMs = "elapsed_ms"
+	// one of "done", "blocked", "stopped", "disconnected", "error"; how the request ended: answered, blocked by a plugin, stream stopped by a plugin, client gone, failed.
+	KeyEndReason = "end_reason"
 	// a map; the running engine: pid, port, url, node.
 	KeyEngine = "engine"
 	// a map; arguments for the engine (Ray Serve LLM: the engine's kwargs).
@@ -145,10 +161,18 @@ const (
 	KeyEvalAccuracy = "eval_accuracy"
 	// a number; the evaluation loss.
 	KeyEvalLoss = "eval_loss"
+	// a string or null; null until the choice's last chunk: then why it ended (a plugin holding text back gives it out here).
+	KeyFinishReason = "finish_reason"
 	// a number; the gradients' norm.
 	KeyGradNorm = "grad_norm"
+	// a map; the request headers the operator lets plugins see ([serving] headers), by lower-case name.
+	KeyHeaders = "headers"
+	// an int; the choice the chunk belongs to.
+	KeyIndex = "index"
 	// a map; columns, rows, signature (of them all) and signatures (each column's).
 	KeyInputs = "inputs"
+	// a number; from the request's arrival to its end.
+	KeyLatencyMs = "latency_ms"
 	// a number; reference trainer: the optimizer's learning rate from the next step.
 	KeyLearningRate = "learning_rate"
 	// one of "NONE", "TOKENIZER_ONLY", "MODEL_AND_TOKENIZER"; what the local node downloads.
@@ -161,8 +185,12 @@ const (
 	KeyLoss = "loss"
 	// an int; the steps the run will take at most.
 	KeyMaxSteps = "max_steps"
+	// a list; chat: the messages the engine gets, each {role, content} with content a string.
+	KeyMessages = "messages"
 	// a string; daft's runner: native or ray.
 	KeyMode = "mode"
+	// a string; the model the request names.
+	KeyModel = "model"
 	// a string; the job's model id.
 	KeyModelId = "model_id"
 	// a string; where the files come from: file://PATH inside the job, or http(s)://.
@@ -179,6 +207,8 @@ const (
 	KeyNodeVersion = "node_version"
 	// a list; node initialization on Ray: every node's download result; a pipeline: its nodes in run order.
 	KeyNodes = "nodes"
+	// a list; the response's text, one string per choice: what the client gets.
+	KeyOutput = "output"
 	// a map; columns, rows, signature, dtype.
 	KeyOutputs = "outputs"
 	// a string; the pipeline's name.
@@ -187,14 +217,22 @@ const (
 	KeyPlacementGroup = "placement_group"
 	// a map; the group to make: bundles (resource maps) and strategy (PACK, SPREAD, STRICT_PACK, STRICT_SPREAD).
 	KeyPlacementRequest = "placement_request"
+	// a string; completions: the prompt the engine gets.
+	KeyPrompt = "prompt"
 	// a map; daft's query id, operator and duration.
 	KeyQuery = "query"
 	// an int; this process's global rank.
 	KeyRank = "rank"
+	// a string; the request's id: the client's x-request-id if it sent one, else one the host made.
+	KeyRequestId = "request_id"
 	// a string; the checkpoint the run resumed from.
 	KeyResumedFrom = "resumed_from"
+	// one of "chat", "completions"; the OpenAI endpoint: /v1/chat/completions or /v1/completions.
+	KeyRoute = "route"
 	// a map; Ray Serve LLM: the runtime_env the download tasks get.
 	KeyRuntimeEnv = "runtime_env"
+	// a map; the request's sampling fields (max_tokens, temperature, top_p, stop, ...): the ones a plugin sets replace the request's.
+	KeySampling = "sampling"
 	// a bool; true: an evaluation runs after this step.
 	KeyShouldEvaluate = "should_evaluate"
 	// a bool; true: metrics are logged after this step.
@@ -209,12 +247,26 @@ const (
 	KeySkipExecution = "skip_execution"
 	// one of "ok", "error"; how the run ended.
 	KeyStatus = "status"
+	// an int; the HTTP status the client got.
+	KeyStatusCode = "status_code"
 	// an int; optimizer steps done.
 	KeyStep = "step"
+	// a bool; true: the stream ends after this chunk, with finish_reason content_filter.
+	KeyStop = "stop"
+	// a bool; whether the response is streamed.
+	KeyStream = "stream"
+	// a string or null; the value of the header the operator names in [serving] tenant_header; null without it.
+	KeyTenant = "tenant"
+	// an int; the choice's completion tokens so far, this chunk's included.
+	KeyTokensSoFar = "tokens_so_far"
 	// a string; completed, stopped by a plugin, or error.
 	KeyTrainEndReason = "train_end_reason"
 	// a string; the error that ended the run.
 	KeyTrainError = "train_error"
+	// a number or null; from the request's arrival to the first chunk of text; null when none came.
+	KeyTtftMs = "ttft_ms"
+	// a map; prompt_tokens, completion_tokens and total_tokens, as the engine counted them.
+	KeyUsage = "usage"
 	// one of "NONE", "TOKENIZER_ONLY", "MODEL_AND_TOKENIZER"; what the other nodes download.
 	KeyWorkerNodeDownloadModel = "worker_node_download_model"
 	// an int; how many processes train.
