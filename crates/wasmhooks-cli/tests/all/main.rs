@@ -13,5 +13,6 @@ mod loading;
 mod node;
 mod observers;
 mod properties;
+mod serving;
 mod support;
 mod training;
