@@ -102,10 +102,7 @@ impl HooksBuilder {
             members: entries,
             routes: HashMap::new(),
             observer,
-            data_bytes: DataBytes {
-                limit: job_limits.max_data_bytes,
-                ..DataBytes::default()
-            },
+            data_bytes: DataBudget::new(job_limits.max_data_bytes),
         })
     }
 }
@@ -119,19 +116,35 @@ pub struct Hooks {
     /// Call order per phase, computed once; shared so firing copies none.
     routes: HashMap<String, Arc<[usize]>>,
     observer: Option<Observer>,
-    data_bytes: DataBytes,
+    data_bytes: DataBudget,
 }
 
-/// Bytes of the keys plugins set in the data map, as they set them: what a
-/// `prefix.*` grant could otherwise grow without end.
-#[derive(Default)]
-struct DataBytes {
+/// Bytes of the keys plugins set in one data map, as they set them: what a
+/// `prefix.*` grant could otherwise grow without end. The hooks keep one
+/// for the job's map; a host that keeps a map per unit of work (a served
+/// request) keeps one with each map and fires with [`Hooks::fire_in`].
+#[derive(Debug, Default, Clone)]
+pub struct DataBudget {
     limit: usize,
     total: usize,
     by_key: HashMap<String, usize>,
 }
 
-impl DataBytes {
+impl DataBudget {
+    /// An empty map's budget: plugins may set at most `limit` bytes of keys
+    /// and values in it.
+    pub fn new(limit: usize) -> Self {
+        DataBudget {
+            limit,
+            ..DataBudget::default()
+        }
+    }
+
+    /// Bytes plugins have set in the map so far.
+    pub fn used(&self) -> usize {
+        self.total
+    }
+
     /// The total after `changes`, without applying them.
     fn after(&self, changes: &[Change], sizes: &[usize]) -> usize {
         let mut total = self.total;
@@ -401,6 +414,26 @@ impl Hooks {
     /// the `fail` policy; the hooks stay usable after it (to fire a final
     /// phase, say).
     pub fn fire(&mut self, phase: &str, data: &mut DataMap) -> Result<PhaseReport, Error> {
+        let mut budget = std::mem::take(&mut self.data_bytes);
+        let report = self.fire_in(phase, data, &mut budget);
+        self.data_bytes = budget;
+        report
+    }
+
+    /// A budget for a new data map under the job's `max_data_kib`.
+    pub fn data_budget(&self) -> DataBudget {
+        DataBudget::new(self.data_bytes.limit)
+    }
+
+    /// As [`Hooks::fire`], for a map of the caller's (one per request, say)
+    /// whose bytes `budget` counts, made by [`Hooks::data_budget`] with the
+    /// map and kept with it.
+    pub fn fire_in(
+        &mut self,
+        phase: &str,
+        data: &mut DataMap,
+        budget: &mut DataBudget,
+    ) -> Result<PhaseReport, Error> {
         let route = self.route(phase);
         let mut report = PhaseReport {
             phase: phase.to_owned(),
@@ -433,8 +466,8 @@ impl Hooks {
             };
             // Updates that would overfill the data map fail the call too.
             let result = result.and_then(|called| {
-                let total = self.data_bytes.after(&called.changes, &called.sizes);
-                if total <= self.data_bytes.limit {
+                let total = budget.after(&called.changes, &called.sizes);
+                if total <= budget.limit {
                     return Ok((called, total));
                 }
                 let member = &mut self.members[i];
@@ -443,7 +476,7 @@ impl Hooks {
                     call: Call::Phase(phase.to_owned()),
                     cause: crate::Cause::DataMapFull {
                         size: total,
-                        limit: self.data_bytes.limit,
+                        limit: budget.limit,
                     },
                 };
                 Err(member
@@ -459,7 +492,7 @@ impl Hooks {
                     },
                     total,
                 )) => {
-                    self.data_bytes.apply(&changes, &sizes, total);
+                    budget.apply(&changes, &sizes, total);
                     for change in changes {
                         match change {
                             Change::Set(key, value) => data.insert(key, value),

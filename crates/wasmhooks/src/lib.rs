@@ -45,8 +45,8 @@ pub mod schema;
 mod text;
 
 pub use dispatch::{
-    CallReport, Change, DEFAULT_FLUSH, DataMap, Hooks, HooksBuilder, MAX_KEYS_LISTED, Outcome,
-    PhaseReport, PluginStats,
+    CallReport, Change, DEFAULT_FLUSH, DataBudget, DataMap, Hooks, HooksBuilder, MAX_KEYS_LISTED,
+    Outcome, PhaseReport, PluginStats,
 };
 pub use error::{Call, CallError, Cause, Error, TypeMismatch};
 pub use files::read_regular;

@@ -134,6 +134,15 @@ impl Policy {
         self.plugins.iter().find(|p| p.name == name)
     }
 
+    /// Lowers every plugin's per-call deadline to at most `cap`: a request
+    /// path counts in milliseconds where a job's phases count in seconds,
+    /// so a host serving requests caps what the operator wrote for jobs.
+    pub fn cap_timeouts(&mut self, cap: std::time::Duration) {
+        for plugin in &mut self.plugins {
+            plugin.limits.timeout = plugin.limits.timeout.min(cap);
+        }
+    }
+
     /// The bounds every job runs under.
     pub fn job_limits(&self) -> &JobLimits {
         &self.job
