@@ -182,7 +182,7 @@ fn default_cache() -> Option<PathBuf> {
 /// or an empty policy.
 fn host(operator: Option<&std::path::Path>) -> anyhow::Result<Host> {
     let policy = match operator {
-        Some(path) => wasmhooks_lifecycles::node::engine::load_policy(path)?,
+        Some(path) => wasmhooks_lifecycles::policy::load_policy(path)?,
         None => Policy::default(),
     };
     host_for(policy)

@@ -22,7 +22,7 @@ struct Finding {
 pub fn check(operator: &Path, files: &[PathBuf], json: bool) -> anyhow::Result<ExitCode> {
     // As `run` reads it: the engines node initialization may start are
     // checked with the rest.
-    let policy = wasmhooks_lifecycles::node::engine::load_policy(operator)?;
+    let policy = wasmhooks_lifecycles::policy::load_policy(operator)?;
     let host = super::host_for(policy.clone())?;
     let mut findings = Vec::new();
     let mut checked = std::collections::BTreeSet::new();

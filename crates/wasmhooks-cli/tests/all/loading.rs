@@ -181,7 +181,8 @@ fn operator_config_errors_name_the_file() {
 
 #[test]
 fn engines_are_checked_when_the_operator_config_is_loaded() {
-    use wasmhooks_lifecycles::node::engine::{Engines, load_policy};
+    use wasmhooks_lifecycles::node::engine::Engines;
+    use wasmhooks_lifecycles::policy::load_policy;
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("operator.toml");
     std::fs::write(&path, "[engine.x]\ncommand = [\"e\"]\n").unwrap();

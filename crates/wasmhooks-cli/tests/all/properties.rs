@@ -224,9 +224,7 @@ fn no_operator_config_panics_the_host() {
         .run(&operator_toml(), |op| {
             let text = toml::to_string(&op).unwrap();
             // Read as the CLI reads one: the core's tables and the engines.
-            if let Ok(policy) =
-                wasmhooks_lifecycles::node::engine::parse_policy(&text, Path::new("."))
-            {
+            if let Ok(policy) = wasmhooks_lifecycles::policy::parse_policy(&text, Path::new(".")) {
                 // What it accepts, a host can be built on.
                 prop_assert!(wasmhooks::Host::new(policy).is_ok(), "{text}");
             }

@@ -23,7 +23,7 @@ pub fn allow(name: &str, path: &str, extra: &str) -> String {
 /// its `[engine.NAME]` tables), sharing one compile cache with every test
 /// (plugins in Python or JavaScript take seconds to compile).
 pub fn host(toml: &str) -> Host {
-    let policy = wasmhooks_lifecycles::node::engine::parse_policy(toml, Path::new(".")).unwrap();
+    let policy = wasmhooks_lifecycles::policy::parse_policy(toml, Path::new(".")).unwrap();
     Host::with_compile_cache(policy, compile_cache()).unwrap()
 }
 

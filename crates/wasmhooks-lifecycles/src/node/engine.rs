@@ -7,10 +7,10 @@
 //!
 //! The engines are the operator's, in its config's `[engine.NAME]` tables:
 //! node-initialization policy, which the core host does not read. The core
-//! keeps those tables for this crate (it claims them, see [`SECTIONS`]);
-//! [`load_policy`] and [`parse_policy`] load an operator config with them
-//! checked, so a bad engine is refused when the config is loaded, as any
-//! other mistake in it is.
+//! keeps those tables for this crate (it claims them, see
+//! [`crate::policy`]), which checks them when it loads the config, so a bad
+//! engine is refused when the config is loaded, as any other mistake in it
+//! is.
 
 use std::collections::BTreeMap;
 use std::io::{BufRead, BufReader, Read};
@@ -22,7 +22,7 @@ use std::time::{Duration, Instant};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
-use wasmhooks::{Error, Policy};
+use wasmhooks::Policy;
 
 use super::super::LifecycleError;
 
@@ -34,36 +34,8 @@ const MAX_ARG: usize = 4096;
 /// that a number is a typo.
 const MAX_TIMEOUT_S: u64 = 24 * 3_600;
 
-/// The operator config's top-level tables this crate reads: `[engine.NAME]`.
-pub const SECTIONS: &[&str] = &[SECTION];
-const SECTION: &str = "engine";
-
-/// Reads an operator config file, with the tables this crate claims
-/// ([`SECTIONS`]) checked as well as the core's.
-pub fn load_policy(path: impl AsRef<Path>) -> Result<Policy, Error> {
-    let path = path.as_ref();
-    let policy = Policy::from_file_claiming(path, SECTIONS)?;
-    checked(policy, path.display().to_string())
-}
-
-/// Parses an operator config (relative folders resolve against `base`),
-/// with the tables this crate claims ([`SECTIONS`]) checked as well as the
-/// core's.
-pub fn parse_policy(text: &str, base: &Path) -> Result<Policy, Error> {
-    let policy = Policy::from_toml_str_claiming(text, base, SECTIONS)?;
-    checked(policy, "<inline>".into())
-}
-
-/// `policy` once its engines are read and checked (and kept with it).
-fn checked(policy: Policy, source_name: String) -> Result<Policy, Error> {
-    match Engines::of(&policy) {
-        Ok(_) => Ok(policy),
-        Err(message) => Err(Error::Policy {
-            source_name,
-            message,
-        }),
-    }
-}
+/// The operator config's table of engines: `[engine.NAME]`.
+pub(crate) const SECTION: &str = "engine";
 
 /// An engine the operator lets jobs start: a command template, never a
 /// shell. A job names it and may add arguments only where `job_args` is on.
@@ -98,7 +70,8 @@ impl Engines {
     /// The engines of `policy`'s `[engine.NAME]` tables: none if it has
     /// none (or was read without claiming them). They are parsed and
     /// checked the first time (when the config is loaded, through
-    /// [`load_policy`] or [`parse_policy`]) and kept with the policy.
+    /// [`crate::policy::load_policy`] or [`crate::policy::parse_policy`])
+    /// and kept with the policy.
     pub fn of(policy: &Policy) -> Result<&Engines, String> {
         static NONE: Engines = Engines(BTreeMap::new());
         let Some(section) = policy.section(SECTION) else {
@@ -502,6 +475,7 @@ pub fn check_kwargs(kwargs: &serde_json::Map<String, Value>) -> Result<(), Lifec
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::policy::parse_policy;
 
     #[test]
     fn bad_engines_are_refused_when_the_config_is_loaded() {
