@@ -12,6 +12,7 @@ mod host;
 mod job;
 mod node;
 mod policy;
+mod serving;
 mod traps;
 
 use pyo3::prelude::*;
@@ -67,6 +68,9 @@ fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<job::Job>()?;
     m.add_class::<node::NodePlan>()?;
     m.add_class::<node::Engine>()?;
+    m.add_class::<serving::Serving>()?;
+    m.add_class::<serving::Exchange>()?;
+    m.add_class::<serving::Refusal>()?;
     m.add_function(wrap_pyfunction!(files::relative, m)?)?;
     m.add_function(wrap_pyfunction!(node::pack_bundle, m)?)?;
     m.add_function(wrap_pyfunction!(node::unpack_bundle, m)?)?;

@@ -166,6 +166,50 @@ class Hooks:
 #: build costs 3-6x more per fire).
 BUILD: str
 
+class Refusal:
+    """An answer in place of the engine's: a plugin's block, a request the
+    host could not read, or a plugin that failed closed."""
+
+    status: int
+    body: bytes
+    headers: list[tuple[str, str]]
+
+class Exchange:
+    """One request's course through the serving phases."""
+
+    request_id: str
+    streamed: bool
+    stopped: bool
+    def take_request(self, as_bytes: bool = False) -> dict[str, Any] | bytes | Refusal: ...
+    def stream(self, data: bytes) -> bytes: ...
+    def finish_stream(self) -> bytes: ...
+    def chunk(
+        self, index: int, delta: str, finish_reason: str | None = None
+    ) -> tuple[str, bool, bool]: ...
+    def response(self, body: bytes | dict[str, Any]) -> bytes | dict[str, Any] | Refusal: ...
+    def end(self, status: int, reason: str = "done") -> None: ...
+
+class Serving:
+    """A replica's serving plugins, each instantiated `[serving] instances` times."""
+
+    def __init__(
+        self,
+        policy: Policy,
+        *,
+        job: Job | str | None = None,
+        plugins: list[tuple[str, Any]] | None = None,
+        job_config: Any = None,
+        cache_dir: str | None = None,
+    ) -> None: ...
+    def begin(
+        self, route: str, body: bytes | dict[str, Any], headers: list[tuple[str, str]]
+    ) -> Exchange: ...
+    def listens(self, phase: str) -> bool: ...
+    @property
+    def config(self) -> dict[str, Any]: ...
+    def stats(self) -> dict[str, Any]: ...
+    def flush(self, timeout: float = 10.0) -> int: ...
+
 def wit_version() -> str: ...
 def wit_versions() -> list[str]: ...
 def schema() -> dict[str, Any]: ...

@@ -21,6 +21,9 @@ struct Adversary {
     scripted: Value,
     /// From config `panic_on`: a phase to crash in.
     panic_on: Option<String>,
+    /// From config `spin_on`: a phase to compute in until stopped (its
+    /// deadline or its fuel).
+    spin_on: Option<String>,
     /// From config `state_bytes`: how large a state `save-state` returns.
     state_bytes: Option<usize>,
     /// From config `only_rank`: act (script or panic) only where the data's
@@ -43,6 +46,7 @@ impl Plugin for Adversary {
 
     fn init(&mut self, _job: &Value, config: &Value) -> Result<(), Error> {
         self.panic_on = config["panic_on"].as_str().map(str::to_owned);
+        self.spin_on = config["spin_on"].as_str().map(str::to_owned);
         self.state_bytes = config["state_bytes"].as_u64().map(|n| n as usize);
         self.only_rank = config["only_rank"].as_u64();
         // From config `reads_file` instead: the keys, read from a file at
@@ -58,7 +62,9 @@ impl Plugin for Adversary {
         });
         self.scripted = match &config["updates"] {
             // Crashing on cue is scripted too: quiet everywhere else.
-            Value::Null if self.panic_on.is_some() => Value::Object(Default::default()),
+            Value::Null if self.panic_on.is_some() || self.spin_on.is_some() => {
+                Value::Object(Default::default())
+            }
             updates => updates.clone(),
         };
         match config["init"].as_str() {
@@ -81,6 +87,12 @@ impl Plugin for Adversary {
         }
         if self.panic_on.as_deref() == Some(phase) {
             panic!("adversary panics in {phase}, as configured");
+        }
+        if self.spin_on.as_deref() == Some(phase) {
+            let mut n = 0u64;
+            loop {
+                n = black_box(n.wrapping_add(1));
+            }
         }
         if let Some(Value::Object(keys)) = self.scripted.get(phase) {
             let mut updates = Updates::new();

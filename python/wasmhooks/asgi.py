@@ -1,0 +1,218 @@
+"""Wasm plugins on the request path of any ASGI app.
+
+:class:`WasmHooksMiddleware` wraps an ASGI app that serves the OpenAI API
+(vLLM's own server: ``vllm serve MODEL --middleware
+wasmhooks.asgi.WasmHooksMiddleware`` with ``WASMHOOKS_OPERATOR`` and
+``WASMHOOKS_JOB`` set; a FastAPI or Starlette app; a Ray Serve HTTP
+deployment). Requests to ``/v1/chat/completions`` and ``/v1/completions``
+go through the serving phases; everything else passes untouched:
+
+- ``on_request``: the body is read (up to ``[serving] max_request_kib``),
+  the plugins may rewrite it or block it; a block is answered here with its
+  status and an OpenAI error naming the rule, and the app never sees it.
+- ``on_response_chunk``: each server-sent event of a streamed answer is
+  rewritten; a plugin's ``stop`` ends the stream with ``[DONE]`` and tells
+  the app the client has gone, so the engine stops generating.
+- ``on_response``: a whole JSON answer is rewritten or refused.
+- ``on_request_end``: on every path, with the status the client got.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Awaitable, MutableMapping
+from typing import Any, Callable
+
+from wasmhooks._native import Job, Policy, Refusal
+from wasmhooks._session import PathLike, PluginSpec
+from wasmhooks.serving import ServingHooks, route_of
+
+__all__ = ["WasmHooksMiddleware"]
+
+Scope = MutableMapping[str, Any]
+Message = MutableMapping[str, Any]
+Receive = Callable[[], Awaitable[Message]]
+Send = Callable[[Message], Awaitable[None]]
+ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
+
+#: Bytes of a whole JSON answer the middleware holds to rewrite, at most;
+#: a larger one is refused (a completion is far smaller).
+MAX_RESPONSE = 64 << 20
+
+
+class WasmHooksMiddleware:
+    """``operator`` and ``job`` (or ``plugins``) default to the environment's
+    ``WASMHOOKS_OPERATOR`` and ``WASMHOOKS_JOB``, so a server that builds
+    the middleware with the app alone (vLLM's ``--middleware``) gets them."""
+
+    def __init__(
+        self,
+        app: ASGIApp,
+        operator: PathLike | Policy | None = None,
+        job: PathLike | Job | None = None,
+        plugins: list[PluginSpec] | None = None,
+        hooks: ServingHooks | None = None,
+        cache_dir: PathLike | None = None,
+    ) -> None:
+        self.app = app
+        if hooks is None:
+            operator = operator if operator is not None else os.environ.get("WASMHOOKS_OPERATOR")
+            if operator is None:
+                raise ValueError("give operator= or set WASMHOOKS_OPERATOR")
+            if job is None and plugins is None:
+                job = os.environ.get("WASMHOOKS_JOB")
+                if job is None:
+                    raise ValueError("give job= or plugins=, or set WASMHOOKS_JOB")
+            hooks = ServingHooks(operator, job=job, plugins=plugins, cache_dir=cache_dir)
+        #: The plugins, shared by every request this app serves.
+        self.hooks = hooks
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        route = None
+        if scope["type"] == "http" and scope.get("method") == "POST":
+            route = route_of(scope.get("path", ""))
+        if route is None:
+            await self.app(scope, receive, send)
+            return
+        await _Request(self.hooks, route, scope, receive, send).run(self.app)
+
+
+class _Request:
+    """One request through the phases: the body in, the app's answer out."""
+
+    def __init__(
+        self, hooks: ServingHooks, route: str, scope: Scope, receive: Receive, send: Send
+    ) -> None:
+        self.hooks, self.route, self.scope = hooks, route, scope
+        self.receive, self.send = receive, send
+        self.status = 500
+        self.started = False
+        self.stopped = False
+        self.disconnected = False
+
+    async def run(self, app: ASGIApp) -> None:
+        body = await self._read_body()
+        if body is None:
+            return
+        headers = [(k.decode("latin-1"), v.decode("latin-1")) for k, v in self.scope["headers"]]
+        exchange = await self.hooks.begin(self.route, body, headers)
+        self.exchange = exchange
+        reason = "error"
+        try:
+            request = exchange.take_request(as_bytes=True)
+            if isinstance(request, Refusal):
+                await self._refuse(request)
+                reason = "done"
+                return
+            scope = dict(self.scope)
+            scope["headers"] = [
+                (k, v) for k, v in self.scope["headers"] if k.lower() != b"content-length"
+            ] + [(b"content-length", str(len(request)).encode())]
+            self._replay = request
+            await app(scope, self._app_receive, self._app_send)
+            reason = "disconnected" if self.disconnected else "done"
+        finally:
+            await self.hooks.end(exchange, self.status, reason)
+
+    async def _read_body(self) -> bytes | None:
+        limit = int(self.hooks.native.config["max_request_kib"]) << 10
+        parts: list[bytes] = []
+        size = 0
+        while True:
+            message = await self.receive()
+            if message["type"] == "http.disconnect":
+                return None
+            chunk = message.get("body", b"")
+            size += len(chunk)
+            if size > limit:
+                # Refused by the host with its own message, from what it has.
+                return b"".join(parts) + chunk[: limit + 1 - (size - len(chunk))]
+            parts.append(chunk)
+            if not message.get("more_body", False):
+                return b"".join(parts)
+
+    async def _refuse(self, refusal: Refusal) -> None:
+        self.status = refusal.status
+        headers = [(k.encode(), v.encode()) for k, v in refusal.headers]
+        headers.append((b"content-length", str(len(refusal.body)).encode()))
+        await self.send(
+            {"type": "http.response.start", "status": refusal.status, "headers": headers}
+        )
+        await self.send({"type": "http.response.body", "body": refusal.body})
+
+    async def _app_receive(self) -> Message:
+        if self._replay is not None:
+            body, self._replay = self._replay, None
+            return {"type": "http.request", "body": body, "more_body": False}
+        if self.stopped:
+            # A plugin ended the stream: to the app the client is gone, so
+            # it stops generating.
+            return {"type": "http.disconnect"}
+        message = await self.receive()
+        if message["type"] == "http.disconnect":
+            self.disconnected = True
+        return message
+
+    async def _app_send(self, message: Message) -> None:
+        kind = message["type"]
+        if kind == "http.response.start":
+            self.status = int(message["status"])
+            headers = list(message.get("headers", []))
+            content_type = next((v for k, v in headers if k.lower() == b"content-type"), b"")
+            self.streaming = content_type.startswith(b"text/event-stream")
+            self.rewrite = self.status == 200 and (
+                self.streaming or content_type.startswith(b"application/json")
+            )
+            if self.rewrite:
+                headers = [(k, v) for k, v in headers if k.lower() != b"content-length"]
+            self.start = {**message, "headers": headers}
+            self.held: list[bytes] = []
+            self.held_size = 0
+            if not self.rewrite or self.streaming:
+                await self._send_start()
+            return
+        if kind != "http.response.body" or not self.rewrite:
+            await self.send(message)
+            return
+        more = bool(message.get("more_body", False))
+        data = bytes(message.get("body", b""))
+        if self.streaming:
+            await self._stream(data, more)
+        else:
+            await self._whole(data, more)
+
+    async def _send_start(self, extra: list[tuple[bytes, bytes]] | None = None) -> None:
+        if not self.started:
+            self.started = True
+            start = dict(self.start)
+            start["headers"] = list(start["headers"]) + (extra or [])
+            await self.send(start)
+
+    async def _stream(self, data: bytes, more: bool) -> None:
+        if self.stopped:
+            return
+        out = await self.hooks.stream(self.exchange, data) if data else b""
+        if not more:
+            out += await self.hooks.finish_stream(self.exchange)
+        if self.exchange.stopped:
+            self.stopped = True
+            await self.send({"type": "http.response.body", "body": out, "more_body": False})
+        elif out or not more:
+            await self.send({"type": "http.response.body", "body": out, "more_body": more})
+
+    async def _whole(self, data: bytes, more: bool) -> None:
+        self.held.append(data)
+        self.held_size += len(data)
+        if self.held_size > MAX_RESPONSE:
+            raise RuntimeError(f"the app's answer is over {MAX_RESPONSE} bytes")
+        if more:
+            return
+        answer = await self.hooks.response(self.exchange, b"".join(self.held))
+        if isinstance(answer, Refusal):
+            self.start = {**self.start, "status": answer.status}
+            self.status = answer.status
+            self.start["headers"] = [(k.encode(), v.encode()) for k, v in answer.headers]
+            answer = answer.body
+        assert isinstance(answer, bytes)
+        await self._send_start([(b"content-length", str(len(answer)).encode())])
+        await self.send({"type": "http.response.body", "body": answer})
