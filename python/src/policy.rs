@@ -45,12 +45,11 @@ impl Policy {
             .parent()
             .unwrap_or(std::path::Path::new("."))
             .to_owned();
-        let inner = wasmhooks_lifecycles::node::engine::parse_policy(&text, &base).map_err(
-            |e| match e {
+        let inner =
+            wasmhooks_lifecycles::policy::parse_policy(&text, &base).map_err(|e| match e {
                 wasmhooks::Error::Policy { message, .. } => py_err(py, named(message)),
                 other => py_err(py, other),
-            },
-        )?;
+            })?;
         Ok(Policy { inner, text, base })
     }
 
@@ -63,8 +62,8 @@ impl Policy {
         base_dir: Option<std::path::PathBuf>,
     ) -> PyResult<Self> {
         let base = base_dir.unwrap_or_else(|| ".".into());
-        let inner = wasmhooks_lifecycles::node::engine::parse_policy(text, &base)
-            .map_err(|e| py_err(py, e))?;
+        let inner =
+            wasmhooks_lifecycles::policy::parse_policy(text, &base).map_err(|e| py_err(py, e))?;
         Ok(Policy {
             inner,
             text: text.to_owned(),
