@@ -22,7 +22,7 @@ PACKAGE = Path(_phases.__file__).parent
 ADAPTERS = {
     "transformers.py": ("training", set()),
     "lightning.py": ("training", set()),
-    "ray_llm.py": ("node", set()),
+    "ray_llm/node_init.py": ("node", set()),
     "ray/driver.py": ("node", set()),
     "ray/tasks.py": ("node", set()),
     "pipeline/__init__.py": ("pipeline", set()),

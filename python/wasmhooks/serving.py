@@ -120,6 +120,11 @@ class ServingHooks:
         """``on_request_end``: on every path, once."""
         await self._off_loop(exchange.end, status, reason)
 
+    def end_soon(self, exchange: Exchange, status: int, reason: str = "done") -> None:
+        """``on_request_end`` without waiting for it: for paths that cannot
+        wait (a stream the client left, whose task is being cancelled)."""
+        self._executor.submit(exchange.end, status, reason)
+
     def stats(self) -> dict[str, Any]:
         """Counters (requests, blocked, stopped, failed_closed, failed_open,
         bad_requests) and each plugin's totals."""
