@@ -145,11 +145,31 @@ pub fn hold_from(text: &str, max_held: usize) -> usize {
     while number < n && !starts_number(b[number]) {
         number += 1;
     }
-    // Back to a byte no address holds: what is given out then never ends
-    // inside a word, an address or a number whose reading the tail decides.
+    // Back to a byte no address holds, and out of any stretch of number
+    // bytes (`111186(4@` holds a number that ends before the `@`): what is
+    // given out then never ends inside a word, an address or a number
+    // whose reading the tail decides.
     let mut from = email.min(number);
-    while from > 0 && is_email_byte(b[from - 1]) {
-        from -= 1;
+    loop {
+        let was = from;
+        while from > 0 && is_email_byte(b[from - 1]) {
+            from -= 1;
+        }
+        if from < n && is_number_byte(b[from]) {
+            // The stretch `numbers` reads: number bytes from one a number
+            // may start with.
+            let mut run = from;
+            while run > 0 && is_number_byte(b[run - 1]) {
+                run -= 1;
+            }
+            while run < from && !starts_number(b[run]) {
+                run += 1;
+            }
+            from = run;
+        }
+        if from == was {
+            break;
+        }
     }
     if n - from > max_held { n } else { from }
 }
@@ -333,10 +353,29 @@ fn span(b: &[u8], groups: &[Group], plus: bool) -> Option<(usize, usize, Kind)> 
     }
     let phone_digits = if plus { 8..=15 } else { 10..=11 };
     let later_groups_whole = groups[1..].iter().all(|g| g.end - g.start >= 2);
-    if phone_digits.contains(&digits) && later_groups_whole {
+    if phone_digits.contains(&digits) && later_groups_whole && !looks_like_other_numbers(b, groups)
+    {
         return Some((start, last.end, Kind::Phone));
     }
     None
+}
+
+/// Numbers models write all the time that have a phone number's digits:
+/// dates with an hour (`2024-01-15 10:30`), a time right after, IP
+/// addresses and versions (`172.16.254.100`). A phone number in dots has
+/// three groups (`415.555.0100`).
+fn looks_like_other_numbers(b: &[u8], groups: &[Group]) -> bool {
+    let len = |i: usize| groups.get(i).map_or(0, |g| g.end - g.start);
+    let sep = |i: usize| &b[groups[i].end..groups[i + 1].start];
+    let date = matches!((len(0), len(1), len(2)), (4, 2, 2) | (2, 2, 4))
+        && (sep(0) == b"-" || sep(0) == b".")
+        && sep(0) == sep(1);
+    let last = groups.last().map_or(0, |g| g.end);
+    let time = b.get(last) == Some(&b':');
+    let dots = groups
+        .windows(2)
+        .any(|w| b[w[0].end..w[1].start].contains(&b'.'));
+    date || time || (dots && groups.len() != 3)
 }
 
 /// The Luhn checksum over the groups' digits.
@@ -407,6 +446,10 @@ mod tests {
             assert_eq!(redact(&format!("call {p} now")), "call [PHONE] now", "{p}");
         }
         for not in [
+            "at 2024-01-15 10:30",
+            "on 15-01-2024 10",
+            "host 172.16.254.100",
+            "10:30 4155550100:00",
             "pi is 3.14159265358",
             "1.5 2.5 3.5 4.5 5.5",
             "v12345678901x",
@@ -450,6 +493,57 @@ mod tests {
                 let (_, all) = stream(&[&text[..a], &text[a..b], &text[b..]]);
                 assert_eq!(all, whole, "split at {a}, {b}");
             }
+        }
+    }
+
+    /// Text made of the bytes matches are made of, split at random: the
+    /// stream always reads as the whole text does.
+    #[test]
+    fn random_streams_read_as_the_whole() {
+        let alphabet = b"ab.-+@ ()0123456789 4111 415 com x:";
+        let mut seed: u64 = 0x2545_f491_4f6c_dd1d;
+        let mut next = |n: usize| {
+            seed ^= seed << 13;
+            seed ^= seed >> 7;
+            seed ^= seed << 17;
+            (seed % n as u64) as usize
+        };
+        let pieces = [
+            "a@b.io",
+            "4111 1111 1111 1111",
+            "+1 415 555 0100",
+            "(415) 555-0100",
+            "2024-01-15 10:30",
+            "172.16.254.100",
+            "x@y.co.uk",
+            "ñé",
+            "+44 20 7946 0958",
+            "5500-0000-0000-0004",
+            ".",
+        ];
+        for _ in 0..5000 {
+            let mut text = String::new();
+            for _ in 0..next(40) {
+                if next(8) == 0 {
+                    text.push_str(pieces[next(pieces.len())]);
+                } else {
+                    text.push(char::from(alphabet[next(alphabet.len())]));
+                }
+            }
+            let whole = redact(&text);
+            let mut cuts: Vec<usize> = (0..next(5)).map(|_| next(text.len() + 1)).collect();
+            cuts.sort_unstable();
+            let mut chunks = Vec::new();
+            let mut at = 0;
+            for mut c in cuts {
+                while !text.is_char_boundary(c) {
+                    c += 1;
+                }
+                chunks.push(&text[at..c]);
+                at = c;
+            }
+            chunks.push(&text[at..]);
+            assert_eq!(stream(&chunks).1, whole, "{text:?} in {chunks:?}");
         }
     }
 }

@@ -145,8 +145,11 @@ fn data_completions(prompt: &str) -> DataMap {
 #[test]
 fn pii_redact_leaves_clean_requests_unchanged_and_sets_nothing() {
     let mut hooks = pii(Value::Null);
-    let mut data =
-        chat(json!([{"role": "user", "content": "What is 2 + 2? Order 1234567812345678."}]));
+    let mut data = chat(json!([
+        {"role": "user", "content": "What is 2 + 2? Order 1234567812345678."},
+        // Numbers with a phone number's digits that are not one.
+        {"role": "user", "content": "At 2024-01-15 10:30 from 172.16.254.100, pi 3.14159265358."},
+    ]));
     let before = data.clone();
     let report = hooks.fire("on_request", &mut data).unwrap();
     assert_eq!(data, before);
