@@ -30,12 +30,15 @@
 //! ```
 //!
 //! Build with `cargo build --target wasm32-wasip2 --release`; the `.wasm` in
-//! `target/wasm32-wasip2/release/` is the component to ship.
+//! `target/wasm32-wasip2/release/` is the component to ship. It targets
+//! contract 0.3.0 (`wit/v0.3.0`); state that must outlive an instance (a
+//! budget shared by every request) goes in [`kv`].
 
 extern crate self as wasmhooks_sdk;
 
 mod data;
 pub mod keys;
+pub mod kv;
 pub mod log;
 mod manifest;
 
@@ -49,7 +52,7 @@ pub use serde_json::{self, Value, json};
 #[allow(unsafe_code, missing_docs, unused_qualifications, clippy::all)]
 pub mod bindings {
     wit_bindgen::generate!({
-        path: "../wit/v0.2.0",
+        path: "../wit/v0.3.0",
         world: "plugin",
         pub_export_macro: true,
         export_macro_name: "__export_plugin_world",

@@ -92,9 +92,94 @@ macro_rules! unchanged_since_0_1_0 {
 }
 use unchanged_since_0_1_0;
 
+/// How 0.2.0 on crosses the data map (typed scalars, keys by position):
+/// written once, expanded in each such version's module over its own
+/// generated types.
+macro_rules! typed_since_0_2_0 {
+    () => {
+        use serde_json::{Number, Value};
+
+        use super::{CallResult, Incoming, Input, Update};
+
+        /// A data-map value as it crosses: scalars typed, the rest as JSON text.
+        fn lower(value: &Value) -> types::Value {
+            match value {
+                Value::Null => types::Value::Null,
+                Value::Bool(b) => types::Value::Boolean(*b),
+                Value::Number(n) => match (n.as_i64(), n.is_f64()) {
+                    (Some(i), _) => types::Value::Integer(i),
+                    (None, true) => types::Value::Float(n.as_f64().unwrap_or_default()),
+                    // A `u64` past `i64::MAX`: exact only as text.
+                    (None, false) => types::Value::Json(n.to_string()),
+                },
+                Value::String(s) => types::Value::Text(s.clone()),
+                Value::Array(_) | Value::Object(_) => types::Value::Json(value.to_string()),
+            }
+        }
+
+        /// A value a plugin returned, for the host to check.
+        fn lift(value: types::Value) -> Incoming {
+            match value {
+                types::Value::Null => Incoming::Value(Value::Null),
+                types::Value::Boolean(b) => Incoming::Value(Value::Bool(b)),
+                types::Value::Integer(i) => Incoming::Value(Value::Number(i.into())),
+                types::Value::Float(f) => match Number::from_f64(f) {
+                    Some(n) => Incoming::Value(Value::Number(n)),
+                    None => Incoming::NotFinite(f),
+                },
+                types::Value::Text(s) => Incoming::Value(Value::String(s)),
+                types::Value::Json(text) => Incoming::Json(text),
+            }
+        }
+
+        pub(super) fn on_phase(
+            p: &Plugin,
+            store: &mut Store<PluginState>,
+            phases: &[String],
+            phase: &str,
+            input: &Input,
+        ) -> CallResult<Vec<Update>> {
+            let listed = phases.iter().position(|p| p == phase);
+            let phase = match listed.and_then(|i| u32::try_from(i).ok()) {
+                Some(i) => types::Phase::Listed(i),
+                None => types::Phase::Named(phase.to_owned()),
+            };
+            let data = match input {
+                Input::Listed(values) => {
+                    types::Data::Listed(values.iter().map(|v| v.as_ref().map(lower)).collect())
+                }
+                Input::Whole(all) => types::Data::Whole(
+                    all.iter()
+                        .map(|(key, value)| types::Entry {
+                            key: key.clone(),
+                            value: lower(value),
+                        })
+                        .collect(),
+                ),
+            };
+            let result = p
+                .wasmhooks_plugin_hooks()
+                .call_on_phase(store, &phase, &data)?;
+            Ok(result
+                .map(|updates| {
+                    updates
+                        .into_iter()
+                        .map(|u| match u {
+                            types::Update::Set(e) => Update::Set(e.key, lift(e.value)),
+                            types::Update::Remove(key) => Update::Remove(key),
+                        })
+                        .collect()
+                })
+                .map_err(|f| f.message))
+        }
+    };
+}
+use typed_since_0_2_0;
+
 mod shapes;
 mod v0_1_0;
 mod v0_2_0;
+mod v0_3_0;
 
 use serde_json::Value;
 use wasmtime::Store;
@@ -104,10 +189,10 @@ use crate::manifest::Manifest;
 use crate::sandbox::PluginState;
 
 /// The newest version: the one the SDKs in this repository build against.
-pub(crate) const NEWEST: &str = v0_2_0::VERSION;
+pub(crate) const NEWEST: &str = v0_3_0::VERSION;
 
 /// Every version this host runs plugins of, oldest first.
-pub(crate) const SUPPORTED: &[&str] = &[v0_1_0::VERSION, v0_2_0::VERSION];
+pub(crate) const SUPPORTED: &[&str] = &[v0_1_0::VERSION, v0_2_0::VERSION, v0_3_0::VERSION];
 
 /// The interface a plugin exports, without its version.
 pub(crate) const HOOKS: &str = "wasmhooks:plugin/hooks";
@@ -121,14 +206,25 @@ pub(crate) fn targeted_version(component: &Component, engine: &wasmtime::Engine)
         .find_map(|(name, _)| Some(name.strip_prefix(HOOKS)?.strip_prefix('@')?.to_owned()))
 }
 
-/// Adds every version's `log` import (the one import the interface has) to
-/// the plugin linker, for the `log` capability. The versions' interfaces
-/// have distinct names, so one linker serves them all.
+/// Adds every version's `log` import to the plugin linker, for the `log`
+/// capability. The versions' interfaces have distinct names, so one linker
+/// serves them all.
 pub(crate) fn add_log_to_linker<T: crate::capabilities::CapabilityView + 'static>(
     linker: &mut Linker<T>,
 ) -> wasmtime::Result<()> {
     v0_1_0::add_log_to_linker(linker)?;
-    v0_2_0::add_log_to_linker(linker)
+    v0_2_0::add_log_to_linker(linker)?;
+    v0_3_0::add_log_to_linker(linker)
+}
+
+/// Adds every version's `kv` import (0.3.0 on) to the plugin linker, for
+/// the `kv` capability. A plugin of such a version that uses none of it
+/// does not import it (wit-component drops unused imports), and links all
+/// the same.
+pub(crate) fn add_kv_to_linker<T: crate::capabilities::CapabilityView + 'static>(
+    linker: &mut Linker<T>,
+) -> wasmtime::Result<()> {
+    v0_3_0::add_kv_to_linker(linker)
 }
 
 /// What a plugin is called with at a phase, in the host's terms.
@@ -226,12 +322,14 @@ impl InitReturns for Option<Vec<String>> {
 pub(crate) enum Pre {
     V0_1_0(v0_1_0::PluginPre<PluginState>),
     V0_2_0(v0_2_0::PluginPre<PluginState>),
+    V0_3_0(v0_3_0::PluginPre<PluginState>),
 }
 
 /// A live instance's exports, as bound for its version.
 pub(crate) enum Bound {
     V0_1_0(v0_1_0::Plugin),
     V0_2_0(v0_2_0::Plugin),
+    V0_3_0(v0_3_0::Plugin),
 }
 
 impl Pre {
@@ -245,7 +343,8 @@ impl Pre {
     ) -> wasmtime::Result<Self> {
         let (name, shapes) = match version {
             Some(v0_1_0::VERSION) => (v0_1_0::VERSION, v0_1_0::SHAPES),
-            _ => (v0_2_0::VERSION, v0_2_0::SHAPES),
+            Some(v0_2_0::VERSION) => (v0_2_0::VERSION, v0_2_0::SHAPES),
+            _ => (v0_3_0::VERSION, v0_3_0::SHAPES),
         };
         shapes::check(
             instance.component(),
@@ -256,7 +355,8 @@ impl Pre {
         .map_err(wasmtime::Error::msg)?;
         Ok(match version {
             Some(v0_1_0::VERSION) => Pre::V0_1_0(v0_1_0::PluginPre::new(instance)?),
-            _ => Pre::V0_2_0(v0_2_0::PluginPre::new(instance)?),
+            Some(v0_2_0::VERSION) => Pre::V0_2_0(v0_2_0::PluginPre::new(instance)?),
+            _ => Pre::V0_3_0(v0_3_0::PluginPre::new(instance)?),
         })
     }
 
@@ -264,6 +364,7 @@ impl Pre {
         Ok(match self {
             Pre::V0_1_0(pre) => Bound::V0_1_0(pre.instantiate(store)?),
             Pre::V0_2_0(pre) => Bound::V0_2_0(pre.instantiate(store)?),
+            Pre::V0_3_0(pre) => Bound::V0_3_0(pre.instantiate(store)?),
         })
     }
 }
@@ -276,6 +377,7 @@ impl Bound {
         match self {
             Bound::V0_1_0(p) => v0_1_0::describe(p, store),
             Bound::V0_2_0(p) => v0_2_0::describe(p, store),
+            Bound::V0_3_0(p) => v0_3_0::describe(p, store),
         }
     }
 
@@ -290,6 +392,7 @@ impl Bound {
         match self {
             Bound::V0_1_0(p) => v0_1_0::init(p, store, job, config),
             Bound::V0_2_0(p) => v0_2_0::init(p, store, job, config),
+            Bound::V0_3_0(p) => v0_3_0::init(p, store, job, config),
         }
     }
 
@@ -305,6 +408,7 @@ impl Bound {
         match self {
             Bound::V0_1_0(p) => v0_1_0::on_phase(p, store, phase, manifest.reads.as_deref(), input),
             Bound::V0_2_0(p) => v0_2_0::on_phase(p, store, &manifest.phases, phase, input),
+            Bound::V0_3_0(p) => v0_3_0::on_phase(p, store, &manifest.phases, phase, input),
         }
     }
 
@@ -315,6 +419,7 @@ impl Bound {
         match self {
             Bound::V0_1_0(p) => v0_1_0::save_state(p, store),
             Bound::V0_2_0(p) => v0_2_0::save_state(p, store),
+            Bound::V0_3_0(p) => v0_3_0::save_state(p, store),
         }
     }
 
@@ -322,6 +427,7 @@ impl Bound {
         match self {
             Bound::V0_1_0(p) => v0_1_0::load_state(p, store, state),
             Bound::V0_2_0(p) => v0_2_0::load_state(p, store, state),
+            Bound::V0_3_0(p) => v0_3_0::load_state(p, store, state),
         }
     }
 }
@@ -338,6 +444,10 @@ mod tests {
             (
                 super::v0_2_0::VERSION,
                 include_str!("../../../wit/v0.2.0/plugin.wit"),
+            ),
+            (
+                super::v0_3_0::VERSION,
+                include_str!("../../../wit/v0.3.0/plugin.wit"),
             ),
         ] {
             let package = format!("package wasmhooks:plugin@{version};");

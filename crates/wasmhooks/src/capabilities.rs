@@ -9,6 +9,9 @@
 //! - `folders`: folders to read, or read and write under a quota, with WASI's
 //!   filesystem shadowed where it would block the host or write past the
 //!   quota (`folders::filesystem`);
+//! - `kv`: values and counters that outlive a call, in the plugin's
+//!   namespace of a store every instance made through one host shares
+//!   (contract 0.3.0 on);
 //! - `log`: messages into the host's log.
 //!
 //! Modelled on wasmtime-wasi's per-interface views and Spin's factors, with
@@ -19,8 +22,10 @@
 pub(crate) mod clocks;
 pub(crate) mod env;
 pub(crate) mod folders;
+pub(crate) mod kv;
 pub(crate) mod log;
 
+use std::sync::Arc;
 use std::time::Instant;
 
 use wasmtime::component::Linker;
@@ -36,6 +41,19 @@ pub(crate) trait Capability: Sized {
     /// cannot give (a folder that is not there) is an error naming the
     /// plugin.
     fn grant(policy: &PluginPolicy, wasi: &mut WasiCtxBuilder) -> Result<Self, Error>;
+
+    /// Like `grant`, with what the capabilities keep host-wide (`kv`'s
+    /// store), for one whose instances share something. What the host
+    /// calls; most capabilities keep nothing host-wide and leave it to
+    /// `grant`.
+    fn grant_in(
+        host: &HostWide,
+        policy: &PluginPolicy,
+        wasi: &mut WasiCtxBuilder,
+    ) -> Result<Self, Error> {
+        let _ = host;
+        Self::grant(policy, wasi)
+    }
 
     /// Adds its host functions to the plugin linker, once per host, after
     /// WASI's own (which it may shadow). Most capabilities are WASI's and
@@ -56,6 +74,13 @@ pub(crate) trait Capability: Sized {
     }
 }
 
+/// What the capabilities keep for every plugin and instance of one host.
+#[derive(Default)]
+pub(crate) struct HostWide {
+    /// The key-value store, a namespace per plugin.
+    pub(crate) kv: Arc<kv::KvStore>,
+}
+
 /// What the capabilities' host functions need of a store's state: WASI's
 /// context (its resource table) and their own states.
 pub(crate) trait CapabilityView: WasiView {
@@ -72,13 +97,15 @@ macro_rules! capabilities {
         }
 
         impl Capabilities {
-            /// Each capability's grant, in the order listed.
+            /// Each capability's grant, in the order listed, with what
+            /// the host keeps for all its plugins.
             pub(crate) fn grant(
+                host: &HostWide,
                 policy: &PluginPolicy,
                 wasi: &mut WasiCtxBuilder,
             ) -> Result<Self, Error> {
                 Ok(Capabilities {
-                    $($field: <$state as Capability>::grant(policy, wasi)?,)*
+                    $($field: <$state as Capability>::grant_in(host, policy, wasi)?,)*
                 })
             }
 
@@ -112,6 +139,8 @@ capabilities! {
     env: env::Env,
     /// The read-write folders' quotas and the file streams they count.
     folders: folders::Folders,
+    /// The plugin's namespace in the host's key-value store.
+    kv: kv::Kv,
     /// The per-call budget of log messages.
     log: log::PluginLog,
 }

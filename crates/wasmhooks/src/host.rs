@@ -10,7 +10,8 @@ use wasmtime::component::Linker;
 use wasmtime::{Config, Engine, Strategy};
 
 use crate::Error;
-use crate::capabilities::Capabilities;
+use crate::capabilities::kv::KvStore;
+use crate::capabilities::{Capabilities, HostWide};
 use crate::policy::Policy;
 use crate::sandbox::{EpochTicker, PluginState};
 
@@ -33,6 +34,9 @@ pub(crate) struct Shared {
     /// is global, and in such a child it may be the parent's, whose threads
     /// are not there to wake a wait (a plugin's sleep hung forever).
     pub(crate) runtime: Option<tokio::runtime::Runtime>,
+    /// What the capabilities share among every plugin and instance made
+    /// through this host: the key-value store.
+    pub(crate) capabilities: HostWide,
     _ticker: EpochTicker,
 }
 
@@ -78,6 +82,15 @@ impl Host {
     /// The operator's policy this host enforces.
     pub fn policy(&self) -> &Policy {
         &self.shared.policy
+    }
+
+    /// The key-value store plugins keep state in (contract 0.3.0's `kv`):
+    /// a namespace per plugin, shared by every instance made through this
+    /// host (and its clones). A serving replica syncs it with the other
+    /// replicas' through [`KvStore::take_changes`] and
+    /// [`KvStore::apply_snapshot`].
+    pub fn kv(&self) -> &Arc<KvStore> {
+        &self.shared.capabilities.kv
     }
 }
 
@@ -133,6 +146,7 @@ impl Shared {
             compile_cache,
             pid: std::process::id(),
             runtime,
+            capabilities: HostWide::default(),
             _ticker: ticker,
         })
     }

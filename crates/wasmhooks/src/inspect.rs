@@ -27,6 +27,7 @@ fn describe_limits() -> Limits {
         max_state_bytes: 64 << 10,
         max_handles: 64,
         readwrite_quota_bytes: 0,
+        kv_quota_bytes: 0,
     }
 }
 

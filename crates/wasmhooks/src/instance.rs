@@ -93,7 +93,10 @@ impl Instance {
         let shared = &plugin.inner.shared;
         shared.here()?;
         let _runtime = shared.runtime.as_ref().map(|r| r.enter());
-        let mut store = Store::new(&shared.engine, PluginState::new(policy)?);
+        let mut store = Store::new(
+            &shared.engine,
+            PluginState::new(&shared.capabilities, policy)?,
+        );
         store.limiter(|state| &mut state.memory);
         store.epoch_deadline_trap();
         arm(&mut store, policy, Instant::now());

@@ -10,6 +10,7 @@
 //! max_state_kib = 1024  # bytes of state one save-state may return
 //! max_handles = 256     # WASI handles (files, folders, streams) open at once
 //! readwrite_quota_mib = 256  # bytes each read-write folder may hold
+//! kv_quota_kib = 1024   # bytes of keys and values in its key-value namespace
 //! on_error = "fail"     # fail | skip | disable
 //!
 //! [job]                 # bounds on what a job and its plugins bring
@@ -53,8 +54,9 @@ use crate::Error;
 
 pub use grants::{DirGrant, Grants, KeyPattern, OnError, PluginPolicy};
 pub use limits::{
-    DEFAULT_FUEL, DEFAULT_MAX_HANDLES, DEFAULT_MAX_STATE_KIB, DEFAULT_MAX_UPDATE_KIB,
-    DEFAULT_MEMORY_MIB, DEFAULT_READWRITE_QUOTA_MIB, DEFAULT_TIMEOUT_MS, JobLimits, Limits,
+    DEFAULT_FUEL, DEFAULT_KV_QUOTA_KIB, DEFAULT_MAX_HANDLES, DEFAULT_MAX_STATE_KIB,
+    DEFAULT_MAX_UPDATE_KIB, DEFAULT_MEMORY_MIB, DEFAULT_READWRITE_QUOTA_MIB, DEFAULT_TIMEOUT_MS,
+    JobLimits, Limits,
 };
 pub use toml::Section;
 

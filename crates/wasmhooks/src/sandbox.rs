@@ -13,7 +13,7 @@ use std::time::Instant;
 use wasmtime::component::ResourceTable;
 use wasmtime_wasi::{WasiCtx, WasiCtxBuilder, WasiCtxView, WasiView};
 
-use crate::capabilities::{Capabilities, CapabilityView};
+use crate::capabilities::{Capabilities, CapabilityView, HostWide};
 use crate::policy::PluginPolicy;
 use crate::{Cause, Error};
 
@@ -50,8 +50,9 @@ impl CapabilityView for PluginState {
 
 impl PluginState {
     /// A state with exactly the operator's grants: no ambient files,
-    /// network, environment, arguments or stdin.
-    pub(crate) fn new(policy: &PluginPolicy) -> Result<Self, Error> {
+    /// network, environment, arguments or stdin. `host` is what the
+    /// capabilities share among the host's plugins (the key-value store).
+    pub(crate) fn new(host: &HostWide, policy: &PluginPolicy) -> Result<Self, Error> {
         let mut wasi = WasiCtxBuilder::new();
         let stdout = Output::new(Arc::from(policy.name.as_str()), "stdout");
         let stderr = Output::new(Arc::from(policy.name.as_str()), "stderr");
@@ -66,7 +67,7 @@ impl PluginState {
         // logging plugin). It bounds nothing less: a call's deadline never
         // interrupted a host call in progress.
         wasi.allow_blocking_current_thread(true);
-        let capabilities = Capabilities::grant(policy, &mut wasi)?;
+        let capabilities = Capabilities::grant(host, policy, &mut wasi)?;
         let mut table = ResourceTable::new();
         // Every file, folder, stream and pollable a plugin holds is an entry;
         // files are descriptors of the host process as well, shared with the

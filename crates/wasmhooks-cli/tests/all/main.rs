@@ -8,6 +8,7 @@ mod cli;
 mod dispatch;
 mod examples;
 mod grants;
+mod kv;
 mod languages;
 mod loading;
 mod node;

@@ -4,10 +4,8 @@
 //! the values of the keys it lists in `reads` in that order, with no key
 //! strings.
 
-use serde_json::{Number, Value};
 use wasmtime::Store;
 
-use super::{CallResult, Incoming, Input, Update};
 use crate::sandbox::PluginState;
 
 wasmtime::component::bindgen!({
@@ -45,77 +43,7 @@ pub(super) const SHAPES: &[(&str, &str)] = &[
     ("save-state", "func() -> option<string>"),
 ];
 
-/// A data-map value as it crosses: scalars typed, the rest as JSON text.
-fn lower(value: &Value) -> types::Value {
-    match value {
-        Value::Null => types::Value::Null,
-        Value::Bool(b) => types::Value::Boolean(*b),
-        Value::Number(n) => match (n.as_i64(), n.is_f64()) {
-            (Some(i), _) => types::Value::Integer(i),
-            (None, true) => types::Value::Float(n.as_f64().unwrap_or_default()),
-            // A `u64` past `i64::MAX`: exact only as text.
-            (None, false) => types::Value::Json(n.to_string()),
-        },
-        Value::String(s) => types::Value::Text(s.clone()),
-        Value::Array(_) | Value::Object(_) => types::Value::Json(value.to_string()),
-    }
-}
-
-/// A value a plugin returned, for the host to check.
-fn lift(value: types::Value) -> Incoming {
-    match value {
-        types::Value::Null => Incoming::Value(Value::Null),
-        types::Value::Boolean(b) => Incoming::Value(Value::Bool(b)),
-        types::Value::Integer(i) => Incoming::Value(Value::Number(i.into())),
-        types::Value::Float(f) => match Number::from_f64(f) {
-            Some(n) => Incoming::Value(Value::Number(n)),
-            None => Incoming::NotFinite(f),
-        },
-        types::Value::Text(s) => Incoming::Value(Value::String(s)),
-        types::Value::Json(text) => Incoming::Json(text),
-    }
-}
-
-pub(super) fn on_phase(
-    p: &Plugin,
-    store: &mut Store<PluginState>,
-    phases: &[String],
-    phase: &str,
-    input: &Input,
-) -> CallResult<Vec<Update>> {
-    let listed = phases.iter().position(|p| p == phase);
-    let phase = match listed.and_then(|i| u32::try_from(i).ok()) {
-        Some(i) => types::Phase::Listed(i),
-        None => types::Phase::Named(phase.to_owned()),
-    };
-    let data = match input {
-        Input::Listed(values) => {
-            types::Data::Listed(values.iter().map(|v| v.as_ref().map(lower)).collect())
-        }
-        Input::Whole(all) => types::Data::Whole(
-            all.iter()
-                .map(|(key, value)| types::Entry {
-                    key: key.clone(),
-                    value: lower(value),
-                })
-                .collect(),
-        ),
-    };
-    let result = p
-        .wasmhooks_plugin_hooks()
-        .call_on_phase(store, &phase, &data)?;
-    Ok(result
-        .map(|updates| {
-            updates
-                .into_iter()
-                .map(|u| match u {
-                    types::Update::Set(e) => Update::Set(e.key, lift(e.value)),
-                    types::Update::Remove(key) => Update::Remove(key),
-                })
-                .collect()
-        })
-        .map_err(|f| f.message))
-}
+super::typed_since_0_2_0!();
 
 #[cfg(test)]
 mod tests {

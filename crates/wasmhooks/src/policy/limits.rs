@@ -30,6 +30,9 @@ pub const DEFAULT_MAX_STATE_KIB: u64 = 1_024;
 pub const DEFAULT_MAX_HANDLES: u64 = 256;
 /// Bytes a read-write folder may hold when the operator sets none, in MiB.
 pub const DEFAULT_READWRITE_QUOTA_MIB: u64 = 256;
+/// Bytes of keys and values a plugin may keep in the key-value store when
+/// the operator sets none, in KiB.
+pub const DEFAULT_KV_QUOTA_KIB: u64 = 1_024;
 
 // The largest value each numeric operator field takes. Past these a number
 // is a typo, and some (a timeout of `u64::MAX` ms) would overflow a clock.
@@ -71,6 +74,10 @@ macro_rules! plugin_limits {
                 /// Bytes each read-write folder may hold, checked after every call.
                 readwrite_quota_bytes: u64 = readwrite_quota_mib * MIB,
                     default $crate::policy::DEFAULT_READWRITE_QUOTA_MIB, max MAX_MIB;
+                /// Bytes of keys and values the plugin may keep in the
+                /// key-value store (its namespace, shared by its instances).
+                kv_quota_bytes: usize = kv_quota_kib * KIB,
+                    default $crate::policy::DEFAULT_KV_QUOTA_KIB, max MAX_KIB;
             }
         }
     };
