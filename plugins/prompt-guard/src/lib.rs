@@ -81,6 +81,14 @@ impl Plugin for PromptGuard {
                     )));
                 }
             };
+            // The host refuses a block whose rule or reason is longer:
+            // better a clear start-up error than requests failing later.
+            if name.len() > 128 || reason.len() > 1024 {
+                return Err(Error::new(format!(
+                    "prompt-guard: rule {name:?}: a name may have at most 128 bytes and a \
+                     reason at most 1024"
+                )));
+            }
             self.rules.push(Rule {
                 name: name.to_owned(),
                 reason,

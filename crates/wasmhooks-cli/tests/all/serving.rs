@@ -10,7 +10,7 @@ use serde_json::{Value, json};
 use wasmhooks::{DataMap, Hooks, Plugin};
 use wasmhooks_tests as plugins;
 
-use crate::support::{allow, data, host, job};
+use crate::support::{allow, data, digest, host, job};
 
 const PII_WRITES: &str = "write = [\"messages\", \"prompt\", \"output\", \"delta\"]";
 
@@ -391,6 +391,10 @@ fn prompt_guard_refuses_a_bad_config_at_init_naming_the_rule() {
             json!({"rules": [{"name": "n"}]}),
             "rule \"n\" needs a `pattern`",
         ),
+        (
+            json!({"rules": [{"name": "x".repeat(129), "pattern": "a"}]}),
+            "a name may have at most 128 bytes",
+        ),
     ] {
         let err = guard(config).err().unwrap();
         assert!(err.to_string().contains(says), "{err}");
@@ -654,4 +658,185 @@ fn the_four_together_in_their_order() {
     assert_eq!(lines.len(), 2);
     assert_eq!(lines[0]["blocked_by"], Value::Null);
     assert_eq!(lines[1]["blocked_by"], "no-secrets");
+}
+
+/// The operator config of the report, as an operator writes it: the
+/// `[serving]` table and one `[[plugin]]` per plugin with its grants.
+fn operator_config(usage_dir: &std::path::Path) -> String {
+    format!(
+        r#"[serving]
+timeout_ms = 500
+tenant_header = "x-tenant-id"
+instances = 2
+
+[[plugin]]
+name = "prompt-guard"
+sha256 = "{}"
+write = ["block"]
+
+[[plugin]]
+name = "sampling-guard"
+sha256 = "{}"
+write = ["sampling", "block"]
+
+[[plugin]]
+name = "pii-redact"
+sha256 = "{}"
+write = ["messages", "prompt", "output", "delta"]
+
+[[plugin]]
+name = "usage-meter"
+sha256 = "{}"
+readwrite = [{{ host = {:?}, guest = "/usage" }}]
+"#,
+        digest(plugins::PROMPT_GUARD),
+        digest(plugins::SAMPLING_GUARD_JS),
+        digest(plugins::PII_REDACT),
+        digest(plugins::USAGE_METER),
+        usage_dir,
+    )
+}
+
+/// An engine's chat chunk as a server-sent event.
+fn sse(delta: &str, finish: Option<&str>) -> String {
+    let chunk = json!({
+        "id": "c1", "object": "chat.completion.chunk", "model": "tiny-llm",
+        "choices": [{"index": 0, "delta": {"content": delta}, "finish_reason": finish}],
+    });
+    format!("data: {chunk}\n\n")
+}
+
+/// The text of a stream of chat chunks as the client reads it.
+fn client_text(events: &[u8]) -> String {
+    String::from_utf8_lossy(events)
+        .split("\n\n")
+        .filter_map(|e| e.strip_prefix("data: "))
+        .filter(|e| *e != "[DONE]")
+        .map(|e| {
+            let chunk: Value = serde_json::from_str(e).unwrap();
+            chunk["choices"][0]["delta"]["content"]
+                .as_str()
+                .unwrap_or_default()
+                .to_owned()
+        })
+        .collect()
+}
+
+#[test]
+fn the_four_on_the_serving_path_under_an_operator_config() {
+    use std::sync::Arc;
+    use wasmhooks_lifecycles::serving::{EndReason, Exchange, Plugins, Pool, Reply, Route};
+
+    let dir = tempfile::tempdir().unwrap();
+    let policy = wasmhooks_lifecycles::policy::parse_policy(
+        &operator_config(dir.path()),
+        std::path::Path::new("."),
+    )
+    .unwrap();
+    let rules =
+        json!({"rules": [{"name": "no-secrets", "pattern": "(?i)password", "reason": "secrets"}]});
+    let files = [
+        (plugins::PROMPT_GUARD, rules),
+        (plugins::SAMPLING_GUARD_JS, json!({"max_tokens": 256})),
+        (plugins::PII_REDACT, Value::Null),
+        (plugins::USAGE_METER, json!({"path": "/usage/usage.jsonl"})),
+    ];
+    let pool = Pool::start(
+        &policy,
+        Plugins::Files {
+            plugins: files.into_iter().map(|(p, c)| (p.into(), c)).collect(),
+            job_config: job(),
+        },
+        Some(&crate::support::compile_cache()),
+    )
+    .unwrap();
+    let pool = Arc::new(pool);
+    let tenant = [("x-tenant-id".to_owned(), "acme".to_owned())];
+
+    let body = json!({
+        "model": "tiny-llm", "stream": true, "max_tokens": 9999,
+        "messages": [{"role": "user", "content": "I'm al@x.io, call me"}],
+    });
+    let (mut exchange, reply) = Exchange::begin_bytes(
+        pool.clone(),
+        Route::Chat,
+        body.to_string().as_bytes(),
+        &tenant,
+    );
+    let Reply::Forward(sent) = reply else {
+        panic!("{reply:?}")
+    };
+    assert_eq!(sent["messages"][0]["content"], "I'm [EMAIL], call me");
+    assert_eq!(sent["max_tokens"], 256);
+    let mut out = Vec::new();
+    for (delta, finish) in [
+        ("Reach me at al", None),
+        ("@x.", None),
+        ("io or 415-555-", None),
+        ("0100.", Some("stop")),
+    ] {
+        out.extend(exchange.stream_bytes(sse(delta, finish).as_bytes()));
+    }
+    let usage = json!({"prompt_tokens": 9, "completion_tokens": 4, "total_tokens": 13});
+    let usage_event =
+        json!({"id": "c1", "object": "chat.completion.chunk", "choices": [], "usage": usage});
+    out.extend(
+        exchange.stream_bytes(format!("data: {usage_event}\n\ndata: [DONE]\n\n").as_bytes()),
+    );
+    out.extend(exchange.finish_stream());
+    exchange.end(200, EndReason::Done);
+    assert_eq!(client_text(&out), "Reach me at [EMAIL] or [PHONE].");
+
+    let body =
+        json!({"model": "tiny-llm", "messages": [{"role": "user", "content": "my password is x"}]});
+    let (mut exchange, reply) = Exchange::begin_bytes(
+        pool.clone(),
+        Route::Chat,
+        body.to_string().as_bytes(),
+        &tenant,
+    );
+    let Reply::Respond(refusal) = reply else {
+        panic!("{reply:?}")
+    };
+    assert_eq!(refusal.status, 403);
+    assert!(String::from_utf8_lossy(&refusal.body).contains("no-secrets"));
+    exchange.end(403, EndReason::Done);
+    drop(exchange);
+
+    assert_eq!(pool.flush(Duration::from_secs(10)), 0);
+    let text = std::fs::read_to_string(dir.path().join("usage.jsonl")).unwrap();
+    let lines: Vec<Value> = text
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(lines.len(), 2, "{text}");
+    let first = &lines[0];
+    assert_eq!(
+        (
+            &first["tenant"],
+            &first["model"],
+            &first["route"],
+            &first["stream"]
+        ),
+        (
+            &json!("acme"),
+            &json!("tiny-llm"),
+            &json!("chat"),
+            &json!(true)
+        )
+    );
+    assert_eq!(
+        (
+            &first["status_code"],
+            &first["end_reason"],
+            &first["usage"],
+            &first["blocked_by"]
+        ),
+        (&json!(200), &json!("done"), &usage, &Value::Null)
+    );
+    assert!(first["latency_ms"].as_f64().unwrap() >= first["ttft_ms"].as_f64().unwrap());
+    assert_eq!(lines[1]["end_reason"], "blocked");
+    assert_eq!(lines[1]["status_code"], 403);
+    assert_eq!(lines[1]["blocked_by"], "no-secrets");
+    assert_eq!(lines[1]["ttft_ms"], Value::Null);
 }
