@@ -14,9 +14,10 @@ baselines in the same run and on the same cluster:
    a node, every file sha256-checked in each node's cache), for scale.
 
 Plugins start in the download tasks and the replica from the compile
-cache. vLLM needs a GPU, so its engine is not started (as in the tests, its
-two argument dataclasses come from ``python/tests/standins``). Prints one
-JSON object; ``cargo xtask bench`` puts it in the table.
+cache. The engine is not started here: this measures the hooks against
+Ray's own path (the whole app's time to ready, engine and all, is
+``serving.py``'s). Prints one JSON object; ``cargo xtask bench`` puts it in
+the table.
 """
 
 from __future__ import annotations
@@ -34,12 +35,8 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]
 TESTS = ROOT / "python/tests"
-STANDINS = TESTS / "standins"
-os.environ["PYTHONPATH"] = os.pathsep.join(
-    p for p in [str(STANDINS), os.environ.get("PYTHONPATH", "")] if p
-)
 os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
-sys.path[:0] = [str(STANDINS), str(TESTS)]
+sys.path[:0] = [str(TESTS)]
 
 import ray  # noqa: E402
 from ray.cluster_utils import Cluster  # noqa: E402

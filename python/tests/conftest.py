@@ -110,25 +110,16 @@ def cache_dir() -> Path:
     return path
 
 
-#: vLLM's two dataclasses Ray Serve LLM imports (see standins/README.md).
-STANDINS = Path(__file__).resolve().parent / "standins"
-
-
 @pytest.fixture(scope="session")
 def ray_cluster():
     """Two Ray nodes on this machine (``ray.cluster_utils.Cluster``), with
     this process connected; stopped at the end of the session. Each node
     has its own resource ``node_a`` or ``node_b`` so a test can tell them
-    apart. Workers find the vLLM stand-ins through ``PYTHONPATH``."""
+    apart. Ray Serve LLM imports vLLM, the real one (its CPU build)."""
     ray = pytest.importorskip("ray")
     from ray.cluster_utils import Cluster
 
-    paths = [str(STANDINS), os.environ.get("PYTHONPATH", "")]
-    os.environ["PYTHONPATH"] = os.pathsep.join(p for p in paths if p)
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
-    import sys
-
-    sys.path.insert(0, str(STANDINS))
     cluster = Cluster(
         initialize_head=True,
         head_node_args={"num_cpus": 2, "resources": {"node_a": 1}, "include_dashboard": False},

@@ -1,12 +1,12 @@
 """Ray Serve LLM's node-init callback with wasm plugins, through Ray's own
 code on a two-node local cluster: Ray's ``LLMConfig``, its
 ``get_or_create_callback`` and placement group, and its ``initialize_node``
-with one download task per node. What is stood in: vLLM needs a GPU, so
-``VLLMEngine.start()`` (whose module imports vLLM) is not imported; the test
-runs the same four lines it runs before the engine starts (see
+with one download task per node: the same four lines
+``VLLMEngine.start()`` runs before the engine starts (see
 ``vllm_engine.py``: ``on_before_node_init``, ``initialize_node`` unless
-``run_init_node`` is false, ``on_after_node_init``), and vLLM's two
-argument dataclasses come from ``standins/``."""
+``run_init_node`` is false, ``on_after_node_init``), with each case's own
+cluster setup. The whole path through to a real vLLM engine on CPU is
+``test_serving_vllm.py``'s, on a served app."""
 
 from __future__ import annotations
 
