@@ -167,8 +167,8 @@ def test_a_job_bundle_loads_from_inside_its_folder(operator, tmp_path, cache_dir
 
 
 def test_the_package_ships_its_types():
-    assert wasmhooks.wit_version() == "0.2.0"
-    assert wasmhooks.wit_versions() == ["0.1.0", "0.2.0"]
+    assert wasmhooks.wit_version() == "0.3.0"
+    assert wasmhooks.wit_versions() == ["0.1.0", "0.2.0", "0.3.0"]
     assert wasmhooks.wit_version() in wasmhooks.wit_versions()
     from importlib.resources import files
 

@@ -125,11 +125,12 @@ fn inspect_shows_the_manifest_and_interfaces() {
     let out = wasmhooks(&["inspect", plugins::LOG_PHASES]);
     assert!(out.status.success(), "{}", stderr(&out));
     let text = stdout(&out);
+    let interface = format!("wasmhooks:plugin/hooks@{}", wasmhooks::WIT_VERSION);
     for want in [
         "name      log-phases",
         "phases    *",
         "ranks     zero only",
-        "wasmhooks:plugin/hooks@0.2.0",
+        interface.as_str(),
     ] {
         assert!(text.contains(want), "{want} missing from\n{text}");
     }
