@@ -129,6 +129,7 @@ impl Serving {
             "headers": c.headers,
             "instances": c.instances,
             "max_request_kib": c.max_request_bytes >> 10,
+            "kv_sync_ms": c.kv_sync.as_millis() as u64,
         });
         to_py(py, &value)
     }

@@ -17,7 +17,10 @@ mod openai;
 mod pool;
 mod stream;
 
-pub use config::{DEFAULT_INSTANCES, DEFAULT_MAX_REQUEST_KIB, DEFAULT_TIMEOUT_MS, ServingConfig};
+pub use config::{
+    DEFAULT_INSTANCES, DEFAULT_KV_SYNC_MS, DEFAULT_MAX_REQUEST_KIB, DEFAULT_TIMEOUT_MS,
+    ServingConfig,
+};
 pub use exchange::{ChunkReply, EndReason, Exchange, Refusal, Reply};
 pub use openai::{Route, SAMPLING, error_body};
 pub use pool::{Plugins, Pool, ServingStats};

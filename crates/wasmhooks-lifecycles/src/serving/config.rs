@@ -8,6 +8,7 @@
 //! headers = ["user-agent"]         # request headers plugins see
 //! instances = 2                    # instances of each plugin per replica
 //! max_request_kib = 1024           # a request body, at most
+//! kv_sync_ms = 50                  # replicas share the kv store this often
 //! ```
 
 use std::time::Duration;
@@ -26,12 +27,17 @@ pub const DEFAULT_TIMEOUT_MS: u64 = 20;
 pub const DEFAULT_INSTANCES: usize = 2;
 /// A request body's bytes, at most, unless the operator says otherwise.
 pub const DEFAULT_MAX_REQUEST_KIB: usize = 1024;
+/// How often a replica shares its plugins' key-value changes with the
+/// cluster's store, in milliseconds, unless the operator says otherwise:
+/// how stale one replica's view of another's counters may be.
+pub const DEFAULT_KV_SYNC_MS: u64 = 50;
 
 /// The largest values: past them a number is a typo.
 const MAX_TIMEOUT_MS: u64 = 60_000;
 const MAX_INSTANCES: usize = 64;
 const MAX_REQUEST_KIB: usize = 64 * 1024;
 const MAX_HEADERS: usize = 64;
+const MAX_KV_SYNC_MS: u64 = 60_000;
 
 /// The request path's settings, checked.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -48,6 +54,9 @@ pub struct ServingConfig {
     pub instances: usize,
     /// A request body's bytes, at most.
     pub max_request_bytes: usize,
+    /// How often a replica on a cluster shares the plugins' key-value
+    /// changes with the cluster's store and takes the others'.
+    pub kv_sync: Duration,
 }
 
 impl Default for ServingConfig {
@@ -58,6 +67,7 @@ impl Default for ServingConfig {
             headers: Vec::new(),
             instances: DEFAULT_INSTANCES,
             max_request_bytes: DEFAULT_MAX_REQUEST_KIB << 10,
+            kv_sync: Duration::from_millis(DEFAULT_KV_SYNC_MS),
         }
     }
 }
@@ -71,6 +81,7 @@ struct Raw {
     headers: Vec<String>,
     instances: Option<usize>,
     max_request_kib: Option<usize>,
+    kv_sync_ms: Option<u64>,
 }
 
 impl ServingConfig {
@@ -106,6 +117,12 @@ impl ServingConfig {
                 "max_request_kib must be 1 to {MAX_REQUEST_KIB}, not {kib}"
             )));
         }
+        let kv_sync_ms = raw.kv_sync_ms.unwrap_or(DEFAULT_KV_SYNC_MS);
+        if !(1..=MAX_KV_SYNC_MS).contains(&kv_sync_ms) {
+            return Err(fail(format!(
+                "kv_sync_ms must be 1 to {MAX_KV_SYNC_MS}, not {kv_sync_ms}"
+            )));
+        }
         if raw.headers.len() > MAX_HEADERS {
             return Err(fail(format!("headers lists at most {MAX_HEADERS} names")));
         }
@@ -127,6 +144,7 @@ impl ServingConfig {
             headers: raw.headers.iter().map(header).collect::<Result<_, _>>()?,
             instances,
             max_request_bytes: kib << 10,
+            kv_sync: Duration::from_millis(kv_sync_ms),
         })
     }
 }

@@ -22,6 +22,9 @@ use super::openai::{self, BadRequest, Malformed, Route};
 use super::pool::Pool;
 use super::stream::{self, Event, Events};
 
+/// The keys only `on_request` carries (see `wit/keys.toml`).
+const ON_REQUEST_ONLY: &[&str] = &["messages", "prompt", "sampling", "headers"];
+
 /// Choices of one response a stream's chunks are followed for, at most.
 const MAX_CHOICES: usize = 128;
 /// Bytes of one header value plugins see, at most.
@@ -155,6 +158,7 @@ impl Exchange {
             Ok(()) => Reply::Forward(body),
             Err(refusal) => Reply::Respond(refusal),
         };
+        exchange.forget(ON_REQUEST_ONLY);
         (exchange, reply)
     }
 
@@ -276,6 +280,16 @@ impl Exchange {
             }
         }
         Ok(())
+    }
+
+    /// Takes out keys the schema provides at one phase only, once it is
+    /// over: a chunk's plugins would otherwise get the whole conversation
+    /// copied in at every chunk. What a plugin needs later it keeps under
+    /// its own name.
+    fn forget(&mut self, keys: &[&str]) {
+        for key in keys {
+            self.data.remove(*key);
+        }
     }
 
     /// A chunk of choice `index` as the engine streamed it; `finish_reason`
@@ -477,7 +491,7 @@ impl Exchange {
             Ok(Some(refusal)) | Err(refusal) => return Reply::Respond(refusal),
             Ok(None) => {}
         }
-        let output = self.data.get("output").cloned().unwrap_or(Value::Null);
+        let output = self.data.remove("output").unwrap_or(Value::Null);
         if let Err(bad) = openai::apply_response(self.route, &output, &mut body)
             && let Err(refusal) = self.answer_for(&report, &bad, phase::ON_RESPONSE)
         {
