@@ -24,6 +24,10 @@ struct Adversary {
     /// From config `spin_on`: a phase to compute in until stopped (its
     /// deadline or its fuel).
     spin_on: Option<String>,
+    /// From config `by_tenant`: in `panic_on`/`spin_on`'s phase, misbehave
+    /// only for these serving tenants (`{"t": "panic" | "spin"}`), so one
+    /// replica serves well-behaved requests while it fails others.
+    by_tenant: Option<serde_json::Map<String, Value>>,
     /// From config `state_bytes`: how large a state `save-state` returns.
     state_bytes: Option<usize>,
     /// From config `only_rank`: act (script or panic) only where the data's
@@ -47,6 +51,7 @@ impl Plugin for Adversary {
     fn init(&mut self, _job: &Value, config: &Value) -> Result<(), Error> {
         self.panic_on = config["panic_on"].as_str().map(str::to_owned);
         self.spin_on = config["spin_on"].as_str().map(str::to_owned);
+        self.by_tenant = config["by_tenant"].as_object().cloned();
         self.state_bytes = config["state_bytes"].as_u64().map(|n| n as usize);
         self.only_rank = config["only_rank"].as_u64();
         // From config `reads_file` instead: the keys, read from a file at
@@ -85,14 +90,24 @@ impl Plugin for Adversary {
                 return Ok(Updates::new());
             }
         }
+        if let Some(tenants) = &self.by_tenant
+            && (self.panic_on.as_deref() == Some(phase) || self.spin_on.as_deref() == Some(phase))
+        {
+            let tenant = data
+                .get("tenant")
+                .and_then(Value::as_str)
+                .unwrap_or_default();
+            match tenants.get(tenant).and_then(Value::as_str) {
+                Some("panic") => panic!("adversary panics for tenant {tenant}, as configured"),
+                Some("spin") => spin(),
+                _ => return Ok(Updates::new()),
+            }
+        }
         if self.panic_on.as_deref() == Some(phase) {
             panic!("adversary panics in {phase}, as configured");
         }
         if self.spin_on.as_deref() == Some(phase) {
-            let mut n = 0u64;
-            loop {
-                n = black_box(n.wrapping_add(1));
-            }
+            spin();
         }
         if let Some(Value::Object(keys)) = self.scripted.get(phase) {
             let mut updates = Updates::new();
@@ -331,6 +346,14 @@ impl Plugin for Adversary {
     fn load_state(&mut self, state: Value) -> Result<(), Error> {
         self.count = state.as_u64().ok_or("state is not a count")?;
         Ok(())
+    }
+}
+
+/// Computes until the host stops it (its deadline, or its fuel).
+fn spin() -> ! {
+    let mut n = 0u64;
+    loop {
+        n = black_box(n.wrapping_add(1));
     }
 }
 
