@@ -45,7 +45,8 @@ pub mod schema;
 mod text;
 
 pub use capabilities::kv::{
-    KvChange, KvError, KvOp, KvSnapshotEntry, KvSnapshotValue, KvStore, MAX_KEY as KV_MAX_KEY,
+    KvChange, KvCluster, KvError, KvOp, KvSnapshotEntry, KvSnapshotValue, KvStore,
+    MAX_KEY as KV_MAX_KEY,
 };
 pub use dispatch::{
     CallReport, Change, DEFAULT_FLUSH, DataBudget, DataMap, Hooks, HooksBuilder, MAX_KEYS_LISTED,
