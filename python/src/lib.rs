@@ -71,6 +71,7 @@ fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<serving::Serving>()?;
     m.add_class::<serving::Exchange>()?;
     m.add_class::<serving::Refusal>()?;
+    m.add_class::<serving::KvCluster>()?;
     m.add_function(wrap_pyfunction!(files::relative, m)?)?;
     m.add_function(wrap_pyfunction!(node::pack_bundle, m)?)?;
     m.add_function(wrap_pyfunction!(node::unpack_bundle, m)?)?;

@@ -118,6 +118,26 @@ impl Serving {
         self.pool.listens(phase)
     }
 
+    /// The plugins' key-value changes since the last take, as JSON, for
+    /// the cluster's store; they are the caller's once taken (see
+    /// `KvCluster`).
+    fn kv_take<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyBytes>> {
+        let pool = self.pool.clone();
+        let json = py.detach(move || serde_json::to_vec(&pool.kv().take_changes()));
+        let json = json.map_err(|e| WasmHooksError::new_err(e.to_string()))?;
+        Ok(PyBytes::new(py, &json))
+    }
+
+    /// Takes the cluster's whole state (JSON, as `KvCluster.snapshot` gives
+    /// it) after this replica's push.
+    fn kv_apply(&self, py: Python<'_>, snapshot: &[u8]) -> PyResult<()> {
+        let entries: Vec<wasmhooks::KvSnapshotEntry> = serde_json::from_slice(snapshot)
+            .map_err(|e| PyValueError::new_err(format!("not a kv snapshot: {e}")))?;
+        let pool = self.pool.clone();
+        py.detach(move || pool.kv().apply_snapshot(entries));
+        Ok(())
+    }
+
     /// `[serving]` as the replica runs it: timeout_ms, tenant_header,
     /// headers, instances, max_request_kib.
     #[getter]
@@ -153,6 +173,45 @@ impl Serving {
             .map_err(|_| PyValueError::new_err(format!("timeout {timeout} is not a duration")))?;
         let pool = self.pool.clone();
         Ok(py.detach(move || pool.flush(bound)))
+    }
+}
+
+/// The store a served app's replicas sync their plugins' key-value state
+/// with (on Ray, kept by an actor): replicas push the changes they took and
+/// read the whole state back. At most `limit` bytes of keys and values.
+#[pyclass(module = "wasmhooks._native", frozen)]
+pub(crate) struct KvCluster {
+    inner: Mutex<wasmhooks::KvCluster>,
+}
+
+#[pymethods]
+impl KvCluster {
+    #[new]
+    #[pyo3(signature = (limit = 64 << 20))]
+    fn new(limit: usize) -> Self {
+        KvCluster {
+            inner: Mutex::new(wasmhooks::KvCluster::new(limit)),
+        }
+    }
+
+    /// Applies one replica's changes (JSON, as `Serving.kv_take` gives
+    /// them), then returns the whole state (JSON) for its `kv_apply`.
+    fn sync<'py>(&self, py: Python<'py>, changes: &[u8]) -> PyResult<Bound<'py, PyBytes>> {
+        let changes: Vec<wasmhooks::KvChange> = serde_json::from_slice(changes)
+            .map_err(|e| PyValueError::new_err(format!("not kv changes: {e}")))?;
+        let json = py.detach(|| {
+            let mut cluster = self.inner.lock().unwrap_or_else(PoisonError::into_inner);
+            cluster.push(changes);
+            serde_json::to_vec(&cluster.snapshot())
+        });
+        let json = json.map_err(|e| WasmHooksError::new_err(e.to_string()))?;
+        Ok(PyBytes::new(py, &json))
+    }
+
+    /// Bytes of keys and values held, and changes dropped for the bound.
+    fn stats(&self) -> (usize, u64) {
+        let cluster = self.inner.lock().unwrap_or_else(PoisonError::into_inner);
+        (cluster.bytes(), cluster.dropped())
     }
 }
 

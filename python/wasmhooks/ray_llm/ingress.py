@@ -24,6 +24,7 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 from fastapi import HTTPException, Request
+from ray import serve
 from ray.llm._internal.serve.core.configs.openai_api_models import (
     ChatCompletionRequest,
     CompletionRequest,
@@ -33,6 +34,7 @@ from starlette.responses import Response, StreamingResponse
 
 from wasmhooks._native import Exchange, Job, Policy, Refusal
 from wasmhooks._session import PathLike, PluginSpec
+from wasmhooks.ray_llm.kv import KvSync, cluster_actor
 from wasmhooks.serving import ServingHooks
 
 __all__ = ["WasmGuard", "WasmIngress"]
@@ -128,7 +130,17 @@ class WasmIngress(OpenAiIngress):
         super().__init__(llm_deployments, *args, **kwargs)
         # Loaded when the replica starts, so a plugin the operator did not
         # allow fails the deployment, not a request.
-        self.wasm = WasmGuard(ServingHooks(operator, job=job, plugins=plugins, cache_dir=cache_dir))
+        hooks = ServingHooks(operator, job=job, plugins=plugins, cache_dir=cache_dir)
+        self.wasm = WasmGuard(hooks)
+        # The plugins' kv state, shared with the app's other replicas.
+        app = serve.get_replica_context().app_name
+        interval = hooks.native.config["kv_sync_ms"] / 1000
+        self._kv = KvSync(hooks.native, cluster_actor(app), interval)
+
+    def __del__(self) -> None:
+        kv = getattr(self, "_kv", None)
+        if kv is not None:
+            kv.stop()
 
     async def chat(self, body: ChatCompletionRequest, request: Request) -> Response:
         return await self._guarded("chat", body, request, super().chat)

@@ -7,13 +7,13 @@
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
-use std::sync::{Mutex, MutexGuard, PoisonError, TryLockError};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError, TryLockError};
 use std::time::Duration;
 
 use serde::Serialize;
 use serde_json::Value;
 use wasmhooks::schema::phases::serving as phase;
-use wasmhooks::{Hooks, Host, OnError, Plugin, PluginStats, Policy};
+use wasmhooks::{Hooks, Host, KvStore, OnError, Plugin, PluginStats, Policy};
 
 use super::ServingConfig;
 use crate::LifecycleError;
@@ -42,6 +42,9 @@ pub struct Pool {
     on_error: HashMap<String, OnError>,
     /// The serving phases some plugin is called at; the others cost nothing.
     listened: [bool; 4],
+    /// The plugins' key-value store, shared by every set: what a replica
+    /// syncs with the cluster's.
+    kv: Arc<KvStore>,
     pub(super) counters: Counters,
 }
 
@@ -143,6 +146,7 @@ impl Pool {
             config,
             on_error,
             listened,
+            kv: host.kv().clone(),
             counters: Counters::default(),
         })
     }
@@ -150,6 +154,13 @@ impl Pool {
     /// The `[serving]` settings it runs under.
     pub fn config(&self) -> &ServingConfig {
         &self.config
+    }
+
+    /// The plugins' key-value store (`kv`, contract 0.3.0): one per
+    /// replica, which a cluster syncs ([`KvStore::take_changes`],
+    /// [`KvStore::apply_snapshot`]).
+    pub fn kv(&self) -> &Arc<KvStore> {
+        &self.kv
     }
 
     /// Whether some plugin is called at `phase`.
