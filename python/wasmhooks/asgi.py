@@ -89,6 +89,10 @@ class _Request:
         self.started = False
         self.stopped = False
         self.disconnected = False
+        #: The app's ``http.response.start``, once it sent it.
+        self.start: Message | None = None
+        #: The app sent its last body.
+        self.finished = False
 
     async def run(self, app: ASGIApp) -> None:
         body = await self._read_body()
@@ -154,15 +158,21 @@ class _Request:
         return message
 
     async def _app_send(self, message: Message) -> None:
+        # The app's side of the protocol is checked here: the server only
+        # sees what the middleware sends, so an app's second start (or a
+        # body before it) would otherwise take its bytes past the plugins.
         kind = message["type"]
         if kind == "http.response.start":
+            if self.start is not None:
+                raise RuntimeError("the app sent http.response.start twice")
             self.status = int(message["status"])
             headers = list(message.get("headers", []))
             content_type = next((v for k, v in headers if k.lower() == b"content-type"), b"")
-            self.streaming = content_type.startswith(b"text/event-stream")
-            self.rewrite = self.status == 200 and (
-                self.streaming or content_type.startswith(b"application/json")
-            )
+            media = bytes(content_type).split(b";", 1)[0].strip().lower()
+            self.streaming = media == b"text/event-stream"
+            # Every successful answer is the plugins' to read, whatever its
+            # type: one the host cannot read is refused, not passed on.
+            self.rewrite = 200 <= self.status < 300
             if self.rewrite:
                 headers = [(k, v) for k, v in headers if k.lower() != b"content-length"]
             self.start = {**message, "headers": headers}
@@ -171,10 +181,24 @@ class _Request:
             if not self.rewrite or self.streaming:
                 await self._send_start()
             return
-        if kind != "http.response.body" or not self.rewrite:
+        if self.start is None:
+            raise RuntimeError(f"the app sent {kind} before http.response.start")
+        if kind != "http.response.body":
+            if self.rewrite and kind != "http.response.trailers":
+                # Bytes the plugins would not see (a file to send, say).
+                raise RuntimeError(f"the app sent {kind}, which the plugins cannot read")
             await self.send(message)
             return
+        if self.stopped:
+            # A plugin ended the stream; the app has not noticed yet.
+            return
+        if self.finished:
+            raise RuntimeError("the app sent a body after its last")
         more = bool(message.get("more_body", False))
+        self.finished = not more
+        if not self.rewrite:
+            await self.send(message)
+            return
         data = bytes(message.get("body", b""))
         if self.streaming:
             await self._stream(data, more)
@@ -182,7 +206,7 @@ class _Request:
             await self._whole(data, more)
 
     async def _send_start(self, extra: list[tuple[bytes, bytes]] | None = None) -> None:
-        if not self.started:
+        if not self.started and self.start is not None:
             self.started = True
             start = dict(self.start)
             start["headers"] = list(start["headers"]) + (extra or [])
@@ -209,6 +233,7 @@ class _Request:
             return
         answer = await self.hooks.response(self.exchange, b"".join(self.held))
         if isinstance(answer, Refusal):
+            assert self.start is not None
             self.start = {**self.start, "status": answer.status}
             self.status = answer.status
             self.start["headers"] = [(k.encode(), v.encode()) for k, v in answer.headers]

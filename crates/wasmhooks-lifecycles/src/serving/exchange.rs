@@ -18,15 +18,13 @@ use serde_json::{Map, Value, json};
 use wasmhooks::schema::phases::serving as phase;
 use wasmhooks::{DataBudget, DataMap, OnError, Outcome, PhaseReport};
 
-use super::openai::{self, BadRequest, Malformed, Route};
+use super::openai::{self, BadRequest, MAX_CHOICES, Malformed, Route};
 use super::pool::Pool;
 use super::stream::{self, Event, Events};
 
 /// The keys only `on_request` carries (see `wit/keys.toml`).
 const ON_REQUEST_ONLY: &[&str] = &["messages", "prompt", "sampling", "headers"];
 
-/// Choices of one response a stream's chunks are followed for, at most.
-const MAX_CHOICES: usize = 128;
 /// Bytes of one header value plugins see, at most.
 const MAX_HEADER: usize = 4096;
 /// Bytes of the tenant's name, at most.
@@ -127,7 +125,9 @@ impl Exchange {
         headers: &[(String, String)],
     ) -> (Exchange, Reply) {
         let limit = pool.config().max_request_bytes;
-        let parsed = if body.len() > limit {
+        let parsed = if let Some(message) = ambiguous_header(&pool, headers) {
+            Err((400, message))
+        } else if body.len() > limit {
             Err((413, format!("the request body is over {limit} bytes")))
         } else {
             match serde_json::from_slice::<Value>(body) {
@@ -153,6 +153,11 @@ impl Exchange {
         mut body: Map<String, Value>,
         headers: &[(String, String)],
     ) -> (Exchange, Reply) {
+        if let Some(message) = ambiguous_header(&pool, headers) {
+            let mut exchange = Exchange::new(pool, route, headers);
+            let reply = Reply::Respond(exchange.bad_request(400, &message));
+            return (exchange, reply);
+        }
         let mut exchange = Exchange::new(pool, route, headers);
         let reply = match exchange.on_request(&mut body) {
             Ok(()) => Reply::Forward(body),
@@ -300,7 +305,21 @@ impl Exchange {
             stop: false,
             failed: false,
         };
-        if index >= MAX_CHOICES || self.stopped {
+        if self.stopped {
+            // Nothing after a stop or a failure goes out.
+            return ChunkReply {
+                delta: String::new(),
+                stop: true,
+                failed: self.failed,
+            };
+        }
+        let listens = self.pool.listens(phase::ON_RESPONSE_CHUNK);
+        if index as u64 >= MAX_CHOICES {
+            // A choice the host does not follow: its text would pass
+            // unread, so the stream ends here.
+            if listens {
+                return self.chunk_failed();
+            }
             return reply;
         }
         if self.choices.len() <= index {
@@ -313,7 +332,7 @@ impl Exchange {
         }
         let Choice { chunks, tokens } = *choice;
         choice.chunks += 1;
-        if !self.pool.listens(phase::ON_RESPONSE_CHUNK) {
+        if !listens {
             return reply;
         }
         let data = &mut self.data;
@@ -323,14 +342,8 @@ impl Exchange {
         data.insert("tokens_so_far".into(), json!(tokens));
         data.insert("finish_reason".into(), json!(finish_reason));
         data.remove("stop");
-        let report = match self.fire(phase::ON_RESPONSE_CHUNK) {
-            Ok(report) => report,
-            Err(_) => {
-                self.failed = true;
-                self.stopped = true;
-                reply.failed = true;
-                return reply;
-            }
+        let Ok(report) = self.fire(phase::ON_RESPONSE_CHUNK) else {
+            return self.chunk_failed();
         };
         match self.data.get("delta") {
             Some(Value::String(text)) => reply.delta.clone_from(text),
@@ -340,10 +353,7 @@ impl Exchange {
                     .answer_for(&report, &bad, phase::ON_RESPONSE_CHUNK)
                     .is_err()
                 {
-                    self.failed = true;
-                    self.stopped = true;
-                    reply.failed = true;
-                    return reply;
+                    return self.chunk_failed();
                 }
             }
         }
@@ -353,6 +363,17 @@ impl Exchange {
             self.pool.counters.stopped.fetch_add(1, Ordering::Relaxed);
         }
         reply
+    }
+
+    /// The stream fails here: no text of this chunk goes out.
+    fn chunk_failed(&mut self) -> ChunkReply {
+        self.failed = true;
+        self.stopped = true;
+        ChunkReply {
+            delta: String::new(),
+            stop: false,
+            failed: true,
+        }
     }
 
     /// Bytes of the engine's event stream (server-sent events, in any
@@ -388,16 +409,27 @@ impl Exchange {
     }
 
     fn event(&mut self, event: Event, out: &mut Vec<u8>) {
-        let Event::Data(data) = &event else {
+        let Event::Data { fields, data } = &event else {
             return stream::write(&event, out);
         };
-        let Ok(Value::Object(mut chunk)) = serde_json::from_slice::<Value>(data) else {
-            return stream::write(&event, out);
+        let listens = self.pool.listens(phase::ON_RESPONSE_CHUNK);
+        let (mut chunk, texts) = match serde_json::from_slice::<Value>(data) {
+            Ok(Value::Object(chunk)) => match stream_texts(self.route, &chunk) {
+                Ok(texts) => (chunk, texts),
+                Err(message) if listens => return self.unreadable_stream(&message, out),
+                Err(_) => return stream::write(&event, out),
+            },
+            // With plugins to read the chunks, what the host cannot read
+            // does not pass unread.
+            _ if listens => {
+                return self.unreadable_stream("an event's data is not a JSON map", out);
+            }
+            _ => return stream::write(&event, out),
         };
         if let Some(usage) = chunk.get("usage").filter(|u| u.is_object()) {
             self.usage = Some(usage.clone());
         }
-        if !self.client_usage && chunk.remove("usage").is_some() {
+        if !self.client_usage && chunk.remove("usage").is_some() && texts.is_empty() {
             let no_choices = chunk
                 .get("choices")
                 .and_then(Value::as_array)
@@ -410,62 +442,71 @@ impl Exchange {
         let route = self.route;
         let mut stop = false;
         let mut failed = false;
-        if let Some(Value::Array(choices)) = chunk.get_mut("choices") {
-            for choice in choices.iter_mut().filter_map(Value::as_object_mut) {
-                let index = choice.get("index").and_then(Value::as_u64).unwrap_or(0) as usize;
-                let finish = choice
-                    .get("finish_reason")
-                    .and_then(Value::as_str)
-                    .map(str::to_owned);
-                let slot = match route {
-                    Route::Chat => choice.get_mut("delta").and_then(Value::as_object_mut),
-                    Route::Completions => Some(&mut *choice),
-                };
-                let key = if route == Route::Chat {
-                    "content"
-                } else {
-                    "text"
-                };
-                let text = slot
-                    .as_ref()
-                    .and_then(|s| s.get(key))
-                    .and_then(Value::as_str)
-                    .unwrap_or_default()
-                    .to_owned();
-                if text.is_empty() && finish.is_none() {
-                    continue;
-                }
-                let reply = self.chunk(index, &text, finish.as_deref());
-                if reply.delta != text
-                    && let Some(slot) = slot
-                {
-                    slot.insert(key.into(), Value::String(reply.delta));
-                }
-                if reply.stop {
-                    choice.insert("finish_reason".into(), json!("content_filter"));
-                }
-                stop |= reply.stop;
-                failed |= reply.failed;
-                if stop || failed {
-                    break;
-                }
+        for (at, index, text, finish) in texts {
+            if text.is_empty() && finish.is_none() {
+                continue;
+            }
+            // Below MAX_CHOICES: stream_texts checked it.
+            let reply = self.chunk(index as usize, &text, finish.as_deref());
+            failed |= reply.failed;
+            if failed {
+                break;
+            }
+            let Some(choice) = chunk
+                .get_mut("choices")
+                .and_then(|c| c.get_mut(at))
+                .and_then(Value::as_object_mut)
+            else {
+                continue;
+            };
+            if reply.delta != text {
+                openai::set_choice_text(route, choice, "delta", &reply.delta);
+                // The engine's tokens of the text it replaced.
+                choice.remove("logprobs");
+            }
+            if reply.stop {
+                choice.insert("finish_reason".into(), json!("content_filter"));
+                stop = true;
+                break;
             }
         }
         if failed {
             return self.end_stream_with_error(out);
         }
         let data = serde_json::to_vec(&chunk).unwrap_or_default();
-        stream::write(&Event::Data(data), out);
+        stream::write(
+            &Event::Data {
+                fields: fields.clone(),
+                data,
+            },
+            out,
+        );
         if stop {
             stream::write(&Event::Done, out);
         }
+    }
+
+    /// An engine's event the host cannot read: the stream ends with an
+    /// error in its place.
+    fn unreadable_stream(&mut self, message: &str, out: &mut Vec<u8>) {
+        tracing::warn!(
+            request = self.request_id(),
+            "serving: the engine's stream: {message}; ended"
+        );
+        self.end_stream_with_error(out);
     }
 
     fn end_stream_with_error(&mut self, out: &mut Vec<u8>) {
         self.failed = true;
         self.stopped = true;
         let body = openai::error_body(503, "the request could not be served", None);
-        stream::write(&Event::Data(body), out);
+        stream::write(
+            &Event::Data {
+                fields: Vec::new(),
+                data: body,
+            },
+            out,
+        );
         stream::write(&Event::Done, out);
     }
 
@@ -479,7 +520,10 @@ impl Exchange {
         if !self.pool.listens(phase::ON_RESPONSE) {
             return Reply::Forward(body);
         }
-        let output = openai::response_output(self.route, &body);
+        let output = match openai::response_output(self.route, &body) {
+            Ok(output) => output,
+            Err(message) => return Reply::Respond(self.unreadable(&message)),
+        };
         self.data.insert("output".into(), Value::Array(output));
         self.data
             .insert("usage".into(), self.usage.clone().unwrap_or(Value::Null));
@@ -503,7 +547,11 @@ impl Exchange {
     /// A whole response as bytes: the bytes to send, or the refusal.
     pub fn response_bytes(&mut self, bytes: &[u8]) -> Result<Vec<u8>, Refusal> {
         let Ok(Value::Object(body)) = serde_json::from_slice::<Value>(bytes) else {
-            // Not a completion (an engine's own error, say): passed on.
+            // Not a completion: with plugins to read the answer, it does
+            // not pass unread.
+            if self.pool.listens(phase::ON_RESPONSE) {
+                return Err(self.unreadable("the answer is not a JSON map"));
+            }
             return Ok(bytes.to_vec());
         };
         match self.response(body) {
@@ -599,6 +647,20 @@ impl Exchange {
         }
     }
 
+    /// An engine's answer the host cannot read, in place of it: 502.
+    fn unreadable(&mut self, message: &str) -> Refusal {
+        tracing::warn!(
+            request = self.request_id(),
+            "serving: the engine's answer: {message}; 502"
+        );
+        self.failed = true;
+        Refusal {
+            status: 502,
+            body: openai::error_body(502, "the engine's answer could not be read", None),
+            retry_after_s: None,
+        }
+    }
+
     fn bad_request(&mut self, status: u16, message: &str) -> Refusal {
         self.failed = true;
         self.pool
@@ -678,6 +740,54 @@ impl Drop for Exchange {
     fn drop(&mut self) {
         self.end(500, EndReason::Error);
     }
+}
+
+/// A header the host reads for who is asking (the tenant) that the request
+/// carries more than once: which one a gateway meant is not the host's to
+/// guess (a client's own may come first), so the request is refused.
+fn ambiguous_header(pool: &Pool, headers: &[(String, String)]) -> Option<String> {
+    let name = pool.config().tenant_header.as_deref()?;
+    let count = headers
+        .iter()
+        .filter(|(n, _)| n.eq_ignore_ascii_case(name))
+        .count();
+    (count > 1).then(|| format!("the header {name} is given {count} times"))
+}
+
+/// Each choice of a stream's chunk: its place in `choices`, its index,
+/// its text and its `finish_reason`. `Err` for a chunk whose text the host
+/// cannot read, or a choice past [`MAX_CHOICES`].
+type ChunkText = (usize, u64, String, Option<String>);
+
+fn stream_texts(route: Route, chunk: &Map<String, Value>) -> Result<Vec<ChunkText>, String> {
+    let choices = match chunk.get("choices") {
+        None | Some(Value::Null) => return Ok(Vec::new()),
+        Some(Value::Array(choices)) => choices,
+        Some(_) => return Err("`choices` is not a list".into()),
+    };
+    choices
+        .iter()
+        .enumerate()
+        .map(|(at, choice)| {
+            let choice = choice
+                .as_object()
+                .ok_or_else(|| format!("choices[{at}] is not a map"))?;
+            let index = match choice.get("index") {
+                None | Some(Value::Null) => 0,
+                Some(n) => n
+                    .as_u64()
+                    .filter(|n| *n < MAX_CHOICES)
+                    .ok_or_else(|| format!("choices[{at}].index is not 0 to {MAX_CHOICES}"))?,
+            };
+            let text = openai::choice_text(route, choice, "delta")
+                .map_err(|e| format!("choices[{at}]{e}"))?;
+            let finish = choice
+                .get("finish_reason")
+                .and_then(Value::as_str)
+                .map(str::to_owned);
+            Ok((at, index, text.to_owned(), finish))
+        })
+        .collect()
 }
 
 /// The statuses a plugin may answer with.

@@ -60,6 +60,38 @@ pub const SAMPLING: &[&str] = &[
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct BadRequest(pub String);
 
+/// Choices of one response the host follows, at most: a request asking for
+/// more (`n`) is refused, and a stream with a choice past them fails, so no
+/// choice's text goes around the plugins.
+pub const MAX_CHOICES: u64 = 128;
+
+/// The request fields whose meaning the host decides on (a stream or not,
+/// how many choices) must have one reading: the engine's validation may
+/// read `"true"` or `1` as `true`, where the host would not.
+fn check_shape(body: &Map<String, Value>) -> Result<(), BadRequest> {
+    let bad = |m: &str| Err(BadRequest(m.into()));
+    match body.get("stream") {
+        None | Some(Value::Null | Value::Bool(_)) => {}
+        _ => return bad("`stream` must be true or false"),
+    }
+    match body.get("stream_options") {
+        None | Some(Value::Null | Value::Object(_)) => {}
+        _ => return bad("`stream_options` must be a map"),
+    }
+    for key in ["n", "best_of"] {
+        match body.get(key) {
+            None | Some(Value::Null) => {}
+            Some(n) if n.as_u64().is_some_and(|n| (1..=MAX_CHOICES).contains(&n)) => {}
+            _ => {
+                return Err(BadRequest(format!(
+                    "`{key}` must be a whole number from 1 to {MAX_CHOICES}"
+                )));
+            }
+        }
+    }
+    Ok(())
+}
+
 /// The keys `on_request` carries for `body`, besides the ones every phase
 /// has (see [`super::Exchange`]).
 pub(super) fn request_keys(
@@ -67,6 +99,7 @@ pub(super) fn request_keys(
     body: &Map<String, Value>,
     data: &mut DataMap,
 ) -> Result<(), BadRequest> {
+    check_shape(body)?;
     match route {
         Route::Chat => {
             let messages = body
@@ -80,7 +113,9 @@ pub(super) fn request_keys(
                     let role = m.get("role").and_then(Value::as_str).ok_or_else(|| {
                         BadRequest(format!("messages[{i}] needs a `role` string"))
                     })?;
-                    Ok(json!({"role": role, "content": content_text(m.get("content"))}))
+                    let content = content_text(m.get("content"))
+                        .map_err(|e| BadRequest(format!("messages[{i}].content {e}")))?;
+                    Ok(json!({"role": role, "content": content}))
                 })
                 .collect::<Result<Vec<_>, BadRequest>>()?;
             data.insert("messages".into(), Value::Array(seen));
@@ -110,17 +145,57 @@ pub(super) fn request_keys(
 }
 
 /// A message's content as one string: a string as it is; a list of parts,
-/// its text parts joined by newlines; anything else, empty.
-fn content_text(content: Option<&Value>) -> String {
+/// the text of its text parts joined by newlines (see [`part_text`]);
+/// null or absent, empty. Anything else is refused: text the host cannot
+/// read would reach the engine past the plugins.
+fn content_text(content: Option<&Value>) -> Result<String, String> {
     match content {
-        Some(Value::String(s)) => s.clone(),
-        Some(Value::Array(parts)) => parts
-            .iter()
-            .filter(|p| p.get("type").and_then(Value::as_str) == Some("text"))
-            .filter_map(|p| p.get("text").and_then(Value::as_str))
-            .collect::<Vec<_>>()
-            .join("\n"),
-        _ => String::new(),
+        None | Some(Value::Null) => Ok(String::new()),
+        Some(Value::String(s)) => Ok(s.clone()),
+        Some(Value::Array(parts)) => {
+            let mut texts = Vec::new();
+            for (i, part) in parts.iter().enumerate() {
+                if let Some(text) = part_text(part).map_err(|e| format!("[{i}] {e}"))? {
+                    texts.push(text);
+                }
+            }
+            Ok(texts.join("\n"))
+        }
+        Some(_) => Err("must be a string or a list of parts".into()),
+    }
+}
+
+/// The text of one content part, as engines read it (vLLM's rules): a
+/// string is text; a `text`, `input_text` or `output_text` part has it in
+/// `text`, a `refusal` part in `refusal`, a `thinking` part in `thinking`;
+/// a part without a `type` that carries one of those fields is text too.
+/// `None` for the other parts (images, audio, ...), which carry no text.
+fn part_text(part: &Value) -> Result<Option<&str>, String> {
+    let Value::Object(map) = part else {
+        return match part {
+            Value::String(s) => Ok(Some(s)),
+            _ => Err("must be a string or a map".into()),
+        };
+    };
+    let field = match map.get("type") {
+        Some(Value::String(t)) => match t.as_str() {
+            "text" | "input_text" | "output_text" => Some("text"),
+            "refusal" => Some("refusal"),
+            "thinking" => Some("thinking"),
+            _ => None,
+        },
+        None | Some(Value::Null) => ["text", "refusal", "thinking"]
+            .into_iter()
+            .find(|f| map.contains_key(*f)),
+        Some(_) => return Err("has a `type` that is not a string".into()),
+    };
+    let Some(field) = field else {
+        return Ok(None);
+    };
+    match map.get(field) {
+        None | Some(Value::Null) => Ok(Some("")),
+        Some(Value::String(s)) => Ok(Some(s)),
+        Some(_) => Err(format!("has a `{field}` that is not a string")),
     }
 }
 
@@ -243,7 +318,7 @@ fn merged_message(original: Option<&Value>, role: &str, content: &str) -> Value 
     if original.get("role").and_then(Value::as_str) != Some(role) {
         message.insert("role".into(), Value::String(role.to_owned()));
     }
-    if content_text(original.get("content")) == content {
+    if content_text(original.get("content")).is_ok_and(|c| c == content) {
         return Value::Object(message);
     }
     let new = match original.get("content") {
@@ -253,7 +328,7 @@ fn merged_message(original: Option<&Value>, role: &str, content: &str) -> Value 
             let mut out = Vec::with_capacity(parts.len());
             let mut placed = false;
             for part in parts {
-                if part.get("type").and_then(Value::as_str) == Some("text") {
+                if !matches!(part_text(part), Ok(None)) {
                     if !placed {
                         out.push(json!({"type": "text", "text": content}));
                         placed = true;
@@ -273,20 +348,87 @@ fn merged_message(original: Option<&Value>, role: &str, content: &str) -> Value 
     Value::Object(message)
 }
 
-/// The text of each choice of a whole (not streamed) response.
-pub(super) fn response_output(route: Route, body: &Map<String, Value>) -> Vec<Value> {
-    choices(body)
-        .map(|choice| {
-            let text = match route {
-                Route::Chat => choice.get("message").and_then(|m| m.get("content")),
-                Route::Completions => choice.get("text"),
-            };
-            Value::String(text.and_then(Value::as_str).unwrap_or_default().to_owned())
+/// The text of each choice of a whole (not streamed) response; `Err` for
+/// an answer whose text the host cannot read (it does not pass unread).
+pub(super) fn response_output(
+    route: Route,
+    body: &Map<String, Value>,
+) -> Result<Vec<Value>, String> {
+    let choices = match body.get("choices") {
+        None | Some(Value::Null) => return Ok(Vec::new()),
+        Some(Value::Array(choices)) => choices,
+        Some(_) => return Err("`choices` is not a list".into()),
+    };
+    choices
+        .iter()
+        .enumerate()
+        .map(|(i, choice)| {
+            let choice = choice
+                .as_object()
+                .ok_or_else(|| format!("choices[{i}] is not a map"))?;
+            let text =
+                choice_text(route, choice, "message").map_err(|e| format!("choices[{i}]{e}"))?;
+            Ok(Value::String(text.to_owned()))
         })
         .collect()
 }
 
-/// Writes the plugins' `output` back into a whole response.
+/// The text of one choice: `message` (or a stream's `delta`) `.content`
+/// on chat, `text` on completions; absent or null, empty. `Err` for a
+/// shape whose text the host cannot read.
+pub(super) fn choice_text<'a>(
+    route: Route,
+    choice: &'a Map<String, Value>,
+    message: &str,
+) -> Result<&'a str, String> {
+    let (slot, key) = match route {
+        Route::Chat => match choice.get(message) {
+            None | Some(Value::Null) => return Ok(""),
+            Some(Value::Object(m)) => (m, "content"),
+            Some(_) => return Err(format!(".{message} is not a map")),
+        },
+        Route::Completions => (choice, "text"),
+    };
+    match slot.get(key) {
+        None | Some(Value::Null) => Ok(""),
+        Some(Value::String(s)) => Ok(s),
+        Some(_) => Err(format!(" has a `{key}` that is not a string")),
+    }
+}
+
+/// Puts `text` into a choice's text slot (see [`choice_text`]), making
+/// the chat `message` (or `delta`) when the choice has none.
+pub(super) fn set_choice_text(
+    route: Route,
+    choice: &mut Map<String, Value>,
+    message: &str,
+    text: &str,
+) {
+    let slot = match route {
+        Route::Chat => {
+            let slot = choice
+                .entry(message)
+                .or_insert_with(|| Value::Object(Map::new()));
+            if slot.is_null() {
+                *slot = Value::Object(Map::new());
+            }
+            let Some(slot) = slot.as_object_mut() else {
+                return;
+            };
+            slot
+        }
+        Route::Completions => choice,
+    };
+    let key = if route == Route::Chat {
+        "content"
+    } else {
+        "text"
+    };
+    slot.insert(key.into(), Value::String(text.to_owned()));
+}
+
+/// Writes the plugins' `output` back into a whole response; a choice whose
+/// text changed loses its `logprobs`, the engine's tokens of the old text.
 pub(super) fn apply_response(
     route: Route,
     output: &Value,
@@ -315,32 +457,19 @@ pub(super) fn apply_response(
                 format!("output[{i}] must be a string"),
             ));
         };
-        let slot = match route {
-            Route::Chat => choice.get_mut("message").and_then(Value::as_object_mut),
-            Route::Completions => choice.as_object_mut(),
-        };
-        let key = if route == Route::Chat {
-            "content"
-        } else {
-            "text"
+        let Some(choice) = choice.as_object_mut() else {
+            continue;
         };
         // A choice with no text (a tool call's null content) keeps its
         // form unless a plugin gave it some.
-        if let Some(slot) = slot
-            && slot.get(key).and_then(Value::as_str).unwrap_or_default() != text
-        {
-            slot.insert(key.into(), Value::String(text.clone()));
+        // The engine's tokens (`logprobs`) are a copy of the text: they go
+        // with it when a plugin changed it.
+        if choice_text(route, choice, "message").unwrap_or_default() != text {
+            set_choice_text(route, choice, "message", text);
+            choice.remove("logprobs");
         }
     }
     Ok(())
-}
-
-fn choices(body: &Map<String, Value>) -> impl Iterator<Item = &Map<String, Value>> {
-    body.get("choices")
-        .and_then(Value::as_array)
-        .into_iter()
-        .flatten()
-        .filter_map(Value::as_object)
 }
 
 /// An OpenAI-style error body: `{"error": {message, type, param, code}}`.
@@ -350,6 +479,7 @@ pub fn error_body(status: u16, message: &str, code: Option<&str>) -> Vec<u8> {
         402 => "payment_required",
         403 => "permission_denied",
         413 => "request_too_large",
+        502 => "bad_gateway",
         429 => "rate_limit_exceeded",
         _ => "service_unavailable",
     };
@@ -438,7 +568,7 @@ mod tests {
             {"index": 0, "message": {"role": "assistant", "content": "a@b.io"}},
             {"index": 1, "message": {"role": "assistant", "content": null, "tool_calls": []}},
         ]}));
-        let output = response_output(Route::Chat, &body);
+        let output = response_output(Route::Chat, &body).unwrap();
         assert_eq!(output, [json!("a@b.io"), json!("")]);
         let mut changed = body.clone();
         apply_response(Route::Chat, &json!(["[EMAIL]", ""]), &mut changed).unwrap();

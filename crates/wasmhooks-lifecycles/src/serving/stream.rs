@@ -10,18 +10,24 @@ pub const MAX_EVENT: usize = 1 << 20;
 /// One event of a stream.
 #[derive(Debug, PartialEq, Eq)]
 pub(super) enum Event {
-    /// A chunk: its `data`, a JSON document.
-    Data(Vec<u8>),
+    /// A chunk: its `data`, a JSON document, and the event's other fields
+    /// (`event`, `id`, `retry` lines, each ended by `\n`).
+    Data { fields: Vec<u8>, data: Vec<u8> },
     /// `data: [DONE]`, the end.
     Done,
     /// Anything else (a comment, a keep-alive): passed on as it came.
     Other(Vec<u8>),
 }
 
-/// The part of a stream not yet cut into events.
+/// The part of a stream not yet cut into events. Lines may end in `\n`,
+/// `\r\n` or a lone `\r` (as the format allows); each is kept as `\n`, so
+/// no ending hides an event from the host and passes it on unread.
 #[derive(Debug, Default)]
 pub(super) struct Events {
     pending: Vec<u8>,
+    /// The last byte taken was a `\r`: a `\n` right after it is the same
+    /// line end, whichever piece it comes in.
+    after_cr: bool,
 }
 
 /// An event past [`MAX_EVENT`].
@@ -31,16 +37,23 @@ pub(super) struct TooLong;
 impl Events {
     /// The whole events `bytes` completes, in order; the rest is kept.
     pub(super) fn push(&mut self, bytes: &[u8]) -> Result<Vec<Event>, TooLong> {
-        // What was kept was scanned before: a boundary (three bytes at
-        // most) can only end in the new bytes, so scanning resumes just
-        // before them, and pieces of one byte cost no rescans.
-        let mut scan = self.pending.len().saturating_sub(2);
-        self.pending.extend_from_slice(bytes);
+        // What was kept was scanned before: a boundary (two bytes) can
+        // only end in the new bytes, so scanning resumes just before them,
+        // and pieces of one byte cost no rescans.
+        let mut scan = self.pending.len().saturating_sub(1);
+        for &b in bytes {
+            let after_cr = std::mem::replace(&mut self.after_cr, b == b'\r');
+            match b {
+                b'\n' if after_cr => {}
+                b'\r' => self.pending.push(b'\n'),
+                _ => self.pending.push(b),
+            }
+        }
         let mut events = Vec::new();
         let mut start = 0;
-        while let Some((end, next)) = boundary(&self.pending[scan..]) {
+        while let Some(end) = boundary(&self.pending[scan..]) {
             events.push(parse(&self.pending[start..scan + end]));
-            start = scan + next;
+            start = scan + end + 2;
             scan = start;
         }
         self.pending.drain(..start);
@@ -60,43 +73,46 @@ impl Events {
     }
 }
 
-/// Where the first event of `bytes` ends, and where the next begins.
-fn boundary(bytes: &[u8]) -> Option<(usize, usize)> {
-    let mut i = 0;
-    while i < bytes.len() {
-        if bytes[i] == b'\n' {
-            match bytes.get(i + 1) {
-                Some(b'\n') => return Some((i, i + 2)),
-                Some(b'\r') if bytes.get(i + 2) == Some(&b'\n') => return Some((i, i + 3)),
-                _ => {}
-            }
-        }
-        i += 1;
-    }
-    None
+/// Where the first event of `bytes` (line ends made `\n`) ends: a blank
+/// line.
+fn boundary(bytes: &[u8]) -> Option<usize> {
+    bytes.windows(2).position(|w| w == b"\n\n")
 }
 
-/// One event's lines: its `data:` lines joined, or the event as it came.
+/// One event's lines. An event with `data:` lines is a chunk, its data
+/// joined; its `event`, `id` and `retry` fields are kept with it, and
+/// anything else in it (comments, fields no client reads) is dropped, so
+/// what the client gets of it is what the host read. An event without data
+/// (a comment, a keep-alive) is passed on as it came.
 fn parse(event: &[u8]) -> Event {
     let mut data: Option<Vec<u8>> = None;
+    let mut fields = Vec::new();
     for line in event.split(|&b| b == b'\n') {
-        let line = line.strip_suffix(b"\r").unwrap_or(line);
-        if let Some(value) = line.strip_prefix(b"data:") {
-            let value = value.strip_prefix(b" ").unwrap_or(value);
-            match &mut data {
+        let (name, value) = match line.iter().position(|&b| b == b':') {
+            Some(at) => {
+                let value = &line[at + 1..];
+                (&line[..at], value.strip_prefix(b" ").unwrap_or(value))
+            }
+            None => (line, &b""[..]),
+        };
+        match name {
+            b"data" => match &mut data {
                 Some(d) => {
                     d.push(b'\n');
                     d.extend_from_slice(value);
                 }
                 None => data = Some(value.to_vec()),
+            },
+            b"event" | b"id" | b"retry" => {
+                fields.extend_from_slice(line);
+                fields.push(b'\n');
             }
-        } else if !line.is_empty() {
-            return Event::Other(event.to_vec());
+            _ => {}
         }
     }
     match data {
         Some(d) if d == b"[DONE]" => Event::Done,
-        Some(d) => Event::Data(d),
+        Some(data) => Event::Data { fields, data },
         None => Event::Other(event.to_vec()),
     }
 }
@@ -104,7 +120,8 @@ fn parse(event: &[u8]) -> Event {
 /// Writes one event.
 pub(super) fn write(event: &Event, out: &mut Vec<u8>) {
     match event {
-        Event::Data(data) => {
+        Event::Data { fields, data } => {
+            out.extend_from_slice(fields);
             out.extend_from_slice(b"data: ");
             out.extend_from_slice(data);
             out.extend_from_slice(b"\n\n");
@@ -121,6 +138,36 @@ pub(super) fn write(event: &Event, out: &mut Vec<u8>) {
 mod tests {
     use super::*;
 
+    fn data(d: &[u8]) -> Event {
+        Event::Data {
+            fields: Vec::new(),
+            data: d.to_vec(),
+        }
+    }
+
+    #[test]
+    fn every_line_ending_and_field_is_read_whatever_the_pieces() {
+        let stream =
+            b"data: {\"a\":1}\r\rid: 7\r\n: note\revent: m\ndata: {\"b\":2}\r\n\r\ndata:[DONE]\r\r";
+        for size in 1..stream.len() {
+            let mut events = Events::default();
+            let mut got = Vec::new();
+            for piece in stream.chunks(size) {
+                got.extend(events.push(piece).unwrap());
+            }
+            let second = Event::Data {
+                fields: b"id: 7\nevent: m\n".to_vec(),
+                data: b"{\"b\":2}".to_vec(),
+            };
+            assert_eq!(
+                got,
+                [data(b"{\"a\":1}"), second, Event::Done],
+                "pieces of {size}"
+            );
+            assert_eq!(events.finish(), None);
+        }
+    }
+
     #[test]
     fn events_are_cut_whatever_the_pieces() {
         let stream = b"data: {\"a\":1}\n\ndata: {\"b\":2}\r\n\r\n: ping\n\ndata: [DONE]\n\n";
@@ -133,8 +180,8 @@ mod tests {
             assert_eq!(
                 got,
                 [
-                    Event::Data(b"{\"a\":1}".to_vec()),
-                    Event::Data(b"{\"b\":2}".to_vec()),
+                    data(b"{\"a\":1}"),
+                    data(b"{\"b\":2}"),
                     Event::Other(b": ping".to_vec()),
                     Event::Done,
                 ],
@@ -153,6 +200,6 @@ mod tests {
         assert_eq!(events.push(&big), Err(TooLong));
         let mut events = Events::default();
         assert!(events.push(b"data: {}").unwrap().is_empty());
-        assert_eq!(events.finish(), Some(Event::Data(b"{}".to_vec())));
+        assert_eq!(events.finish(), Some(data(b"{}")));
     }
 }
