@@ -323,10 +323,13 @@ def test_two_tenant_headers_are_a_400(operator, cache_dir):
         operator, cache_dir, {}, head='[serving]\ntimeout_ms = 2000\ntenant_header = "x-tenant"\n'
     )
     app, seen = make_app()
-    headers = [("x-tenant", "a"), ("x-tenant", "b")]
+    headers = [("x-tenant", "a"), ("X-Tenant", "b")]
     r = post(client_of(app, hooks), chat(), headers=headers)
     assert r.status_code == 400, r.text
     assert seen == []
+    # The same value twice (a proxy that repeats it) is one tenant.
+    r = post(client_of(app, hooks), chat(), headers=[("x-tenant", "a"), ("x-tenant", "a")])
+    assert r.status_code == 200, r.text
 
 
 @pytest.mark.parametrize(
@@ -532,6 +535,10 @@ def test_the_cluster_store_takes_hostile_changes(operator, cache_dir):
     cluster.sync(json.dumps(many).encode())
     used, dropped = cluster.stats()
     assert used <= 1 << 20 and dropped > 0
+    # The bound is one on memory: an entry costs more than its bytes, and
+    # tiny keys must not hold a dozen times the bound.
+    held = json.loads(cluster.sync(b"[]"))
+    assert len(held) <= (1 << 20) // 128, len(held)
     hooks = hooks_for(operator, cache_dir, {})
     for bad in (b"{", b'[{"namespace": "n"}]'):
         with pytest.raises(ValueError):
@@ -556,3 +563,29 @@ def test_two_hundred_concurrent_requests(operator, cache_dir):
     for r in asyncio.run(go()):
         assert r.status_code == 200
         assert b"SECRET" not in r.content
+
+
+def test_a_skipped_plugin_does_not_undo_what_another_decided(operator, cache_dir):
+    # prompt-guard (order -100, fail) blocks; the adversary (order 0, skip)
+    # then leaves `block` as junk. Going on "as if the adversary had not
+    # been called" is the block, not the request reaching the app.
+    entries = (
+        allow("prompt-guard", "prompt_guard", 'write = ["block"]'),
+        allow("adversary", "adversary", f'{GRANTS}\non_error = "skip"'),
+    )
+    op = operator(*entries, head="[serving]\ntimeout_ms = 2000\n")
+    rules = {"rules": [{"name": "deny", "pattern": "SECRET"}]}
+    for junk in ("yes", {"status": 200, "rule": "r"}, {"status": 403}):
+        updates = {"on_request": {"block": junk}}
+        hooks = ServingHooks(
+            op,
+            plugins=[
+                (plugin("prompt_guard"), rules),
+                (plugin("adversary"), {"updates": updates}),
+            ],
+            cache_dir=cache_dir,
+        )
+        app, seen = make_app()
+        r = post(client_of(app, hooks), chat("SECRET"))
+        assert seen == [], junk
+        assert r.status_code in (403, 503), (junk, r.text)

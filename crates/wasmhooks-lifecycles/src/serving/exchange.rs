@@ -701,21 +701,28 @@ impl Exchange {
     }
 
     /// A key the host cannot use, set by the plugins of `report`: the last
-    /// of them to set it answers for it under its error policy.
+    /// of them to set it answers for it under its error policy. Under
+    /// `skip` the request goes on as if it had not been called, which the
+    /// host can only do when no other plugin of the phase set the key: the
+    /// value it overwrote (a block, a redaction) is gone, and going on
+    /// without it would undo another plugin's decision, so that fails
+    /// closed.
     fn answer_for(
         &mut self,
         report: &PhaseReport,
         bad: &Malformed,
         phase: &str,
     ) -> Result<(), Refusal> {
-        let plugin = report
+        let setters: Vec<&str> = report
             .calls
             .iter()
-            .rev()
-            .find(|call| {
+            .filter(|call| {
                 matches!(&call.outcome, Outcome::Applied { set, .. } if set.iter().any(|k| k == bad.key))
             })
-            .map_or("", |call| call.plugin.as_str());
+            .map(|call| call.plugin.as_str())
+            .collect();
+        let plugin = setters.last().copied().unwrap_or_default();
+        let overwrote = setters.iter().any(|p| *p != plugin);
         let policy = self.pool.on_error(plugin);
         tracing::warn!(
             request = self.request_id(),
@@ -723,14 +730,14 @@ impl Exchange {
             bad.message
         );
         match policy {
-            OnError::Fail => Err(self.fail_closed()),
-            OnError::Skip | OnError::Disable => {
+            OnError::Skip | OnError::Disable if !overwrote => {
                 self.pool
                     .counters
                     .failed_open
                     .fetch_add(1, Ordering::Relaxed);
                 Ok(())
             }
+            _ => Err(self.fail_closed()),
         }
     }
 }
@@ -743,15 +750,19 @@ impl Drop for Exchange {
 }
 
 /// A header the host reads for who is asking (the tenant) that the request
-/// carries more than once: which one a gateway meant is not the host's to
-/// guess (a client's own may come first), so the request is refused.
+/// carries more than once, with different values: which one a gateway
+/// meant is not the host's to guess (a client's own may come first), so
+/// the request is refused.
 fn ambiguous_header(pool: &Pool, headers: &[(String, String)]) -> Option<String> {
     let name = pool.config().tenant_header.as_deref()?;
-    let count = headers
+    let mut values = headers
         .iter()
         .filter(|(n, _)| n.eq_ignore_ascii_case(name))
-        .count();
-    (count > 1).then(|| format!("the header {name} is given {count} times"))
+        .map(|(_, v)| v);
+    let first = values.next()?;
+    values
+        .any(|v| v != first)
+        .then(|| format!("the header {name} is given more than once, with different values"))
 }
 
 /// Each choice of a stream's chunk: its place in `choices`, its index,

@@ -7,14 +7,21 @@
 //! it (and is dropped where the key holds bytes), `Put` replaces, `Delete`
 //! removes, expired entries are gone.
 //!
-//! Bounded: past `limit` bytes of keys and values, a change that would
-//! grow the store is dropped and counted (each replica's quota bounds what
-//! it writes; this bounds what many replicas write together).
+//! Bounded: past `limit` bytes, a change that would grow the store is
+//! dropped and counted (each replica's quota bounds what it writes; this
+//! bounds what many replicas write together). An entry counts its keys and
+//! value and [`ENTRY_OVERHEAD`] besides, what holding it costs: without it
+//! a bound in bytes of tiny keys would hold a dozen times its memory here
+//! and in every replica the state is copied to.
 
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
 use super::{COUNTER_BYTES, KvChange, KvOp, KvSnapshotEntry, KvSnapshotValue};
+
+/// Bytes an entry costs beyond its keys and value (its slot in the map,
+/// its expiry, its strings' allocations), counted against the bound.
+pub(crate) const ENTRY_OVERHEAD: usize = 128;
 
 /// One entry.
 struct Held {
@@ -40,7 +47,8 @@ pub struct KvCluster {
 }
 
 impl KvCluster {
-    /// A store holding at most `limit` bytes of keys and values.
+    /// A store holding at most `limit` bytes of keys and values, each
+    /// entry's `ENTRY_OVERHEAD` (128) included.
     pub fn new(limit: usize) -> Self {
         KvCluster {
             entries: HashMap::new(),
@@ -119,13 +127,14 @@ impl KvCluster {
         self.dropped
     }
 
-    /// Bytes of keys and values held.
+    /// Bytes of keys and values held, each entry's `ENTRY_OVERHEAD`
+    /// included.
     pub fn bytes(&self) -> usize {
         self.bytes
     }
 
     fn insert(&mut self, id: (String, String), held: Held, key_bytes: usize) {
-        let size = key_bytes + held.bytes();
+        let size = key_bytes + held.bytes() + ENTRY_OVERHEAD;
         if self.bytes + size > self.limit {
             self.dropped += 1;
             return;
@@ -136,7 +145,7 @@ impl KvCluster {
 
     fn remove(&mut self, id: &(String, String)) {
         if let Some(held) = self.entries.remove(id) {
-            self.bytes -= id.0.len() + id.1.len() + held.bytes();
+            self.bytes -= id.0.len() + id.1.len() + held.bytes() + ENTRY_OVERHEAD;
         }
     }
 }

@@ -38,7 +38,7 @@ impl Cluster {
 
 #[test]
 fn the_cluster_store_is_bounded_and_drops_what_expired() {
-    let mut cluster = KvCluster::new(64);
+    let mut cluster = KvCluster::new(cluster::ENTRY_OVERHEAD + 64);
     let put = |key: &str, n: usize, ttl_ms| KvChange {
         namespace: "p".into(),
         key: key.into(),
@@ -49,7 +49,7 @@ fn the_cluster_store_is_bounded_and_drops_what_expired() {
     };
     cluster.push(vec![put("a", 40, None), put("b", 40, None)]);
     assert_eq!(cluster.dropped(), 1, "the second would pass the bound");
-    assert_eq!(cluster.bytes(), 2 + 40);
+    assert_eq!(cluster.bytes(), cluster::ENTRY_OVERHEAD + 2 + 40);
     cluster.push(vec![
         KvChange {
             namespace: "p".into(),
