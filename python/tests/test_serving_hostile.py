@@ -589,3 +589,55 @@ def test_a_skipped_plugin_does_not_undo_what_another_decided(operator, cache_dir
         r = post(client_of(app, hooks), chat("SECRET"))
         assert seen == [], junk
         assert r.status_code in (403, 503), (junk, r.text)
+
+
+@pytest.mark.parametrize("spec", ["2.3", "2.4"])
+def test_a_stop_stops_the_app_whatever_its_asgi_spec(operator, cache_dir, spec):
+    # A client that stays connected: the app learns of the stop from the
+    # middleware alone (its sends fail, as to a client gone), and stops
+    # generating instead of running to its end unseen.
+    from starlette.responses import StreamingResponse
+
+    hooks = hooks_for(operator, cache_dir, {"on_response_chunk": {"stop": True}})
+    made = []
+
+    async def events():
+        for i in range(1000):
+            made.append(i)
+            yield f"data: {chunk('x')}\n\n"
+            await asyncio.sleep(0)
+
+    async def app(scope: Any, receive: Any, send: Any) -> None:
+        await receive()
+        await StreamingResponse(events(), media_type="text/event-stream")(scope, receive, send)
+
+    sent: list[dict[str, Any]] = []
+    body = json.dumps(chat(stream=True)).encode()
+    given = False
+
+    async def receive() -> dict[str, Any]:
+        nonlocal given
+        if not given:
+            given = True
+            return {"type": "http.request", "body": body}
+        await asyncio.Event().wait()  # the client never leaves
+        raise AssertionError
+
+    async def send(m: dict[str, Any]) -> None:
+        sent.append(m)
+
+    scope = {
+        "type": "http",
+        "method": "POST",
+        "path": CHAT,
+        "headers": [],
+        "asgi": {"version": "3.0", "spec_version": spec},
+    }
+
+    async def go() -> None:
+        await asyncio.wait_for(WasmHooksMiddleware(app, hooks=hooks)(scope, receive, send), 30)
+
+    asyncio.run(go())
+    assert len(made) < 10, len(made)
+    assert sent[-1].get("more_body") is False
+    assert b"content_filter" in b"".join(m.get("body", b"") for m in sent)

@@ -19,6 +19,7 @@ go through the serving phases; everything else passes untouched:
 
 from __future__ import annotations
 
+import asyncio
 import os
 from collections.abc import Awaitable, MutableMapping
 from typing import Any, Callable
@@ -93,6 +94,8 @@ class _Request:
         self.start: Message | None = None
         #: The app sent its last body.
         self.finished = False
+        #: Set when a plugin stops the stream: wakes the app's receive.
+        self.stop = asyncio.Event()
 
     async def run(self, app: ASGIApp) -> None:
         body = await self._read_body()
@@ -113,7 +116,13 @@ class _Request:
                 (k, v) for k, v in self.scope["headers"] if k.lower() != b"content-length"
             ] + [(b"content-length", str(len(request)).encode())]
             self._replay = request
-            await app(scope, self._app_receive, self._app_send)
+            try:
+                await app(scope, self._app_receive, self._app_send)
+            except Exception:
+                # After a stop the app is told the client is gone (its
+                # sends fail): its unwinding is not an error.
+                if not self.stopped:
+                    raise
             reason = "disconnected" if self.disconnected else "done"
         finally:
             await self.hooks.end(exchange, self.status, reason)
@@ -152,7 +161,19 @@ class _Request:
             # A plugin ended the stream: to the app the client is gone, so
             # it stops generating.
             return {"type": "http.disconnect"}
-        message = await self.receive()
+        # A receive already waiting when a plugin stops the stream returns
+        # then, not when the client leaves.
+        received = asyncio.ensure_future(self.receive())
+        stopped = asyncio.ensure_future(self.stop.wait())
+        try:
+            await asyncio.wait({received, stopped}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            stopped.cancel()
+            if not received.done():
+                received.cancel()
+        if received.cancelled():
+            return {"type": "http.disconnect"}
+        message = received.result()
         if message["type"] == "http.disconnect":
             self.disconnected = True
         return message
@@ -190,8 +211,9 @@ class _Request:
             await self.send(message)
             return
         if self.stopped:
-            # A plugin ended the stream; the app has not noticed yet.
-            return
+            # A plugin ended the stream: the app's sends fail, as a
+            # server's do once the client is gone, so it stops generating.
+            raise OSError("the stream was ended by a plugin")
         if self.finished:
             raise RuntimeError("the app sent a body after its last")
         more = bool(message.get("more_body", False))
@@ -220,6 +242,7 @@ class _Request:
             out += await self.hooks.finish_stream(self.exchange)
         if self.exchange.stopped:
             self.stopped = True
+            self.stop.set()
             await self.send({"type": "http.response.body", "body": out, "more_body": False})
         elif out or not more:
             await self.send({"type": "http.response.body", "body": out, "more_body": more})
