@@ -641,3 +641,61 @@ def test_a_stop_stops_the_app_whatever_its_asgi_spec(operator, cache_dir, spec):
     assert len(made) < 10, len(made)
     assert sent[-1].get("more_body") is False
     assert b"content_filter" in b"".join(m.get("body", b"") for m in sent)
+
+
+def test_generation_on_other_paths_does_not_go_around_the_plugins(operator, cache_dir):
+    # vLLM's server generates on more paths than the two the plugins guard
+    # (/invocations dispatches a chat body, /v1/responses, /v1/messages,
+    # /v1/chat/completions/batch, ...): those must not reach the app past
+    # them. Reads pass, and paths the operator lists.
+    hooks = hooks_for(operator, cache_dir, REWRITE)
+    reached: list[tuple[str, str]] = []
+    echo, _ = make_app()
+
+    async def app(scope: Any, receive: Any, send: Any) -> None:
+        if scope["type"] in ("http", "websocket"):
+            reached.append((scope.get("method", "WS"), scope["path"]))
+        await echo(scope, receive, send)
+
+    paths = [
+        "/invocations",
+        "/v1/responses",
+        "/v1/messages",
+        "/v1/chat/completions/batch",
+        "/v1/chat/completions/",
+        "/inference/v1/generate",
+        "/tokenize",
+    ]
+
+    async def go(middleware: Any) -> list[httpx.Response]:
+        transport = httpx.ASGITransport(app=middleware)
+        async with httpx.AsyncClient(transport=transport, base_url="http://t") as client:
+            out = [await client.post(p, json=chat("SECRET")) for p in paths]
+            out.append(await client.get("/health"))
+            return out
+
+    responses = asyncio.run(go(WasmHooksMiddleware(app, hooks=hooks)))
+    for path, r in zip(paths, responses):
+        assert r.status_code == 403, (path, r.status_code)
+        assert r.json()["error"]["type"] == "permission_denied"
+    assert responses[-1].status_code == 200
+    assert reached == [("GET", "/health")]
+    reached.clear()
+    listed = WasmHooksMiddleware(app, hooks=hooks, passthrough=["/tokenize"])
+    responses = asyncio.run(go(listed))
+    assert ("POST", "/tokenize") in reached
+    assert [p for _, p in reached if p not in ("/tokenize", "/health")] == []
+
+    # A websocket (vLLM's /v1/realtime) is closed before the app sees it.
+    sent: list[dict[str, Any]] = []
+
+    async def receive() -> dict[str, Any]:
+        return {"type": "websocket.connect"}
+
+    async def send(m: dict[str, Any]) -> None:
+        sent.append(m)
+
+    scope = {"type": "websocket", "path": "/v1/realtime", "headers": []}
+    asyncio.run(WasmHooksMiddleware(app, hooks=hooks)(scope, receive, send))
+    assert sent == [{"type": "websocket.close", "code": 1008}]
+    assert reached[-1:] != [("WS", "/v1/realtime")]

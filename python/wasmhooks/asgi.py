@@ -5,7 +5,12 @@
 wasmhooks.asgi.WasmHooksMiddleware`` with ``WASMHOOKS_OPERATOR`` and
 ``WASMHOOKS_JOB`` set; a FastAPI or Starlette app; a Ray Serve HTTP
 deployment). Requests to ``/v1/chat/completions`` and ``/v1/completions``
-go through the serving phases; everything else passes untouched:
+go through the serving phases. Reads (``GET``, ``HEAD``, ``OPTIONS``) pass
+untouched; any other request, and any websocket, is refused (403) unless
+its path is in ``passthrough`` (or ``WASMHOOKS_PASSTHROUGH``, paths
+separated by commas): a server generates on more paths than these two
+(vLLM's ``/invocations``, ``/v1/responses``, ``/v1/messages``, ...), and
+the plugins must not be a door with a way around it.
 
 - ``on_request``: the body is read (up to ``[serving] max_request_kib``),
   the plugins may rewrite it or block it; a block is answered here with its
@@ -40,11 +45,22 @@ ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
 #: a larger one is refused (a completion is far smaller).
 MAX_RESPONSE = 64 << 20
 
+#: Methods that pass to any path: they read, they do not generate.
+READS = frozenset({"GET", "HEAD", "OPTIONS"})
+
+_UNGUARDED = (
+    b'{"error": {"message": "this endpoint is not served here: only /v1/chat/completions'
+    b' and /v1/completions pass the plugins", "type": "permission_denied", "param": null,'
+    b' "code": "endpoint_not_guarded"}}'
+)
+
 
 class WasmHooksMiddleware:
     """``operator`` and ``job`` (or ``plugins``) default to the environment's
     ``WASMHOOKS_OPERATOR`` and ``WASMHOOKS_JOB``, so a server that builds
-    the middleware with the app alone (vLLM's ``--middleware``) gets them."""
+    the middleware with the app alone (vLLM's ``--middleware``) gets them;
+    ``passthrough`` (paths other requests may reach the app on, unguarded)
+    to ``WASMHOOKS_PASSTHROUGH``."""
 
     def __init__(
         self,
@@ -54,8 +70,14 @@ class WasmHooksMiddleware:
         plugins: list[PluginSpec] | None = None,
         hooks: ServingHooks | None = None,
         cache_dir: PathLike | None = None,
+        passthrough: list[str] | None = None,
     ) -> None:
         self.app = app
+        if passthrough is None:
+            listed = os.environ.get("WASMHOOKS_PASSTHROUGH", "")
+            passthrough = [p.strip() for p in listed.split(",") if p.strip()]
+        #: Paths requests other than reads may reach the app on, unguarded.
+        self.passthrough = frozenset(passthrough)
         if hooks is None:
             operator = operator if operator is not None else os.environ.get("WASMHOOKS_OPERATOR")
             if operator is None:
@@ -69,13 +91,33 @@ class WasmHooksMiddleware:
         self.hooks = hooks
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        route = None
-        if scope["type"] == "http" and scope.get("method") == "POST":
-            route = route_of(scope.get("path", ""))
-        if route is None:
-            await self.app(scope, receive, send)
+        kind, path = scope["type"], scope.get("path", "")
+        if kind == "http":
+            method = scope.get("method")
+            route = route_of(path) if method == "POST" else None
+            if route is not None:
+                await _Request(self.hooks, route, scope, receive, send).run(self.app)
+                return
+            if method in READS or path in self.passthrough:
+                await self.app(scope, receive, send)
+                return
+            await send(
+                {
+                    "type": "http.response.start",
+                    "status": 403,
+                    "headers": [
+                        (b"content-type", b"application/json"),
+                        (b"content-length", str(len(_UNGUARDED)).encode()),
+                    ],
+                }
+            )
+            await send({"type": "http.response.body", "body": _UNGUARDED})
             return
-        await _Request(self.hooks, route, scope, receive, send).run(self.app)
+        if kind == "websocket" and path not in self.passthrough:
+            # Closed before it is accepted: the client gets a 403.
+            await send({"type": "websocket.close", "code": 1008})
+            return
+        await self.app(scope, receive, send)
 
 
 class _Request:
