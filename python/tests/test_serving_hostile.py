@@ -699,3 +699,15 @@ def test_generation_on_other_paths_does_not_go_around_the_plugins(operator, cach
     asyncio.run(WasmHooksMiddleware(app, hooks=hooks)(scope, receive, send))
     assert sent == [{"type": "websocket.close", "code": 1008}]
     assert reached[-1:] != [("WS", "/v1/realtime")]
+
+
+@pytest.mark.parametrize("options", [None, {}, {"include_usage": False}, {"include_usage": None}])
+def test_a_stream_always_asks_the_engine_for_usage(operator, cache_dir, options):
+    # Usage is what a budget charges: no shape of stream_options may leave
+    # the engine's stream without it.
+    hooks = hooks_for(operator, cache_dir, {})
+    app, seen = make_app()
+    r = post(client_of(app, hooks), chat("a b c", stream=True, stream_options=options))
+    assert r.status_code == 200
+    assert seen[0]["stream_options"]["include_usage"] is True
+    assert b'"usage"' not in r.content, "usage the client did not ask for is not sent"

@@ -264,6 +264,11 @@ impl Exchange {
             let options = body
                 .entry("stream_options")
                 .or_insert_with(|| Value::Object(Map::new()));
+            // `null` is no options: usage is asked for all the same (a
+            // budget counts it), and `request_keys` refused other shapes.
+            if options.is_null() {
+                *options = Value::Object(Map::new());
+            }
             if let Value::Object(options) = options {
                 self.client_usage = options.get("include_usage") == Some(&Value::Bool(true));
                 options.insert("include_usage".into(), Value::Bool(true));
