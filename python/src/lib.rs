@@ -11,6 +11,7 @@ mod hooks;
 mod host;
 mod job;
 mod node;
+mod offload;
 mod policy;
 mod serving;
 mod traps;

@@ -16,6 +16,7 @@ use wasmhooks_lifecycles::serving::{self, EndReason, Plugins, Pool, Route};
 use crate::convert::{to_py, to_value};
 use crate::errors::{WasmHooksError, job_err, lifecycle_err};
 use crate::job::Job;
+use crate::offload::{Job as Call, Offload};
 use crate::policy::Policy;
 use crate::traps;
 
@@ -25,6 +26,49 @@ use crate::traps;
 #[pyclass(module = "wasmhooks._native", frozen)]
 pub(crate) struct Serving {
     pool: Arc<Pool>,
+    /// Runs the calls that reach plugins off the event loop (`submit_*`,
+    /// `completed`, `fileno`).
+    offload: Offload<Done>,
+}
+
+/// What a call run off the loop left for it.
+pub(crate) enum Done {
+    Begun(serving::Exchange, serving::Reply),
+    Bytes(Vec<u8>),
+    Reply(serving::Reply),
+    Response(Result<Vec<u8>, serving::Refusal>),
+    Ended,
+    /// The request had ended already.
+    Gone,
+}
+
+/// A shared exchange's lock.
+type Shared = Arc<Mutex<Option<serving::Exchange>>>;
+
+/// Runs `f` on the exchange unless it ended.
+fn on(shared: &Shared, f: impl FnOnce(&mut serving::Exchange) -> Done) -> Done {
+    let mut guard = shared.lock().unwrap_or_else(PoisonError::into_inner);
+    guard.as_mut().map_or(Done::Gone, f)
+}
+
+impl Serving {
+    fn submit(&self, job: Call<Done>) -> PyResult<u64> {
+        self.offload
+            .submit(job)
+            .ok_or_else(|| PyRuntimeError::new_err("the serving plugins are closed"))
+    }
+}
+
+/// An end reason's name as the host's.
+fn end_reason(reason: &str) -> PyResult<EndReason> {
+    match reason {
+        "done" => Ok(EndReason::Done),
+        "disconnected" => Ok(EndReason::Disconnected),
+        "error" => Ok(EndReason::Error),
+        other => Err(PyValueError::new_err(format!(
+            "reason {other:?} is not done, disconnected or error"
+        ))),
+    }
 }
 
 #[pymethods]
@@ -78,8 +122,11 @@ impl Serving {
         }
         .map_err(|e| lifecycle_err(py, e, WasmHooksError::new_err::<String>))?;
         traps::remember();
+        let offload = Offload::start(2 * pool.config().instances, "wasmhooks-serving")
+            .map_err(|e| WasmHooksError::new_err(format!("serving threads: {e}")))?;
         Ok(Serving {
             pool: Arc::new(pool),
+            offload,
         })
     }
 
@@ -109,6 +156,119 @@ impl Serving {
             py.detach(|| serving::Exchange::begin(pool, route, map, &headers))
         };
         Ok(Exchange::new(exchange, reply))
+    }
+
+    /// The descriptor that turns readable when calls submitted with the
+    /// `submit_*` methods have completed: an event loop watches it
+    /// (`loop.add_reader`) and takes them with `completed`.
+    fn fileno(&self) -> i32 {
+        self.offload.fileno()
+    }
+
+    /// `begin`, run off the calling thread: its ticket. Its result, from
+    /// `completed`, is the `Exchange`.
+    fn submit_begin(
+        &self,
+        route: &str,
+        body: &Bound<'_, PyAny>,
+        headers: Vec<(String, String)>,
+    ) -> PyResult<u64> {
+        let route = Route::parse(route).ok_or_else(|| {
+            PyValueError::new_err(format!(
+                "route {route:?} is neither \"chat\" nor \"completions\""
+            ))
+        })?;
+        let pool = self.pool.clone();
+        let job: Call<Done> = if let Ok(bytes) = body.cast::<PyBytes>() {
+            let bytes = bytes.as_bytes().to_vec();
+            Box::new(move || {
+                let (e, r) = serving::Exchange::begin_bytes(pool, route, &bytes, &headers);
+                Done::Begun(e, r)
+            })
+        } else {
+            let Value::Object(map) = to_value(body, "body", 0)? else {
+                return Err(PyValueError::new_err("body must be bytes or a dict"));
+            };
+            Box::new(move || {
+                let (e, r) = serving::Exchange::begin(pool, route, map, &headers);
+                Done::Begun(e, r)
+            })
+        };
+        self.submit(job)
+    }
+
+    /// `exchange.stream(data)`, off the calling thread: its ticket.
+    fn submit_stream(&self, exchange: &Exchange, data: Vec<u8>) -> PyResult<u64> {
+        let shared = exchange.inner.clone();
+        self.submit(Box::new(move || {
+            on(&shared, |e| Done::Bytes(e.stream_bytes(&data)))
+        }))
+    }
+
+    /// `exchange.finish_stream()`, off the calling thread: its ticket.
+    fn submit_finish(&self, exchange: &Exchange) -> PyResult<u64> {
+        let shared = exchange.inner.clone();
+        self.submit(Box::new(move || {
+            on(&shared, |e| Done::Bytes(e.finish_stream()))
+        }))
+    }
+
+    /// `exchange.response(body)`, off the calling thread: its ticket.
+    fn submit_response(&self, exchange: &Exchange, body: &Bound<'_, PyAny>) -> PyResult<u64> {
+        let shared = exchange.inner.clone();
+        if let Ok(bytes) = body.cast::<PyBytes>() {
+            let bytes = bytes.as_bytes().to_vec();
+            return self.submit(Box::new(move || {
+                on(&shared, |e| Done::Response(e.response_bytes(&bytes)))
+            }));
+        }
+        let Value::Object(map) = to_value(body, "response", 0)? else {
+            return Err(PyValueError::new_err("a response must be bytes or a dict"));
+        };
+        self.submit(Box::new(move || {
+            on(&shared, |e| Done::Reply(e.response(map)))
+        }))
+    }
+
+    /// `exchange.end(status, reason)`, off the calling thread: its ticket.
+    #[pyo3(signature = (exchange, status, reason = "done"))]
+    fn submit_end(&self, exchange: &Exchange, status: u16, reason: &str) -> PyResult<u64> {
+        let reason = end_reason(reason)?;
+        let shared = exchange.inner.clone();
+        self.submit(Box::new(move || {
+            let taken = shared.lock().unwrap_or_else(PoisonError::into_inner).take();
+            if let Some(mut e) = taken {
+                e.end(status, reason);
+            }
+            Done::Ended
+        }))
+    }
+
+    /// The submitted calls that completed since the last look: `(ticket,
+    /// result)` pairs, a result being what the call returns, or the
+    /// exception it raised.
+    fn completed<'py>(&self, py: Python<'py>) -> PyResult<Vec<(u64, Bound<'py, PyAny>)>> {
+        let mut out = Vec::new();
+        for (ticket, done) in self.offload.completed() {
+            let value = match done {
+                Done::Begun(exchange, reply) => Py::new(py, Exchange::new(exchange, reply))?
+                    .into_bound(py)
+                    .into_any(),
+                Done::Bytes(bytes) => PyBytes::new(py, &bytes).into_any(),
+                Done::Reply(reply) => reply_to_py(py, reply, false)?,
+                Done::Response(Ok(bytes)) => PyBytes::new(py, &bytes).into_any(),
+                Done::Response(Err(refusal)) => Py::new(py, Refusal::new(py, refusal))?
+                    .into_bound(py)
+                    .into_any(),
+                Done::Ended => py.None().into_bound(py),
+                Done::Gone => PyRuntimeError::new_err("this request has ended")
+                    .into_value(py)
+                    .into_bound(py)
+                    .into_any(),
+            };
+            out.push((ticket, value));
+        }
+        Ok(out)
     }
 
     /// Whether some plugin is called at `phase`: a transport skips the hop
@@ -251,7 +411,7 @@ impl Refusal {
 /// One request's course: made by `Serving.begin`, ended by `end`.
 #[pyclass(module = "wasmhooks._native", frozen)]
 pub(crate) struct Exchange {
-    inner: Mutex<Option<serving::Exchange>>,
+    inner: Arc<Mutex<Option<serving::Exchange>>>,
     /// What `on_request` decided: the body for the engine, or the answer.
     reply: Mutex<Option<serving::Reply>>,
     request_id: String,
@@ -263,7 +423,7 @@ impl Exchange {
         Exchange {
             request_id: exchange.request_id().to_owned(),
             streamed: exchange.streamed(),
-            inner: Mutex::new(Some(exchange)),
+            inner: Arc::new(Mutex::new(Some(exchange))),
             reply: Mutex::new(Some(reply)),
         }
     }
@@ -372,16 +532,7 @@ impl Exchange {
     /// Fires `on_request_end`; a second call does nothing.
     #[pyo3(signature = (status, reason = "done"))]
     fn end(&self, py: Python<'_>, status: u16, reason: &str) -> PyResult<()> {
-        let reason = match reason {
-            "done" => EndReason::Done,
-            "disconnected" => EndReason::Disconnected,
-            "error" => EndReason::Error,
-            other => {
-                return Err(PyValueError::new_err(format!(
-                    "reason {other:?} is not done, disconnected or error"
-                )));
-            }
-        };
+        let reason = end_reason(reason)?;
         py.detach(|| {
             let taken = self
                 .inner
@@ -406,7 +557,7 @@ impl Drop for Exchange {
     fn drop(&mut self) {
         let taken = self
             .inner
-            .get_mut()
+            .lock()
             .unwrap_or_else(PoisonError::into_inner)
             .take();
         if let Some(exchange) = taken {

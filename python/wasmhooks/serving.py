@@ -5,11 +5,14 @@ event loop.
 (:mod:`wasmhooks.asgi`) and the Ray Serve LLM ingress
 (:mod:`wasmhooks.ray_llm`). It loads the plugins once per replica (each
 ``[serving] instances`` times, so concurrent requests never share an
-instance), and runs every call that reaches a plugin on its own worker
-threads, with the GIL released while the plugin runs: the event loop goes on
-serving other requests meanwhile. Every decision (what plugins see, what a
-block or a stop means, the 503 of a plugin that fails closed) is made by the
-host in Rust, the same for every transport.
+instance), and runs every call that reaches a plugin off the event loop,
+which goes on serving other requests meanwhile. No worker thread takes the
+GIL: the loop converts a call's values, the host's threads run it, and an
+eventfd the loop watches hands the results back (a hop through Python's
+executor costs a busy server more than the plugins do, waiting for the
+GIL). Every decision (what plugins see, what a block or a stop means, the
+503 of a plugin that fails closed) is made by the host in Rust, the same
+for every transport.
 """
 
 from __future__ import annotations
@@ -64,18 +67,42 @@ class ServingHooks:
             kwargs["job_config"] = job_config or {}
         #: The plugins, in Rust.
         self.native = Serving(policy, **kwargs)
-        config = self.native.config
-        # One worker per instance set, and as many for calls waiting on
-        # one: a call never waits behind another request's for a thread.
-        self._executor = ThreadPoolExecutor(
-            max_workers=2 * int(config["instances"]), thread_name_prefix="wasmhooks-serving"
-        )
         self._chunks = self.native.listens(phases.serving.ON_RESPONSE_CHUNK)
         self._responses = self.native.listens(phases.serving.ON_RESPONSE)
+        # The loop whose reader takes the completed calls, and its waiters.
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._waiting: dict[int, asyncio.Future[Any]] = {}
+        # For a second event loop (rare): Python's thread hop.
+        self._executor: ThreadPoolExecutor | None = None
 
-    async def _off_loop(self, fn: Callable[..., T], *args: Any) -> T:
+    async def _run(self, submit: Callable[..., int], call: Callable[..., T], *args: Any) -> T:
+        """``submit(*args)`` on the host's threads, awaited on this loop; on
+        a loop other than the first one used, ``call(*args)`` on a worker
+        thread instead."""
         loop = asyncio.get_running_loop()
-        return await loop.run_in_executor(self._executor, partial(fn, *args))
+        if self._loop is None:
+            loop.add_reader(self.native.fileno(), self._completed)
+            self._loop = loop
+        if loop is not self._loop:
+            if self._executor is None:
+                self._executor = ThreadPoolExecutor(thread_name_prefix="wasmhooks-serving")
+            return await loop.run_in_executor(self._executor, partial(call, *args))
+        ticket = submit(*args)
+        future: asyncio.Future[T] = loop.create_future()
+        self._waiting[ticket] = future
+        return await future
+
+    def _completed(self) -> None:
+        """The loop's reader: hands each completed call to its waiter (none
+        if it was cancelled, or nobody waits, as for ``end_soon``)."""
+        for ticket, result in self.native.completed():
+            future = self._waiting.pop(ticket, None)
+            if future is None or future.done():
+                continue
+            if isinstance(result, BaseException):
+                future.set_exception(result)
+            else:
+                future.set_result(result)
 
     async def begin(
         self, route: str, body: bytes | dict[str, Any], headers: list[tuple[str, str]]
@@ -83,29 +110,21 @@ class ServingHooks:
         """``on_request`` for a request to ``route`` (``"chat"`` or
         ``"completions"``); ``exchange.take_request()`` then gives the body
         for the engine or the :class:`Refusal` to send."""
-        return await self._off_loop(self.native.begin, route, body, headers)
+        native = self.native
+        return await self._run(native.submit_begin, native.begin, route, body, headers)
 
     async def stream(self, exchange: Exchange, data: bytes) -> bytes:
         """Bytes of the engine's event stream: the bytes to send instead."""
         if self._chunks:
-            return await self._off_loop(exchange.stream, data)
+            return await self._run(self.native.submit_stream, Exchange.stream, exchange, data)
         # No plugin reads chunks: the stream is only read for its usage.
         return exchange.stream(data)
 
     async def finish_stream(self, exchange: Exchange) -> bytes:
         """What is left to send when the engine's stream ends."""
         if self._chunks:
-            return await self._off_loop(exchange.finish_stream)
+            return await self._run(self.native.submit_finish, Exchange.finish_stream, exchange)
         return exchange.finish_stream()
-
-    async def chunk(
-        self, exchange: Exchange, index: int, delta: str, finish_reason: str | None
-    ) -> tuple[str, bool, bool]:
-        """One chunk's text, for transports that see chunks as objects:
-        ``(delta, stop, failed)``."""
-        if self._chunks:
-            return await self._off_loop(exchange.chunk, index, delta, finish_reason)
-        return exchange.chunk(index, delta, finish_reason)
 
     async def response(
         self, exchange: Exchange, body: bytes | dict[str, Any]
@@ -113,17 +132,18 @@ class ServingHooks:
         """A whole response: what to send instead (the same kind), or a
         :class:`Refusal`."""
         if self._responses:
-            return await self._off_loop(exchange.response, body)
+            return await self._run(self.native.submit_response, Exchange.response, exchange, body)
         return exchange.response(body)
 
     async def end(self, exchange: Exchange, status: int, reason: str = "done") -> None:
         """``on_request_end``: on every path, once."""
-        await self._off_loop(exchange.end, status, reason)
+        await self._run(self.native.submit_end, Exchange.end, exchange, status, reason)
 
     def end_soon(self, exchange: Exchange, status: int, reason: str = "done") -> None:
         """``on_request_end`` without waiting for it: for paths that cannot
-        wait (a stream the client left, whose task is being cancelled)."""
-        self._executor.submit(exchange.end, status, reason)
+        wait (a stream the client left, whose task is being cancelled). Safe
+        from any thread."""
+        self.native.submit_end(exchange, status, reason)
 
     def stats(self) -> dict[str, Any]:
         """Counters (requests, blocked, stopped, failed_closed, failed_open,
@@ -134,7 +154,10 @@ class ServingHooks:
         """Waits for background observers (the meter's last lines); returns
         how many observations were dropped."""
         dropped = self.native.flush(timeout)
-        self._executor.shutdown(wait=False)
+        if self._loop is not None and not self._loop.is_closed():
+            self._loop.remove_reader(self.native.fileno())
+        if self._executor is not None:
+            self._executor.shutdown(wait=False)
         return dropped
 
 
