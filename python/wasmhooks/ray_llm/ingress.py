@@ -20,6 +20,7 @@ shape, or Ray's governance ingress, is a thin layer over the same code.
 from __future__ import annotations
 
 import asyncio
+import threading
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -109,8 +110,57 @@ class WasmGuard:
             self.hooks.end_soon(exchange, 200, reason)
 
     async def on_inference_complete(self, exchange: Exchange, status: int, reason: str) -> None:
-        """``on_request_end``, with the status the client got."""
-        await self.hooks.end(exchange, status, reason)
+        """``on_request_end``, with the status the client got. Not waited
+        for: nothing the client gets depends on it, so it costs the request
+        no hop (its plugins' calls run on the host's threads right after)."""
+        self.hooks.end_soon(exchange, status, reason)
+
+
+#: The serving counters a replica exports as Ray metrics.
+COUNTERS = {
+    "requests": "requests the serving plugins saw",
+    "blocked": "requests a plugin refused (block)",
+    "stopped": "streams a plugin ended (stop)",
+    "failed_closed": "requests failed with 503: a plugin under fail failed",
+    "failed_open": "plugin failures under skip that requests went on past",
+    "bad_requests": "requests refused before any plugin (unreadable bodies)",
+}
+
+
+class ServingMetrics:
+    """A replica's serving counters as Ray metrics
+    (``wasmhooks_serving_<name>_total``, through Ray's metrics agent to
+    Prometheus and the dashboard), from the host's counters every
+    ``every`` seconds on a daemon thread."""
+
+    def __init__(self, native: Any, app: str, every: float = 1.0) -> None:
+        from ray.util.metrics import Counter
+
+        self.native, self.every = native, every
+        self.counters = {
+            name: Counter(f"wasmhooks_serving_{name}", description=doc, tag_keys=("app",))
+            for name, doc in COUNTERS.items()
+        }
+        for counter in self.counters.values():
+            counter.set_default_tags({"app": app})
+        self.seen = dict.fromkeys(COUNTERS, 0)
+        self._stop = threading.Event()
+        threading.Thread(target=self._run, name="wasmhooks-metrics", daemon=True).start()
+
+    def _run(self) -> None:
+        while not self._stop.wait(self.every):
+            self.once()
+
+    def once(self) -> None:
+        stats = self.native.stats()
+        for name, counter in self.counters.items():
+            delta = int(stats[name]) - self.seen[name]
+            if delta > 0:
+                counter.inc(delta)
+                self.seen[name] += delta
+
+    def stop(self) -> None:
+        self._stop.set()
 
 
 class WasmIngress(OpenAiIngress):
@@ -136,11 +186,12 @@ class WasmIngress(OpenAiIngress):
         app = serve.get_replica_context().app_name
         interval = hooks.native.config["kv_sync_ms"] / 1000
         self._kv = KvSync(hooks.native, cluster_actor(app), interval)
+        self._metrics = ServingMetrics(hooks.native, app)
 
     def __del__(self) -> None:
-        kv = getattr(self, "_kv", None)
-        if kv is not None:
-            kv.stop()
+        for upkeep in (getattr(self, "_kv", None), getattr(self, "_metrics", None)):
+            if upkeep is not None:
+                upkeep.stop()
 
     async def chat(self, body: ChatCompletionRequest, request: Request) -> Response:
         return await self._guarded("chat", body, request, super().chat)
