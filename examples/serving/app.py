@@ -140,9 +140,12 @@ def build_app(
     job: Path,
     ingress_replicas: int = 2,
     callback: dict[str, Any] | None = None,
+    ingress_cls: Any = None,
+    **ingress_kwargs: Any,
 ) -> Any:
     """Ray Serve LLM's OpenAI app for ``model``, on CPU, with the wasm
-    ingress; ``callback``, a ``callback_config`` for node initialization."""
+    ingress (or a subclass of it, with its own keyword arguments);
+    ``callback``, a ``callback_config`` for node initialization."""
     from ray.serve.llm import LLMConfig, build_openai_app
 
     from wasmhooks.ray_llm import WasmIngress
@@ -164,8 +167,12 @@ def build_app(
         {
             "llm_configs": [config],
             "ingress_cls_config": {
-                "ingress_cls": WasmIngress,
-                "ingress_extra_kwargs": {"operator": str(operator), "job": str(job)},
+                "ingress_cls": ingress_cls or WasmIngress,
+                "ingress_extra_kwargs": {
+                    "operator": str(operator),
+                    "job": str(job),
+                    **ingress_kwargs,
+                },
             },
             "ingress_deployment_config": {
                 "autoscaling_config": {

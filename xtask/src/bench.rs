@@ -312,7 +312,9 @@ pub(crate) fn table(root: &Path) -> anyhow::Result<()> {
         }
     }
     if let Ok(text) = std::fs::read_to_string(root.join("target/tmp/bench-python.json")) {
-        pipeline_rows(&mut t, &serde_json::from_str(&text)?);
+        let py = serde_json::from_str(&text)?;
+        pipeline_rows(&mut t, &py);
+        serving_rows(&mut t, &py);
     }
     let mut out = String::from("| measure | time | ratio | target |\n|---|---|---|---|\n");
     out.push_str(&t.0);
@@ -320,6 +322,83 @@ pub(crate) fn table(root: &Path) -> anyhow::Result<()> {
     out.push_str(&languages_table(root)?);
     std::io::Write::write_all(&mut std::io::stdout(), out.as_bytes())?;
     Ok(())
+}
+
+/// The serving rows: Ray Serve LLM on vLLM (CPU) with the four reference
+/// plugins against Ray's own ingress and the same four as Python
+/// middleware, requests interleaved on one app; and the app's time to
+/// ready with the node-init callback against without.
+fn serving_rows(t: &mut Rows, py: &serde_json::Value) {
+    let num = |key: &str| py[key].as_f64().unwrap_or(0.0);
+    if !py["serving_plain_p50_ms"].is_number() {
+        return;
+    }
+    let ms = |key: &str| fmt_ns(num(key) * 1e6);
+    t.row(
+        "serving, 4 wasm plugins: added p50 per request (concurrency 1)",
+        format!(
+            "{:+.2} ms",
+            num("serving_wasm_p50_ms") - num("serving_plain_p50_ms")
+        ),
+        format!(
+            "p50 {} against {} without plugins; {} in the plugins' calls \
+             (p50, timed in the ingress); Python middleware {:+.2} ms",
+            ms("serving_wasm_p50_ms"),
+            ms("serving_plain_p50_ms"),
+            fmt_ns(num("serving_wasm_own_p50_us") * 1e3),
+            num("serving_python_p50_ms") - num("serving_plain_p50_ms"),
+        ),
+        "<= 0.5 ms",
+    );
+    t.row(
+        "serving, 4 wasm plugins: added p99 per request (concurrency 1)",
+        format!(
+            "{:+.2} ms",
+            num("serving_wasm_p99_ms") - num("serving_plain_p99_ms")
+        ),
+        format!(
+            "p99 {} against {}; Python middleware {}",
+            ms("serving_wasm_p99_ms"),
+            ms("serving_plain_p99_ms"),
+            ms("serving_python_p99_ms"),
+        ),
+        "<= 2 ms",
+    );
+    let loss = 1.0 - num("serving_wasm_rps_16") / num("serving_plain_rps_16");
+    t.row(
+        "serving, 4 wasm plugins: throughput at concurrency 16",
+        format!("{:.1} req/s", num("serving_wasm_rps_16")),
+        format!(
+            "{:+.1}% against {:.1} req/s without plugins; Python middleware {:.1} req/s \
+             ({:.3}x the wasm path)",
+            -loss * 100.0,
+            num("serving_plain_rps_16"),
+            num("serving_python_rps_16"),
+            num("serving_python_rps_16") / num("serving_wasm_rps_16"),
+        ),
+        "loss < 3%",
+    );
+    t.row(
+        "serving, 4 wasm plugins: streamed tokens a second (concurrency 1)",
+        format!("{:.0} tok/s", num("serving_wasm_stream_tps")),
+        format!(
+            "{:.3}x without plugins ({:.0} tok/s); Python middleware {:.3}x",
+            num("serving_wasm_stream_tps") / num("serving_plain_stream_tps"),
+            num("serving_plain_stream_tps"),
+            num("serving_python_stream_tps") / num("serving_plain_stream_tps"),
+        ),
+        "within 2%",
+    );
+    t.row(
+        "Ray Serve LLM app on vLLM (CPU), time to ready, node init with 3 plugins",
+        format!("{:.1} s", num("serving_ready_hooked_s")),
+        format!(
+            "{:+.2}% against {:.1} s without the callback, paired",
+            (num("serving_ready_ratio") - 1.0) * 100.0,
+            num("serving_ready_s")
+        ),
+        "< 1%",
+    );
 }
 
 /// The daft pipeline's rows: hooks on every batch against no plugins, and

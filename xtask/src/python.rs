@@ -97,8 +97,9 @@ impl Venv {
 /// Builds the package (release) into the environment and runs its
 /// benchmarks: the HF adapter against plain Python callbacks, node
 /// initialization on a local Ray cluster against Ray's own with a Python
-/// callback, and the daft pipeline with and without hooks, cold and
-/// cached; returns their figures, one object.
+/// callback, the daft pipeline with and without hooks, cold and cached, and
+/// a Ray Serve LLM app on vLLM with and without the serving plugins;
+/// returns their figures, one object.
 pub(crate) fn bench(root: &Path) -> anyhow::Result<serde_json::Value> {
     let venv = Venv::new(root)?;
     eprintln!("xtask: building the Python package (release) for its benchmarks");
@@ -106,7 +107,12 @@ pub(crate) fn bench(root: &Path) -> anyhow::Result<serde_json::Value> {
         .command("maturin")
         .args(["develop", "--release", "--quiet"]))?;
     let mut figures = serde_json::Map::new();
-    for script in ["bench/adapter.py", "bench/ray_node.py", "bench/pipeline.py"] {
+    for script in [
+        "bench/adapter.py",
+        "bench/ray_node.py",
+        "bench/pipeline.py",
+        "bench/serving.py",
+    ] {
         eprintln!("xtask: python {script}");
         let out = venv
             .command("python")
