@@ -1,7 +1,7 @@
-"""Every training example in examples/, run as the README tells a user to:
-``target/venv/bin/python examples/<name>/train.py``, in a process of its
-own. (The pipeline's example runs in test_pipeline.py, the job bundle in
-the Rust suite and ``cargo xtask demo``.)"""
+"""Every training and serving example in examples/, run as the README tells
+a user to: ``target/venv/bin/python examples/<name>/<script>.py``, in a
+process of its own. (The pipeline's example runs in test_pipeline.py, the
+job bundle in the Rust suite and ``cargo xtask demo``.)"""
 
 from __future__ import annotations
 
@@ -31,6 +31,22 @@ def test_the_hf_example_trains_and_reports_how_it_ended():
     # Each plugin is listed with its calls.
     for name in ("validate-every", "early-stopping", "checkpoint-policy", "metrics-logger"):
         assert re.search(rf"{name}\s+\d+ calls", run.stdout), run.stdout
+
+
+def test_the_serving_example_serves_a_real_engine_through_the_plugins():
+    # A tiny Llama on vLLM (CPU) behind Ray Serve LLM with the wasm
+    # ingress: about a minute to ready, then its demo requests.
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    run = run_python(str(EXAMPLES / "serving/app.py"), "--port", str(port), timeout=900)
+    assert "echo of a prompt with an address (200): 'mail [EMAIL]" in run.stdout, run.stdout
+    assert "a streamed answer with an address (200): 'write to [EMAIL] today'" in run.stdout
+    assert "a denied prompt (403): no-secrets" in run.stdout
+    m = re.search(r"usage.jsonl: (\d+) lines", run.stdout)
+    assert m and int(m.group(1)) == 3, run.stdout
 
 
 def test_the_environment_the_readme_runs_examples_from_has_the_release_build():
