@@ -119,6 +119,14 @@ STREAMS = {
     "choice a string": 'data: {"choices": ["SECRET"]}\n\n',
     "logprobs": 'data: {"choices": [{"index": 0, "delta": {"content": "SECRET"}, "logprobs": '
     '{"content": [{"token": "SECRET", "logprob": 0, "top_logprobs": []}]}}]}\n\n',
+    "100,000 choices in one chunk": "data: "
+    + json.dumps(
+        {
+            "choices": [{"index": 0, "delta": {"content": "x"}}] * 100_000
+            + [{"index": 0, "delta": {"content": "SECRET"}}]
+        }
+    )
+    + "\n\n",
     "non-utf8": b'data: {"choices": [{"index": 0, "delta": {"content": "SECRET\xff"}}]}\n\n'.decode(
         "latin-1"
     ),
@@ -130,6 +138,22 @@ def test_no_streamed_text_goes_around_the_plugins(operator, cache_dir, name):
     hooks = hooks_for(operator, cache_dir, MASK)
     r = post(client_of(sse_app(STREAMS[name].encode("latin-1")), hooks), chat(stream=True))
     assert b"SECRET" not in r.content, r.content[:500]
+    if name not in READABLE:
+        # What the host cannot read (or will not follow) ends the stream.
+        assert b"the request could not be served" in r.content, r.content[:500]
+        assert r.content.endswith(b"data: [DONE]\n\n")
+
+
+#: The streams above the host reads, and rewrites.
+READABLE = {
+    "event field",
+    "id field",
+    "comment first",
+    "cr only",
+    "cr only, no end",
+    "no blank line at all",
+    "logprobs",
+}
 
 
 @pytest.mark.parametrize(

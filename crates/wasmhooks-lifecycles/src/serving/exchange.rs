@@ -778,6 +778,11 @@ type ChunkText = (usize, u64, String, Option<String>);
 fn stream_texts(route: Route, chunk: &Map<String, Value>) -> Result<Vec<ChunkText>, String> {
     let choices = match chunk.get("choices") {
         None | Some(Value::Null) => return Ok(Vec::new()),
+        // More choices in one chunk than a response may have: each is a
+        // call of the plugins, and the engine's count is not the host's.
+        Some(Value::Array(choices)) if choices.len() as u64 > MAX_CHOICES => {
+            return Err(format!("a chunk has {} choices", choices.len()));
+        }
         Some(Value::Array(choices)) => choices,
         Some(_) => return Err("`choices` is not a list".into()),
     };
