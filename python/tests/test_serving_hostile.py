@@ -735,3 +735,42 @@ def test_a_stream_always_asks_the_engine_for_usage(operator, cache_dir, options)
     assert r.status_code == 200
     assert seen[0]["stream_options"]["include_usage"] is True
     assert b'"usage"' not in r.content, "usage the client did not ask for is not sent"
+
+
+def test_a_client_gone_mid_stream_ends_the_request_quietly(operator, cache_dir):
+    from starlette.responses import StreamingResponse
+
+    hooks = hooks_for(operator, cache_dir, MASK)
+    made = []
+
+    async def events():
+        for i in range(1000):
+            made.append(i)
+            yield f"data: {chunk()}\n\n"
+            await asyncio.sleep(0)
+
+    async def app(scope: Any, receive: Any, send: Any) -> None:
+        await receive()
+        await StreamingResponse(events(), media_type="text/event-stream")(scope, receive, send)
+
+    sent: list[dict[str, Any]] = []
+    body = json.dumps(chat(stream=True)).encode()
+    calls = 0
+
+    async def receive() -> dict[str, Any]:
+        nonlocal calls
+        calls += 1
+        if calls == 1:
+            return {"type": "http.request", "body": body}
+        while len(sent) < 5:
+            await asyncio.sleep(0)
+        return {"type": "http.disconnect"}
+
+    async def send(m: dict[str, Any]) -> None:
+        sent.append(m)
+
+    scope = {"type": "http", "method": "POST", "path": CHAT, "headers": []}
+    asyncio.run(asyncio.wait_for(WasmHooksMiddleware(app, hooks=hooks)(scope, receive, send), 30))
+    assert len(made) < 1000
+    assert not any(b"SECRET" in m.get("body", b"") for m in sent)
+    assert hooks.stats()["requests"] == 1
