@@ -774,3 +774,11 @@ def test_a_client_gone_mid_stream_ends_the_request_quietly(operator, cache_dir):
     assert len(made) < 1000
     assert not any(b"SECRET" in m.get("body", b"") for m in sent)
     assert hooks.stats()["requests"] == 1
+
+
+def test_a_stop_leaves_no_later_choice_of_its_chunk_unread(operator, cache_dir):
+    hooks = hooks_for(operator, cache_dir, {"on_response_chunk": {"delta": "#", "stop": True}})
+    two = {"choices": [{"index": i, "delta": {"content": "SECRET"}} for i in range(2)]}
+    r = post(client_of(sse_app(f"data: {json.dumps(two)}\n\n".encode()), hooks), chat(stream=True))
+    assert b"SECRET" not in r.content, r.content
+    assert b"content_filter" in r.content

@@ -472,6 +472,11 @@ impl Exchange {
             if reply.stop {
                 choice.insert("finish_reason".into(), json!("content_filter"));
                 stop = true;
+                // The stream ends here: the chunk's later choices are not
+                // read, so they do not go out.
+                if let Some(Value::Array(choices)) = chunk.get_mut("choices") {
+                    choices.truncate(at + 1);
+                }
                 break;
             }
         }
