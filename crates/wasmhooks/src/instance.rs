@@ -99,7 +99,7 @@ impl Instance {
         );
         store.limiter(|state| &mut state.memory);
         store.epoch_deadline_trap();
-        arm(&mut store, policy, Instant::now());
+        arm(&mut store, policy, policy.limits.timeout, Instant::now());
         let hooks = plugin.inner.pre.instantiate(&mut store).map_err(|e| {
             let cause = sandbox::classify(&e, store.data(), policy);
             Error::Call(CallError {
@@ -108,7 +108,8 @@ impl Instance {
                 cause,
             })
         })?;
-        let (result, _, _) = guarded(&mut store, &hooks, plugin, |h, s| h.describe(s));
+        let timeout = policy.limits.timeout;
+        let (result, _, _) = guarded(&mut store, &hooks, plugin, timeout, |h, s| h.describe(s));
         let describe_error = |cause| {
             Error::Call(CallError {
                 plugin: policy.name.clone(),
@@ -177,7 +178,8 @@ impl Instance {
             manifest,
             poisoned,
         } = self;
-        let (result, cost, trapped) = guarded(store, hooks, plugin, |h, s| {
+        let deadline = plugin.policy().phase_deadline();
+        let (result, cost, trapped) = guarded(store, hooks, plugin, deadline, |h, s| {
             h.on_phase(s, manifest, phase, input)
         });
         *poisoned |= trapped;
@@ -218,18 +220,21 @@ impl Instance {
         &mut self,
         f: impl FnOnce(&bindings::Bound, &mut Store<PluginState>) -> wasmtime::Result<R>,
     ) -> (Result<R, Cause>, Cost) {
-        let (result, cost, trapped) = guarded(&mut self.store, &self.hooks, &self.plugin, f);
+        let timeout = self.plugin.policy().limits.timeout;
+        let (result, cost, trapped) =
+            guarded(&mut self.store, &self.hooks, &self.plugin, timeout, f);
         self.poisoned |= trapped;
         (result, cost)
     }
 }
 
-/// Runs one export with fresh fuel and a fresh deadline; says whether it
-/// trapped.
+/// Runs one export with fresh fuel and a deadline `timeout` away; says
+/// whether it trapped.
 fn guarded<R>(
     store: &mut Store<PluginState>,
     hooks: &bindings::Bound,
     plugin: &Plugin,
+    timeout: Duration,
     f: impl FnOnce(&bindings::Bound, &mut Store<PluginState>) -> wasmtime::Result<R>,
 ) -> (Result<R, Cause>, Cost, bool) {
     let policy = plugin.policy();
@@ -237,24 +242,24 @@ fn guarded<R>(
     // forked child's: `Shared::runtime`).
     let _runtime = plugin.inner.shared.runtime.as_ref().map(|r| r.enter());
     let start = Instant::now();
-    arm(store, policy, start);
+    arm(store, policy, timeout, start);
     let result = f(hooks, store);
     let cost = Cost {
         fuel: policy.limits.fuel - store.get_fuel().unwrap_or(0),
         elapsed: start.elapsed(),
     };
     match result {
-        Err(e) => (Err(sandbox::classify(&e, store.data(), policy)), cost, true),
+        Err(e) => {
+            let cause = match sandbox::classify(&e, store.data(), policy) {
+                Cause::Timeout { .. } => Cause::Timeout { timeout },
+                cause => cause,
+            };
+            (Err(cause), cost, true)
+        }
         // It returned, but past its deadline (say, from a wait the host cut
         // short, with no epoch check after it): a timeout all the same, and
         // its results are not used.
-        Ok(_) if cost.elapsed > policy.limits.timeout => (
-            Err(Cause::Timeout {
-                timeout: policy.limits.timeout,
-            }),
-            cost,
-            false,
-        ),
+        Ok(_) if cost.elapsed > timeout => (Err(Cause::Timeout { timeout }), cost, false),
         // What it wrote past a read-write folder's quota fails the call.
         Ok(r) => match store.data_mut().end_call() {
             Ok(()) => (Ok(r), cost, false),
@@ -263,12 +268,12 @@ fn guarded<R>(
     }
 }
 
-/// Gives the store a full tank and a new deadline before a call.
-fn arm(store: &mut Store<PluginState>, policy: &PluginPolicy, now: Instant) {
-    store.data_mut().begin_call(now + policy.limits.timeout);
+/// Gives the store a full tank and a deadline `timeout` away before a call.
+fn arm(store: &mut Store<PluginState>, policy: &PluginPolicy, timeout: Duration, now: Instant) {
+    store.data_mut().begin_call(now + timeout);
     // Fuel is on in every engine this crate builds, so this cannot fail.
     let _ = store.set_fuel(policy.limits.fuel);
-    store.set_epoch_deadline(EpochTicker::ticks(policy.limits.timeout));
+    store.set_epoch_deadline(EpochTicker::ticks(timeout));
 }
 
 /// The error a plugin returned, cut and escaped: its every byte is the

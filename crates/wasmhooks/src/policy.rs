@@ -136,12 +136,13 @@ impl Policy {
         self.plugins.iter().find(|p| p.name == name)
     }
 
-    /// Lowers every plugin's per-call deadline to at most `cap`: a request
-    /// path counts in milliseconds where a job's phases count in seconds,
-    /// so a host serving requests caps what the operator wrote for jobs.
-    pub fn cap_timeouts(&mut self, cap: std::time::Duration) {
+    /// Lowers every plugin's deadline for a phase call to at most `cap`: a
+    /// request path counts in milliseconds where a job's phases count in
+    /// seconds, so a host serving requests caps what the operator wrote for
+    /// jobs. A plugin's start (`init`) keeps its `timeout_ms`.
+    pub fn cap_phase_timeouts(&mut self, cap: std::time::Duration) {
         for plugin in &mut self.plugins {
-            plugin.limits.timeout = plugin.limits.timeout.min(cap);
+            plugin.phase_timeout = Some(plugin.limits.timeout.min(cap));
         }
     }
 

@@ -101,7 +101,7 @@ impl Pool {
             .map_err(|m| LifecycleError::Config(format!("operator config: {m}")))?
             .clone();
         let mut capped = policy.clone();
-        capped.cap_timeouts(config.timeout);
+        capped.cap_phase_timeouts(config.timeout);
         let on_error = capped
             .plugins()
             .iter()

@@ -114,6 +114,13 @@ pub struct PluginPolicy {
     pub on_error: OnError,
     /// What it may touch.
     pub grants: Grants,
+    /// A deadline for its phase calls shorter than `limits.timeout`, where
+    /// a host serving requests sets one ([`Policy::cap_phase_timeouts`]):
+    /// its start (`init`) keeps `limits.timeout`, since a plugin that
+    /// compiles its rules there would otherwise fail a replica's start.
+    ///
+    /// [`Policy::cap_phase_timeouts`]: crate::Policy::cap_phase_timeouts
+    pub phase_timeout: Option<std::time::Duration>,
 }
 
 impl PluginPolicy {
@@ -127,7 +134,13 @@ impl PluginPolicy {
             limits: Limits::default(),
             on_error: OnError::default(),
             grants: Grants::default(),
+            phase_timeout: None,
         }
+    }
+
+    /// The deadline of one call at a phase.
+    pub fn phase_deadline(&self) -> std::time::Duration {
+        self.phase_timeout.unwrap_or(self.limits.timeout)
     }
 
     /// Grants writes to the keys the patterns cover.

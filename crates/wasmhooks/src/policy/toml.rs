@@ -326,6 +326,7 @@ impl RawPlugin {
                 read_write,
                 env: self.env,
             },
+            phase_timeout: None,
         })
     }
 }
