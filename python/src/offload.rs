@@ -21,9 +21,12 @@ use rustix::event::{EventfdFlags, eventfd};
 /// A call to run off the loop; its result, made without the GIL.
 pub(crate) type Job<T> = Box<dyn FnOnce() -> T + Send>;
 
+/// A job with its ticket, as the workers take it.
+type Ticketed<T> = (u64, Job<T>);
+
 /// Worker threads and the completions they leave for the loop.
 pub(crate) struct Offload<T: Send + 'static> {
-    jobs: Mutex<Option<Sender<(u64, Job<T>)>>>,
+    jobs: Mutex<Option<Sender<Ticketed<T>>>>,
     shared: Arc<Shared<T>>,
     next: AtomicU64,
 }
@@ -42,7 +45,7 @@ impl<T: Send + 'static> Offload<T> {
             done: Mutex::new(VecDeque::new()),
             wake,
         });
-        let (tx, rx) = channel::<(u64, Job<T>)>();
+        let (tx, rx) = channel::<Ticketed<T>>();
         let rx = Arc::new(Mutex::new(rx));
         for _ in 0..threads.max(1) {
             let (rx, shared) = (rx.clone(), shared.clone());
@@ -99,7 +102,7 @@ impl<T: Send + 'static> Drop for Offload<T> {
     }
 }
 
-fn work<T>(jobs: &Mutex<Receiver<(u64, Job<T>)>>, shared: &Shared<T>) {
+fn work<T>(jobs: &Mutex<Receiver<Ticketed<T>>>, shared: &Shared<T>) {
     loop {
         let next = jobs.lock().unwrap_or_else(PoisonError::into_inner).recv();
         let Ok((ticket, job)) = next else {

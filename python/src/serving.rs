@@ -33,7 +33,7 @@ pub(crate) struct Serving {
 
 /// What a call run off the loop left for it.
 pub(crate) enum Done {
-    Begun(serving::Exchange, serving::Reply),
+    Begun(Box<(serving::Exchange, serving::Reply)>),
     Bytes(Vec<u8>),
     Reply(serving::Reply),
     Response(Result<Vec<u8>, serving::Refusal>),
@@ -182,16 +182,18 @@ impl Serving {
         let job: Call<Done> = if let Ok(bytes) = body.cast::<PyBytes>() {
             let bytes = bytes.as_bytes().to_vec();
             Box::new(move || {
-                let (e, r) = serving::Exchange::begin_bytes(pool, route, &bytes, &headers);
-                Done::Begun(e, r)
+                Done::Begun(Box::new(serving::Exchange::begin_bytes(
+                    pool, route, &bytes, &headers,
+                )))
             })
         } else {
             let Value::Object(map) = to_value(body, "body", 0)? else {
                 return Err(PyValueError::new_err("body must be bytes or a dict"));
             };
             Box::new(move || {
-                let (e, r) = serving::Exchange::begin(pool, route, map, &headers);
-                Done::Begun(e, r)
+                Done::Begun(Box::new(serving::Exchange::begin(
+                    pool, route, map, &headers,
+                )))
             })
         };
         self.submit(job)
@@ -251,9 +253,12 @@ impl Serving {
         let mut out = Vec::new();
         for (ticket, done) in self.offload.completed() {
             let value = match done {
-                Done::Begun(exchange, reply) => Py::new(py, Exchange::new(exchange, reply))?
-                    .into_bound(py)
-                    .into_any(),
+                Done::Begun(begun) => {
+                    let (exchange, reply) = *begun;
+                    Py::new(py, Exchange::new(exchange, reply))?
+                        .into_bound(py)
+                        .into_any()
+                }
                 Done::Bytes(bytes) => PyBytes::new(py, &bytes).into_any(),
                 Done::Reply(reply) => reply_to_py(py, reply, false)?,
                 Done::Response(Ok(bytes)) => PyBytes::new(py, &bytes).into_any(),
