@@ -224,3 +224,26 @@ def test_concurrent_requests_keep_their_own_data(operator, cache_dir):
     stats = hooks.stats()
     assert stats["requests"] == 32
     assert stats["plugins"][0]["calls"] >= 32 * 2
+
+
+def test_the_request_deadline_caps_calls_not_a_plugins_start(operator, cache_dir):
+    # prompt-guard compiles its rules at init: far over a 1 ms request
+    # deadline, which caps its calls only.
+    rules = {"rules": [{"name": f"r{i}", "pattern": f"(?i)secret{i}\\w+"} for i in range(10)]}
+    entry = allow("prompt-guard", "prompt_guard", 'write = ["block"]')
+    client, seen, hooks = serve(
+        operator,
+        cache_dir,
+        [(plugin("prompt_guard"), rules)],
+        entries=entry,
+        head="[serving]\ntimeout_ms = 1\n",
+    )
+    assert hooks.native.config["timeout_ms"] == 1
+
+    async def go() -> httpx.Response:
+        async with client:
+            return await client.post(CHAT, json=chat("tell me secret7abc"))
+
+    r = run(go())
+    assert r.status_code in (403, 503), r.text
+    assert seen == []

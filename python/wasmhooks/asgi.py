@@ -167,7 +167,8 @@ class _Request:
                     raise
             reason = "disconnected" if self.disconnected else "done"
         finally:
-            await self.hooks.end(exchange, self.status, reason)
+            # Not waited for: nothing the client gets depends on it.
+            self.hooks.end_soon(exchange, self.status, reason)
 
     async def _read_body(self) -> bytes | None:
         limit = int(self.hooks.native.config["max_request_kib"]) << 10

@@ -31,7 +31,7 @@ from ray.llm._internal.serve.core.configs.openai_api_models import (
     CompletionRequest,
 )
 from ray.serve.llm.ingress import OpenAiIngress
-from starlette.responses import Response, StreamingResponse
+from starlette.responses import JSONResponse, Response, StreamingResponse
 
 from wasmhooks._native import Exchange, Job, Policy, Refusal
 from wasmhooks._session import PathLike, PluginSpec
@@ -205,7 +205,13 @@ class WasmIngress(OpenAiIngress):
 
     async def _guarded(self, route: str, body: Any, request: Request, inner: Any) -> Response:
         headers = list(request.headers.items())
-        exchange, forwarded = await self.wasm.before_inference(route, body, headers)
+        try:
+            exchange, forwarded = await self.wasm.before_inference(route, body, headers)
+        except (ValueError, TypeError) as e:
+            # A value the host cannot take (an integer past 64 bits, say):
+            # the client's request, refused as the host refuses bodies.
+            error = {"message": str(e), "type": "invalid_request_error", "param": None}
+            return JSONResponse({"error": {**error, "code": None}}, status_code=400)
         status, reason, streaming = 500, "error", False
         try:
             if isinstance(forwarded, Refusal):
