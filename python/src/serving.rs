@@ -558,8 +558,13 @@ impl Exchange {
 
 impl Drop for Exchange {
     /// An exchange Python let go of without `end` ends as an error, on a
-    /// thread of its own: the plugins are not run under the GIL.
+    /// thread of its own: the plugins are not run under the GIL. One a
+    /// submitted call still holds (an `end_soon` queued, say) is that
+    /// call's to finish: the request ends there, as it was told.
     fn drop(&mut self) {
+        if Arc::strong_count(&self.inner) > 1 {
+            return;
+        }
         let taken = self
             .inner
             .lock()

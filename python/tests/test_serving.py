@@ -247,3 +247,43 @@ def test_the_request_deadline_caps_calls_not_a_plugins_start(operator, cache_dir
     r = run(go())
     assert r.status_code in (403, 503), r.text
     assert seen == []
+
+
+def test_every_request_ends_with_the_status_the_client_got(operator, cache_dir, tmp_path):
+    # on_request_end is not waited for; it must still say what happened.
+    updates = {"on_request": {"block": {"status": 402, "rule": "pay"}}}
+    entries = allow("adversary", "adversary", _ADVERSARY_GRANTS) + allow(
+        "usage-meter", "usage_meter", f'readwrite = [{{ host = "{tmp_path}", guest = "/usage" }}]'
+    )
+    meter = (plugin("usage_meter"), {"path": "/usage/u.jsonl"})
+    blocked, _, hooks = serve(
+        operator, cache_dir, [*adversary({"updates": updates}), meter], entries=entries
+    )
+    served, _, served_hooks = serve(
+        operator, cache_dir, [*adversary({"updates": {}}), meter], entries=entries
+    )
+
+    async def go() -> list[int]:
+        async with blocked, served:
+            a = await blocked.post(CHAT, json=chat("x"), headers={"x-request-id": "r-blocked"})
+            b = await served.post(CHAT, json=chat("x"), headers={"x-request-id": "r-served"})
+            c = await served.post(
+                CHAT, json=chat("abcdef", stream=True), headers={"x-request-id": "r-stream"}
+            )
+            return [a.status_code, b.status_code, c.status_code]
+
+    assert run(go()) == [402, 200, 200]
+    deadline = time.monotonic() + 10
+    lines: dict[str, Any] = {}
+    while len(lines) < 3 and time.monotonic() < deadline:
+        hooks.native.flush(1.0)
+        served_hooks.native.flush(1.0)
+        path = tmp_path / "u.jsonl"
+        if path.exists():
+            lines = {e["request_id"]: e for e in map(json.loads, path.read_text().splitlines())}
+        time.sleep(0.05)
+    assert lines["r-blocked"]["status_code"] == 402
+    assert lines["r-blocked"]["end_reason"] == "blocked"
+    assert lines["r-served"]["status_code"] == 200
+    assert lines["r-served"]["end_reason"] == "done"
+    assert lines["r-stream"]["end_reason"] == "done" and lines["r-stream"]["stream"] is True

@@ -200,7 +200,7 @@ def test_the_meter_lines_match_the_responses_usage(served):
         line = meter_line(served, rid)
         assert line["usage"]["completion_tokens"] == usage["completion_tokens"]
         assert line["usage"]["prompt_tokens"] == usage["prompt_tokens"]
-        assert line["tenant"] == "t-meter" and line["end_reason"] == "done"
+        assert line["tenant"] == "t-meter" and line["end_reason"] == "done", (line, body)
         assert line["stream"] is stream and line["ttft_ms"] is not None
 
 
