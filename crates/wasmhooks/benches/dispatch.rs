@@ -82,7 +82,7 @@ fn data(keys: usize) -> DataMap {
 }
 
 mod raw {
-    wasmtime::component::bindgen!({ path: "../../wit/v0.2.0", world: "plugin" });
+    wasmtime::component::bindgen!({ path: "../../wit/v0.3.0", world: "plugin" });
 
     use wasmtime::component::ResourceTable;
     use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
@@ -105,6 +105,37 @@ mod raw {
 
     impl wasmhooks::plugin::log::Host for State {
         fn log(&mut self, _: wasmhooks::plugin::types::Level, _: String) {}
+    }
+
+    /// The bench plugin keeps no state across calls: an empty store.
+    impl wasmhooks::plugin::kv::Host for State {
+        fn get(&mut self, _: String) -> Option<Vec<u8>> {
+            None
+        }
+
+        fn set(
+            &mut self,
+            _: String,
+            _: Vec<u8>,
+            _: Option<u64>,
+        ) -> Result<(), wasmhooks::plugin::kv::KvError> {
+            Ok(())
+        }
+
+        fn delete(&mut self, _: String) {}
+
+        fn increment(
+            &mut self,
+            _: String,
+            delta: i64,
+            _: Option<u64>,
+        ) -> Result<i64, wasmhooks::plugin::kv::KvError> {
+            Ok(delta)
+        }
+
+        fn get_counter(&mut self, _: String) -> Result<i64, wasmhooks::plugin::kv::KvError> {
+            Ok(0)
+        }
     }
 }
 
