@@ -59,6 +59,52 @@ impl Serving {
     }
 }
 
+/// A request as Python gave it, checked and converted (with the GIL) for
+/// `begin` wherever it runs.
+struct Request {
+    route: Route,
+    body: Body,
+    headers: Vec<(String, String)>,
+}
+
+enum Body {
+    Bytes(Vec<u8>),
+    Map(Map<String, Value>),
+}
+
+impl Request {
+    fn of(route: &str, body: &Bound<'_, PyAny>, headers: Vec<(String, String)>) -> PyResult<Self> {
+        let route = Route::parse(route).ok_or_else(|| {
+            PyValueError::new_err(format!(
+                "route {route:?} is neither \"chat\" nor \"completions\""
+            ))
+        })?;
+        let body = if let Ok(bytes) = body.cast::<PyBytes>() {
+            Body::Bytes(bytes.as_bytes().to_vec())
+        } else {
+            match to_value(body, "body", 0)? {
+                Value::Object(map) => Body::Map(map),
+                _ => return Err(PyValueError::new_err("body must be bytes or a dict")),
+            }
+        };
+        Ok(Request {
+            route,
+            body,
+            headers,
+        })
+    }
+
+    /// `on_request`, without the GIL.
+    fn begin(self, pool: Arc<Pool>) -> (serving::Exchange, serving::Reply) {
+        match self.body {
+            Body::Bytes(bytes) => {
+                serving::Exchange::begin_bytes(pool, self.route, &bytes, &self.headers)
+            }
+            Body::Map(map) => serving::Exchange::begin(pool, self.route, map, &self.headers),
+        }
+    }
+}
+
 /// An end reason's name as the host's.
 fn end_reason(reason: &str) -> PyResult<EndReason> {
     match reason {
@@ -140,21 +186,9 @@ impl Serving {
         body: &Bound<'_, PyAny>,
         headers: Vec<(String, String)>,
     ) -> PyResult<Exchange> {
-        let route = Route::parse(route).ok_or_else(|| {
-            PyValueError::new_err(format!(
-                "route {route:?} is neither \"chat\" nor \"completions\""
-            ))
-        })?;
+        let request = Request::of(route, body, headers)?;
         let pool = self.pool.clone();
-        let (exchange, reply) = if let Ok(bytes) = body.cast::<PyBytes>() {
-            let bytes = bytes.as_bytes();
-            py.detach(|| serving::Exchange::begin_bytes(pool, route, bytes, &headers))
-        } else {
-            let Value::Object(map) = to_value(body, "body", 0)? else {
-                return Err(PyValueError::new_err("body must be bytes or a dict"));
-            };
-            py.detach(|| serving::Exchange::begin(pool, route, map, &headers))
-        };
+        let (exchange, reply) = py.detach(|| request.begin(pool));
         Ok(Exchange::new(exchange, reply))
     }
 
@@ -173,30 +207,9 @@ impl Serving {
         body: &Bound<'_, PyAny>,
         headers: Vec<(String, String)>,
     ) -> PyResult<u64> {
-        let route = Route::parse(route).ok_or_else(|| {
-            PyValueError::new_err(format!(
-                "route {route:?} is neither \"chat\" nor \"completions\""
-            ))
-        })?;
+        let request = Request::of(route, body, headers)?;
         let pool = self.pool.clone();
-        let job: Call<Done> = if let Ok(bytes) = body.cast::<PyBytes>() {
-            let bytes = bytes.as_bytes().to_vec();
-            Box::new(move || {
-                Done::Begun(Box::new(serving::Exchange::begin_bytes(
-                    pool, route, &bytes, &headers,
-                )))
-            })
-        } else {
-            let Value::Object(map) = to_value(body, "body", 0)? else {
-                return Err(PyValueError::new_err("body must be bytes or a dict"));
-            };
-            Box::new(move || {
-                Done::Begun(Box::new(serving::Exchange::begin(
-                    pool, route, map, &headers,
-                )))
-            })
-        };
-        self.submit(job)
+        self.submit(Box::new(move || Done::Begun(Box::new(request.begin(pool)))))
     }
 
     /// `exchange.stream(data)`, off the calling thread: its ticket.
