@@ -55,6 +55,17 @@ pub struct Refusal {
     pub retry_after_s: Option<u64>,
 }
 
+impl Refusal {
+    /// The host's own answer (no rule, no retry): an OpenAI error body.
+    fn error(status: u16, message: &str) -> Refusal {
+        Refusal {
+            status,
+            body: openai::error_body(status, message, None),
+            retry_after_s: None,
+        }
+    }
+}
+
 /// How a request ended, as the transport saw it. Blocks and stops are the
 /// exchange's own to tell.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -434,11 +445,7 @@ impl Exchange {
             .counters
             .failed_closed
             .fetch_add(1, Ordering::Relaxed);
-        Refusal {
-            status: 503,
-            body: openai::error_body(503, "the request could not be served", None),
-            retry_after_s: None,
-        }
+        Refusal::error(503, "the request could not be served")
     }
 
     /// An engine's answer the host cannot read, in place of it: 502.
@@ -448,11 +455,7 @@ impl Exchange {
             "serving: the engine's answer: {message}; 502"
         );
         self.failed = true;
-        Refusal {
-            status: 502,
-            body: openai::error_body(502, "the engine's answer could not be read", None),
-            retry_after_s: None,
-        }
+        Refusal::error(502, "the engine's answer could not be read")
     }
 
     fn bad_request(&mut self, status: u16, message: &str) -> Refusal {
@@ -461,11 +464,7 @@ impl Exchange {
             .counters
             .bad_requests
             .fetch_add(1, Ordering::Relaxed);
-        Refusal {
-            status,
-            body: openai::error_body(status, message, None),
-            retry_after_s: None,
-        }
+        Refusal::error(status, message)
     }
 
     /// A `block` some plugin set, as the answer it asks for.
