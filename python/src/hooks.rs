@@ -212,7 +212,8 @@ impl Hooks {
                 }
             }
         }
-        Ok(PhaseReport { report })
+        let published = wasmhooks_lifecycles::training::trackers::published(&report, &map);
+        Ok(PhaseReport { report, published })
     }
 
     /// The keys the plugins of `phase` read (`None`: every key).
@@ -299,6 +300,7 @@ impl Hooks {
 #[pyclass(module = "wasmhooks._native", frozen)]
 pub(crate) struct PhaseReport {
     report: wasmhooks::PhaseReport,
+    published: wasmhooks_lifecycles::training::trackers::Published,
 }
 
 #[pymethods]
@@ -317,6 +319,25 @@ impl PhaseReport {
         let calls = serde_json::to_value(&self.report.calls)
             .map_err(|e| WasmHooksError::new_err(e.to_string()))?;
         Ok(to_py(py, &calls)?.cast_into::<PyList>()?)
+    }
+
+    /// The tracker metrics the plugins published at this phase (the
+    /// `metrics` and `metrics.<name>` keys they set), by name, for the
+    /// adapter to log through its framework at this step.
+    #[getter]
+    fn metrics<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyDict>> {
+        let out = PyDict::new(py);
+        for (name, value) in &self.published.metrics {
+            out.set_item(name, value)?;
+        }
+        Ok(out)
+    }
+
+    /// Why metrics the plugins published were not logged, each naming
+    /// the plugin and the key.
+    #[getter]
+    fn metrics_refused(&self) -> Vec<String> {
+        self.published.refused.clone()
     }
 
     /// The messages of the failures the policy let pass.

@@ -139,6 +139,10 @@ class PhaseReport:
     phase: str
     calls: list[dict[str, Any]]
     failures: list[str]
+    #: Tracker metrics the plugins published at this phase, by name.
+    metrics: dict[str, float]
+    #: Why published metrics were not logged (plugin, key, reason).
+    metrics_refused: list[str]
 
 class Hooks:
     def __init__(

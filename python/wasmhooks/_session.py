@@ -3,6 +3,7 @@ policy, the job's data map, and the control keys plugins set."""
 
 from __future__ import annotations
 
+import logging
 import os
 import sys
 from collections.abc import Iterable, Sequence
@@ -13,6 +14,8 @@ from wasmhooks._native import Hooks, Host, Job, Plugin, Policy
 
 PathLike = Union[str, "os.PathLike[str]"]
 PluginSpec = Union[PathLike, tuple[PathLike, Any]]
+
+_log = logging.getLogger("wasmhooks")
 
 #: Keys a plugin sets to ``True`` to steer training, as in HF's ``TrainerControl``.
 CONTROL_KEYS = ("should_training_stop", "should_save", "should_evaluate", "should_log")
@@ -66,7 +69,12 @@ class Session:
             self.job_config = job_config or {}
         self.hooks: Hooks | None = None
         self.data: dict[str, Any] = {}
+        #: The tracker metrics plugins published at the last event (the
+        #: ``metrics`` and ``metrics.<name>`` keys they set, by the names the
+        #: key schema gives), for the adapter to log at this step.
+        self.published: dict[str, float] = {}
         self._listening: dict[str, bool] = {}
+        self._refused: set[str] = set()
 
     def _load(self, spec: PluginSpec) -> tuple[Plugin, Any]:
         # A pair, or (after a round trip through JSON) a two-item list.
@@ -106,7 +114,16 @@ class Session:
             )
         self.data.update(values)
         if self.listens(phase):
-            self.hooks.fire(phase, self.data)
+            report = self.hooks.fire(phase, self.data)
+            self.published = report.metrics
+            for why in report.metrics_refused:
+                # Once per message: a plugin refused at every step would
+                # drown the training log.
+                if why not in self._refused and len(self._refused) < 256:
+                    self._refused.add(why)
+                    _log.warning("wasmhooks: a tracker metric was not logged: %s", why)
+        else:
+            self.published = {}
         return self.data
 
     def requested(self, key: str) -> bool:

@@ -105,6 +105,9 @@
 // a map; index (within the worker), rows, worker.
 #define WASMHOOKS_KEY_BATCH "batch"
 
+// a map; InstructLab: the step's batch figures (total_samples, total_length, num_loss_counted_tokens, grad_accum_steps, num_minibatches).
+#define WASMHOOKS_KEY_BATCH_METRICS "batch_metrics"
+
 // a number or null; HF: the best metric so far.
 #define WASMHOOKS_KEY_BEST_METRIC "best_metric"
 
@@ -158,6 +161,9 @@
 
 // a number; wall time of the batch, the node's level, or the run.
 #define WASMHOOKS_KEY_ELAPSED_MS "elapsed_ms"
+
+// a number; InstructLab: seconds the last step took.
+#define WASMHOOKS_KEY_ELAPSED_TIME "elapsed_time"
 
 // one of "done", "blocked", "stopped", "disconnected", "error"; how the request ended: answered, blocked by a plugin, stream stopped by a plugin, client gone, failed.
 #define WASMHOOKS_KEY_END_REASON "end_reason"
@@ -216,11 +222,17 @@
 // a number; the step's (or the logged) training loss.
 #define WASMHOOKS_KEY_LOSS "loss"
 
+// an int; the epochs the run will take at most (Lightning, InstructLab).
+#define WASMHOOKS_KEY_MAX_EPOCHS "max_epochs"
+
 // an int; the steps the run will take at most.
 #define WASMHOOKS_KEY_MAX_STEPS "max_steps"
 
 // a list; chat: the messages the engine gets, each {role, content} with content a string.
 #define WASMHOOKS_KEY_MESSAGES "messages"
+
+// a map; HF and Lightning: the evaluation's (or prediction's) metrics; training: logged to the run's trackers at this step (the framework's own logging: HF Trainer.log, Lightning's loggers, InstructLab's metric logger), as are `metrics.<name>` keys; names are the path below `metrics`, joined by `/`; numbers only, at most 64 a call, never a name the host provides (`loss`, ...).
+#define WASMHOOKS_KEY_METRICS "metrics"
 
 // a string; daft's runner: native or ray.
 #define WASMHOOKS_KEY_MODE "mode"
@@ -230,6 +242,9 @@
 
 // a string; the job's model id.
 #define WASMHOOKS_KEY_MODEL_ID "model_id"
+
+// a string; InstructLab: the model trained.
+#define WASMHOOKS_KEY_MODEL_NAME_OR_PATH "model_name_or_path"
 
 // a string; where the files come from: file://PATH inside the job, or http(s)://.
 #define WASMHOOKS_KEY_MODEL_SOURCE "model_source"
@@ -255,8 +270,14 @@
 // a list; the response's text, one string per choice: what the client gets.
 #define WASMHOOKS_KEY_OUTPUT "output"
 
+// a string; InstructLab: the run's output folder.
+#define WASMHOOKS_KEY_OUTPUT_DIR "output_dir"
+
 // a map; columns, rows, signature, dtype.
 #define WASMHOOKS_KEY_OUTPUTS "outputs"
+
+// a number; InstructLab: samples per second over the last step.
+#define WASMHOOKS_KEY_OVERALL_THROUGHPUT "overall_throughput"
 
 // a string; the pipeline's name.
 #define WASMHOOKS_KEY_PIPELINE "pipeline"
@@ -330,6 +351,12 @@
 // an int; the choice's completion tokens so far, this chunk's included.
 #define WASMHOOKS_KEY_TOKENS_SO_FAR "tokens_so_far"
 
+// an int; InstructLab: samples seen so far.
+#define WASMHOOKS_KEY_TOTAL_SAMPLES "total_samples"
+
+// an int; InstructLab: tokens seen so far.
+#define WASMHOOKS_KEY_TOTAL_TOKENS "total_tokens"
+
 // a string; completed, stopped by a plugin, or error.
 #define WASMHOOKS_KEY_TRAIN_END_REASON "train_end_reason"
 
@@ -341,6 +368,9 @@
 
 // a map; prompt_tokens, completion_tokens and total_tokens, as the engine counted them.
 #define WASMHOOKS_KEY_USAGE "usage"
+
+// a map; InstructLab: the validation figures (val_loss, ...); val_loss is also given as eval_loss.
+#define WASMHOOKS_KEY_VAL_METRICS "val_metrics"
 
 // one of "NONE", "TOKENIZER_ONLY", "MODEL_AND_TOKENIZER"; what the other nodes download.
 #define WASMHOOKS_KEY_WORKER_NODE_DOWNLOAD_MODEL "worker_node_download_model"

@@ -106,6 +106,9 @@ export const phases = Object.freeze({
 /** a map; index (within the worker), rows, worker. */
 export const BATCH = "batch";
 
+/** a map; InstructLab: the step's batch figures (total_samples, total_length, num_loss_counted_tokens, grad_accum_steps, num_minibatches). */
+export const BATCH_METRICS = "batch_metrics";
+
 /** a number or null; HF: the best metric so far. */
 export const BEST_METRIC = "best_metric";
 
@@ -159,6 +162,9 @@ export const DOWNLOAD_RESULT = "download_result";
 
 /** a number; wall time of the batch, the node's level, or the run. */
 export const ELAPSED_MS = "elapsed_ms";
+
+/** a number; InstructLab: seconds the last step took. */
+export const ELAPSED_TIME = "elapsed_time";
 
 /** one of "done", "blocked", "stopped", "disconnected", "error"; how the request ended: answered, blocked by a plugin, stream stopped by a plugin, client gone, failed. */
 export const END_REASON = "end_reason";
@@ -217,11 +223,17 @@ export const LOGS = "logs";
 /** a number; the step's (or the logged) training loss. */
 export const LOSS = "loss";
 
+/** an int; the epochs the run will take at most (Lightning, InstructLab). */
+export const MAX_EPOCHS = "max_epochs";
+
 /** an int; the steps the run will take at most. */
 export const MAX_STEPS = "max_steps";
 
 /** a list; chat: the messages the engine gets, each {role, content} with content a string. */
 export const MESSAGES = "messages";
+
+/** a map; HF and Lightning: the evaluation's (or prediction's) metrics; training: logged to the run's trackers at this step (the framework's own logging: HF Trainer.log, Lightning's loggers, InstructLab's metric logger), as are `metrics.<name>` keys; names are the path below `metrics`, joined by `/`; numbers only, at most 64 a call, never a name the host provides (`loss`, ...). */
+export const METRICS = "metrics";
 
 /** a string; daft's runner: native or ray. */
 export const MODE = "mode";
@@ -231,6 +243,9 @@ export const MODEL = "model";
 
 /** a string; the job's model id. */
 export const MODEL_ID = "model_id";
+
+/** a string; InstructLab: the model trained. */
+export const MODEL_NAME_OR_PATH = "model_name_or_path";
 
 /** a string; where the files come from: file://PATH inside the job, or http(s)://. */
 export const MODEL_SOURCE = "model_source";
@@ -256,8 +271,14 @@ export const NODES = "nodes";
 /** a list; the response's text, one string per choice: what the client gets. */
 export const OUTPUT = "output";
 
+/** a string; InstructLab: the run's output folder. */
+export const OUTPUT_DIR = "output_dir";
+
 /** a map; columns, rows, signature, dtype. */
 export const OUTPUTS = "outputs";
+
+/** a number; InstructLab: samples per second over the last step. */
+export const OVERALL_THROUGHPUT = "overall_throughput";
 
 /** a string; the pipeline's name. */
 export const PIPELINE = "pipeline";
@@ -331,6 +352,12 @@ export const TENANT = "tenant";
 /** an int; the choice's completion tokens so far, this chunk's included. */
 export const TOKENS_SO_FAR = "tokens_so_far";
 
+/** an int; InstructLab: samples seen so far. */
+export const TOTAL_SAMPLES = "total_samples";
+
+/** an int; InstructLab: tokens seen so far. */
+export const TOTAL_TOKENS = "total_tokens";
+
 /** a string; completed, stopped by a plugin, or error. */
 export const TRAIN_END_REASON = "train_end_reason";
 
@@ -342,6 +369,9 @@ export const TTFT_MS = "ttft_ms";
 
 /** a map; prompt_tokens, completion_tokens and total_tokens, as the engine counted them. */
 export const USAGE = "usage";
+
+/** a map; InstructLab: the validation figures (val_loss, ...); val_loss is also given as eval_loss. */
+export const VAL_METRICS = "val_metrics";
 
 /** one of "NONE", "TOKENIZER_ONLY", "MODEL_AND_TOKENIZER"; what the other nodes download. */
 export const WORKER_NODE_DOWNLOAD_MODEL = "worker_node_download_model";

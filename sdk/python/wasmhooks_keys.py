@@ -158,6 +158,9 @@ class phases:
 BATCH = "batch"
 """a map; index (within the worker), rows, worker."""
 
+BATCH_METRICS = "batch_metrics"
+"""a map; InstructLab: the step's batch figures (total_samples, total_length, num_loss_counted_tokens, grad_accum_steps, num_minibatches)."""
+
 BEST_METRIC = "best_metric"
 """a number or null; HF: the best metric so far."""
 
@@ -211,6 +214,9 @@ DOWNLOAD_RESULT = "download_result"
 
 ELAPSED_MS = "elapsed_ms"
 """a number; wall time of the batch, the node's level, or the run."""
+
+ELAPSED_TIME = "elapsed_time"
+"""a number; InstructLab: seconds the last step took."""
 
 END_REASON = "end_reason"
 """one of "done", "blocked", "stopped", "disconnected", "error"; how the request ended: answered, blocked by a plugin, stream stopped by a plugin, client gone, failed."""
@@ -269,11 +275,17 @@ LOGS = "logs"
 LOSS = "loss"
 """a number; the step's (or the logged) training loss."""
 
+MAX_EPOCHS = "max_epochs"
+"""an int; the epochs the run will take at most (Lightning, InstructLab)."""
+
 MAX_STEPS = "max_steps"
 """an int; the steps the run will take at most."""
 
 MESSAGES = "messages"
 """a list; chat: the messages the engine gets, each {role, content} with content a string."""
+
+METRICS = "metrics"
+"""a map; HF and Lightning: the evaluation's (or prediction's) metrics; training: logged to the run's trackers at this step (the framework's own logging: HF Trainer.log, Lightning's loggers, InstructLab's metric logger), as are `metrics.<name>` keys; names are the path below `metrics`, joined by `/`; numbers only, at most 64 a call, never a name the host provides (`loss`, ...)."""
 
 MODE = "mode"
 """a string; daft's runner: native or ray."""
@@ -283,6 +295,9 @@ MODEL = "model"
 
 MODEL_ID = "model_id"
 """a string; the job's model id."""
+
+MODEL_NAME_OR_PATH = "model_name_or_path"
+"""a string; InstructLab: the model trained."""
 
 MODEL_SOURCE = "model_source"
 """a string; where the files come from: file://PATH inside the job, or http(s)://."""
@@ -308,8 +323,14 @@ NODES = "nodes"
 OUTPUT = "output"
 """a list; the response's text, one string per choice: what the client gets."""
 
+OUTPUT_DIR = "output_dir"
+"""a string; InstructLab: the run's output folder."""
+
 OUTPUTS = "outputs"
 """a map; columns, rows, signature, dtype."""
+
+OVERALL_THROUGHPUT = "overall_throughput"
+"""a number; InstructLab: samples per second over the last step."""
 
 PIPELINE = "pipeline"
 """a string; the pipeline's name."""
@@ -383,6 +404,12 @@ TENANT = "tenant"
 TOKENS_SO_FAR = "tokens_so_far"
 """an int; the choice's completion tokens so far, this chunk's included."""
 
+TOTAL_SAMPLES = "total_samples"
+"""an int; InstructLab: samples seen so far."""
+
+TOTAL_TOKENS = "total_tokens"
+"""an int; InstructLab: tokens seen so far."""
+
 TRAIN_END_REASON = "train_end_reason"
 """a string; completed, stopped by a plugin, or error."""
 
@@ -394,6 +421,9 @@ TTFT_MS = "ttft_ms"
 
 USAGE = "usage"
 """a map; prompt_tokens, completion_tokens and total_tokens, as the engine counted them."""
+
+VAL_METRICS = "val_metrics"
+"""a map; InstructLab: the validation figures (val_loss, ...); val_loss is also given as eval_loss."""
 
 WORKER_NODE_DOWNLOAD_MODEL = "worker_node_download_model"
 """one of "NONE", "TOKENIZER_ONLY", "MODEL_AND_TOKENIZER"; what the other nodes download."""

@@ -106,6 +106,9 @@ pub mod phases {
 /// a map; index (within the worker), rows, worker.
 pub const BATCH: &str = "batch";
 
+/// a map; InstructLab: the step's batch figures (total_samples, total_length, num_loss_counted_tokens, grad_accum_steps, num_minibatches).
+pub const BATCH_METRICS: &str = "batch_metrics";
+
 /// a number or null; HF: the best metric so far.
 pub const BEST_METRIC: &str = "best_metric";
 
@@ -159,6 +162,9 @@ pub const DOWNLOAD_RESULT: &str = "download_result";
 
 /// a number; wall time of the batch, the node's level, or the run.
 pub const ELAPSED_MS: &str = "elapsed_ms";
+
+/// a number; InstructLab: seconds the last step took.
+pub const ELAPSED_TIME: &str = "elapsed_time";
 
 /// one of "done", "blocked", "stopped", "disconnected", "error"; how the request ended: answered, blocked by a plugin, stream stopped by a plugin, client gone, failed.
 pub const END_REASON: &str = "end_reason";
@@ -217,11 +223,17 @@ pub const LOGS: &str = "logs";
 /// a number; the step's (or the logged) training loss.
 pub const LOSS: &str = "loss";
 
+/// an int; the epochs the run will take at most (Lightning, InstructLab).
+pub const MAX_EPOCHS: &str = "max_epochs";
+
 /// an int; the steps the run will take at most.
 pub const MAX_STEPS: &str = "max_steps";
 
 /// a list; chat: the messages the engine gets, each {role, content} with content a string.
 pub const MESSAGES: &str = "messages";
+
+/// a map; HF and Lightning: the evaluation's (or prediction's) metrics; training: logged to the run's trackers at this step (the framework's own logging: HF Trainer.log, Lightning's loggers, InstructLab's metric logger), as are `metrics.<name>` keys; names are the path below `metrics`, joined by `/`; numbers only, at most 64 a call, never a name the host provides (`loss`, ...).
+pub const METRICS: &str = "metrics";
 
 /// a string; daft's runner: native or ray.
 pub const MODE: &str = "mode";
@@ -231,6 +243,9 @@ pub const MODEL: &str = "model";
 
 /// a string; the job's model id.
 pub const MODEL_ID: &str = "model_id";
+
+/// a string; InstructLab: the model trained.
+pub const MODEL_NAME_OR_PATH: &str = "model_name_or_path";
 
 /// a string; where the files come from: file://PATH inside the job, or http(s)://.
 pub const MODEL_SOURCE: &str = "model_source";
@@ -256,8 +271,14 @@ pub const NODES: &str = "nodes";
 /// a list; the response's text, one string per choice: what the client gets.
 pub const OUTPUT: &str = "output";
 
+/// a string; InstructLab: the run's output folder.
+pub const OUTPUT_DIR: &str = "output_dir";
+
 /// a map; columns, rows, signature, dtype.
 pub const OUTPUTS: &str = "outputs";
+
+/// a number; InstructLab: samples per second over the last step.
+pub const OVERALL_THROUGHPUT: &str = "overall_throughput";
 
 /// a string; the pipeline's name.
 pub const PIPELINE: &str = "pipeline";
@@ -331,6 +352,12 @@ pub const TENANT: &str = "tenant";
 /// an int; the choice's completion tokens so far, this chunk's included.
 pub const TOKENS_SO_FAR: &str = "tokens_so_far";
 
+/// an int; InstructLab: samples seen so far.
+pub const TOTAL_SAMPLES: &str = "total_samples";
+
+/// an int; InstructLab: tokens seen so far.
+pub const TOTAL_TOKENS: &str = "total_tokens";
+
 /// a string; completed, stopped by a plugin, or error.
 pub const TRAIN_END_REASON: &str = "train_end_reason";
 
@@ -342,6 +369,9 @@ pub const TTFT_MS: &str = "ttft_ms";
 
 /// a map; prompt_tokens, completion_tokens and total_tokens, as the engine counted them.
 pub const USAGE: &str = "usage";
+
+/// a map; InstructLab: the validation figures (val_loss, ...); val_loss is also given as eval_loss.
+pub const VAL_METRICS: &str = "val_metrics";
 
 /// one of "NONE", "TOKENIZER_ONLY", "MODEL_AND_TOKENIZER"; what the other nodes download.
 pub const WORKER_NODE_DOWNLOAD_MODEL: &str = "worker_node_download_model";

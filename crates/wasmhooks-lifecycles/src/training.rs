@@ -12,6 +12,7 @@ mod checkpoint;
 pub mod collective;
 mod dataset;
 mod model;
+pub mod trackers;
 
 use std::path::{Path, PathBuf};
 

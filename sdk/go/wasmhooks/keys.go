@@ -109,6 +109,8 @@ const (
 const (
 	// a map; index (within the worker), rows, worker.
 	KeyBatch = "batch"
+	// a map; InstructLab: the step's batch figures (total_samples, total_length, num_loss_counted_tokens, grad_accum_steps, num_minibatches).
+	KeyBatchMetrics = "batch_metrics"
 	// a number or null; HF: the best metric so far.
 	KeyBestMetric = "best_metric"
 	// a map; refuse the request: {status: 400, 402, 403 or 429, rule, reason, retry_after_s?}; the client gets that status and an OpenAI error naming the rule.
@@ -145,6 +147,8 @@ const (
 	KeyDownloadResult = "download_result"
 	// a number; wall time of the batch, the node's level, or the run.
 	KeyElapsedMs = "elapsed_ms"
+	// a number; InstructLab: seconds the last step took.
+	KeyElapsedTime = "elapsed_time"
 	// one of "done", "blocked", "stopped", "disconnected", "error"; how the request ended: answered, blocked by a plugin, stream stopped by a plugin, client gone, failed.
 	KeyEndReason = "end_reason"
 	// a map; the running engine: pid, port, url, node.
@@ -183,16 +187,22 @@ const (
 	KeyLogs = "logs"
 	// a number; the step's (or the logged) training loss.
 	KeyLoss = "loss"
+	// an int; the epochs the run will take at most (Lightning, InstructLab).
+	KeyMaxEpochs = "max_epochs"
 	// an int; the steps the run will take at most.
 	KeyMaxSteps = "max_steps"
 	// a list; chat: the messages the engine gets, each {role, content} with content a string.
 	KeyMessages = "messages"
+	// a map; HF and Lightning: the evaluation's (or prediction's) metrics; training: logged to the run's trackers at this step (the framework's own logging: HF Trainer.log, Lightning's loggers, InstructLab's metric logger), as are `metrics.<name>` keys; names are the path below `metrics`, joined by `/`; numbers only, at most 64 a call, never a name the host provides (`loss`, ...).
+	KeyMetrics = "metrics"
 	// a string; daft's runner: native or ray.
 	KeyMode = "mode"
 	// a string; the model the request names.
 	KeyModel = "model"
 	// a string; the job's model id.
 	KeyModelId = "model_id"
+	// a string; InstructLab: the model trained.
+	KeyModelNameOrPath = "model_name_or_path"
 	// a string; where the files come from: file://PATH inside the job, or http(s)://.
 	KeyModelSource = "model_source"
 	// a string; the node's name.
@@ -209,8 +219,12 @@ const (
 	KeyNodes = "nodes"
 	// a list; the response's text, one string per choice: what the client gets.
 	KeyOutput = "output"
+	// a string; InstructLab: the run's output folder.
+	KeyOutputDir = "output_dir"
 	// a map; columns, rows, signature, dtype.
 	KeyOutputs = "outputs"
+	// a number; InstructLab: samples per second over the last step.
+	KeyOverallThroughput = "overall_throughput"
 	// a string; the pipeline's name.
 	KeyPipeline = "pipeline"
 	// a map; replaces the group the host made (on Ray, a real new group).
@@ -259,6 +273,10 @@ const (
 	KeyTenant = "tenant"
 	// an int; the choice's completion tokens so far, this chunk's included.
 	KeyTokensSoFar = "tokens_so_far"
+	// an int; InstructLab: samples seen so far.
+	KeyTotalSamples = "total_samples"
+	// an int; InstructLab: tokens seen so far.
+	KeyTotalTokens = "total_tokens"
 	// a string; completed, stopped by a plugin, or error.
 	KeyTrainEndReason = "train_end_reason"
 	// a string; the error that ended the run.
@@ -267,6 +285,8 @@ const (
 	KeyTtftMs = "ttft_ms"
 	// a map; prompt_tokens, completion_tokens and total_tokens, as the engine counted them.
 	KeyUsage = "usage"
+	// a map; InstructLab: the validation figures (val_loss, ...); val_loss is also given as eval_loss.
+	KeyValMetrics = "val_metrics"
 	// one of "NONE", "TOKENIZER_ONLY", "MODEL_AND_TOKENIZER"; what the other nodes download.
 	KeyWorkerNodeDownloadModel = "worker_node_download_model"
 	// an int; how many processes train.
