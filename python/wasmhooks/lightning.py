@@ -15,7 +15,13 @@ carries ``step`` (``trainer.global_step``), ``epoch``, ``max_steps``,
 Control: ``should_training_stop`` sets ``trainer.should_stop`` (agreed across
 ranks: any rank's stop stops all); ``should_save`` saves a checkpoint into
 the trainer's checkpoint folder; ``checkpoints_to_delete`` removes the ones
-this callback saved. Lightning evaluates on its own schedule
+this callback saved. Tracker metrics: what plugins publish under ``metrics``
+(``metrics.<name>`` keys, or a ``metrics`` map; the key schema says how they
+are named and bounded) goes to every logger of the trainer
+(``trainer.loggers``: TensorBoard, W&B, MLflow, CSV, ...) at the step it
+was published, and into ``trainer.callback_metrics``, where
+``ModelCheckpoint``, ``EarlyStopping`` and Ray Train's report callback
+see it. Lightning evaluates on its own schedule
 (``val_check_interval``): ``should_evaluate`` is not acted on. Plugin states
 travel in Lightning checkpoints through ``state_dict``/``load_state_dict``.
 """
@@ -109,6 +115,20 @@ class WasmHooksCallback(pl.Callback):
         values["should_training_stop"] = bool(trainer.should_stop)
         values["should_save"] = False
         self._session.fire(phase, values)
+        if self._session.published:
+            self._publish(trainer, self._session.published)
+
+    @staticmethod
+    def _publish(trainer: pl.Trainer, published: dict[str, float]) -> None:
+        """Logs what the plugins published at this event, at this step, as
+        Lightning's logger connector logs a step's metrics."""
+        import torch
+
+        for logger in trainer.loggers:
+            # Each logger's log_metrics is rank-zero-only already.
+            logger.log_metrics(dict(published), step=trainer.global_step)
+        for name, value in published.items():
+            trainer.callback_metrics[name] = torch.tensor(value)
 
     def _steer(self, trainer: pl.Trainer) -> None:
         """Acts on the control keys; called where every rank is."""

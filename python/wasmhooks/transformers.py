@@ -20,6 +20,14 @@ process). Under ``torch.distributed`` the flags are all-reduced, so a stop on
 any rank stops every rank at the same step. Plugin states travel in HF
 checkpoints (``ExportableState``) and come back on ``resume_from_checkpoint``.
 
+Tracker metrics: what plugins publish under ``metrics`` (``metrics.<name>``
+keys, or a ``metrics`` map; the key schema says how they are named and
+bounded) is logged with ``Trainer.log`` at the step it was published, so
+every integration the run reports to (``report_to``: W&B, TensorBoard,
+MLflow, ...) and ``state.log_history`` get it. A callback cannot reach its
+``Trainer`` from HF's events, so give it the trainer once:
+``callback.attach(trainer)``.
+
 Under Ray Train (``ray.train.torch.TorchTrainer`` with Ray's
 ``RayTrainReportCallback``) ranks come from Ray Train's context (with
 ``node_rank``), torch.distributed is Ray's process group, so the flags are
@@ -29,6 +37,7 @@ Ray Train reports, so ``ray.train.get_checkpoint()`` brings them back.
 
 from __future__ import annotations
 
+import logging
 import os
 import re
 import shutil
@@ -52,6 +61,7 @@ from wasmhooks._session import (
 )
 
 _CHECKPOINT = re.compile(r"^checkpoint-(\d+)$")
+_log = logging.getLogger("wasmhooks")
 
 
 class WasmHooksCallback(TrainerCallback, ExportableState):
@@ -79,6 +89,9 @@ class WasmHooksCallback(TrainerCallback, ExportableState):
         self.plugin_states = plugin_states
         self._ranks: dict[str, int] | None = None
         self._distributed = False
+        self._trainer: Any = None
+        self._forwarding = False
+        self._unattached_warned = False
         self._export_args = {
             "operator": os.fspath(operator) if not isinstance(operator, Policy) else None,
             "plugins": [
@@ -90,6 +103,37 @@ class WasmHooksCallback(TrainerCallback, ExportableState):
             "cache_dir": os.fspath(cache_dir) if cache_dir is not None else None,
             "flush_timeout": flush_timeout,
         }
+
+    def attach(self, trainer: Any) -> WasmHooksCallback:
+        """Gives the callback its ``Trainer`` (adding it there if it is not
+        yet), so the metrics plugins publish are logged with
+        ``trainer.log``: HF's events do not carry the trainer."""
+        if self not in trainer.callback_handler.callbacks:
+            trainer.add_callback(self)
+        self._trainer = trainer
+        return self
+
+    def _publish(self) -> None:
+        """Logs what the plugins published at this event, at this step."""
+        published = self._session.published
+        if not published:
+            return
+        if self._trainer is None:
+            if not self._unattached_warned:
+                self._unattached_warned = True
+                _log.warning(
+                    "wasmhooks: plugins published tracker metrics (%s) but the callback "
+                    "has no Trainer to log them with: call callback.attach(trainer)",
+                    ", ".join(sorted(published)),
+                )
+            return
+        # Trainer.log calls every callback's on_log, this one's included:
+        # that call is the trainer echoing the plugins, not a new event.
+        self._forwarding = True
+        try:
+            self._trainer.log(dict(published))
+        finally:
+            self._forwarding = False
 
     # ExportableState: saved into each HF checkpoint's trainer_state.json.
     def state(self) -> dict[str, Any]:
@@ -165,6 +209,7 @@ class WasmHooksCallback(TrainerCallback, ExportableState):
             values[key] = bool(getattr(control, key))
         values.update(extra)
         data = session.fire(phase, values)
+        self._publish()
         # Every event: the flags read straight from the map (what
         # ``Session.requested`` says, without a call per flag).
         for key in CONTROL_KEYS:
@@ -243,6 +288,8 @@ class WasmHooksCallback(TrainerCallback, ExportableState):
         self._fire(phases.training.ON_PREDICTION_STEP, args, state, control)
 
     def on_log(self, args, state, control, logs=None, **kwargs):
+        if self._forwarding:
+            return
         logs = numbers(logs)
         self._fire(phases.training.ON_LOG, args, state, control, logs=logs, **logs)
 

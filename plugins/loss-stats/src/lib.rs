@@ -7,7 +7,9 @@
 //! Config: `{"phase": "on_log", "alpha": 0.1}` (the defaults): the phase
 //! whose `loss` it reads (`on_log` for HF and InstructLab, `on_step_end`
 //! for Lightning and the reference trainer), and the EMA's weight of the
-//! newest value. Its state survives a resume.
+//! newest value. A step it has already counted is not counted again: the
+//! map keeps the last `loss` while the trainer logs other things at the same
+//! step (HF's end-of-training summary). Its state survives a resume.
 
 use wasmhooks_sdk::{Data, Error, Manifest, Plugin, Updates, Value, json, serde_json};
 
@@ -17,6 +19,7 @@ struct LossStats {
     ema: Option<f64>,
     best: Option<f64>,
     best_eval: Option<f64>,
+    last_step: Option<i64>,
 }
 
 impl Default for LossStats {
@@ -27,6 +30,7 @@ impl Default for LossStats {
             ema: None,
             best: None,
             best_eval: None,
+            last_step: None,
         }
     }
 }
@@ -39,7 +43,7 @@ impl Plugin for LossStats {
     fn manifest() -> Manifest {
         Manifest::new("loss-stats", env!("CARGO_PKG_VERSION"))
             .phases(["on_step_end", "on_log", "on_evaluate"])
-            .reads(["loss", "eval_loss"])
+            .reads(["loss", "eval_loss", "step"])
     }
 
     fn init(&mut self, _job: &Value, config: &Value) -> Result<(), Error> {
@@ -75,6 +79,11 @@ impl Plugin for LossStats {
         let Some(loss) = data.f64("loss").filter(|l| l.is_finite()) else {
             return Ok(Updates::new());
         };
+        let step = data.get("step").and_then(Value::as_i64);
+        if step.is_some() && step == self.last_step {
+            return Ok(Updates::new());
+        }
+        self.last_step = step;
         let ema = self
             .ema
             .map_or(loss, |e| (1.0 - self.alpha) * e + self.alpha * loss);
@@ -87,13 +96,19 @@ impl Plugin for LossStats {
     }
 
     fn save_state(&self) -> Option<Value> {
-        Some(json!({"ema": self.ema, "best": self.best, "best_eval": self.best_eval}))
+        Some(json!({
+            "ema": self.ema,
+            "best": self.best,
+            "best_eval": self.best_eval,
+            "last_step": self.last_step,
+        }))
     }
 
     fn load_state(&mut self, state: Value) -> Result<(), Error> {
         self.ema = serde_json::from_value(state["ema"].clone())?;
         self.best = serde_json::from_value(state["best"].clone())?;
         self.best_eval = serde_json::from_value(state["best_eval"].clone())?;
+        self.last_step = serde_json::from_value(state["last_step"].clone())?;
         Ok(())
     }
 }
