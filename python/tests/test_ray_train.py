@@ -2,9 +2,10 @@
 CPU workers (gloo) on the two-node local cluster, a real ``Trainer`` on the
 tiny GPT-2 in each worker with Ray's ``RayTrainReportCallback``. Every
 worker loads the plugins from one job bundle; ranks come from Ray Train's
-context; the rank-zero-only logger runs on world rank 0 only; a stop asked
-on rank 1 stops both workers at the same step; and the plugin states travel
-in Ray Train's checkpoints and come back when a run resumes from one."""
+context; a plugin's tracker metric reaches Ray Train's report; the
+rank-zero-only logger runs on world rank 0 only; a stop asked on rank 1
+stops both workers at the same step; and the plugin states travel in Ray
+Train's checkpoints and come back when a run resumes from one."""
 
 from __future__ import annotations
 
@@ -53,6 +54,9 @@ def train_loop(config: dict) -> None:
         train_dataset=Tokens(160),
         callbacks=[callback, RayTrainReportCallback()],
     )
+    # Plugin metrics go through Trainer.log into the log history Ray's
+    # report callback reports from.
+    callback.attach(trainer)
     trainer = prepare_trainer(trainer)
     # Ray's own restore (a retried run), or the checkpoint a new run names:
     # Ray Train 2.60 takes it through the loop's config.
@@ -106,12 +110,19 @@ def test_hf_trainer_under_ray_train(ray_cluster, operator, tmp_path, cache_dir):
         allow("metrics-collector", "metrics_collector", 'write = ["metrics"]'),
         allow("log-phases", "log_phases", 'on_error = "skip"'),
         allow("adversary", "adversary", 'write = ["should_training_stop"]'),
+        allow("loss-stats", "loss_stats", 'write = ["metrics.*"]'),
     )
     base = {"operator": str(op), "cache": str(cache_dir)}
 
     # 8 steps, a checkpoint every 4: both workers finish, with Ray's ranks.
-    job = job_bundle(tmp_path / "job-a", [("metrics_collector", None), ("log_phases", None)])
+    job = job_bundle(
+        tmp_path / "job-a",
+        [("metrics_collector", None), ("log_phases", None), ("loss_stats", {"phase": "on_log"})],
+    )
     result, ranks = fit(tmp_path, "a", {**base, "job": str(job), "max_steps": 8})
+    # A plugin's tracker metric (published at the step-5 log) is in what
+    # Ray Train reported with its checkpoint.
+    assert result.metrics["loss_ema"] == result.metrics["loss"], "one loss seen: the EMA is it"
     assert [r["step"] for r in ranks] == [8, 8]
     assert [r["ranks"]["rank"] for r in ranks] == [0, 1]
     assert all(r["ranks"]["world_size"] == 2 and "node_rank" in r["ranks"] for r in ranks)
