@@ -31,6 +31,13 @@ def test_the_hf_example_trains_and_reports_how_it_ended():
     # Each plugin is listed with its calls.
     for name in ("validate-every", "early-stopping", "checkpoint-policy", "metrics-logger"):
         assert re.search(rf"{name}\s+\d+ calls", run.stdout), run.stdout
+    # loss-stats' moving average is in TensorBoard's files, one per log.
+    from trackers import tensorboard_scalars
+
+    logs = int(re.search(r"loss EMA .* after (\d+) logs", run.stdout).group(1))
+    logdir = re.search(r"tensorboard --logdir (\S+)", run.stdout).group(1)
+    scalars = tensorboard_scalars(Path(logdir))
+    assert len(scalars["train/loss_ema"]) == logs > 0
 
 
 def test_the_serving_example_serves_a_real_engine_through_the_plugins():

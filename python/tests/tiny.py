@@ -21,6 +21,7 @@ GRANTS = {
     "early_stopping": ("early-stopping", 'write = ["should_training_stop", "early_stopping"]'),
     "checkpoint_policy": ("checkpoint-policy", 'write = ["should_save", "checkpoints_to_delete"]'),
     "metrics_collector": ("metrics-collector", 'write = ["metrics"]'),
+    "loss_stats": ("loss-stats", 'write = ["metrics.*"]'),
 }
 
 
