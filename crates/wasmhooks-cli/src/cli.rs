@@ -94,7 +94,10 @@ pub fn init_logging(verbose: u8) {
         // No colours: the writer escapes every escape sequence.
         .with_ansi(false)
         .with_target(false)
-        .init();
+        // A second run in one process (the Python console entry, a test)
+        // keeps the first subscriber.
+        .try_init()
+        .ok();
 }
 
 /// Where log lines go: stderr, with every control character in a line but
@@ -124,7 +127,7 @@ impl Write for SafeStderr {
 
 /// Text for the terminal that may span lines (a TOML parser's error with
 /// its caret): each line cleaned on its own.
-pub(crate) fn clean_lines(s: &str) -> String {
+pub fn clean_lines(s: &str) -> String {
     s.lines()
         .map(|line| clean(line, 4096))
         .collect::<Vec<_>>()

@@ -1,20 +1,8 @@
-//! The `wasmhooks` command line: inspect and pin plugins, check operator
-//! configs, and fire phases at plugins while writing them.
-
-mod cli;
+//! The `wasmhooks` command: the library's `main` on this process's
+//! arguments.
 
 use std::process::ExitCode;
 
-use clap::Parser;
-
 fn main() -> ExitCode {
-    let args = cli::Args::parse();
-    cli::init_logging(args.verbose);
-    match cli::run(args) {
-        Ok(code) => code,
-        Err(err) => {
-            eprintln!("error: {}", cli::clean_lines(&format!("{err:#}")));
-            ExitCode::FAILURE
-        }
-    }
+    wasmhooks_cli::main(std::env::args_os())
 }
