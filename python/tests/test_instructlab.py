@@ -492,3 +492,26 @@ def test_a_bad_setup_names_the_variable_and_training_goes_on(monkeypatch, operat
         if job is not None:
             assert str(tmp_path / job) in e
     assert cb.bridge is None
+
+
+def test_numpy_and_torch_scalars_cross_as_numbers(operator, tmp_path):
+    import numpy as np
+    import torch
+
+    op = operator(*grants(tmp_path))
+    job = job_bundle(tmp_path / "job", [("loss_stats", None)])
+    cb = WasmHooksCallback(job=str(job), operator=str(op))
+    manager = CallbackManager()
+    manager.add_callback(cb)
+    prepare(manager, tmp_path, 1)
+    ctx = manager.context
+    ctx.step, ctx.loss, ctx.learning_rate = np.int64(3), torch.tensor(0.5), np.float32(0.25)
+    ctx.batch_metrics = {"total_samples": np.int64(8), "grad_accum_steps": torch.tensor(2)}
+    manager.fire("on_log")
+    manager.fire("on_train_end")
+    manager.close()
+    data = cb.bridge.data
+    assert (data["step"], data["loss"], data["learning_rate"]) == (3, 0.5, 0.25)
+    assert type(data["step"]) is int and type(data["loss"]) is float
+    assert data["batch_metrics"] == {"total_samples": 8, "grad_accum_steps": 2}
+    assert data["metrics.loss_ema"] == 0.5

@@ -77,9 +77,6 @@ _PHASES = {
 #: What a plugin sets to steer training, which InstructLab cannot take.
 _STEERING = (*CONTROL_KEYS, "checkpoints_to_delete")
 
-#: The context's optional numbers: left out while ``None``.
-_OPTIONAL = ("loss", "learning_rate", "grad_norm", "elapsed_time", "overall_throughput")
-
 #: Seconds ``on_train_end`` may take in all (InstructLab waits 10), and the
 #: share of them the observers get before the phase fires.
 END_BUDGET = 8.0
@@ -264,26 +261,32 @@ class _Bridge:
         return self.session.data
 
     def _values(self, c: TrainingContext) -> dict[str, Any]:
-        values: dict[str, Any] = {
-            "step": c.step,
-            "epoch": c.epoch,
-            "total_samples": c.total_samples,
-            "total_tokens": c.total_tokens,
-            "max_epochs": c.max_epochs,
-            "world_size": c.world_size,
-        }
-        for key in _OPTIONAL:
-            value = getattr(c, key)
-            if value is not None:
+        # Every hook pays for this on the manager's loop: plain ints and
+        # floats go as they are, anything else through ``numbers`` (numpy
+        # or torch scalars), and None not at all (a key keeps its type).
+        values: dict[str, Any] = dict(self.ranks)
+        for key, value in (
+            ("step", c.step),
+            ("epoch", c.epoch),
+            ("total_samples", c.total_samples),
+            ("total_tokens", c.total_tokens),
+            ("max_epochs", c.max_epochs),
+            ("world_size", c.world_size),
+            ("loss", c.loss),
+            ("learning_rate", c.learning_rate),
+            ("grad_norm", c.grad_norm),
+            ("elapsed_time", c.elapsed_time),
+            ("overall_throughput", c.overall_throughput),
+        ):
+            kind = type(value)
+            if kind is int or kind is float:
                 values[key] = value
+            elif value is not None:
+                values.update(numbers({key: value}))
         if c.output_dir:
             values["output_dir"] = os.fspath(c.output_dir)
         if c.model_name_or_path:
             values["model_name_or_path"] = os.fspath(c.model_name_or_path)
-        # numpy or torch scalars as host numbers; anything else left out,
-        # and None too (a key keeps its schema's type).
-        values = {k: v for k, v in numbers(values).items() if v is not None}
-        values.update(self.ranks)
         if c.batch_metrics:
             values["batch_metrics"] = numbers(c.batch_metrics)
         if c.val_metrics:

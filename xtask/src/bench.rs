@@ -315,6 +315,7 @@ pub(crate) fn table(root: &Path) -> anyhow::Result<()> {
         let py = serde_json::from_str(&text)?;
         pipeline_rows(&mut t, &py);
         serving_rows(&mut t, &py);
+        instructlab_rows(&mut t, &py);
     }
     let mut out = String::from("| measure | time | ratio | target |\n|---|---|---|---|\n");
     out.push_str(&t.0);
@@ -398,6 +399,37 @@ fn serving_rows(t: &mut Rows, py: &serde_json::Value) {
             num("serving_ready_s")
         ),
         "< 1%",
+    );
+}
+
+/// The InstructLab row: one hook (`on_step_end`) through InstructLab's own
+/// `CallbackManager` with one wasm plugin against the same callback in
+/// Python, fires interleaved, each callback timed on the manager's loop
+/// thread (caches cold, as between training steps); and what
+/// `manager.fire` costs the training thread, which should not depend on the
+/// callback (a callback doing nothing is the floor).
+fn instructlab_rows(t: &mut Rows, py: &serde_json::Value) {
+    let num = |key: &str| py[key].as_f64().unwrap_or(0.0);
+    if !py["instructlab_ratio"].is_number() {
+        return;
+    }
+    let us = |key: &str| fmt_ns(num(key) * 1e3);
+    t.row(
+        "InstructLab hook, 1 wasm plugin (on the CallbackManager's loop)",
+        us("instructlab_wasm_hook_us"),
+        format!(
+            "{:.1}x the same Python TrainerCallback ({}), interleaved; back to back {} \
+             against {}; manager.fire on the training thread {} (wasm), {} (Python), \
+             {} (a callback doing nothing)",
+            num("instructlab_ratio"),
+            us("instructlab_python_hook_us"),
+            us("instructlab_wasm_hot_us"),
+            us("instructlab_python_hot_us"),
+            us("instructlab_wasm_fire_us"),
+            us("instructlab_python_fire_us"),
+            us("instructlab_nothing_fire_us"),
+        ),
+        "",
     );
 }
 

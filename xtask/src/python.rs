@@ -97,9 +97,10 @@ impl Venv {
 /// Builds the package (release) into the environment and runs its
 /// benchmarks: the HF adapter against plain Python callbacks, node
 /// initialization on a local Ray cluster against Ray's own with a Python
-/// callback, the daft pipeline with and without hooks, cold and cached, and
-/// a Ray Serve LLM app on vLLM with and without the serving plugins;
-/// returns their figures, one object.
+/// callback, the daft pipeline with and without hooks, cold and cached,
+/// a Ray Serve LLM app on vLLM with and without the serving plugins, and
+/// an InstructLab hook through its CallbackManager against a Python
+/// callback; returns their figures, one object.
 pub(crate) fn bench(root: &Path) -> anyhow::Result<serde_json::Value> {
     let venv = Venv::new(root)?;
     eprintln!("xtask: building the Python package (release) for its benchmarks");
@@ -112,6 +113,7 @@ pub(crate) fn bench(root: &Path) -> anyhow::Result<serde_json::Value> {
         "bench/ray_node.py",
         "bench/pipeline.py",
         "bench/serving.py",
+        "bench/instructlab.py",
     ] {
         eprintln!("xtask: python {script}");
         let out = venv
