@@ -49,6 +49,7 @@ from typing import Any
 from instructlab.training.callbacks import TrainerCallback, TrainingContext
 
 from wasmhooks import _phases as phases
+from wasmhooks._native import Hooks
 from wasmhooks._session import CONTROL_KEYS, Session, distributed, numbers
 
 _log = logging.getLogger("wasmhooks")
@@ -251,7 +252,8 @@ class _Bridge:
         return bridge
 
     @property
-    def hooks(self):
+    def hooks(self) -> Hooks | None:
+        """The live :class:`wasmhooks.Hooks` (closed once the run ended)."""
         return self.session.hooks
 
     @property
