@@ -14,7 +14,6 @@ import logging
 import os
 import signal
 import socket
-import struct
 import subprocess
 import sys
 import time
@@ -23,6 +22,7 @@ from typing import Any
 
 import pytest
 from conftest import allow, job_bundle
+from trackers import wandb_history
 
 pytest.importorskip("instructlab.training")
 
@@ -249,40 +249,6 @@ def torchrun(args: list[str], env: dict[str, str], timeout: float) -> subprocess
     return subprocess.CompletedProcess(proc.args, proc.returncode, out, err)
 
 
-def wandb_history(run_file: Path) -> list[dict[str, Any]]:
-    """The history rows of an offline W&B run: its ``.wandb`` file is a
-    LevelDB-style log (a 7-byte header, then 32 KiB blocks of records, each
-    a checksum, a length and a kind: whole, first, middle or last) of
-    protobuf ``Record``s; wandb 0.31 ships no Python reader for it."""
-    from wandb.proto import wandb_internal_pb2 as pb
-
-    raw = run_file.read_bytes()
-    assert raw[:4] == b":W&B"
-    block, pos, part, rows = 32768, 7, b"", []
-    while pos + 7 <= len(raw):
-        if block - pos % block < 7:
-            pos += block - pos % block
-            continue
-        _, length, kind = struct.unpack("<IHB", raw[pos : pos + 7])
-        if kind == 0:
-            break
-        data, pos = raw[pos + 7 : pos + 7 + length], pos + 7 + length
-        if kind in (1, 2):
-            part = b""
-        part += data
-        if kind in (1, 4):
-            record = pb.Record()
-            record.ParseFromString(part)
-            if record.WhichOneof("record_type") == "history":
-                rows.append(
-                    {
-                        (i.key or "/".join(i.nested_key)): json.loads(i.value_json)
-                        for i in record.history.item
-                    }
-                )
-    return rows
-
-
 def test_two_torchrun_ranks_rebuild_the_callback_and_log_to_the_trackers(operator, tmp_path):
     out = tmp_path / "out"
     logs = tmp_path / "plugin-logs"
@@ -375,7 +341,7 @@ def test_two_torchrun_ranks_rebuild_the_callback_and_log_to_the_trackers(operato
 
     # W&B offline: rank 0's run, its history read back from the run file.
     (run_file,) = glob.glob(str(out / "wandb/offline-run-*/run-*.wandb"))
-    history = [row for row in wandb_history(Path(run_file)) if "loss_ema" in row]
+    history = [row for row in wandb_history(Path(run_file).parent) if "loss_ema" in row]
     assert [row["_step"] for row in history] == steps
     assert [row["loss_ema"] for row in history] == pytest.approx(expected)
     assert all("avg_loss" in row for row in history), "main_ds's own figures share the row"
