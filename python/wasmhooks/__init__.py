@@ -11,9 +11,13 @@ built with PyO3: the same policy, sandbox, reports and plugins as the
   reads it.
 - :mod:`wasmhooks.transformers`: a ``TrainerCallback`` for HF Transformers.
 - :mod:`wasmhooks.lightning`: a ``Callback`` for Lightning.
+- :mod:`wasmhooks.instructlab`: a ``TrainerCallback`` for InstructLab
+  training that crosses torchrun through InstructLab's own serialization.
 - :mod:`wasmhooks.ray`: a job bundle's node initialization on a Ray cluster
   (``python -m wasmhooks.ray run JOB_DIR --operator OP.toml``).
-- :mod:`wasmhooks.ray_llm`: a Ray Serve LLM node-init ``CallbackBase``.
+- :mod:`wasmhooks.ray_llm`: Ray Serve LLM's node-init ``CallbackBase`` and a
+  wasm ingress (per-request and per-chunk hooks).
+- :mod:`wasmhooks.asgi`: the serving hooks as middleware for any ASGI app.
 - :mod:`wasmhooks.pipeline`: a DAG of nodes on daft with node, batch and
   cache phases; caching as plugins.
 """
