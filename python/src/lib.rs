@@ -3,6 +3,7 @@
 //! with Python values converted straight to the host's values (no JSON
 //! text) and the GIL released while plugins run.
 
+mod cli;
 mod convert;
 mod errors;
 mod files;
@@ -80,6 +81,7 @@ fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(wit_versions, m)?)?;
     m.add_function(wrap_pyfunction!(schema, m)?)?;
     m.add_function(wrap_pyfunction!(restore_trap_handlers, m)?)?;
+    m.add_function(wrap_pyfunction!(cli::cli_main, m)?)?;
     fork::register(m)?;
     // Which build this is: a debug build costs 3-6x more per fire, so the
     // benchmarks refuse one and a user can tell which they have.
