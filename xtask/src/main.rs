@@ -10,6 +10,7 @@ use sha2::{Digest, Sha256};
 
 mod bench;
 mod python;
+mod registry;
 mod schema;
 mod toolchains;
 
@@ -39,6 +40,7 @@ fn main() -> anyhow::Result<()> {
         "test" => {
             wasm_target()?;
             toolchains::install(&root)?;
+            registry::ensure()?;
             cargo(&root, &["test", "--workspace"])?;
             python::test(&root)
         }

@@ -4,6 +4,7 @@
 mod call;
 mod check;
 mod inspect;
+mod oci;
 mod run;
 
 use std::io::Write;
@@ -62,6 +63,38 @@ enum Command {
         operator: PathBuf,
         /// More plugin files to check against it.
         files: Vec<PathBuf>,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Push a plugin to an OCI registry (the Wasm artifact layout); prints
+    /// the `source` and `sha256` an operator pins it by.
+    Push {
+        /// The plugin file.
+        file: PathBuf,
+        /// Where: oci://HOST[:PORT]/REPO:TAG.
+        reference: String,
+        /// An operator config whose `[registry."HOST"]` says how to reach it.
+        #[arg(long)]
+        operator: Option<PathBuf>,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Pull a plugin from an OCI registry into a file.
+    Pull {
+        /// What: oci://HOST[:PORT]/REPO:TAG or …@sha256:DIGEST.
+        reference: String,
+        /// The file to write.
+        #[arg(short, long)]
+        output: PathBuf,
+        /// Refuse anything but the component with this sha256.
+        #[arg(long)]
+        sha256: Option<String>,
+        /// An operator config whose `[registry."HOST"]` says how to reach it
+        /// (and whose `max_plugin_mib` bounds the pull).
+        #[arg(long)]
+        operator: Option<PathBuf>,
         /// Print JSON.
         #[arg(long)]
         json: bool,
@@ -153,6 +186,25 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
             files,
             json,
         } => check::check(&operator, &files, json),
+        Command::Push {
+            file,
+            reference,
+            operator,
+            json,
+        } => oci::push(&file, &reference, operator.as_deref(), json),
+        Command::Pull {
+            reference,
+            output,
+            sha256,
+            operator,
+            json,
+        } => oci::pull(
+            &reference,
+            &output,
+            sha256.as_deref(),
+            operator.as_deref(),
+            json,
+        ),
         Command::Call(call) => call::call(call),
         Command::Run(args) => run::run(args),
         Command::Schema { json } => {

@@ -11,6 +11,9 @@
 //! file = "plugins/early_stopping.wasm"
 //! config = { monitor = "eval_loss", patience = 3 }
 //!
+//! [[plugin]]
+//! name = "metrics-collector"   # not shipped: the operator's `source` names it
+//!
 //! [node]
 //! model_id = "tiny-llm"
 //! source = "file://model"
@@ -53,12 +56,17 @@ pub struct JobSpec {
     pub pipeline: Option<Value>,
 }
 
-/// One plugin of a job.
+/// One plugin of a job: a file the bundle ships, or the name of a plugin
+/// the operator allows from a registry (its `[[plugin]] source`).
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct JobPlugin {
     /// The `.wasm`, relative to the bundle.
-    pub file: PathBuf,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub file: Option<PathBuf>,
+    /// The operator's name for a plugin it fetches from a registry.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
     /// The plugin's own config, given to its `init`.
     #[serde(default)]
     pub config: Value,
@@ -125,9 +133,30 @@ impl JobBundle {
             .map(|n| n.resolve(&dir))
             .transpose()
             .map_err(in_file)?;
-        for p in &mut spec.plugin {
-            p.file = files::relative("[[plugin]] file", &p.file)
-                .map_err(|m| in_file(LifecycleError::Config(m)))?;
+        for (i, p) in spec.plugin.iter_mut().enumerate() {
+            let at = |m: String| {
+                in_file(LifecycleError::Config(format!(
+                    "[[plugin]] #{}: {m}",
+                    i + 1
+                )))
+            };
+            match (&p.file, &p.name) {
+                (Some(file), None) => {
+                    p.file = Some(files::relative("[[plugin]] file", file).map_err(at)?);
+                }
+                (None, Some(name)) => {
+                    if name.is_empty() || name.len() > 128 {
+                        return Err(at("name must be 1 to 128 bytes".into()));
+                    }
+                }
+                _ => {
+                    return Err(at(
+                        "give `file` (a plugin the job ships) or `name` (one the operator \
+                         fetches from a registry), not both or neither"
+                            .into(),
+                    ));
+                }
+            }
         }
         Ok(JobBundle { dir, spec, config })
     }
@@ -154,18 +183,56 @@ impl JobBundle {
         let max = host.policy().job_limits().max_plugin_bytes;
         let mut plugins = Vec::with_capacity(self.spec.plugin.len());
         for p in &self.spec.plugin {
-            let path = self.dir.join(&p.file);
-            let bytes = root
-                .read(&p.file, max)
-                .map_err(|source| wasmhooks::Error::Read {
-                    path: path.clone(),
-                    source,
-                })?;
-            let plugin = host.load_bytes(&path.display().to_string(), &bytes)?;
+            let plugin = match (&p.file, &p.name) {
+                (Some(file), _) => {
+                    let path = self.dir.join(file);
+                    let bytes = root
+                        .read(file, max)
+                        .map_err(|source| wasmhooks::Error::Read {
+                            path: path.clone(),
+                            source,
+                        })?;
+                    host.load_bytes(&path.display().to_string(), &bytes)?
+                }
+                (None, Some(name)) => fetched(host, name)?,
+                (None, None) => {
+                    return Err(LifecycleError::Config(
+                        "a [[plugin]] names neither a file nor a plugin".into(),
+                    ));
+                }
+            };
             plugins.push((plugin, p.config.clone()));
         }
         Ok(plugins)
     }
+}
+
+/// A plugin the job names and the operator fetches from a registry: by its
+/// `source`, verified against its pin, through the compile cache's folder.
+fn fetched(host: &Host, name: &str) -> Result<Plugin, LifecycleError> {
+    let policy = host.policy();
+    let shown = wasmhooks::clean_text(name, 128);
+    let Some(allowed) = policy.by_name(name) else {
+        return Err(LifecycleError::Config(format!(
+            "the job names plugin '{shown}', which the operator does not allow"
+        )));
+    };
+    let Some(source) = &allowed.source else {
+        return Err(LifecycleError::Config(format!(
+            "the job names plugin '{shown}' without shipping it, and the operator gives \
+             no `source` to fetch it from: ship the file (`file = ...`)"
+        )));
+    };
+    let registries = wasmhooks_oci::Registries::of(policy).map_err(LifecycleError::Config)?;
+    let bytes = wasmhooks_oci::fetch_pinned(
+        source,
+        &allowed.sha256,
+        &registries,
+        host.cache_dir(),
+        policy.job_limits().max_plugin_bytes,
+    )
+    .map_err(|e| LifecycleError::Config(format!("plugin '{shown}': {e}")))?;
+    Ok(host.load_bytes(source, &bytes)?)
 }
 
 /// Where this process stands in a multi-process job.

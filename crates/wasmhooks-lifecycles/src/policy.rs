@@ -1,6 +1,7 @@
 //! Loading an operator config with the tables this crate reads checked as
 //! well as the core's: `[engine.NAME]` (node initialization's engines) and
-//! `[serving]` (the request path's deadlines, headers and pool). The core
+//! `[serving]` (the request path's deadlines, headers and pool) and
+//! `[registry."HOST"]` (where plugins are pulled from, and how). The core
 //! keeps them for this crate ([`SECTIONS`]); each is parsed and checked
 //! here, when the config is loaded, so a mistake in one is refused then,
 //! as any other mistake in the config is, and kept with the policy.
@@ -13,7 +14,7 @@ use crate::node::engine::{self, Engines};
 use crate::serving::{self, ServingConfig};
 
 /// The operator config's top-level tables this crate reads.
-pub const SECTIONS: &[&str] = &[engine::SECTION, serving::SECTION];
+pub const SECTIONS: &[&str] = &[engine::SECTION, serving::SECTION, wasmhooks_oci::SECTION];
 
 /// Reads an operator config file, with the tables this crate claims
 /// ([`SECTIONS`]) checked as well as the core's.
@@ -35,7 +36,8 @@ pub fn parse_policy(text: &str, base: &Path) -> Result<Policy, Error> {
 fn checked(policy: Policy, source_name: String) -> Result<Policy, Error> {
     let claimed = Engines::of(&policy)
         .map(drop)
-        .and_then(|()| ServingConfig::of(&policy).map(drop));
+        .and_then(|()| ServingConfig::of(&policy).map(drop))
+        .and_then(|()| wasmhooks_oci::Registries::of(&policy).map(drop));
     match claimed {
         Ok(()) => Ok(policy),
         Err(message) => Err(Error::Policy {

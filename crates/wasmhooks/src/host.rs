@@ -84,6 +84,12 @@ impl Host {
         &self.shared.policy
     }
 
+    /// The folder compiled plugins are kept in, if any: plugins pulled from
+    /// a registry are kept there too, so a machine pulls each once.
+    pub fn cache_dir(&self) -> Option<&std::path::Path> {
+        self.shared.compile_cache.as_ref().map(|c| c.dir.as_path())
+    }
+
     /// The key-value store plugins keep state in (contract 0.3.0's `kv`):
     /// a namespace per plugin, shared by every instance made through this
     /// host (and its clones). A serving replica syncs it with the other

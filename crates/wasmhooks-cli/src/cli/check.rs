@@ -36,6 +36,36 @@ pub fn check(operator: &Path, files: &[PathBuf], json: bool) -> anyhow::Result<E
         checked.insert(finding.plugin.clone());
         findings.push(finding);
     }
+    // Plugins the operator fetches from a registry: pulled (or taken
+    // from the cache) and verified against their pin, as a job would.
+    let registries = wasmhooks_oci::Registries::of(&policy).map_err(anyhow::Error::msg)?;
+    for p in policy.plugins().iter().filter(|p| p.file.is_none()) {
+        let Some(source) = &p.source else { continue };
+        let fetched = wasmhooks_oci::fetch_pinned(
+            source,
+            &p.sha256,
+            &registries,
+            host.cache_dir(),
+            policy.job_limits().max_plugin_bytes,
+        )
+        .map_err(|e| e.to_string())
+        .and_then(|bytes| host.load_bytes(source, &bytes).map_err(|e| e.to_string()));
+        let finding = match fetched {
+            Ok(plugin) => {
+                let mut f = describe(plugin, None);
+                f.detail = format!("{source}: {}", f.detail);
+                f
+            }
+            Err(e) => Finding {
+                plugin: p.name.clone(),
+                file: None,
+                ok: false,
+                detail: e,
+            },
+        };
+        checked.insert(p.name.clone());
+        findings.push(finding);
+    }
     for p in policy
         .plugins()
         .iter()
@@ -77,10 +107,14 @@ fn check_file(host: &Host, file: &Path) -> Finding {
         ok: false,
         detail,
     };
-    let plugin = match host.load_file(file) {
-        Ok(plugin) => plugin,
-        Err(e) => return fail(file.display().to_string(), e.to_string()),
-    };
+    match host.load_file(file) {
+        Ok(plugin) => describe(plugin, Some(file.to_owned())),
+        Err(e) => fail(file.display().to_string(), e.to_string()),
+    }
+}
+
+/// Instantiates a loaded plugin and says what it is, as a job would see it.
+fn describe(plugin: wasmhooks::Plugin, file: Option<PathBuf>) -> Finding {
     let name = plugin.name().to_owned();
     // Instantiate and describe it as a job would; `init` needs the job's
     // config, so a plugin that refuses a null config is still "ok" here.
@@ -96,17 +130,22 @@ fn check_file(host: &Host, file: &Path) -> Finding {
             };
             Finding {
                 plugin: name,
-                file: Some(file.to_owned()),
+                file,
                 ok: true,
                 detail,
             }
         }
         Err(wasmhooks::Error::Call(e)) if e.call == wasmhooks::Call::Init => Finding {
             plugin: name,
-            file: Some(file.to_owned()),
+            file,
             ok: true,
             detail: format!("loads; its init needs a job config ({})", e.cause),
         },
-        Err(e) => fail(name, e.to_string()),
+        Err(e) => Finding {
+            plugin: name,
+            file,
+            ok: false,
+            detail: e.to_string(),
+        },
     }
 }

@@ -13,6 +13,7 @@ mod languages;
 mod loading;
 mod node;
 mod observers;
+mod oci;
 mod properties;
 mod serving;
 mod support;

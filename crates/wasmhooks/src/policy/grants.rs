@@ -108,6 +108,11 @@ pub struct PluginPolicy {
     /// Where the operator keeps the file, if the config says; `check` loads
     /// it from there. Jobs ship their own files, matched by digest.
     pub file: Option<PathBuf>,
+    /// Where the host fetches the plugin when a job names it instead of
+    /// shipping it: an OCI reference (`oci://HOST/REPO:TAG` or
+    /// `oci://HOST/REPO@sha256:…`). The `sha256` pin stays the trust anchor:
+    /// whatever the registry serves must hash to it.
+    pub source: Option<String>,
     /// Its limits.
     pub limits: Limits,
     /// What to do when a call fails.
@@ -131,6 +136,7 @@ impl PluginPolicy {
             name: name.into(),
             sha256: sha256.into().to_ascii_lowercase(),
             file: None,
+            source: None,
             limits: Limits::default(),
             on_error: OnError::default(),
             grants: Grants::default(),

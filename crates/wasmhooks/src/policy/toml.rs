@@ -256,6 +256,7 @@ plugin_limits!(toml_table! {
         name: String,
         sha256: String,
         file: Option<PathBuf>,
+        source: Option<String>,
     } {
         on_error: Option<OnError>,
         #[serde(default)]
@@ -312,11 +313,21 @@ impl RawPlugin {
         let dirs = |list: Vec<RawDir>| -> Vec<DirGrant> {
             list.into_iter().map(|r| r.resolve(base)).collect()
         };
+        if let Some(source) = &self.source {
+            check_source(source).map_err(|e| format!("plugin '{}': source: {e}", self.name))?;
+            if self.file.is_some() {
+                return Err(format!(
+                    "plugin '{}': give `file` or `source`, not both",
+                    self.name
+                ));
+            }
+        }
         let read = dirs(self.read);
         let read_write = dirs(self.readwrite);
         Ok(PluginPolicy {
             sha256: self.sha256.to_ascii_lowercase(),
             file: self.file.map(|f| base.join(f)),
+            source: self.source,
             name: self.name,
             limits,
             on_error: self.on_error.or(defaults.on_error).unwrap_or_default(),
@@ -329,4 +340,33 @@ impl RawPlugin {
             phase_timeout: None,
         })
     }
+}
+
+/// The shape of a `source`: `oci://HOST/REPO` with a `:TAG` or an
+/// `@sha256:` digest, printable ASCII. The registry crate parses it fully
+/// when it fetches; this catches a typo when the config is read.
+fn check_source(source: &str) -> Result<(), String> {
+    let Some(rest) = source.strip_prefix("oci://") else {
+        return Err(format!(
+            "{source:?} is not an OCI reference: it must start with oci://"
+        ));
+    };
+    if source.len() > 512 || !source.chars().all(|c| c.is_ascii_graphic()) {
+        return Err("an OCI reference is at most 512 printable ASCII characters".into());
+    }
+    let Some((host, path)) = rest.split_once('/') else {
+        return Err(format!(
+            "{source:?} names no repository: oci://HOST/REPO:TAG"
+        ));
+    };
+    if host.is_empty() || path.is_empty() {
+        return Err(format!("{source:?} names no registry or no repository"));
+    }
+    let last = path.rsplit('/').next().unwrap_or(path);
+    if !last.contains(':') && !path.contains('@') {
+        return Err(format!(
+            "{source:?} names neither a tag nor a digest (…:TAG or …@sha256:HEX)"
+        ));
+    }
+    Ok(())
 }
