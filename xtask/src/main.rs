@@ -13,6 +13,7 @@ mod python;
 mod registry;
 mod schema;
 mod toolchains;
+mod wheel;
 
 const USAGE: &str = "usage: cargo xtask <task>
 
@@ -22,6 +23,9 @@ tasks:
             package's in target/venv)
   toolchains  install the Python, JavaScript, C/Zig and Go plugin toolchains
             into target/toolchains (skipped when already there)
+  wheel     build the Python package as an abi3 manylinux wheel that installs
+            without Rust (the module and the `wasmhooks` command) into
+            target/wheels; prints its path
   demo      build the plugins and run the example job: node initialization, then training
   plugins   install the toolchains, build the guest plugins in plugins/ and the
             templates in sdk/ (into target/plugins)
@@ -46,6 +50,15 @@ fn main() -> anyhow::Result<()> {
         }
         "toolchains" => toolchains::install(&root).map(|_| ()),
         "demo" => demo(&root),
+        "wheel" => {
+            // The path alone on stdout, for scripts: `pip install "$(cargo xtask wheel)"`.
+            let wheel = wheel::build(&root)?;
+            std::io::Write::write_all(
+                &mut std::io::stdout(),
+                format!("{}\n", wheel.display()).as_bytes(),
+            )?;
+            Ok(())
+        }
         "plugins" => {
             toolchains::install(&root)?;
             plugins(&root).map(|_| ())

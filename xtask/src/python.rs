@@ -141,10 +141,11 @@ pub(crate) fn bench(root: &Path) -> anyhow::Result<serde_json::Value> {
 /// debug build costs 3-6x more per fire) and runs its checks and tests.
 pub(crate) fn test(root: &Path) -> anyhow::Result<()> {
     let v = Venv::new(root)?;
-    eprintln!("xtask: building the Python package (release) into the environment");
-    run(v
-        .command("maturin")
-        .args(["develop", "--release", "--quiet"]))?;
+    // One release build, linked with zig, for both: the wheel
+    // tests/test_wheel.py installs where no Rust is, and the editable
+    // install here (a second build of the host would cost CI minutes).
+    let wheel = crate::wheel::build(root)?;
+    crate::wheel::develop(root, &v.bin.join("python"))?;
     run(v.command("ruff").args(["check", "."]))?;
     run(v.command("ruff").args(["format", "--check", "."]))?;
     // The examples, under the package's ruff settings.
@@ -159,5 +160,6 @@ pub(crate) fn test(root: &Path) -> anyhow::Result<()> {
     run(v
         .command("pytest")
         .args(["-q", "-p", "no:cacheprovider", "tests"])
-        .env("WASMHOOKS_PLUGINS", root.join("target/plugins")))
+        .env("WASMHOOKS_PLUGINS", root.join("target/plugins"))
+        .env("WASMHOOKS_WHEEL", wheel))
 }
