@@ -6,6 +6,7 @@ mod check;
 mod inspect;
 mod oci;
 mod run;
+mod sign;
 
 use std::io::Write;
 use std::path::PathBuf;
@@ -98,6 +99,27 @@ enum Command {
         /// Print JSON.
         #[arg(long)]
         json: bool,
+    },
+    /// Make a publisher's ed25519 key pair (PEM files).
+    Keygen {
+        /// Where the secret key goes (created with mode 600).
+        #[arg(long)]
+        secret: PathBuf,
+        /// Where the public key goes, for the operator's [[publisher]].
+        #[arg(long)]
+        public: PathBuf,
+    },
+    /// Sign a plugin with a publisher's secret key (the signature is
+    /// embedded, as wasmsign2 embeds it).
+    Sign {
+        /// The plugin file.
+        file: PathBuf,
+        /// The secret key.
+        #[arg(long)]
+        key: PathBuf,
+        /// The signed plugin to write.
+        #[arg(short, long)]
+        output: PathBuf,
     },
     /// Fire phases at plugins with a data map, and show what they changed.
     Call(call::CallArgs),
@@ -205,6 +227,8 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
             operator.as_deref(),
             json,
         ),
+        Command::Keygen { secret, public } => sign::keygen(&secret, &public),
+        Command::Sign { file, key, output } => sign::sign(&file, &key, &output),
         Command::Call(call) => call::call(call),
         Command::Run(args) => run::run(args),
         Command::Schema { json } => {

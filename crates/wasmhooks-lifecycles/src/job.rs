@@ -224,9 +224,8 @@ fn fetched(host: &Host, name: &str) -> Result<Plugin, LifecycleError> {
         )));
     };
     let registries = wasmhooks_oci::Registries::of(policy).map_err(LifecycleError::Config)?;
-    let bytes = wasmhooks_oci::fetch_pinned(
-        source,
-        &allowed.sha256,
+    let bytes = wasmhooks_oci::fetch_allowed(
+        allowed,
         &registries,
         host.cache_dir(),
         policy.job_limits().max_plugin_bytes,

@@ -268,6 +268,28 @@ pub fn fetch_pinned(
     Ok(pulled.bytes)
 }
 
+/// The bytes of the plugin the operator allows as `allowed` from its
+/// `source`: by its pin through the cache ([`fetch_pinned`]), or, for one
+/// allowed by its publisher, pulled afresh (a tag has no pin to cache it
+/// by); the host verifies the publisher's signature before it compiles.
+pub fn fetch_allowed(
+    allowed: &wasmhooks::PluginPolicy,
+    registries: &Registries,
+    cache_dir: Option<&Path>,
+    max_bytes: u64,
+) -> Result<Vec<u8>, OciError> {
+    let Some(source) = &allowed.source else {
+        return Err(OciError::new(
+            &allowed.name,
+            "the operator gives no `source` for it",
+        ));
+    };
+    if allowed.sha256.is_empty() {
+        return pull(source, registries, None, max_bytes).map(|p| p.bytes);
+    }
+    fetch_pinned(source, &allowed.sha256, registries, cache_dir, max_bytes)
+}
+
 /// Writes `bytes` to `path` whole or not at all: a temporary file in the
 /// same folder, renamed over it, so two processes pulling the same plugin
 /// on one node never see half a file.

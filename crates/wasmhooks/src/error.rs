@@ -36,6 +36,21 @@ pub enum Error {
         /// Its sha256, hex.
         digest: String,
     },
+    /// Not pinned, and no signature of a publisher the operator trusts.
+    #[error(
+        "plugin file {file} (sha256 {digest}) is not pinned by the operator, and {reason}; \
+         expected a signature by {expected}"
+    )]
+    Unsigned {
+        /// The file (or label) the bytes came from.
+        file: String,
+        /// Its sha256, hex.
+        digest: String,
+        /// What the signature check found.
+        reason: String,
+        /// The publishers and keys (fingerprints) that would have allowed it.
+        expected: String,
+    },
     /// The file carries an allowed plugin's name but not its pinned bytes.
     #[error(
         "plugin '{name}': {file} has sha256 {actual}, but the operator pinned {expected}; \

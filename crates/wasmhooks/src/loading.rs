@@ -89,6 +89,14 @@ impl Host {
         let digest = sha256_hex(bytes);
         let policy = match self.policy().by_digest(&digest) {
             Some(p) => p.clone(),
+            None if self
+                .policy()
+                .plugins()
+                .iter()
+                .any(|p| p.publisher.is_some()) =>
+            {
+                return self.load_signed(file, bytes, digest);
+            }
             None => return Err(self.refusal(file, digest)),
         };
         let max = self.policy().job_limits().max_plugin_bytes;
@@ -113,6 +121,114 @@ impl Host {
         Ok(Plugin {
             inner: Arc::new(PluginInner {
                 policy,
+                file: file.to_owned(),
+                pre,
+                shared: self.shared.clone(),
+            }),
+        })
+    }
+
+    /// A plugin the operator allows by publisher: its embedded signature
+    /// must verify under a key of a publisher some `[[plugin]]` names,
+    /// before the bytes reach the compiler; its code is then checked whole
+    /// (nobody pinned these bytes), and the name its manifest gives must be
+    /// one the operator allows from that publisher, whose limits and grants
+    /// it then gets.
+    fn load_signed(&self, file: &str, bytes: &[u8], digest: String) -> Result<Plugin, Error> {
+        let policy = self.policy();
+        let max = policy.job_limits().max_plugin_bytes;
+        let trusted: Vec<&crate::policy::Publisher> = policy
+            .publishers()
+            .iter()
+            .filter(|p| {
+                policy
+                    .plugins()
+                    .iter()
+                    .any(|a| a.publisher.as_deref() == Some(&p.name))
+            })
+            .collect();
+        let expected = trusted
+            .iter()
+            .map(|p| {
+                let keys: Vec<&str> = p.keys.iter().map(|k| k.fingerprint.as_str()).collect();
+                format!("publisher '{}' (key {})", p.name, keys.join(", "))
+            })
+            .collect::<Vec<_>>()
+            .join(" or ");
+        let unsigned = |reason: String| Error::Unsigned {
+            file: file.to_owned(),
+            digest: digest.clone(),
+            reason,
+            expected: expected.clone(),
+        };
+        if bytes.len() as u64 > max {
+            return Err(unsigned(format!(
+                "it is {} bytes, over the {max} bytes the operator allows a plugin",
+                bytes.len()
+            )));
+        }
+        let mut reason = String::from("it carries no signature");
+        let mut signer = None;
+        'publishers: for publisher in &trusted {
+            for key in &publisher.keys {
+                match key.key.verify(&mut &bytes[..], None) {
+                    Ok(()) => {
+                        signer = Some(*publisher);
+                        break 'publishers;
+                    }
+                    Err(wasmsign2::WSError::NoSignatures) => {}
+                    Err(wasmsign2::WSError::VerificationFailed) => {
+                        reason = "its signature is by no key the operator trusts".into();
+                    }
+                    Err(e) => {
+                        reason = format!("its signature cannot be read ({e})");
+                    }
+                }
+            }
+        }
+        let Some(signer) = signer else {
+            return Err(unsigned(reason));
+        };
+        check_code(bytes, CodeCheck::Bodies).map_err(|reason| Error::Invalid {
+            name: format!("(signed by {})", signer.name),
+            file: file.to_owned(),
+            reason,
+        })?;
+        let provisional = PluginPolicy {
+            name: format!("(signed by {})", signer.name),
+            sha256: digest.clone(),
+            publisher: Some(signer.name.clone()),
+            ..PluginPolicy::new("signed", digest.clone())
+        };
+        let (component, probe_pre) =
+            compile(&self.shared, &provisional.name, file, bytes, &digest)?;
+        let probe = Plugin {
+            inner: Arc::new(PluginInner {
+                policy: provisional,
+                file: file.to_owned(),
+                pre: probe_pre,
+                shared: self.shared.clone(),
+            }),
+        };
+        let manifest = crate::instance::Instance::instantiate(&probe)?.manifest;
+        let Some(allowed) = policy.plugins().iter().find(|a| {
+            a.name == manifest.name && a.publisher.as_deref() == Some(signer.name.as_str())
+        }) else {
+            return Err(Error::Manifest {
+                name: crate::text::clean(&manifest.name, 64),
+                reason: format!(
+                    "{file} is signed by publisher '{}', but the operator allows no plugin of \
+                     that name from it",
+                    signer.name
+                ),
+            });
+        };
+        let mut allowed = allowed.clone();
+        allowed.sha256 = digest;
+        let pre = pre(&self.shared, &allowed.name, file, &component)?;
+        Ok(Plugin {
+            inner: Arc::new(PluginInner {
+                policy: allowed,
                 file: file.to_owned(),
                 pre,
                 shared: self.shared.clone(),

@@ -52,7 +52,7 @@ use serde::Serialize;
 
 use crate::Error;
 
-pub use grants::{DirGrant, Grants, KeyPattern, OnError, PluginPolicy};
+pub use grants::{DirGrant, Grants, KeyPattern, OnError, PluginPolicy, Publisher, PublisherKey};
 pub use limits::{
     DEFAULT_FUEL, DEFAULT_KV_QUOTA_KIB, DEFAULT_MAX_HANDLES, DEFAULT_MAX_STATE_KIB,
     DEFAULT_MAX_UPDATE_KIB, DEFAULT_MEMORY_MIB, DEFAULT_READWRITE_QUOTA_MIB, DEFAULT_TIMEOUT_MS,
@@ -64,6 +64,7 @@ pub use toml::Section;
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
 pub struct Policy {
     plugins: Vec<PluginPolicy>,
+    publishers: Vec<Publisher>,
     job: JobLimits,
     /// The top-level tables other crates claimed, by name.
     sections: BTreeMap<String, Section>,
@@ -126,9 +127,16 @@ impl Policy {
         &self.plugins
     }
 
+    /// The publishers whose signatures allow plugins.
+    pub fn publishers(&self) -> &[Publisher] {
+        &self.publishers
+    }
+
     /// The plugin pinned to this digest.
     pub fn by_digest(&self, sha256: &str) -> Option<&PluginPolicy> {
-        self.plugins.iter().find(|p| p.sha256 == sha256)
+        self.plugins
+            .iter()
+            .find(|p| !p.sha256.is_empty() && p.sha256 == sha256)
     }
 
     /// The plugin allowed under this name.
@@ -173,8 +181,33 @@ impl Policy {
     fn validate(&self) -> Result<(), String> {
         let mut names = BTreeSet::new();
         let mut digests = BTreeMap::new();
+        let mut publishers = BTreeSet::new();
+        for p in &self.publishers {
+            validate_name(&p.name).map_err(|e| format!("publisher: {e}"))?;
+            if !publishers.insert(p.name.as_str()) {
+                return Err(format!("publisher '{}' is listed twice", p.name));
+            }
+        }
         for p in &self.plugins {
             validate_name(&p.name)?;
+            if let Some(publisher) = &p.publisher {
+                if !p.sha256.is_empty() {
+                    return Err(format!(
+                        "plugin '{}': give `sha256` or `publisher`, not both",
+                        p.name
+                    ));
+                }
+                if !publishers.contains(publisher.as_str()) {
+                    return Err(format!(
+                        "plugin '{}': no [[publisher]] is named '{publisher}'",
+                        p.name
+                    ));
+                }
+                if !names.insert(p.name.as_str()) {
+                    return Err(format!("plugin '{}' is listed twice", p.name));
+                }
+                continue;
+            }
             if p.sha256.len() != 64 || !p.sha256.bytes().all(|b| b.is_ascii_hexdigit()) {
                 return Err(format!(
                     "plugin '{}': sha256 must be 64 hex digits, got {:?}",

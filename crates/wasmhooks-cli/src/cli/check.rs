@@ -41,9 +41,8 @@ pub fn check(operator: &Path, files: &[PathBuf], json: bool) -> anyhow::Result<E
     let registries = wasmhooks_oci::Registries::of(&policy).map_err(anyhow::Error::msg)?;
     for p in policy.plugins().iter().filter(|p| p.file.is_none()) {
         let Some(source) = &p.source else { continue };
-        let fetched = wasmhooks_oci::fetch_pinned(
-            source,
-            &p.sha256,
+        let fetched = wasmhooks_oci::fetch_allowed(
+            p,
             &registries,
             host.cache_dir(),
             policy.job_limits().max_plugin_bytes,

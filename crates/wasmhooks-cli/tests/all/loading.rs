@@ -203,7 +203,7 @@ fn engines_are_checked_when_the_operator_config_is_loaded() {
     let err = load_policy(&path).unwrap_err().to_string();
     assert!(
         err.contains(
-            "unknown field `enigne`, expected one of `defaults`, `job`, `engine`, `serving`, `plugin`"
+            "unknown field `enigne`, expected one of `defaults`, `job`, `publisher`, `engine`, `serving`, `registry`, `plugin`"
         ),
         "{err}"
     );

@@ -16,5 +16,6 @@ mod observers;
 mod oci;
 mod properties;
 mod serving;
+mod signing;
 mod support;
 mod training;

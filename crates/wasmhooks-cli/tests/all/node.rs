@@ -92,7 +92,7 @@ fn node_host() -> wasmhooks::Host {
             allow(
                 "adversary",
                 plugins::ADVERSARY,
-                r#"write = ["local_node_download_model", "worker_node_download_model", "engine_kwargs", "model_source", "download_dir", "placement_request", "download_result", "runtime_env", "custom_data"]"#,
+                r#"write = ["local_node_download_model", "worker_node_download_model", "engine_kwargs", "model_source", "download_dir", "placement_request", "download_result", "runtime_env", "custom_data", "metrics"]"#,
             ),
             allow(
                 "testing-callback",
@@ -613,6 +613,7 @@ fn every_key_a_plugin_sets_early_is_never_reset_by_a_later_default() {
         "placement_request": {"bundles": [{"CPU": 1}], "strategy": "STRICT_PACK"},
         "runtime_env": {"env_vars": {"A": "1"}},
         "custom_data": {"mine": 1},
+        "metrics": {"published": 1},
     });
     // With an engine, which needs the whole model: a run of its own.
     let early_engine = json!({"engine_kwargs": {"model": "tiny-llm", "max_batch_size": 3}});

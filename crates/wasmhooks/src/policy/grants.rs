@@ -103,8 +103,12 @@ impl Grants {
 pub struct PluginPolicy {
     /// The name the plugin must give in its manifest.
     pub name: String,
-    /// The sha256 of the `.wasm` file, lowercase hex.
+    /// The sha256 of the `.wasm` file, lowercase hex; empty when the
+    /// operator allows the plugin by its `publisher` instead.
     pub sha256: String,
+    /// The publisher (a `[[publisher]]` of the config) whose signature
+    /// allows any version of this plugin, instead of a pinned sha256.
+    pub publisher: Option<String>,
     /// Where the operator keeps the file, if the config says; `check` loads
     /// it from there. Jobs ship their own files, matched by digest.
     pub file: Option<PathBuf>,
@@ -137,6 +141,7 @@ impl PluginPolicy {
             sha256: sha256.into().to_ascii_lowercase(),
             file: None,
             source: None,
+            publisher: None,
             limits: Limits::default(),
             on_error: OnError::default(),
             grants: Grants::default(),
@@ -163,5 +168,59 @@ impl PluginPolicy {
                 .push(KeyPattern::new(p).expect("valid key pattern"));
         }
         self
+    }
+}
+
+/// A publisher the operator trusts: plugins that name it are allowed when a
+/// signature embedded in their bytes (the wasm-signatures format that
+/// `wasmsign2` writes) verifies under one of its keys, checked offline
+/// before the bytes reach the compiler.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct Publisher {
+    /// Its name, which `[[plugin]] publisher = ...` refers to.
+    pub name: String,
+    /// Its public keys (ed25519).
+    pub keys: Vec<PublisherKey>,
+}
+
+/// One public key of a publisher.
+#[derive(Clone, PartialEq, Eq, serde::Serialize)]
+pub struct PublisherKey {
+    /// The file it was read from.
+    pub file: PathBuf,
+    /// The key.
+    #[serde(skip)]
+    pub key: wasmsign2::PublicKey,
+    /// The first 16 hex digits of the sha256 of its 32 bytes: how
+    /// messages name it.
+    pub fingerprint: String,
+}
+
+impl std::fmt::Debug for PublisherKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "PublisherKey({} from {})",
+            self.fingerprint,
+            self.file.display()
+        )
+    }
+}
+
+impl PublisherKey {
+    /// Reads a public key file: PEM, DER or the raw 32 bytes.
+    pub fn from_file(file: PathBuf) -> Result<Self, String> {
+        let bytes = crate::files::read_regular(&file, 64 << 10)
+            .map_err(|e| format!("cannot read key {}: {e}", file.display()))?;
+        let key = wasmsign2::PublicKey::from_any(&bytes)
+            .map_err(|e| format!("{} is not an ed25519 public key: {e}", file.display()))?;
+        use sha2::Digest;
+        let digest = sha2::Sha256::digest(key.to_bytes());
+        let fingerprint = digest[..8].iter().map(|b| format!("{b:02x}")).collect();
+        Ok(PublisherKey {
+            file,
+            key,
+            fingerprint,
+        })
     }
 }

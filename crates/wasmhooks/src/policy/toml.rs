@@ -23,7 +23,7 @@ use super::{DirGrant, Grants, KeyPattern, OnError, PluginPolicy, Policy};
 /// The top-level tables the core reads. Messages list them with the claimed
 /// ones before `plugin`, as a config lays them out (settings first, the
 /// plugin list last).
-const CORE_TABLES: [&str; 3] = ["defaults", "job", "plugin"];
+const CORE_TABLES: [&str; 4] = ["defaults", "job", "publisher", "plugin"];
 
 /// Reads an operator config. A top-level table in `claimed` is kept, not
 /// read, as a [`Section`]; one neither the core's nor claimed is refused,
@@ -58,8 +58,14 @@ pub(super) fn parse(text: &str, base: &Path, claimed: &[&str]) -> Result<Policy,
         .collect::<Result<Vec<_>, _>>()?;
     let job = raw.job.limits();
     job.check("[job]")?;
+    let publishers = raw
+        .publisher
+        .into_iter()
+        .map(|p| p.resolve(base))
+        .collect::<Result<Vec<_>, _>>()?;
     Ok(Policy {
         plugins,
+        publishers,
         job: job.resolve(),
         sections,
     })
@@ -202,6 +208,8 @@ struct RawPolicy {
     #[serde(default)]
     job: RawJobLimits,
     #[serde(default)]
+    publisher: Vec<RawPublisher>,
+    #[serde(default)]
     plugin: Vec<RawPlugin>,
 }
 
@@ -254,7 +262,8 @@ plugin_limits!(toml_table! {
     /// One `[[plugin]]`.
     struct RawPlugin: LimitValues {
         name: String,
-        sha256: String,
+        sha256: Option<String>,
+        publisher: Option<String>,
         file: Option<PathBuf>,
         source: Option<String>,
     } {
@@ -269,6 +278,36 @@ plugin_limits!(toml_table! {
         env: Vec<String>,
     }
 });
+
+/// One `[[publisher]]`: a name and its public key files.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawPublisher {
+    name: String,
+    keys: Vec<PathBuf>,
+}
+
+impl RawPublisher {
+    fn resolve(self, base: &Path) -> Result<super::Publisher, String> {
+        if self.keys.is_empty() || self.keys.len() > 16 {
+            return Err(format!(
+                "publisher '{}': give 1 to 16 key files, not {}",
+                self.name,
+                self.keys.len()
+            ));
+        }
+        let keys = self
+            .keys
+            .into_iter()
+            .map(|k| super::PublisherKey::from_file(base.join(k)))
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|e| format!("publisher '{}': {e}", self.name))?;
+        Ok(super::Publisher {
+            name: self.name,
+            keys,
+        })
+    }
+}
 
 #[derive(Deserialize)]
 #[serde(untagged)]
@@ -325,7 +364,24 @@ impl RawPlugin {
         let read = dirs(self.read);
         let read_write = dirs(self.readwrite);
         Ok(PluginPolicy {
-            sha256: self.sha256.to_ascii_lowercase(),
+            sha256: match (&self.sha256, &self.publisher) {
+                (Some(sha), None) => sha.to_ascii_lowercase(),
+                (None, Some(_)) => String::new(),
+                (Some(_), Some(_)) => {
+                    return Err(format!(
+                        "plugin '{}': give `sha256` or `publisher`, not both",
+                        self.name
+                    ));
+                }
+                (None, None) => {
+                    return Err(format!(
+                        "plugin '{}': give `sha256` (the file's pin) or `publisher` (a \
+                         [[publisher]] whose signature allows it)",
+                        self.name
+                    ));
+                }
+            },
+            publisher: self.publisher,
             file: self.file.map(|f| base.join(f)),
             source: self.source,
             name: self.name,
