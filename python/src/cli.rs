@@ -13,11 +13,14 @@ use pyo3::prelude::*;
 /// Runs the `wasmhooks` command line on `argv` (the program's name first)
 /// and returns its exit code. The GIL is released while it runs: a
 /// command may run a whole job, and Python threads (a tracker's, a log
-/// handler's) go on meanwhile.
+/// handler's) go on meanwhile. `run` starts a job's worker ranks with
+/// `relaunch` (`[sys.executable, "-m", "wasmhooks"]`): this process's
+/// executable is Python, not the command.
 #[pyfunction]
-pub fn cli_main(py: Python<'_>, argv: Vec<OsString>) -> u8 {
+#[pyo3(signature = (argv, relaunch = Vec::new()))]
+pub fn cli_main(py: Python<'_>, argv: Vec<OsString>, relaunch: Vec<OsString>) -> u8 {
     let code = py.detach(|| {
-        let code = wasmhooks_cli::main(argv);
+        let code = wasmhooks_cli::main_relaunched_by(relaunch, argv);
         // Rust's stdout is line-buffered and flushed by a Rust `main` on
         // exit, which this process does not have: a last line without a
         // newline would be lost when Python exits.

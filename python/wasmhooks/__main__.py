@@ -22,7 +22,9 @@ def main() -> None:
     signal.signal(signal.SIGINT, signal.SIG_DFL)
     # The program's name as the user knows it, not __main__.py, in usage
     # lines and errors.
-    sys.exit(cli_main(["wasmhooks", *sys.argv[1:]]))
+    # `run` starts a job's worker ranks with this same command: this
+    # process's executable is Python, so it is told how.
+    sys.exit(cli_main(["wasmhooks", *sys.argv[1:]], [sys.executable, "-m", "wasmhooks"]))
 
 
 if __name__ == "__main__":

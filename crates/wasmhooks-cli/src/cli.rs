@@ -275,6 +275,25 @@ fn host_for(policy: Policy) -> anyhow::Result<Host> {
     }
 }
 
+/// The command that runs this command line again (a worker rank), if not
+/// this executable: set once by the library's entry.
+static RELAUNCH: OnceLock<Vec<std::ffi::OsString>> = OnceLock::new();
+
+pub fn set_relaunch(relaunch: Vec<std::ffi::OsString>) {
+    RELAUNCH.get_or_init(|| relaunch);
+}
+
+/// The program and first arguments that run this command line again, in
+/// a new process: this executable, or what the embedding program said (the
+/// Python package's console entry runs inside the interpreter, whose
+/// executable is Python).
+fn relaunch() -> anyhow::Result<(std::ffi::OsString, Vec<std::ffi::OsString>)> {
+    match RELAUNCH.get().map(Vec::as_slice) {
+        Some([program, args @ ..]) => Ok((program.clone(), args.to_vec())),
+        _ => Ok((std::env::current_exe()?.into(), Vec::new())),
+    }
+}
+
 /// The flags that give a child process (a worker rank) the same cache.
 fn cache_args() -> Vec<std::ffi::OsString> {
     match cache_dir() {

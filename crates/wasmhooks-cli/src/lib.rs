@@ -20,6 +20,20 @@ where
     I: IntoIterator<Item = T>,
     T: Into<OsString> + Clone,
 {
+    main_relaunched_by(Vec::new(), args)
+}
+
+/// [`main`] for a program that is not the `wasmhooks` binary (the Python
+/// package's console entry, inside the interpreter): `relaunch` is the
+/// command that runs this command line again in a new process (`[python,
+/// "-m", "wasmhooks"]`), which `run` starts its worker ranks with. Empty:
+/// this executable, as [`main`] does.
+pub fn main_relaunched_by<I, T>(relaunch: Vec<OsString>, args: I) -> ExitCode
+where
+    I: IntoIterator<Item = T>,
+    T: Into<OsString> + Clone,
+{
+    cli::set_relaunch(relaunch);
     let args = match cli::Args::try_parse_from(args) {
         Ok(args) => args,
         Err(err) => {

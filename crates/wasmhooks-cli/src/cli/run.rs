@@ -42,10 +42,11 @@ pub fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
         }),
         _ => None,
     };
-    let exe = std::env::current_exe()?;
+    let (program, first) = super::relaunch()?;
     let spawn = |role: WorkerRole| {
-        let mut cmd = Command::new(&exe);
-        cmd.args(super::cache_args())
+        let mut cmd = Command::new(&program);
+        cmd.args(&first)
+            .args(super::cache_args())
             .arg("run")
             .arg(&args.job)
             .arg("--operator")
