@@ -32,15 +32,37 @@ struct Registry {
     _dir: tempfile::TempDir,
 }
 
+/// `s3cret` for user `ci`, bcrypt-hashed, as `htpasswd -B` writes it.
+const HTPASSWD: &str = "ci:$2b$12$7Jr0KeaqFnbi8mM8azHF9u6QmvkwAsGwfFwvvjLwP/5zlVy9lajJy\n";
+
 impl Registry {
     fn start() -> Registry {
+        Registry::start_with("")
+    }
+
+    /// With Basic authentication: user `ci`, password `s3cret`.
+    fn start_locked() -> Registry {
+        Registry::start_with("htpasswd")
+    }
+
+    fn start_with(auth: &str) -> Registry {
         let dir = tempfile::tempdir().unwrap();
+        let auth = if auth.is_empty() {
+            String::new()
+        } else {
+            let file = dir.path().join("htpasswd");
+            std::fs::write(&file, HTPASSWD).unwrap();
+            format!(
+                "auth:\n  htpasswd:\n    realm: test\n    path: {}\n",
+                file.display()
+            )
+        };
         let port = free_port();
         let config = dir.path().join("config.yml");
         std::fs::write(
             &config,
             format!(
-                "version: 0.1\nlog:\n  level: error\nstorage:\n  filesystem:\n    rootdirectory: {}\n  delete:\n    enabled: true\nhttp:\n  addr: 127.0.0.1:{port}\n",
+                "version: 0.1\nlog:\n  level: error\nstorage:\n  filesystem:\n    rootdirectory: {}\n  delete:\n    enabled: true\nhttp:\n  addr: 127.0.0.1:{port}\n{auth}",
                 dir.path().join("data").display()
             ),
         )
@@ -447,4 +469,64 @@ fn a_hostile_registry_gets_a_clear_error_and_nothing_is_cached() {
         wasmhooks_oci::fetch_pinned(&source, &pin, &registries, Some(tmp.path()), 1 << 20).unwrap();
     assert_eq!(got, wanted);
     assert_eq!(files_in(&tmp.path().join("oci")), 1);
+}
+
+#[test]
+fn credentials_come_from_the_operator_or_the_docker_config_never_the_job() {
+    let registry = Registry::start_locked();
+    let tmp = tempfile::tempdir().unwrap();
+    let tag = format!("oci://{}/plugins/p:1", registry.host);
+    let bytes = std::fs::read(plugins::LOSS_STATS).unwrap();
+    let with = |username: Option<&str>, password: Option<&str>| {
+        Registries::default().with(
+            &registry.host,
+            RegistryConfig {
+                insecure: true,
+                username: username.map(str::to_owned),
+                password: password.map(str::to_owned),
+                timeout_s: Some(30),
+            },
+        )
+    };
+    // Anonymous: refused by the registry, said plainly.
+    let err = wasmhooks_oci::push(&bytes, &tag, &with(None, None)).unwrap_err();
+    assert!(err.to_string().contains(&tag), "{err}");
+    let err = wasmhooks_oci::push(&bytes, &tag, &with(Some("ci"), Some("wrong"))).unwrap_err();
+    assert!(err.to_string().contains(&tag), "{err}");
+    // The operator's credentials.
+    wasmhooks_oci::push(&bytes, &tag, &with(Some("ci"), Some("s3cret"))).unwrap();
+
+    // The Docker config file's, for a registry the operator's table gives
+    // no credentials: through the CLI, in a process of its own.
+    let docker = tmp.path().join("docker");
+    std::fs::create_dir(&docker).unwrap();
+    let auth = "Y2k6czNjcmV0"; // base64("ci:s3cret")
+    std::fs::write(
+        docker.join("config.json"),
+        format!(
+            "{{\"auths\": {{\"{}\": {{\"auth\": \"{auth}\"}}}}}}",
+            registry.host
+        ),
+    )
+    .unwrap();
+    let op = operator(tmp.path(), &registry.host, "");
+    let out = tmp.path().join("p.wasm");
+    let pull = |docker_config: &Path| {
+        Command::new(env!("CARGO_BIN_EXE_wasmhooks"))
+            .args([
+                "pull",
+                &tag,
+                "-o",
+                out.to_str().unwrap(),
+                "--operator",
+                op.to_str().unwrap(),
+            ])
+            .env("DOCKER_CONFIG", docker_config)
+            .output()
+            .unwrap()
+    };
+    ok(&pull(&docker));
+    assert_eq!(std::fs::read(&out).unwrap(), bytes);
+    let denied = pull(tmp.path());
+    assert!(!denied.status.success());
 }
