@@ -167,6 +167,11 @@ impl Host {
                 bytes.len()
             )));
         }
+        // The signature reader sizes each section's buffer by the length
+        // the file declares: the sections are first checked to lie within
+        // the file, so no declared length can ask for more than its bytes.
+        check_code(bytes, CodeCheck::Counts)
+            .map_err(|reason| unsigned(format!("it is not a well-formed component ({reason})")))?;
         let mut reason = String::from("it carries no signature");
         let mut signer = None;
         'publishers: for publisher in &trusted {
