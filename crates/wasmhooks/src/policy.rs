@@ -371,7 +371,7 @@ mod tests {
         assert!(
             err.to_string().contains(
                 "line 1, column 2\n  |\n1 | [engine.x]\n  |  ^^^^^^\n\
-                 unknown field `engine`, expected one of `defaults`, `job`, `plugin`"
+                 unknown field `engine`, expected one of `defaults`, `job`, `publisher`, `plugin`"
             ),
             "{err}"
         );
@@ -384,7 +384,7 @@ mod tests {
             .unwrap_err();
         assert!(
             err.to_string().contains(
-                "unknown field `defualts`, expected one of `defaults`, `job`, `engine`, `plugin`"
+                "unknown field `defualts`, expected one of `defaults`, `job`, `publisher`, `engine`, `plugin`"
             ),
             "{err}"
         );

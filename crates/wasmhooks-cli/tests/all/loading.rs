@@ -175,7 +175,7 @@ fn operator_config_errors_name_the_file() {
     std::fs::write(&path, "[[plugin]]\nname = \"x\"\n").unwrap();
     let err = Policy::from_file(&path).unwrap_err().to_string();
     assert!(err.contains("operator.toml"), "{err}");
-    assert!(err.contains("missing field `sha256`"), "{err}");
+    assert!(err.contains("give `sha256`"), "{err}");
     assert!(Policy::from_file(Path::new("/no/such.toml")).is_err());
 }
 
