@@ -142,7 +142,10 @@ fn unsigned_wrongly_signed_tampered_or_unallowed_plugins_are_refused_naming_the_
     // malformed before the signature reader sizes a buffer by it.
     let mut lying = b"\0asm\x0d\0\x01\0".to_vec();
     lying.extend_from_slice(&[0x00, 0xff, 0xff, 0xff, 0xff, 0x0f, 0x01]);
-    let err = host.load_bytes("lying.wasm", &lying).unwrap_err().to_string();
+    let err = host
+        .load_bytes("lying.wasm", &lying)
+        .unwrap_err()
+        .to_string();
     assert!(err.contains("not a well-formed component"), "{err}");
 
     // Signed by acme, but not a plugin the operator allows from acme.
