@@ -487,7 +487,8 @@ WORKER_MODE = "worker_node_download_model"
 #: What the adversary and the ported TestingCallback may write.
 EARLY_GRANTS = (
     'write = ["local_node_download_model", "worker_node_download_model", "model_source", '
-    '"download_dir", "placement_request", "engine_kwargs", "runtime_env", "custom_data"]'
+    '"download_dir", "placement_request", "engine_kwargs", "runtime_env", "custom_data", '
+    '"metrics"]'
 )
 CALLBACK_GRANTS = (
     'write = ["worker_node_download_model", "custom_data", "skip_default", "runtime_env"]'
@@ -515,6 +516,7 @@ def test_every_key_a_plugin_sets_early_stands_on_ray(ray_cluster, operator, tmp_
         },
         "runtime_env": {"env_vars": {"A": "1"}},
         "custom_data": {"mine": 1},
+        "metrics": {"published": 1},
     }
     early_engine = {"engine_kwargs": {"model": "tiny-llm", "max_batch_size": 3}}
     # Every key the schema lets a plugin set in node initialization, but
