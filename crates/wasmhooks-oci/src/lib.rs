@@ -30,7 +30,6 @@ use std::str::FromStr;
 use std::time::Duration;
 
 use serde::Deserialize;
-use sha2::{Digest, Sha256};
 use wasmhooks::Policy;
 
 pub use oci_wasm::{WASM_LAYER_MEDIA_TYPE, WASM_MANIFEST_CONFIG_MEDIA_TYPE};
@@ -201,10 +200,6 @@ pub struct Pushed {
     pub sha256: String,
 }
 
-fn sha256_hex(bytes: &[u8]) -> String {
-    format!("{:x}", Sha256::digest(bytes))
-}
-
 /// Pulls the component `reference` names, at most `max_bytes` of it. With
 /// `pin` (a sha256, hex), the artifact's layer must be those bytes.
 pub fn pull(
@@ -252,7 +247,7 @@ pub fn fetch_pinned(
     if let Some(path) = &cached
         && let Ok(bytes) = wasmhooks::read_regular(path, max_bytes)
     {
-        if sha256_hex(&bytes) == pin {
+        if wasmhooks::sha256_hex(&bytes) == pin {
             tracing::debug!(source, path = %path.display(), "plugin served from the cache");
             return Ok(bytes);
         }

@@ -9,12 +9,12 @@ use oci_client::client::{ClientConfig, ClientProtocol};
 use oci_client::manifest::OciImageManifest;
 use oci_client::secrets::RegistryAuth;
 use oci_client::{Client, Reference};
-use sha2::{Digest, Sha256};
 
 use crate::{
     OciError, OciRef, Pulled, Pushed, RegistryConfig, WASM_LAYER_MEDIA_TYPE,
-    WASM_MANIFEST_CONFIG_MEDIA_TYPE, auth, deadline, sha256_hex,
+    WASM_MANIFEST_CONFIG_MEDIA_TYPE, auth, deadline,
 };
+use wasmhooks::sha256_hex;
 
 /// Runs one registry operation under the registry's settings and deadline,
 /// on a current-thread runtime in a thread of its own, so a caller already
@@ -188,6 +188,6 @@ pub(crate) async fn push(
         .map_err(|e| registry_error(oci, "reading back the pushed manifest's digest", e))?;
     Ok(Pushed {
         manifest_digest,
-        sha256: format!("{:x}", Sha256::digest(bytes)),
+        sha256: sha256_hex(bytes),
     })
 }
