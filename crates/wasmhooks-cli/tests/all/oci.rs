@@ -288,12 +288,15 @@ fn operator_and_job_entries_are_checked() {
     assert!(err.contains("username and password together"), "{err}");
 
     let tmp = tempfile::tempdir().unwrap();
+    let long = format!("[[plugin]]\nname = \"{}\"\n", "x".repeat(10_000));
     for (entry, said) in [
+        (long.as_str(), "1 to 128 bytes"),
         (
             "[[plugin]]\nname = \"p\"\nfile = \"p.wasm\"\n",
             "not both or neither",
         ),
         ("[[plugin]]\nconfig = 1\n", "not both or neither"),
+        ("[[plugin]]\nname = \"\"\n", "1 to 128 bytes"),
     ] {
         std::fs::write(
             tmp.path().join("job.toml"),

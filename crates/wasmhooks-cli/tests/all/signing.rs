@@ -196,6 +196,26 @@ fn publisher_entries_are_checked() {
             .to_string();
         assert!(err.contains(said), "{toml}\n{err}");
     }
+    // A key file that is a FIFO (nobody writes it), huge, or a dangling
+    // symlink: a clear error, never a hang.
+    let fifo = tmp.path().join("fifo.pub");
+    assert!(
+        Command::new("mkfifo")
+            .arg(&fifo)
+            .status()
+            .unwrap()
+            .success()
+    );
+    std::fs::write(tmp.path().join("huge.pub"), vec![b'A'; 1 << 20]).unwrap();
+    std::os::unix::fs::symlink(tmp.path().join("nowhere"), tmp.path().join("dangling.pub"))
+        .unwrap();
+    for file in ["fifo.pub", "huge.pub", "dangling.pub"] {
+        let toml = format!("[[publisher]]\nname = \"x\"\nkeys = [\"{file}\"]\n");
+        let err = Policy::from_toml_str(&toml, tmp.path())
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains(file), "{file}: {err}");
+    }
     std::fs::write(tmp.path().join("junk.pub"), "not a key").unwrap();
     let err = Policy::from_toml_str(
         "[[publisher]]\nname = \"x\"\nkeys = [\"junk.pub\"]\n",
